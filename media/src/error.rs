@@ -1,0 +1,32 @@
+use crate::ParticipantId;
+
+/// Everything that can go wrong in the media crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// The SDP text did not parse.
+    #[error("the SDP could not be parsed: {0}")]
+    SdpParse(String),
+    /// The SDP parsed but could not be applied to the connection.
+    #[error("the SDP could not be applied: {0}")]
+    SdpApply(String),
+    /// An answer came while no offer of ours was waiting for one.
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    /// The client sent a second offer: in Huddle's protocol the client offers once, then the
+    /// server makes every later offer.
+    #[error("the connection already exists; only the server offers after the first offer")]
+    AlreadyConnected,
+    /// An ICE candidate did not parse.
+    #[error("the ICE candidate could not be parsed")]
+    BadCandidate,
+    /// A command named a participant this worker does not know.
+    #[error("unknown participant {0}")]
+    UnknownParticipant(ParticipantId),
+    /// The media worker has stopped.
+    #[error("the media worker has stopped")]
+    WorkerGone,
+    /// Binding or using a media socket failed.
+    #[error("media socket: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,189 @@
+//! HTTP routes: the WebSocket, guest tokens, the web client and health.
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::token::{valid_room_name, Grants};
+use crate::AppState;
+
+#[derive(rust_embed::RustEmbed)]
+#[folder = "../web/"]
+struct WebAssets;
+
+/// All routes of the signaling server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/api/token", post(token))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(index))
+        .route("/r/{room}", get(room_page))
+        .route("/assets/{*path}", get(asset))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self), display-capture=(self)"),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    room: Option<String>,
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let hard_cap = state.inner.config.max_message_bytes.saturating_mul(16);
+    upgrade
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| crate::session::run(socket, state, q.room))
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    room: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    token: String,
+    identity: String,
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: &'static str,
+    message: String,
+}
+
+fn api_error(status: StatusCode, error: &'static str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error,
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn token(
+    State(state): State<AppState>,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let cfg = &state.inner.config;
+    if !cfg.open_join {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "open_join_disabled",
+            "this server admits only tokens from its operator's application",
+        );
+    }
+    let Ok(Json(req)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected JSON {\"room\", \"name\"}",
+        );
+    };
+    if !valid_room_name(&req.room) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+            "room names have 1 to 64 of A-Z a-z 0-9 - _ .",
+        );
+    }
+    let name: String = req
+        .name
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let name = if name.is_empty() {
+        "Guest".to_string()
+    } else {
+        name
+    };
+    let identity = format!("guest-{:08x}", rand::random::<u32>());
+    match state.inner.keys.issue(
+        &req.room,
+        &identity,
+        &name,
+        Grants::default(),
+        cfg.guest_token_ttl,
+    ) {
+        Ok(token) => Json(TokenResponse { token, identity }).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "token signing failed");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
+}
+
+async fn index() -> Response {
+    serve_file("index.html")
+}
+
+async fn room_page(Path(room): Path<String>) -> Response {
+    if !valid_room_name(&room) {
+        return api_error(StatusCode::NOT_FOUND, "bad_room", "no such room name");
+    }
+    serve_file("index.html")
+}
+
+async fn asset(Path(path): Path<String>) -> Response {
+    serve_file(&path)
+}
+
+fn serve_file(path: &str) -> Response {
+    match WebAssets::get(path) {
+        Some(file) => {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            (
+                [
+                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
+                    (header::CACHE_CONTROL, "no-cache".to_string()),
+                ],
+                file.data,
+            )
+                .into_response()
+        }
+        None => api_error(StatusCode::NOT_FOUND, "not_found", "not found"),
+    }
+}

@@ -1,0 +1,140 @@
+//! The room registry: who is in which room, and fan-out of room events to their sessions.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use huddle_media::ParticipantId;
+use tokio::sync::mpsc;
+
+use crate::protocol::{LeaveReason, ParticipantInfo, ServerMsg};
+
+/// A member's session inbox.
+pub(crate) type Inbox = mpsc::UnboundedSender<ServerMsg>;
+
+struct Member {
+    info: ParticipantInfo,
+    inbox: Inbox,
+}
+
+#[derive(Default)]
+struct Room {
+    members: HashMap<ParticipantId, Member>,
+}
+
+/// Why a join was refused.
+pub(crate) enum JoinRefused {
+    Full,
+}
+
+/// All rooms of this node. The lock is held only to change membership or copy a member list,
+/// never across I/O.
+#[derive(Default)]
+pub struct Rooms {
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+impl Rooms {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of rooms with at least one participant.
+    pub fn room_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Number of participants over all rooms.
+    pub fn participant_count(&self) -> usize {
+        self.lock().values().map(|r| r.members.len()).sum()
+    }
+
+    /// Everyone in a room.
+    pub fn participants(&self, room: &str) -> Vec<ParticipantInfo> {
+        self.lock()
+            .get(room)
+            .map(|r| r.members.values().map(|m| m.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds a participant; returns everyone else. A member with the same identity is told to
+    /// leave (`duplicate_identity`) and its session removes itself.
+    pub(crate) fn join(
+        &self,
+        room: &str,
+        id: ParticipantId,
+        info: ParticipantInfo,
+        inbox: Inbox,
+        max_participants: usize,
+    ) -> Result<Vec<ParticipantInfo>, JoinRefused> {
+        let mut rooms = self.lock();
+        let r = rooms.entry(room.to_string()).or_default();
+        for m in r.members.values() {
+            if m.info.identity == info.identity {
+                let _ = m.inbox.send(ServerMsg::Leave {
+                    reason: LeaveReason::DuplicateIdentity,
+                });
+            }
+        }
+        let staying = r
+            .members
+            .values()
+            .filter(|m| m.info.identity != info.identity)
+            .count();
+        if staying >= max_participants {
+            if r.members.is_empty() {
+                rooms.remove(room);
+            }
+            return Err(JoinRefused::Full);
+        }
+        let others: Vec<ParticipantInfo> = r.members.values().map(|m| m.info.clone()).collect();
+        let joined = ServerMsg::ParticipantJoined {
+            participant: info.clone(),
+        };
+        for m in r.members.values() {
+            let _ = m.inbox.send(joined.clone());
+        }
+        r.members.insert(id, Member { info, inbox });
+        Ok(others)
+    }
+
+    /// Removes a participant and tells the others.
+    pub(crate) fn leave(&self, room: &str, id: ParticipantId, reason: LeaveReason) {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else { return };
+        if r.members.remove(&id).is_none() {
+            return;
+        }
+        let msg = ServerMsg::ParticipantLeft {
+            participant_id: id.to_string(),
+            reason,
+        };
+        for m in r.members.values() {
+            let _ = m.inbox.send(msg.clone());
+        }
+        if r.members.is_empty() {
+            rooms.remove(room);
+        }
+    }
+
+    /// Changes a member's public state with `f`, then sends `msg` to everyone but the member
+    /// (or to everyone, with `include_self`).
+    pub(crate) fn update_and_broadcast(
+        &self,
+        room: &str,
+        id: ParticipantId,
+        f: impl FnOnce(&mut ParticipantInfo),
+        msg: ServerMsg,
+        include_self: bool,
+    ) {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else { return };
+        if let Some(m) = r.members.get_mut(&id) {
+            f(&mut m.info);
+        }
+        for (mid, m) in &r.members {
+            if include_self || *mid != id {
+                let _ = m.inbox.send(msg.clone());
+            }
+        }
+    }
+}

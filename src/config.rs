@@ -1,0 +1,221 @@
+//! Huddle's configuration: one tree, read from built-in defaults, then a TOML file, then
+//! `HUDDLE_*` environment variables, then command-line flags (later wins).
+//! `docs/configuration.md` lists every key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the generated secret and the chat database live. Default `./huddle-data`.
+    pub data_dir: PathBuf,
+    /// HTTP and WebSocket server.
+    pub server: ServerConfig,
+    /// Access tokens.
+    pub auth: AuthConfig,
+    /// The SFU.
+    pub media: MediaSection,
+    /// Signaling limits.
+    pub signaling: SignalingSection,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("huddle-data"),
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            media: MediaSection::default(),
+            signaling: SignalingSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP/WebSocket listener. Default `127.0.0.1:8080`. Port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Token signing secret. Prefer `secret_file` or the `HUDDLE_AUTH__SECRET` environment
+    /// variable. Default: none (a secret is generated into `data_dir/secret.key`).
+    pub secret: Option<String>,
+    /// File holding the token signing secret (its whitespace-trimmed contents).
+    pub secret_file: Option<PathBuf>,
+    /// Whether `/api/token` mints guest tokens for anyone (the local default, true). Set false
+    /// in production so that only your application's tokens admit anyone.
+    pub open_join: bool,
+    /// Lifetime of guest tokens, seconds. Default 3600.
+    pub guest_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: None,
+            secret_file: None,
+            open_join: true,
+            guest_token_ttl_secs: 3600,
+        }
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Address the media UDP sockets bind to. Default `127.0.0.1`.
+    pub bind_ip: IpAddr,
+    /// First UDP port; worker i uses port + i. 0 picks free ports. Default 50000.
+    pub port: u16,
+    /// Media worker threads (one UDP socket each). 0 means one per core. Default 0.
+    pub workers: usize,
+    /// Address advertised to clients when it differs from `bind_ip` (1:1 NAT, or bind 0.0.0.0).
+    pub public_ip: Option<IpAddr>,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            port: 50000,
+            workers: 0,
+            public_ip: None,
+        }
+    }
+}
+
+/// `[signaling]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingSection {
+    /// Largest signaling message answered normally, bytes. Default 65536.
+    pub max_message_bytes: usize,
+    /// Participants per room. Default 50.
+    pub max_participants: usize,
+    /// Seconds of silence before a socket is closed. Default 45.
+    pub idle_timeout_secs: u64,
+    /// Longest chat message, characters. Default 2000.
+    pub chat_max_chars: usize,
+}
+
+impl Default for SignalingSection {
+    fn default() -> Self {
+        SignalingSection {
+            max_message_bytes: 64 * 1024,
+            max_participants: 50,
+            idle_timeout_secs: 45,
+            chat_max_chars: 2000,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `"info,huddle_media=debug"`. Default `"info"`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Loads defaults, then the file (if any), then `HUDDLE_*` variables (`__` separates sections:
+/// `HUDDLE_MEDIA__PUBLIC_IP`), then `overrides` (from flags).
+pub fn load(
+    file: Option<&std::path::Path>,
+    overrides: Figment,
+) -> Result<Config, Box<figment::Error>> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        if !f.exists() {
+            return Err(Box::new(figment::Error::from(format!(
+                "config file {} does not exist",
+                f.display()
+            ))));
+        }
+        fig = fig.merge(Toml::file(f));
+    }
+    fig.merge(Env::prefixed("HUDDLE_").split("__"))
+        .merge(overrides)
+        .extract()
+        .map_err(Box::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_local_and_open() {
+        let c = load(None, Figment::new()).unwrap();
+        assert!(c.server.bind.ip().is_loopback());
+        assert!(c.auth.open_join);
+    }
+
+    #[test]
+    fn a_bad_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("huddle-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[media]\nbind_ipp = \"0.0.0.0\"\n").unwrap();
+        let err = load(Some(&f), Figment::new()).unwrap_err().to_string();
+        assert!(err.contains("bind_ipp"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("huddle-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("ok.toml");
+        std::fs::write(&f, "[auth]\nopen_join = false\n[media]\nport = 40000\n").unwrap();
+        let over = Figment::new().merge(Serialized::default("media.port", 41000));
+        let c = load(Some(&f), over).unwrap();
+        assert!(!c.auth.open_join);
+        assert_eq!(c.media.port, 41000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

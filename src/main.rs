@@ -1,0 +1,328 @@
+//! `huddle`: the meeting server in one binary. This file only reads the configuration and wires
+//! the crates together; each concern lives in its own crate.
+
+mod config;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use figment::providers::Serialized;
+use figment::Figment;
+use huddle_signaling::token::{Grants, TokenKeys};
+use huddle_signaling::{AppState, SignalingConfig};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "huddle",
+    version,
+    about = "Self-hosted voice and video meetings in one binary"
+)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, short, global = true, env = "HUDDLE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print an access token signed with this server's secret.
+    Token(TokenArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; names the bad key if there is one.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (secrets hidden).
+    Show,
+}
+
+#[derive(clap::Args, Default, Clone)]
+struct ServeArgs {
+    /// HTTP/WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    bind: Option<String>,
+    /// Data directory [default: ./huddle-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// First media UDP port (0 = any free port) [default: 50000].
+    #[arg(long)]
+    media_port: Option<u16>,
+    /// Address the media sockets bind to [default: 127.0.0.1].
+    #[arg(long)]
+    media_bind_ip: Option<String>,
+    /// Address advertised to clients for media (1:1 NAT, LAN).
+    #[arg(long)]
+    public_ip: Option<String>,
+    /// Media worker threads [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Refuse guest tokens: only tokens from your application admit anyone.
+    #[arg(long)]
+    no_open_join: bool,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// The participant's identity (your user id).
+    #[arg(long)]
+    identity: String,
+    /// Display name [default: the identity].
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Grant room admin.
+    #[arg(long)]
+    admin: bool,
+    /// Withhold the publish grant (listen-only).
+    #[arg(long)]
+    no_publish: bool,
+    /// Withhold the chat grant.
+    #[arg(long)]
+    no_chat: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Figment {
+        let mut f = Figment::new();
+        if let Some(v) = &self.bind {
+            f = f.merge(Serialized::default("server.bind", v));
+        }
+        if let Some(v) = &self.data_dir {
+            f = f.merge(Serialized::default("data_dir", v));
+        }
+        if let Some(v) = self.media_port {
+            f = f.merge(Serialized::default("media.port", v));
+        }
+        if let Some(v) = &self.media_bind_ip {
+            f = f.merge(Serialized::default("media.bind_ip", v));
+        }
+        if let Some(v) = &self.public_ip {
+            f = f.merge(Serialized::default("media.public_ip", v));
+        }
+        if let Some(v) = self.workers {
+            f = f.merge(Serialized::default("media.workers", v));
+        }
+        if self.no_open_join {
+            f = f.merge(Serialized::default("auth.open_join", false));
+        }
+        if let Some(v) = self.log_format {
+            f = f.merge(Serialized::default("log.format", v));
+        }
+        f
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            match config::load(Some(&file), Figment::new()) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(())
+                }
+                Err(e) => bail!("{}: {e}", file.display()),
+            }
+        }
+        Some(Command::Config(ConfigCommand::Show)) => {
+            let mut cfg = load(cli.config.as_deref(), &cli.serve)?;
+            if cfg.auth.secret.is_some() {
+                cfg.auth.secret = Some("<hidden>".into());
+            }
+            print!("{}", toml_string(&cfg)?);
+            Ok(())
+        }
+        Some(Command::Token(t)) => {
+            let cfg = load(cli.config.as_deref(), &t.serve)?;
+            let keys = TokenKeys::new(&secret(&cfg)?);
+            let grants = Grants {
+                publish: !t.no_publish,
+                subscribe: true,
+                chat: !t.no_chat,
+                admin: t.admin,
+            };
+            let name = t.name.as_deref().unwrap_or(&t.identity);
+            println!(
+                "{}",
+                keys.issue(
+                    &t.room,
+                    &t.identity,
+                    name,
+                    grants,
+                    Duration::from_secs(t.ttl)
+                )?
+            );
+            Ok(())
+        }
+        Some(Command::Serve(args)) => serve(load(cli.config.as_deref(), &args)?),
+        None => serve(load(cli.config.as_deref(), &cli.serve)?),
+    }
+}
+
+fn toml_string(cfg: &Config) -> Result<String> {
+    // figment can re-serialize through its own value type; JSON is enough for a human check.
+    Ok(format!("{:#?}\n", cfg))
+}
+
+fn load(file: Option<&Path>, args: &ServeArgs) -> Result<Config> {
+    config::load(file, args.overrides()).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The token secret: from the configuration, a file, or generated once into the data directory.
+fn secret(cfg: &Config) -> Result<Vec<u8>> {
+    if let Some(s) = &cfg.auth.secret {
+        if s.len() < 16 {
+            bail!("auth.secret must be at least 16 characters");
+        }
+        return Ok(s.as_bytes().to_vec());
+    }
+    if let Some(f) = &cfg.auth.secret_file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("reading auth.secret_file {}", f.display()))?;
+        let s = s.trim();
+        if s.len() < 16 {
+            bail!(
+                "the secret in {} must be at least 16 characters",
+                f.display()
+            );
+        }
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = cfg.data_dir.join("secret.key");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let s: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    write_private(&path, &s).with_context(|| format!("writing {}", path.display()))?;
+    Ok(s.into_bytes())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(contents.as_bytes())
+}
+
+fn serve(cfg: Config) -> Result<()> {
+    init_logging(&cfg);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let keys = TokenKeys::new(&secret(&cfg)?);
+    let chat = huddle_signaling::chat::ChatStore::open(&cfg.data_dir.join("chat.db"))?;
+
+    let media_cfg = huddle_media::MediaConfig {
+        bind_ip: cfg.media.bind_ip,
+        port: cfg.media.port,
+        workers: if cfg.media.workers == 0 {
+            huddle_media::MediaConfig::default().workers
+        } else {
+            cfg.media.workers
+        },
+        public_ip: cfg.media.public_ip,
+    };
+    let media =
+        huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;
+
+    let signaling = SignalingConfig {
+        open_join: cfg.auth.open_join,
+        guest_token_ttl: Duration::from_secs(cfg.auth.guest_token_ttl_secs),
+        max_message_bytes: cfg.signaling.max_message_bytes,
+        max_participants: cfg.signaling.max_participants,
+        idle_timeout: Duration::from_secs(cfg.signaling.idle_timeout_secs),
+        chat_max_chars: cfg.signaling.chat_max_chars,
+        ..SignalingConfig::default()
+    };
+    let ice: huddle_signaling::IceServerProvider = Arc::new(|_identity: &str| Vec::new());
+    let state = AppState::new(signaling, keys, chat, media, ice);
+
+    let listener = tokio::net::TcpListener::bind(cfg.server.bind)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.bind))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && cfg.auth.open_join {
+        tracing::warn!(
+            "serving {addr} beyond this machine with open joining on: anyone who reaches it can join; set auth.open_join = false for production"
+        );
+    }
+    println!("Huddle is ready at http://{addr}/");
+    axum::serve(listener, huddle_signaling::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
