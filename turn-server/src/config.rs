@@ -207,8 +207,7 @@ impl TurnConfig {
         if self.realm.is_empty() {
             return Err("`realm` must not be empty".to_owned());
         }
-        if self.default_lifetime_secs == 0 || self.default_lifetime_secs > self.max_lifetime_secs
-        {
+        if self.default_lifetime_secs == 0 || self.default_lifetime_secs > self.max_lifetime_secs {
             return Err(
                 "default_lifetime_secs must be at least 1 and at most max_lifetime_secs".to_owned(),
             );

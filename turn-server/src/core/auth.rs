@@ -48,7 +48,9 @@ impl Credentials {
     pub(crate) fn new(realm: &str, secret: Option<&str>, users: &[(String, String)]) -> Self {
         Credentials {
             realm: realm.to_owned(),
-            secret: secret.filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()),
+            secret: secret
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec()),
             users: users
                 .iter()
                 .map(|(u, p)| (u.clone(), long_term_key(u, realm, p)))
@@ -254,7 +256,10 @@ mod tests {
         assert_eq!(n.check(&nonce, ip, 1601), NonceCheck::Stale);
         assert_eq!(n.check(&nonce, other, 1000), NonceCheck::Stale);
         assert_eq!(n.check("garbage", ip, 1000), NonceCheck::Stale);
-        assert_eq!(n.check("é".repeat(16).as_str(), ip, 1000), NonceCheck::Stale);
+        assert_eq!(
+            n.check("é".repeat(16).as_str(), ip, 1000),
+            NonceCheck::Stale
+        );
     }
 
     #[test]

@@ -91,6 +91,10 @@ mod tests {
         assert_eq!(f.next_frame(), Err(FramingError));
         let mut g = StreamFramer::default();
         g.push(&[0x00, 0x01, 0x00, 0x00, 1, 2, 3, 4]);
-        assert_eq!(g.next_frame(), Err(FramingError), "STUN without magic cookie");
+        assert_eq!(
+            g.next_frame(),
+            Err(FramingError),
+            "STUN without magic cookie"
+        );
     }
 }

@@ -32,6 +32,7 @@ use turn::proto::data::Data;
 use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::rsrvtoken::ReservationToken;
 
 pub(crate) use auth::rest_password;
 pub(crate) use framing::StreamFramer;
@@ -46,6 +47,8 @@ use policy::PeerPolicy;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Ports tried for one allocation before answering 508.
 const MAX_BIND_ATTEMPTS: u32 = 8;
+/// How long a port reserved by EVEN-PORT's R bit waits for its token.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Source IPs tracked by the unauthenticated-request limiter.
 const MAX_RATE_ENTRIES: usize = 100_000;
 
@@ -127,9 +130,22 @@ impl TokenBucket {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortChoice {
+    Any,
+    Even,
+    EvenReserveNext,
+    Reserved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AllocState {
     /// Waiting for the driver to bind the relay socket.
-    Binding { attempts: u32, even: bool },
+    Binding {
+        attempts: u32,
+        /// How the port was chosen: EVEN-PORT (with the R bit: reserve the
+        /// next port too), or a redeemed RESERVATION-TOKEN (no retry).
+        choice: PortChoice,
+    },
     Active,
 }
 
@@ -184,8 +200,8 @@ struct Req<'a> {
 /// Comprehension-required attributes this server understands (or accepts and
 /// ignores, like DONT-FRAGMENT and the deprecated BANDWIDTH).
 const KNOWN_REQUIRED: &[u16] = &[
-    0x0001, 0x0006, 0x0008, 0x0009, 0x000A, 0x000C, 0x000D, 0x0010, 0x0012, 0x0013, 0x0014,
-    0x0015, 0x0016, 0x0017, 0x0018, 0x0019, 0x001A, 0x0020, 0x0022, 0x0024, 0x0025,
+    0x0001, 0x0006, 0x0008, 0x0009, 0x000A, 0x000C, 0x000D, 0x0010, 0x0012, 0x0013, 0x0014, 0x0015,
+    0x0016, 0x0017, 0x0018, 0x0019, 0x001A, 0x0020, 0x0022, 0x0024, 0x0025,
 ];
 
 /// The TURN server state machine.
@@ -216,6 +232,9 @@ pub(crate) struct Core {
     by_tuple: HashMap<FiveTuple, AllocId>,
     by_relay: HashMap<SocketAddr, AllocId>,
     user_allocs: HashMap<String, u32>,
+    /// Ports held for a RESERVATION-TOKEN: token -> (address, expiry).
+    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
+    reserved: HashMap<SocketAddr, [u8; 8]>,
     unauth: HashMap<IpAddr, TokenBucket>,
     next_id: u64,
     next_sweep: Instant,
@@ -271,6 +290,8 @@ impl Core {
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
             user_allocs: HashMap::new(),
+            reservations: HashMap::new(),
+            reserved: HashMap::new(),
             unauth: HashMap::new(),
             next_id: 1,
             next_sweep: params.now + SWEEP_INTERVAL,
@@ -389,7 +410,7 @@ impl Core {
 
     /// The driver's answer to [`Output::BindRelay`] for `addr`: bound (`ok`)
     /// or not (the port was taken).
-    pub(crate) fn relay_bound(&mut self, id: AllocId, addr: SocketAddr, ok: bool) {
+    pub(crate) fn relay_bound(&mut self, now: Instant, id: AllocId, addr: SocketAddr, ok: bool) {
         let Some(a) = self.allocs.get_mut(&id).filter(|a| a.relay == addr) else {
             if ok {
                 // Nobody waits for this socket any more.
@@ -397,26 +418,42 @@ impl Core {
             }
             return;
         };
-        let AllocState::Binding { attempts, even } = a.state else {
+        let AllocState::Binding { attempts, choice } = a.state else {
             return;
         };
         if ok {
             a.state = AllocState::Active;
             let tuple = a.tuple;
+            let relayed = RelayedAddress {
+                ip: a.advertised_ip,
+                port: a.relay.port(),
+            };
+            let lifetime = Lifetime(a.lifetime);
+            let mapped = XorMappedAddress {
+                ip: tuple.client.ip(),
+                port: tuple.client.port(),
+            };
+            let mut token = None;
+            if choice == PortChoice::EvenReserveNext {
+                let next = SocketAddr::new(a.relay.ip(), a.relay.port().wrapping_add(1));
+                let mut t = [0u8; 8];
+                self.rng.fill_bytes(&mut t);
+                self.reservations
+                    .insert(t, (next, now + RESERVATION_LIFETIME));
+                self.reserved.insert(next, t);
+                token = Some(ReservationToken(t.to_vec()));
+            }
+            let Some(a) = self.allocs.get_mut(&id) else {
+                return;
+            };
+            let mut attrs: Vec<&dyn Setter> = vec![&relayed, &lifetime, &mapped];
+            if let Some(t) = &token {
+                attrs.push(t);
+            }
             let response = wire::build(
                 MessageType::new(METHOD_ALLOCATE, CLASS_SUCCESS_RESPONSE),
                 a.alloc_txid,
-                &[
-                    &RelayedAddress {
-                        ip: a.advertised_ip,
-                        port: a.relay.port(),
-                    },
-                    &Lifetime(a.lifetime),
-                    &XorMappedAddress {
-                        ip: tuple.client.ip(),
-                        port: tuple.client.port(),
-                    },
-                ],
+                &attrs,
                 Some(&a.key),
                 a.alloc_fingerprint,
             );
@@ -433,8 +470,8 @@ impl Core {
         let old = a.relay;
         self.by_relay.remove(&old);
         let ip = old.ip();
-        let next = if attempts < MAX_BIND_ATTEMPTS {
-            self.pick_port(ip, even)
+        let next = if attempts < MAX_BIND_ATTEMPTS && choice != PortChoice::Reserved {
+            self.pick_port(ip, choice)
         } else {
             None
         };
@@ -445,7 +482,7 @@ impl Core {
                     a.relay = addr;
                     a.state = AllocState::Binding {
                         attempts: attempts + 1,
-                        even,
+                        choice,
                     };
                 }
                 self.by_relay.insert(addr, id);
@@ -506,6 +543,14 @@ impl Core {
             }
         }
         self.unauth.retain(|_, b| !b.is_full(now));
+        let reserved = &mut self.reserved;
+        self.reservations.retain(|_, (addr, exp)| {
+            let keep = *exp > now;
+            if !keep {
+                reserved.remove(addr);
+            }
+            keep
+        });
     }
 
     // ----- helpers --------------------------------------------------------
@@ -529,15 +574,24 @@ impl Core {
         Some(a)
     }
 
-    /// A free relay port on `ip` (even if asked), starting at a random point.
-    fn pick_port(&mut self, ip: IpAddr, even: bool) -> Option<u16> {
+    /// A free relay port on `ip` (even, and with a free successor, if
+    /// asked), starting at a random point.
+    fn pick_port(&mut self, ip: IpAddr, choice: PortChoice) -> Option<u16> {
         let (lo, hi) = (u32::from(self.min_port), u32::from(self.max_port));
         let span = hi - lo + 1;
         let start = self.rng.random_range(0..span);
+        let free = |p: u32| {
+            let addr = SocketAddr::new(ip, p as u16);
+            p <= hi && !self.by_relay.contains_key(&addr) && !self.reserved.contains_key(&addr)
+        };
         (0..span)
-            .map(|i| (lo + (start + i) % span) as u16)
-            .filter(|p| !even || p % 2 == 0)
-            .find(|&p| !self.by_relay.contains_key(&SocketAddr::new(ip, p)))
+            .map(|i| lo + (start + i) % span)
+            .find(|&p| match choice {
+                PortChoice::Any | PortChoice::Reserved => free(p),
+                PortChoice::Even => p % 2 == 0 && free(p),
+                PortChoice::EvenReserveNext => p % 2 == 0 && free(p) && free(p + 1),
+            })
+            .map(|p| p as u16)
     }
 
     fn unauth_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -762,9 +816,9 @@ impl Core {
         if transport != 17 {
             return self.reply_error(req, 442, key);
         }
-        if m.contains(ATTR_RESERVATION_TOKEN) {
-            // No reservations are ever handed out, so none can be redeemed.
-            return self.reply_error(req, 508, key);
+        let token = m.get(ATTR_RESERVATION_TOKEN).ok();
+        if token.is_some() && m.contains(ATTR_EVEN_PORT) {
+            return self.reply_error(req, 400, key);
         }
         let relay_ip = self.relay_ip.unwrap_or(req.tuple.server.ip());
         let advertised_ip = self.public_ip.unwrap_or(relay_ip);
@@ -788,8 +842,26 @@ impl Core {
             inc(&self.stats.quota_refusals);
             return self.reply_error(req, 508, key);
         }
-        let even = m.contains(ATTR_EVEN_PORT);
-        let Some(port) = self.pick_port(relay_ip, even) else {
+        let choice = match m.get(ATTR_EVEN_PORT) {
+            Ok(v) if v.first().is_some_and(|b| b & 0x80 != 0) => PortChoice::EvenReserveNext,
+            Ok(_) => PortChoice::Even,
+            Err(_) if token.is_some() => PortChoice::Reserved,
+            Err(_) => PortChoice::Any,
+        };
+        let port = match &token {
+            Some(t) => {
+                let redeemed = <[u8; 8]>::try_from(t.as_slice())
+                    .ok()
+                    .and_then(|t| self.reservations.remove(&t))
+                    .filter(|(addr, exp)| *exp > now && addr.ip() == relay_ip);
+                if let Some((addr, _)) = redeemed {
+                    self.reserved.remove(&addr);
+                }
+                redeemed.map(|(addr, _)| addr.port())
+            }
+            None => self.pick_port(relay_ip, choice),
+        };
+        let Some(port) = port else {
             inc(&self.stats.quota_refusals);
             return self.reply_error(req, 508, key);
         };
@@ -823,7 +895,10 @@ impl Core {
                 alloc_txid: m.transaction_id,
                 alloc_fingerprint: req.fingerprint,
                 alloc_response: Vec::new(),
-                state: AllocState::Binding { attempts: 1, even },
+                state: AllocState::Binding {
+                    attempts: 1,
+                    choice,
+                },
             },
         );
         self.by_tuple.insert(req.tuple, id);
@@ -868,10 +943,7 @@ impl Core {
             Some(p) if !p.is_empty() => p,
             _ => return self.reply_error(req, 400, Some(&auth.key)),
         };
-        if peers
-            .iter()
-            .any(|p| !Self::relay_family_matches(relay, *p))
-        {
+        if peers.iter().any(|p| !Self::relay_family_matches(relay, *p)) {
             return self.reply_error(req, 443, Some(&auth.key));
         }
         if let Some(refused) = peers.iter().find(|p| !self.policy.permit_ip(p.ip())) {
@@ -923,7 +995,8 @@ impl Core {
         if channel_taken || peer_taken {
             return self.reply_error(req, 400, key);
         }
-        let (perm_until, chan_until) = (now + self.permission_lifetime, now + self.channel_lifetime);
+        let (perm_until, chan_until) =
+            (now + self.permission_lifetime, now + self.channel_lifetime);
         if let Some(a) = self.allocs.get_mut(&id) {
             a.channels.insert(number, (peer, chan_until));
             a.peer_channels.insert(peer, number);

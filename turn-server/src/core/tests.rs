@@ -90,7 +90,7 @@ impl Harness {
                     if ok {
                         self.bound.insert(addr);
                     }
-                    self.core.relay_bound(id, addr, ok);
+                    self.core.relay_bound(self.now, id, addr, ok);
                 }
                 Output::ReleaseRelay { addr } => {
                     assert!(self.bound.remove(&addr), "released unbound {addr}");
@@ -308,13 +308,23 @@ fn binding_request_is_answered_with_the_mapped_address() {
 fn allocate_without_credentials_is_challenged_with_401_realm_and_nonce() {
     let mut h = Harness::new(config());
     let c = Client::rest(udp_client(5000), "a", Duration::from_secs(60), h.unix_now());
-    let (raw, _) = c.build(METHOD_ALLOCATE, &[&RequestedTransport { protocol: PROTO_UDP }], false);
+    let (raw, _) = c.build(
+        METHOD_ALLOCATE,
+        &[&RequestedTransport {
+            protocol: PROTO_UDP,
+        }],
+        false,
+    );
     let reply = h.request(c.tuple, &raw);
     assert_eq!(code(&reply), Some(401));
     assert_eq!(text(&reply, ATTR_REALM).as_deref(), Some("example.org"));
     assert!(text(&reply, ATTR_NONCE).is_some_and(|n| !n.is_empty()));
     assert!(!reply.contains(ATTR_MESSAGE_INTEGRITY));
-    assert_eq!(h.stats.snapshot().auth_failures, 0, "a challenge is no failure");
+    assert_eq!(
+        h.stats.snapshot().auth_failures,
+        0,
+        "a challenge is no failure"
+    );
 }
 
 #[test]
@@ -325,13 +335,21 @@ fn allocate_with_good_rest_credentials_gets_a_signed_relayed_address() {
     assert!(relay.port() >= 49152);
     assert!(h.bound.contains(&relay));
     // Allocate once more to read the success response in full.
-    let mut c2 = Client::rest(udp_client(5001), "alice", Duration::from_secs(60), h.unix_now());
+    let mut c2 = Client::rest(
+        udp_client(5001),
+        "alice",
+        Duration::from_secs(60),
+        h.unix_now(),
+    );
     let reply = c2.allocate(&mut h);
     let mut lt = Lifetime::default();
     lt.get_from(&reply).expect("LIFETIME");
     assert_eq!(lt.0, Duration::from_secs(600));
     let raw = reply.raw.clone();
-    assert!(auth::verify_integrity(&raw, &c2.key()), "response is signed");
+    assert!(
+        auth::verify_integrity(&raw, &c2.key()),
+        "response is signed"
+    );
     let s = h.stats.snapshot();
     assert_eq!((s.allocations_active, s.allocations_total), (2, 2));
     drop(c);
@@ -340,7 +358,12 @@ fn allocate_with_good_rest_credentials_gets_a_signed_relayed_address() {
 #[test]
 fn allocate_with_a_wrong_password_gets_401_and_a_fresh_nonce() {
     let mut h = Harness::new(config());
-    let mut c = Client::rest(udp_client(5000), "mallory", Duration::from_secs(60), h.unix_now());
+    let mut c = Client::rest(
+        udp_client(5000),
+        "mallory",
+        Duration::from_secs(60),
+        h.unix_now(),
+    );
     c.password = "not-the-password".into();
     let reply = c.allocate(&mut h);
     assert_eq!(code(&reply), Some(401));
@@ -354,8 +377,12 @@ fn allocate_with_a_wrong_password_gets_401_and_a_fresh_nonce() {
 #[test]
 fn allocate_with_credentials_of_another_secret_is_refused() {
     let mut h = Harness::new(config());
-    let (username, password) =
-        rest_credentials(b"wrong-secret", "eve", Duration::from_secs(60), h.unix_now());
+    let (username, password) = rest_credentials(
+        b"wrong-secret",
+        "eve",
+        Duration::from_secs(60),
+        h.unix_now(),
+    );
     let mut c = Client {
         tuple: udp_client(5000),
         username,
@@ -383,7 +410,12 @@ fn credentials_that_expire_later_stop_working_on_virtual_time() {
         nonce_lifetime_secs: 3600,
         ..config()
     });
-    let mut c = Client::rest(udp_client(5000), "bob", Duration::from_secs(100), h.unix_now());
+    let mut c = Client::rest(
+        udp_client(5000),
+        "bob",
+        Duration::from_secs(100),
+        h.unix_now(),
+    );
     assert!(is_success(&c.allocate(&mut h)));
     h.advance(Duration::from_secs(50));
     assert!(is_success(&c.refresh(&mut h, 600)));
@@ -400,11 +432,7 @@ fn a_stale_nonce_gets_438_and_the_new_nonce_works() {
     let (mut c, _) = allocated(&mut h, 5000, "carol");
     let old_nonce = c.nonce.clone();
     h.advance(Duration::from_secs(301));
-    let (raw, _) = c.build(
-        METHOD_REFRESH,
-        &[&Lifetime(Duration::from_secs(600))],
-        true,
-    );
+    let (raw, _) = c.build(METHOD_REFRESH, &[&Lifetime(Duration::from_secs(600))], true);
     let reply = h.request(c.tuple, &raw);
     assert_eq!(code(&reply), Some(438));
     let fresh = text(&reply, ATTR_NONCE);
@@ -432,7 +460,11 @@ fn static_users_work_only_when_configured() {
     };
     assert!(is_success(&good.allocate(&mut h)));
     let mut rest = Client::rest(udp_client(5001), "x", Duration::from_secs(60), h.unix_now());
-    assert_eq!(code(&rest.allocate(&mut h)), Some(401), "no secret configured");
+    assert_eq!(
+        code(&rest.allocate(&mut h)),
+        Some(401),
+        "no secret configured"
+    );
 }
 
 #[test]
@@ -442,9 +474,11 @@ fn a_request_without_username_realm_or_nonce_gets_400() {
     m.typ = MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST);
     m.new_transaction_id().expect("txid");
     m.write_header();
-    RequestedTransport { protocol: PROTO_UDP }
-        .add_to(&mut m)
-        .expect("attr");
+    RequestedTransport {
+        protocol: PROTO_UDP,
+    }
+    .add_to(&mut m)
+    .expect("attr");
     MessageIntegrity(vec![1; 16]).add_to(&mut m).expect("mi");
     let reply = h.request(udp_client(5000), &m.raw);
     assert_eq!(code(&reply), Some(400));
@@ -508,7 +542,9 @@ fn a_second_allocate_on_the_same_five_tuple_is_437_but_a_retransmission_is_repea
     assert!(is_success(&c2.refresh(&mut h, 0)));
     let (raw, _) = c2.build(
         METHOD_ALLOCATE,
-        &[&RequestedTransport { protocol: PROTO_UDP }],
+        &[&RequestedTransport {
+            protocol: PROTO_UDP,
+        }],
         true,
     );
     let first = h.request(c2.tuple, &raw);
@@ -535,7 +571,12 @@ fn a_taken_relay_port_is_retried_on_another_port() {
     });
     h.taken_ports.insert(50000);
     h.taken_ports.insert(50001);
-    let mut c = Client::rest(udp_client(5000), "jo", Duration::from_secs(600), h.unix_now());
+    let mut c = Client::rest(
+        udp_client(5000),
+        "jo",
+        Duration::from_secs(600),
+        h.unix_now(),
+    );
     assert_eq!(code(&c.allocate(&mut h)), Some(508), "no port can be bound");
     assert_eq!(h.core.allocation_count(), 0);
     h.taken_ports.remove(&50001);
@@ -568,7 +609,12 @@ fn the_per_user_quota_is_486() {
     });
     allocated(&mut h, 5000, "lee");
     allocated(&mut h, 5001, "lee");
-    let mut third = Client::rest(udp_client(5002), "lee", Duration::from_secs(600), h.unix_now());
+    let mut third = Client::rest(
+        udp_client(5002),
+        "lee",
+        Duration::from_secs(600),
+        h.unix_now(),
+    );
     assert_eq!(code(&third.allocate(&mut h)), Some(486));
     allocated(&mut h, 5003, "someone-else");
     assert_eq!(h.stats.snapshot().quota_refusals, 1);
@@ -582,7 +628,12 @@ fn the_total_quota_is_508() {
     });
     allocated(&mut h, 5000, "a");
     let (mut b, _) = allocated(&mut h, 5001, "b");
-    let mut c = Client::rest(udp_client(5002), "c", Duration::from_secs(600), h.unix_now());
+    let mut c = Client::rest(
+        udp_client(5002),
+        "c",
+        Duration::from_secs(600),
+        h.unix_now(),
+    );
     assert_eq!(code(&c.allocate(&mut h)), Some(508));
     assert!(is_success(&b.refresh(&mut h, 0)));
     assert!(is_success(&c.allocate(&mut h)), "room again after a delete");
@@ -595,7 +646,13 @@ fn unauthenticated_requests_are_rate_limited_per_ip() {
         ..config()
     });
     let c = Client::rest(udp_client(5000), "x", Duration::from_secs(60), h.unix_now());
-    let (raw, _) = c.build(METHOD_ALLOCATE, &[&RequestedTransport { protocol: PROTO_UDP }], false);
+    let (raw, _) = c.build(
+        METHOD_ALLOCATE,
+        &[&RequestedTransport {
+            protocol: PROTO_UDP,
+        }],
+        false,
+    );
     let answered = (0..15)
         .filter(|_| !h.client_input(c.tuple, &raw).is_empty())
         .count();
@@ -632,7 +689,10 @@ fn media_only_refuses_every_peer_but_the_media_addrs() {
     ];
     for r in &refused {
         assert_eq!(code(r), Some(403));
-        assert!(r.contains(ATTR_MESSAGE_INTEGRITY), "authenticated errors are signed");
+        assert!(
+            r.contains(ATTR_MESSAGE_INTEGRITY),
+            "authenticated errors are signed"
+        );
     }
     assert_eq!(h.stats.snapshot().permission_refusals, 4);
 }
@@ -642,13 +702,29 @@ fn general_mode_refuses_loopback_and_private_peers() {
     let mut h = Harness::new(config());
     let (mut c, _) = allocated(&mut h, 5000, "g");
     for peer in ["127.0.0.1:40000", "10.0.0.1:40000"] {
-        assert_eq!(code(&c.create_permission(&mut h, sa(peer))), Some(403), "{peer}");
+        assert_eq!(
+            code(&c.create_permission(&mut h, sa(peer))),
+            Some(403),
+            "{peer}"
+        );
     }
-    assert_eq!(code(&c.channel_bind(&mut h, 0x4000, sa("127.0.0.1:40000"))), Some(403));
-    assert_eq!(code(&c.channel_bind(&mut h, 0x4001, sa("10.0.0.1:40000"))), Some(403));
+    assert_eq!(
+        code(&c.channel_bind(&mut h, 0x4000, sa("127.0.0.1:40000"))),
+        Some(403)
+    );
+    assert_eq!(
+        code(&c.channel_bind(&mut h, 0x4001, sa("10.0.0.1:40000"))),
+        Some(403)
+    );
     assert_eq!(h.stats.snapshot().permission_refusals, 4);
-    assert!(is_success(&c.create_permission(&mut h, sa("203.0.113.9:40000"))));
-    assert!(is_success(&c.channel_bind(&mut h, 0x4002, sa("203.0.113.9:40000"))));
+    assert!(is_success(
+        &c.create_permission(&mut h, sa("203.0.113.9:40000"))
+    ));
+    assert!(is_success(&c.channel_bind(
+        &mut h,
+        0x4002,
+        sa("203.0.113.9:40000")
+    )));
 }
 
 #[test]
@@ -659,10 +735,22 @@ fn general_mode_allows_allow_listed_networks_only() {
         ..config()
     });
     let (mut c, _) = allocated(&mut h, 5000, "g");
-    assert!(is_success(&c.create_permission(&mut h, sa("127.0.0.1:40000"))));
-    assert!(is_success(&c.channel_bind(&mut h, 0x4000, sa("127.0.0.1:40000"))));
-    assert_eq!(code(&c.create_permission(&mut h, sa("10.0.0.1:40000"))), Some(403));
-    assert_eq!(code(&c.channel_bind(&mut h, 0x4001, sa("10.0.0.1:40000"))), Some(403));
+    assert!(is_success(
+        &c.create_permission(&mut h, sa("127.0.0.1:40000"))
+    ));
+    assert!(is_success(&c.channel_bind(
+        &mut h,
+        0x4000,
+        sa("127.0.0.1:40000")
+    )));
+    assert_eq!(
+        code(&c.create_permission(&mut h, sa("10.0.0.1:40000"))),
+        Some(403)
+    );
+    assert_eq!(
+        code(&c.channel_bind(&mut h, 0x4001, sa("10.0.0.1:40000"))),
+        Some(403)
+    );
     assert_eq!(
         code(&c.channel_bind(&mut h, 0x4002, sa("127.0.0.1:3478"))),
         Some(403),
@@ -744,7 +832,8 @@ fn channel_data_is_relayed_both_ways() {
     assert!(h.client_input(c.tuple, &[0x40, 0x02, 0, 1, 1]).is_empty());
     assert!(h.client_input(c.tuple, &[0x40, 0x01, 0, 9, 1]).is_empty());
     // A peer without permission: dropped.
-    h.core.handle_peer(h.now, relay, sa("203.0.113.10:4000"), b"x");
+    h.core
+        .handle_peer(h.now, relay, sa("203.0.113.10:4000"), b"x");
     assert!(h.outputs().is_empty());
 
     let s = h.stats.snapshot();
@@ -766,7 +855,10 @@ fn channel_data_to_a_tcp_client_is_padded() {
     let peer = sa("203.0.113.9:4000");
     assert!(is_success(&c.channel_bind(&mut h, 0x4001, peer)));
     h.core.handle_peer(h.now, relay, peer, &[1]);
-    assert_eq!(to_client(h.outputs()), vec![(tuple, vec![0x40, 1, 0, 1, 1, 0, 0, 0])]);
+    assert_eq!(
+        to_client(h.outputs()),
+        vec![(tuple, vec![0x40, 1, 0, 1, 1, 0, 0, 0])]
+    );
 }
 
 #[test]
@@ -786,7 +878,10 @@ fn send_and_data_indications_work_with_a_permission() {
         ],
         false,
     );
-    assert!(h.client_input(c.tuple, &indication).is_empty(), "no permission yet");
+    assert!(
+        h.client_input(c.tuple, &indication).is_empty(),
+        "no permission yet"
+    );
     assert!(is_success(&c.create_permission(&mut h, peer)));
     assert_eq!(
         to_peer(h.client_input(c.tuple, &indication)),
@@ -811,7 +906,11 @@ fn send_and_data_indications_work_with_a_permission() {
         ip: "10.0.0.1".parse().expect("ip"),
         port: 4000,
     };
-    let (bad, _) = c.build_as(send_indication, &[&refused_peer, &Data(b"x".to_vec())], false);
+    let (bad, _) = c.build_as(
+        send_indication,
+        &[&refused_peer, &Data(b"x".to_vec())],
+        false,
+    );
     let before = h.stats.snapshot().permission_refusals;
     assert!(h.client_input(c.tuple, &bad).is_empty());
     assert_eq!(h.stats.snapshot().permission_refusals, before + 1);
@@ -857,7 +956,11 @@ fn the_bandwidth_cap_drops_what_exceeds_the_bucket() {
 fn junk_never_panics_and_is_counted() {
     let mut h = Harness::new(config());
     let (mut c, relay) = allocated(&mut h, 5000, "u");
-    assert!(is_success(&c.channel_bind(&mut h, 0x4000, sa("203.0.113.9:4000"))));
+    assert!(is_success(&c.channel_bind(
+        &mut h,
+        0x4000,
+        sa("203.0.113.9:4000")
+    )));
     let (valid, _) = c.build(
         METHOD_CREATE_PERMISSION,
         &[&PeerAddress {
@@ -894,4 +997,66 @@ fn junk_never_panics_and_is_counted() {
         let _ = h.outputs();
     }
     assert!(h.stats.snapshot().malformed_dropped > 0);
+}
+
+#[test]
+fn even_port_with_the_r_bit_reserves_the_next_port_for_a_token() {
+    let mut h = Harness::new(config());
+    let now = h.unix_now();
+    let mut rtp = Client::rest(udp_client(5000), "v", Duration::from_secs(600), now);
+    let even_r = RawAttribute {
+        typ: ATTR_EVEN_PORT,
+        length: 1,
+        value: vec![0x80],
+    };
+    let reply = rtp.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[
+            &RequestedTransport {
+                protocol: PROTO_UDP,
+            },
+            &even_r,
+        ],
+    );
+    assert!(is_success(&reply), "{:?}", code(&reply));
+    let port = relayed(&reply).port();
+    assert_eq!(port % 2, 0);
+    let token = reply
+        .get(ATTR_RESERVATION_TOKEN)
+        .expect("RESERVATION-TOKEN");
+    assert_eq!(token.len(), 8);
+
+    let mut rtcp = Client::rest(udp_client(5001), "v", Duration::from_secs(600), now);
+    let t = RawAttribute {
+        typ: ATTR_RESERVATION_TOKEN,
+        length: 8,
+        value: token.clone(),
+    };
+    let reply = rtcp.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[
+            &RequestedTransport {
+                protocol: PROTO_UDP,
+            },
+            &t,
+        ],
+    );
+    assert!(is_success(&reply), "{:?}", code(&reply));
+    assert_eq!(relayed(&reply).port(), port + 1);
+
+    // A token works once.
+    let mut again = Client::rest(udp_client(5002), "v", Duration::from_secs(600), now);
+    let reply = again.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[
+            &RequestedTransport {
+                protocol: PROTO_UDP,
+            },
+            &t,
+        ],
+    );
+    assert_eq!(code(&reply), Some(508));
 }

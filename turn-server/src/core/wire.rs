@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use stun::agent::TransactionId;
 use stun::attributes::AttrType;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
-use stun::agent::TransactionId;
 use stun::message::{Message, MessageType, Setter, MAGIC_COOKIE};
 
 /// True when the first two bits say ChannelData (channel numbers
@@ -149,12 +149,18 @@ mod tests {
             assert_eq!(decode_xor_addr(v, &txid), Some(addr));
         }
         assert_eq!(decode_xor_addr(&[0, 1, 0], &TransactionId([0; 12])), None);
-        assert_eq!(decode_xor_addr(&[0, 3, 0, 0, 1, 2, 3, 4], &TransactionId([0; 12])), None);
+        assert_eq!(
+            decode_xor_addr(&[0, 3, 0, 0, 1, 2, 3, 4], &TransactionId([0; 12])),
+            None
+        );
     }
 
     #[test]
     fn channel_data_pads_only_when_asked() {
-        assert_eq!(channel_data(0x4001, &[9, 9, 9], false), vec![0x40, 1, 0, 3, 9, 9, 9]);
+        assert_eq!(
+            channel_data(0x4001, &[9, 9, 9], false),
+            vec![0x40, 1, 0, 3, 9, 9, 9]
+        );
         assert_eq!(
             channel_data(0x4001, &[9, 9, 9], true),
             vec![0x40, 1, 0, 3, 9, 9, 9, 0]

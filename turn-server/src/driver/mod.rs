@@ -64,10 +64,13 @@ impl Shared {
     }
 }
 
+/// Datagrams for one socket: (destination, bytes).
+type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
+
 /// Datagrams to send once the lock is released, grouped by socket.
 #[derive(Default)]
 struct Sends {
-    udp: Vec<(Arc<UdpSocket>, Vec<(SocketAddr, Vec<u8>)>)>,
+    udp: Vec<(Arc<UdpSocket>, Datagrams)>,
 }
 
 impl Sends {
@@ -142,7 +145,9 @@ fn bind_pair(addr: SocketAddr, buffer_bytes: usize) -> Result<(UdpSocket, TcpLis
             Err(e) => last = Some(e),
         }
     }
-    Err(bind_err(last.unwrap_or_else(|| io::Error::other("no free port"))))
+    Err(bind_err(
+        last.unwrap_or_else(|| io::Error::other("no free port")),
+    ))
 }
 
 impl State {
@@ -171,7 +176,7 @@ impl State {
                 },
                 Output::BindRelay { id, addr } => {
                     let ok = !self.closed && self.bind_relay(shared, addr);
-                    self.core.relay_bound(id, addr, ok);
+                    self.core.relay_bound(Instant::now(), id, addr, ok);
                 }
                 Output::ReleaseRelay { addr } => {
                     if let Some(r) = self.relays.remove(&addr) {
@@ -186,12 +191,8 @@ impl State {
         match udp_socket(addr, shared.buffer_bytes) {
             Ok(socket) => {
                 let socket = Arc::new(socket);
-                let task = tokio::spawn(udp_loop(
-                    shared.clone(),
-                    socket.clone(),
-                    addr,
-                    Role::Relay,
-                ));
+                let task =
+                    tokio::spawn(udp_loop(shared.clone(), socket.clone(), addr, Role::Relay));
                 self.relays.insert(
                     addr,
                     Relay {
@@ -316,7 +317,9 @@ async fn tcp_accept_loop(
                 let shared2 = shared.clone();
                 tokio::spawn(async move {
                     match acceptor.accept(stream).await {
-                        Ok(tls_stream) => serve_stream(shared2, tls_stream, tuple, rx, permit).await,
+                        Ok(tls_stream) => {
+                            serve_stream(shared2, tls_stream, tuple, rx, permit).await
+                        }
                         Err(e) => {
                             tracing::debug!(%client, error = %e, "TLS handshake failed");
                             let mut st = shared2.lock();
@@ -423,7 +426,9 @@ impl TurnServer {
         let needs_ip = |ip: IpAddr| ip.is_unspecified();
         match (config.relay_ip, config.public_ip) {
             (_, Some(p)) if needs_ip(p) => {
-                return Err(TurnError::Config("public_ip must not be unspecified".into()))
+                return Err(TurnError::Config(
+                    "public_ip must not be unspecified".into(),
+                ))
             }
             (Some(r), None) if needs_ip(r) => {
                 return Err(TurnError::Config(
@@ -444,7 +449,10 @@ impl TurnServer {
         let mut tcp = Vec::new();
         for addr in &config.listen {
             let (u, t) = bind_pair(*addr, config.socket_buffer_bytes)?;
-            let bind_err = |source| TurnError::Bind { addr: *addr, source };
+            let bind_err = |source| TurnError::Bind {
+                addr: *addr,
+                source,
+            };
             let ua = u.local_addr().map_err(bind_err)?;
             let ta = t.local_addr().map_err(bind_err)?;
             local_addrs.push((Transport::Udp, ua));
@@ -454,7 +462,10 @@ impl TurnServer {
         }
         if let Some(acceptor) = &tls {
             for addr in &config.tls_listen {
-                let bind_err = |source| TurnError::Bind { addr: *addr, source };
+                let bind_err = |source| TurnError::Bind {
+                    addr: *addr,
+                    source,
+                };
                 let t = tcp_listener(*addr).map_err(bind_err)?;
                 let ta = t.local_addr().map_err(bind_err)?;
                 local_addrs.push((Transport::Tls, ta));
