@@ -1,0 +1,537 @@
+// Huddle web client: landing page, join screen, meeting.
+import { loadI18n, applyI18n, t, setLabel } from './i18n.js';
+import { fillIcons } from './icons.js';
+import { openLocalMedia, getTrack, listDevices, LevelMeter } from './devices.js';
+import { Call } from './call.js';
+import { RoomView } from './room.js';
+import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
+
+const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const NAME_KEY = 'huddle.name';
+const MIC_KEY = 'huddle.mic';
+const CAMERA_KEY = 'huddle.camera';
+const params = new URLSearchParams(location.search);
+
+// Test hooks and a window into the client's state.
+const huddle = {
+  state: 'loading', // loading | landing | join | connecting | joined | left
+  room: null,
+  participantId: null,
+  identity: null,
+  grants: null,
+  pc: null,
+  call: null,
+  view: null,
+  stream: null,
+  audioMuted: false,
+  videoMuted: false,
+  connectionState: 'new',
+  rtt: null,
+  lang: null,
+  joinClickedAt: null,
+  firstRemoteFrameAt: null,
+  errors: [],
+};
+window.huddle = huddle;
+
+const log = (...args) => console.info('[huddle]', ...args);
+
+function storageGet(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function storageSet(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch {
+    /* private mode: nothing to remember */
+  }
+}
+
+function reportError(code, message, opts) {
+  huddle.errors.push({ code, message, at: Date.now() });
+  showError(code, message, opts);
+}
+
+// ---------------------------------------------------------------- landing
+
+const ADJECTIVES = ['amber', 'brisk', 'calm', 'clever', 'cosy', 'eager', 'gentle', 'golden', 'happy', 'lucky', 'mellow', 'quiet', 'rapid', 'silver', 'sunny', 'swift', 'tidy', 'vivid', 'warm', 'witty'];
+const NOUNS = ['badger', 'canyon', 'comet', 'falcon', 'fjord', 'harbor', 'heron', 'island', 'lagoon', 'maple', 'meadow', 'otter', 'panda', 'pebble', 'river', 'robin', 'summit', 'tiger', 'tulip', 'willow'];
+
+function randomRoomName() {
+  const r = new Uint32Array(3);
+  crypto.getRandomValues(r);
+  return `${ADJECTIVES[r[0] % ADJECTIVES.length]}-${NOUNS[r[1] % NOUNS.length]}-${1000 + (r[2] % 9000)}`;
+}
+
+function showLanding(prefill) {
+  huddle.state = 'landing';
+  showScreen('landing');
+  document.title = t('app.name');
+  const input = $('#room-input');
+  const hint = $('#landing-hint');
+  input.value = prefill || '';
+  const check = () => {
+    const v = input.value.trim();
+    const bad = v !== '' && !ROOM_RE.test(v);
+    hint.textContent = bad ? t('landing.invalid_room') : t('landing.room_hint');
+    hint.classList.toggle('invalid', bad);
+    input.setAttribute('aria-invalid', String(bad));
+    return !bad;
+  };
+  input.addEventListener('input', check);
+  $('#random-room').addEventListener('click', () => {
+    input.value = randomRoomName();
+    check();
+    input.focus();
+  });
+  $('#landing-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (!check()) {
+      input.focus();
+      return;
+    }
+    const room = input.value.trim() || randomRoomName();
+    location.assign(`/r/${encodeURIComponent(room)}`);
+  });
+  check();
+  input.focus();
+}
+
+// ---------------------------------------------------------------- join screen
+
+function decodeJwtClaims(token) {
+  try {
+    const part = token.split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '=');
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+class JoinScreen {
+  constructor(room) {
+    this.room = room;
+    this.token = params.get('token') || null;
+    this.stream = new MediaStream();
+    this.busy = false;
+    this.video = $('#preview-video');
+    this.meterBar = $('#preview-meter-bar');
+    this.meter = new LevelMeter((level) => this.meterBar.style.setProperty('--level', level.toFixed(2)));
+    this.nameInput = $('#name-input');
+    this.micSelect = $('#mic-select');
+    this.cameraSelect = $('#camera-select');
+    this.mutedBox = $('#start-muted');
+    this.cameraOffBox = $('#start-camera-off');
+  }
+
+  show() {
+    huddle.state = 'join';
+    huddle.room = this.room;
+    showScreen('join');
+    document.title = `${this.room} · ${t('app.name')}`;
+    $('#join-room-name').textContent = this.room;
+
+    const claims = this.token ? decodeJwtClaims(this.token) : null;
+    $('#join-token-note').hidden = !this.token;
+    this.nameInput.value = (claims && typeof claims.name === 'string' && claims.name) || storageGet(NAME_KEY) || '';
+    this.nameInput.readOnly = !!(claims && claims.name);
+
+    this.mutedBox.addEventListener('change', () => this.applyToggles());
+    this.cameraOffBox.addEventListener('change', () => this.applyToggles());
+    $('#preview-mic').addEventListener('click', () => this.toggle('audio'));
+    $('#preview-camera').addEventListener('click', () => this.toggle('video'));
+    this.micSelect.addEventListener('change', () => this.switchDevice('audio', this.micSelect.value));
+    this.cameraSelect.addEventListener('change', () => this.switchDevice('video', this.cameraSelect.value));
+    $('#join-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      this.join();
+    });
+    navigator.mediaDevices?.addEventListener?.('devicechange', () => this.refreshPickers());
+
+    this.applyToggles();
+    this.mediaReady = this.openMedia();
+    if (!this.nameInput.value) this.nameInput.focus();
+  }
+
+  async openMedia() {
+    const { stream, error } = await openLocalMedia({ micId: storageGet(MIC_KEY), cameraId: storageGet(CAMERA_KEY) });
+    this.stream = stream;
+    huddle.stream = stream;
+    if (error) reportError(error);
+    this.video.srcObject = stream.getVideoTracks().length ? stream : null;
+    this.video.play().catch(() => {});
+    this.meter.attach(stream.getAudioTracks()[0]);
+    this.applyToggles();
+    await this.refreshPickers();
+    return stream;
+  }
+
+  async refreshPickers() {
+    const { mics, cameras } = await listDevices();
+    const current = (kind) => {
+      const tr = kind === 'audio' ? this.stream.getAudioTracks()[0] : this.stream.getVideoTracks()[0];
+      return tr ? tr.getSettings().deviceId : null;
+    };
+    this.fillPicker(this.micSelect, mics, current('audio'), 'join.mic_fallback');
+    this.fillPicker(this.cameraSelect, cameras, current('video'), 'join.camera_fallback');
+  }
+
+  fillPicker(select, devices, currentId, fallbackKey) {
+    select.replaceChildren();
+    if (!devices.length) {
+      select.append(el('option', { value: '', text: t('join.no_device') }));
+      select.disabled = true;
+      return;
+    }
+    devices.forEach((d, i) => {
+      const opt = el('option', { value: d.deviceId, text: d.label || t(fallbackKey, { n: i + 1 }) });
+      if (d.deviceId === currentId) opt.selected = true;
+      select.append(opt);
+    });
+    select.disabled = this.busy;
+  }
+
+  async switchDevice(kind, deviceId) {
+    if (this.busy || !deviceId) return;
+    const old = kind === 'audio' ? this.stream.getAudioTracks() : this.stream.getVideoTracks();
+    for (const tr of old) tr.stop();
+    const { track, error } = await getTrack(kind, deviceId);
+    for (const tr of old) this.stream.removeTrack(tr);
+    if (error || !track) {
+      reportError(error || 'media_unavailable');
+    } else {
+      this.stream.addTrack(track);
+      storageSet(kind === 'audio' ? MIC_KEY : CAMERA_KEY, deviceId);
+    }
+    if (kind === 'video') {
+      this.video.srcObject = this.stream.getVideoTracks().length ? this.stream : null;
+      this.video.play().catch(() => {});
+    } else {
+      this.meter.attach(this.stream.getAudioTracks()[0]);
+    }
+    this.applyToggles();
+  }
+
+  toggle(kind) {
+    const box = kind === 'audio' ? this.mutedBox : this.cameraOffBox;
+    box.checked = !box.checked;
+    this.applyToggles();
+  }
+
+  applyToggles() {
+    const muted = this.mutedBox.checked;
+    const camOff = this.cameraOffBox.checked;
+    const hasMic = this.stream.getAudioTracks().length > 0;
+    const hasCam = this.stream.getVideoTracks().length > 0;
+    for (const tr of this.stream.getAudioTracks()) tr.enabled = !muted;
+    for (const tr of this.stream.getVideoTracks()) tr.enabled = !camOff;
+    huddle.audioMuted = muted;
+    huddle.videoMuted = camOff;
+
+    const micBtn = $('#preview-mic');
+    micBtn.setAttribute('aria-pressed', String(muted || !hasMic));
+    micBtn.classList.toggle('off', muted || !hasMic);
+    setLabel(micBtn, !hasMic ? t('controls.mic_unavailable') : muted ? t('controls.mic_unmute') : t('controls.mic_mute'));
+    const camBtn = $('#preview-camera');
+    camBtn.setAttribute('aria-pressed', String(camOff || !hasCam));
+    camBtn.classList.toggle('off', camOff || !hasCam);
+    setLabel(camBtn, !hasCam ? t('controls.camera_unavailable') : camOff ? t('controls.camera_on') : t('controls.camera_off'));
+
+    const showPlaceholder = camOff || !hasCam;
+    $('#preview-placeholder').hidden = !showPlaceholder;
+    $('#preview-placeholder-text').textContent = hasCam ? t('join.camera_off_preview') : t('join.no_camera');
+    this.video.classList.toggle('hidden-video', showPlaceholder);
+    this.meterBar.parentElement.hidden = muted || !hasMic;
+  }
+
+  setBusy(busy) {
+    this.busy = busy;
+    const button = $('#join-button');
+    button.disabled = busy;
+    button.classList.toggle('busy', busy);
+    $('#join-button-text').textContent = busy ? t('join.joining') : t('join.join');
+    this.micSelect.disabled = busy || this.micSelect.options.length < 1 || !this.micSelect.value;
+    this.cameraSelect.disabled = busy || this.cameraSelect.options.length < 1 || !this.cameraSelect.value;
+  }
+
+  async join() {
+    if (this.busy) return;
+    const name = this.nameInput.value.trim();
+    if (!this.token && !name) {
+      reportError('name_required');
+      this.nameInput.focus();
+      return;
+    }
+    hideBanner();
+    huddle.joinClickedAt = performance.now();
+    huddle.firstRemoteFrameAt = null;
+    this.setBusy(true);
+    if (name && !this.nameInput.readOnly) storageSet(NAME_KEY, name);
+
+    let token = this.token;
+    if (!token) {
+      try {
+        const res = await fetch('/api/token', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ room: this.room, name }),
+        });
+        if (res.status === 403) throw Object.assign(new Error('forbidden'), { code: 'open_join_disabled' });
+        if (!res.ok) throw Object.assign(new Error(`HTTP ${res.status}`), { code: 'token_failed' });
+        const body = await res.json();
+        if (!body || typeof body.token !== 'string') throw Object.assign(new Error('no token'), { code: 'token_failed' });
+        token = body.token;
+        huddle.identity = body.identity || null;
+      } catch (err) {
+        reportError(err.code || 'token_failed', null, { sticky: true });
+        this.setBusy(false);
+        return;
+      }
+    }
+
+    const stream = await this.mediaReady;
+    huddle.state = 'connecting';
+    startCall({ room: this.room, token, stream, join: this, name });
+  }
+
+  // The session ended before `joined`: back to a usable join screen.
+  failed() {
+    huddle.state = 'join';
+    this.setBusy(false);
+  }
+
+  // Joined: the preview hands its stream to the meeting.
+  done() {
+    this.meter.close();
+    this.video.srcObject = null;
+  }
+}
+
+// ---------------------------------------------------------------- meeting
+
+function startCall({ room, token, stream, join, name }) {
+  let view = null;
+  const call = new Call({
+    room,
+    token,
+    stream,
+    relay: params.get('relay') === '1',
+    log: (...a) => console.warn('[huddle]', ...a),
+    on: {
+      joined(msg) {
+        huddle.state = 'joined';
+        huddle.participantId = msg.participant_id;
+        huddle.identity = msg.identity;
+        huddle.grants = msg.grants || null;
+        join.done();
+        const canPublish = !msg.grants || msg.grants.publish !== false;
+        view = new RoomView({
+          room: msg.room || room,
+          selfId: msg.participant_id,
+          selfName: msg.name || name,
+          stream,
+          audioMuted: huddle.audioMuted,
+          videoMuted: huddle.videoMuted,
+          canPublish,
+          canChat: !msg.grants || msg.grants.chat !== false,
+          onToggleMic: () => toggleLocal('audio'),
+          onToggleCamera: () => toggleLocal('video'),
+          onInvite: () => invite(room),
+          onLeave: () => leave(),
+          onSendChat: (text) => call.sendChat(text),
+          onRemoteFrame: () => {
+            if (huddle.firstRemoteFrameAt === null) {
+              huddle.firstRemoteFrameAt = performance.now();
+              log(`first remote frame ${Math.round(huddle.firstRemoteFrameAt - huddle.joinClickedAt)} ms after Join`);
+            }
+          },
+          onAudioBlocked: () => audioBlocked(),
+        });
+        huddle.view = view;
+        for (const p of msg.participants || []) view.participantJoined(p);
+        showScreen('room');
+        view.chatHistory(msg.chat_history);
+        view.layout();
+      },
+      offered() {
+        // Tell the others how we came in.
+        if (huddle.audioMuted && stream.getAudioTracks().length) call.setMuted('audio', true);
+        if (huddle.videoMuted && stream.getVideoTracks().length) call.setMuted('video', true);
+      },
+      peer(pc) {
+        huddle.pc = pc;
+      },
+      connectionState(state) {
+        huddle.connectionState = state;
+        if (state === 'failed') reportError('media_failed', null, { sticky: true });
+        if (state === 'connected') hideBanner();
+      },
+      track(participantId, track, receiver, remoteStream) {
+        if (!view) return;
+        view.attachTrack(participantId, track, receiver);
+        remoteStream.onremovetrack = (ev) => view.removeTrack(participantId, ev.track);
+      },
+      participantJoined(p) {
+        if (!view || !p) return;
+        view.participantJoined(p);
+        toast(t('toast.joined', { name: p.name || '?' }));
+      },
+      participantLeft(id) {
+        if (!view) return;
+        const tile = view.tiles.get(id);
+        view.participantLeft(id);
+        if (tile) toast(t('toast.left', { name: tile.name }));
+      },
+      trackPublished: (id, track) => view?.trackPublished(id, track),
+      trackUnpublished: (id, trackId) => view?.trackUnpublished(id, trackId),
+      mute: (id, kind, muted) => view?.setRemoteMute(id, kind, muted),
+      chat: (m) => view?.addChat(m),
+      rtt(ms) {
+        huddle.rtt = ms;
+      },
+      error(msg, fatal) {
+        reportError(msg.code, msg.message, { sticky: fatal });
+      },
+      failure(type, err) {
+        reportError('negotiation_failed', `${type}: ${err && err.message ? err.message : err}`, { sticky: true });
+      },
+      closed(info) {
+        if (!info.joined) {
+          if (!info.lastError) reportError('connect_failed', null, { sticky: true });
+          join.failed();
+          return;
+        }
+        endMeeting();
+        let reason;
+        if (info.serverLeaveReason) reason = t(`leave_reason.${info.serverLeaveReason}`);
+        else if (info.lastError) reason = errorText(info.lastError.code, info.lastError.message);
+        else reason = t('error.connection_lost');
+        showLeft(t('left.ended_title'), reason);
+      },
+    },
+  });
+  huddle.call = call;
+
+  function toggleLocal(kind) {
+    if (!view) return;
+    const tracks = kind === 'audio' ? stream.getAudioTracks() : stream.getVideoTracks();
+    if (!tracks.length || (huddle.grants && huddle.grants.publish === false)) return;
+    if (kind === 'audio') {
+      huddle.audioMuted = !huddle.audioMuted;
+      call.setMuted('audio', huddle.audioMuted);
+      view.renderMic(huddle.audioMuted, false);
+    } else {
+      huddle.videoMuted = !huddle.videoMuted;
+      call.setMuted('video', huddle.videoMuted);
+      view.renderCamera(huddle.videoMuted, false);
+    }
+  }
+
+  function endMeeting() {
+    if (view) view.destroy();
+    for (const tr of stream.getTracks()) tr.stop();
+    huddle.state = 'left';
+  }
+
+  function leave() {
+    call.leave();
+    endMeeting();
+    showLeft(t('left.title'), t('leave_reason.left'));
+  }
+
+  huddle.toggleLocal = toggleLocal;
+  huddle.leave = leave;
+  call.connect();
+}
+
+async function invite(room) {
+  const url = `${location.origin}/r/${encodeURIComponent(room)}`;
+  if (await copyText(url)) toast(t('toast.link_copied'));
+  else toast(t('toast.copy_failed', { url }), 6000);
+}
+
+let audioUnlockArmed = false;
+function audioBlocked() {
+  if (audioUnlockArmed) return;
+  audioUnlockArmed = true;
+  showBanner(t('audio.blocked'), { sticky: true, kind: 'info' });
+  const unlock = () => {
+    audioUnlockArmed = false;
+    huddle.view?.resumeAudio();
+    hideBanner();
+  };
+  document.addEventListener('pointerdown', unlock, { once: true });
+  document.addEventListener('keydown', unlock, { once: true });
+}
+
+function showLeft(title, reason) {
+  showScreen('left');
+  $('#left-title').textContent = title;
+  $('#left-reason').textContent = reason || '';
+  document.title = t('app.name');
+}
+
+// ---------------------------------------------------------------- start
+
+function onShortcut(e) {
+  if (e.defaultPrevented || e.repeat || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (isTypingTarget(e.target)) return;
+  const key = e.key.toLowerCase();
+  if (key !== 'm' && key !== 'v') return;
+  const kind = key === 'm' ? 'audio' : 'video';
+  if (huddle.state === 'joined' && huddle.toggleLocal) {
+    e.preventDefault();
+    huddle.toggleLocal(kind);
+  } else if (huddle.state === 'join' && joinScreen) {
+    e.preventDefault();
+    joinScreen.toggle(kind);
+  }
+}
+
+let joinScreen = null;
+
+function route() {
+  const m = location.pathname.match(/^\/r\/([^/]+)\/?$/);
+  if (!m) return showLanding();
+  let room = '';
+  try {
+    room = decodeURIComponent(m[1]);
+  } catch {
+    room = '';
+  }
+  if (!ROOM_RE.test(room)) {
+    showLanding();
+    reportError('invalid_room', null, { sticky: true });
+    return;
+  }
+  joinScreen = new JoinScreen(room);
+  joinScreen.show();
+}
+
+async function boot() {
+  huddle.lang = await loadI18n();
+  applyI18n(document);
+  fillIcons(document);
+  initBanner();
+  document.addEventListener('keydown', onShortcut);
+  $('#rejoin-button').addEventListener('click', () => location.reload());
+  window.addEventListener('pagehide', () => {
+    if (huddle.state === 'joined' && huddle.call) huddle.call.leave();
+  });
+  document.documentElement.classList.remove('is-loading');
+  route();
+}
+
+boot().catch((err) => {
+  console.error(err);
+  document.documentElement.classList.remove('is-loading');
+  showBanner(`Huddle could not start: ${err && err.message ? err.message : err}`, { sticky: true });
+});
+

@@ -1,0 +1,243 @@
+// Signaling and media for one session, following docs/protocol.md:
+// WebSocket /ws, join -> joined, one client offer, then only server offers.
+
+export const PROTOCOL_VERSION = 1;
+const PING_INTERVAL_MS = 15000;
+
+// Error codes after which the server closes the socket.
+export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full']);
+
+function iceServersFrom(list) {
+  if (!Array.isArray(list)) return [];
+  const out = [];
+  for (const s of list) {
+    if (!s || !s.urls) continue;
+    const entry = { urls: Array.isArray(s.urls) ? s.urls.map(String) : [String(s.urls)] };
+    if (typeof s.username === 'string') entry.username = s.username;
+    if (typeof s.credential === 'string') entry.credential = s.credential;
+    out.push(entry);
+  }
+  return out;
+}
+
+export class Call {
+  // opts: {room, token, stream (local MediaStream), relay (bool), log, on: {...handlers}}
+  constructor(opts) {
+    this.room = opts.room;
+    this.token = opts.token;
+    this.stream = opts.stream || new MediaStream();
+    this.relay = !!opts.relay;
+    this.on = opts.on;
+    this.log = opts.log || (() => {});
+    this.ws = null;
+    this.pc = null;
+    this.dc = null;
+    this.participantId = null;
+    this.joined = false;
+    this.ended = false;
+    this.lastError = null;
+    this.serverLeaveReason = null;
+    this.queue = Promise.resolve();
+    this.offerSent = false;
+    this.pendingCandidates = [];
+    this.endOfCandidatesSent = false;
+    this.pingTimer = 0;
+    this.publishing = { audio: null, video: null };
+  }
+
+  connect() {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const url = `${proto}//${location.host}/ws?room=${encodeURIComponent(this.room)}`;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.send({ type: 'join', protocol: PROTOCOL_VERSION, token: this.token });
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        this.log('unparseable server frame', ev.data);
+        return;
+      }
+      if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
+      if (msg.type === 'error') this.lastError = msg;
+      // Strictly one message at a time, in arrival order.
+      this.queue = this.queue
+        .then(() => (this.ended ? undefined : this.handle(msg)))
+        .catch((err) => {
+          this.log('handling', msg.type, 'failed:', err);
+          this.on.failure?.(msg.type, err);
+        });
+    };
+    ws.onclose = (ev) => {
+      this.stopTimers();
+      if (this.ended) return; // we left: nothing to report
+      // Report after the messages that arrived before the close are handled.
+      this.queue = this.queue.then(() => {
+        if (this.ended) return;
+        this.ended = true;
+        this.closePeer();
+        this.on.closed?.({
+          code: ev.code,
+          reason: ev.reason,
+          joined: this.joined,
+          lastError: this.lastError,
+          serverLeaveReason: this.serverLeaveReason,
+        });
+      });
+    };
+    ws.onerror = () => {
+      /* onclose follows and reports */
+    };
+  }
+
+  send(obj) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  async handle(msg) {
+    switch (msg.type) {
+      case 'joined':
+        return this.onJoined(msg);
+      case 'answer':
+        if (!this.pc) throw new Error('answer before our offer');
+        await this.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+        return;
+      case 'offer': {
+        if (!this.pc) throw new Error('offer before joined');
+        await this.pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+        const answer = await this.pc.createAnswer();
+        await this.pc.setLocalDescription(answer);
+        this.send({ type: 'answer', sdp: this.pc.localDescription.sdp });
+        return;
+      }
+      case 'participant_joined':
+        return this.on.participantJoined?.(msg.participant);
+      case 'participant_left':
+        return this.on.participantLeft?.(msg.participant_id, msg.reason);
+      case 'track_published':
+        return this.on.trackPublished?.(msg.participant_id, msg.track);
+      case 'track_unpublished':
+        return this.on.trackUnpublished?.(msg.participant_id, msg.track_id);
+      case 'mute':
+        return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted);
+      case 'chat':
+        return this.on.chat?.(msg.message);
+      case 'pong':
+        if (typeof msg.ts === 'number') this.on.rtt?.(Date.now() - msg.ts);
+        return;
+      case 'leave':
+        this.serverLeaveReason = msg.reason || 'removed';
+        return;
+      case 'error':
+        this.lastError = msg;
+        return this.on.error?.(msg, FATAL_ERRORS.has(msg.code));
+      default:
+        this.log('ignoring unknown server message', msg.type);
+    }
+  }
+
+  async onJoined(msg) {
+    this.joined = true;
+    this.participantId = msg.participant_id;
+    this.on.joined?.(msg);
+    this.pingTimer = setInterval(() => this.send({ type: 'ping', ts: Date.now() }), PING_INTERVAL_MS);
+
+    const config = { iceServers: iceServersFrom(msg.ice_servers), bundlePolicy: 'max-bundle' };
+    if (this.relay) config.iceTransportPolicy = 'relay';
+    const pc = new RTCPeerConnection(config);
+    this.pc = pc;
+    this.on.peer?.(pc);
+
+    pc.onicecandidate = (e) => this.onLocalCandidate(e.candidate);
+    pc.ontrack = (e) => {
+      const stream = e.streams && e.streams[0];
+      if (!stream) {
+        this.log('remote track without a stream id; cannot tell whose it is');
+        return;
+      }
+      this.on.track?.(stream.id, e.track, e.receiver, stream);
+    };
+    pc.onconnectionstatechange = () => this.on.connectionState?.(pc.connectionState);
+
+    const mayPublish = !msg.grants || msg.grants.publish !== false;
+    if (mayPublish) {
+      for (const kind of ['audio', 'video']) {
+        const track = kind === 'audio' ? this.stream.getAudioTracks()[0] : this.stream.getVideoTracks()[0];
+        if (!track) continue;
+        const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [this.stream] });
+        this.publishing[kind] = tr.sender;
+      }
+    }
+    this.dc = pc.createDataChannel('huddle');
+
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    this.offerSent = true;
+    for (const c of this.pendingCandidates.splice(0)) this.send(c);
+    this.on.offered?.();
+  }
+
+  onLocalCandidate(candidate) {
+    let msg;
+    if (candidate && candidate.candidate) {
+      msg = {
+        type: 'candidate',
+        candidate: candidate.candidate,
+        sdp_mid: candidate.sdpMid ?? null,
+        sdp_m_line_index: candidate.sdpMLineIndex ?? null,
+      };
+    } else {
+      if (this.endOfCandidatesSent) return;
+      this.endOfCandidatesSent = true;
+      msg = { type: 'candidate', candidate: '', sdp_mid: null, sdp_m_line_index: null };
+    }
+    if (this.offerSent) this.send(msg);
+    else this.pendingCandidates.push(msg);
+  }
+
+  setMuted(kind, muted) {
+    const tracks = kind === 'audio' ? this.stream.getAudioTracks() : this.stream.getVideoTracks();
+    for (const tr of tracks) tr.enabled = !muted;
+    if (this.joined) this.send({ type: 'mute', kind, muted });
+  }
+
+  sendChat(text) {
+    return this.send({ type: 'chat', text });
+  }
+
+  stopTimers() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = 0;
+  }
+
+  closePeer() {
+    if (this.pc) {
+      try {
+        this.pc.close();
+      } catch {
+        /* already closed */
+      }
+    }
+  }
+
+  // The user leaves.
+  leave() {
+    if (this.ended) return;
+    this.ended = true;
+    this.stopTimers();
+    this.send({ type: 'leave' });
+    this.closePeer();
+    try {
+      this.ws.close(1000, 'left');
+    } catch {
+      /* closing anyway */
+    }
+  }
+}

@@ -1,0 +1,455 @@
+// The meeting view: video grid, tiles, chat panel and control bar.
+import { t, tn, setLabel, lang } from './i18n.js';
+import { icon } from './icons.js';
+import { $, el, initials, hueFor } from './ui.js';
+
+const GAP = 12;
+const TILE_ASPECTS = [16 / 9, 4 / 3, 1, 3 / 4];
+const CHAT_GROUP_MS = 2 * 60 * 1000;
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
+
+// The column count that gives the largest tiles for n tiles in a W x H stage.
+// For a landscape stage this gives 1, 2, 2 (3-4), 3 (5-9), 4 (10-16), ... columns.
+export function bestLayout(n, W, H, gap = GAP) {
+  let best = { cols: 1, rows: Math.max(1, n), w: 0, h: 0 };
+  if (n < 1 || W <= 0 || H <= 0) return best;
+  for (const aspect of TILE_ASPECTS) {
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      let w = (W - gap * (cols - 1)) / cols;
+      let h = (H - gap * (rows - 1)) / rows;
+      if (w <= 0 || h <= 0) continue;
+      if (w / h > aspect) w = h * aspect;
+      else h = w / aspect;
+      // Prefer the wide tile shape unless another one is clearly bigger.
+      const area = w * h * (aspect === 16 / 9 ? 1.15 : 1);
+      if (area > best.w * best.h * (best.aspect === 16 / 9 ? 1.15 : 1)) best = { cols, rows, w, h, aspect };
+    }
+  }
+  return best;
+}
+
+export class RoomView {
+  // opts: {room, selfId, selfName, stream, audioMuted, videoMuted, canPublish, canChat,
+  //        huddle (test hooks), onToggleMic, onToggleCamera, onLeave, onInvite, onSendChat, onRemoteFrame}
+  constructor(opts) {
+    this.opts = opts;
+    this.selfId = opts.selfId;
+    this.tiles = new Map();
+    this.gone = new Set();
+    this.unread = 0;
+    this.lastChat = null;
+    this.root = $('#room');
+    this.grid = $('#grid');
+    this.stage = $('#stage');
+    this.chatLog = $('#chat-log');
+    this.audioBlocked = false;
+
+    $('#room-name').textContent = opts.room;
+    this.grid.replaceChildren();
+    this.chatLog.replaceChildren($('#chat-empty') || el('p', { id: 'chat-empty', class: 'chat-empty' }));
+    $('#chat-empty').textContent = t('chat.empty');
+
+    this.selfTile = this.makeSelfTile(opts);
+    this.grid.append(this.selfTile.el);
+
+    this.wireControls();
+    this.setChatOpen(window.matchMedia('(min-width: 900px)').matches);
+    this.setChatAllowed(opts.canChat !== false);
+    this.renderMic(opts.audioMuted, !opts.stream.getAudioTracks().length || !opts.canPublish);
+    this.renderCamera(opts.videoMuted, !opts.stream.getVideoTracks().length || !opts.canPublish);
+
+    this.resizeObserver = new ResizeObserver(() => this.layout());
+    this.resizeObserver.observe(this.stage);
+    this.levelTimer = setInterval(() => this.updateSpeaking(), 300);
+    this.updateCount();
+  }
+
+  destroy() {
+    this.resizeObserver.disconnect();
+    clearInterval(this.levelTimer);
+    for (const tile of this.tiles.values()) this.stopTileMedia(tile);
+    this.tiles.clear();
+  }
+
+  // ---- tiles ----
+
+  makeTileShell(id, name, { self = false } = {}) {
+    const video = el('video', { class: 'tile-video', autoplay: true, playsInline: true, muted: true });
+    video.muted = true; // the property, not only the attribute: video elements never carry sound here
+    const avatar = el('div', { class: 'tile-avatar' }, el('span', { class: 'avatar', text: initials(name) }));
+    avatar.style.setProperty('--hue', String(hueFor(id)));
+    const micBadge = el('span', { class: 'tile-badge mic-badge', hidden: true, title: t('tile.muted') }, icon('mic-off'));
+    const camBadge = el('span', { class: 'tile-badge cam-badge', hidden: true, title: t('tile.camera_off') }, icon('video-off'));
+    const nameEl = el('span', { class: 'tile-name', text: self ? t('tile.you', { name }) : name });
+    const label = el('div', { class: 'tile-label' }, micBadge, camBadge, nameEl);
+    const root = el('div', { class: self ? 'tile self' : 'tile', dataset: { participantId: id } }, video, avatar, label);
+    micBadge.setAttribute('aria-label', t('tile.muted'));
+    camBadge.setAttribute('aria-label', t('tile.camera_off'));
+    return { id, el: root, video, avatar, micBadge, camBadge, nameEl, name, audioMuted: false, videoMuted: false };
+  }
+
+  makeSelfTile(opts) {
+    const tile = this.makeTileShell(opts.selfId, opts.selfName, { self: true });
+    tile.el.dataset.testid = 'self-tile';
+    tile.video.classList.add('mirrored');
+    tile.video.srcObject = opts.stream.getVideoTracks().length ? new MediaStream(opts.stream.getVideoTracks()) : null;
+    tile.video.play().catch(() => {});
+    tile.hasVideo = opts.stream.getVideoTracks().length > 0;
+    tile.audioMuted = !!opts.audioMuted || !opts.stream.getAudioTracks().length;
+    tile.videoMuted = !!opts.videoMuted;
+    this.renderTile(tile);
+    return tile;
+  }
+
+  ensureTile(id, info) {
+    if (id === this.selfId) return null;
+    let tile = this.tiles.get(id);
+    if (!tile) {
+      if (this.gone.has(id)) return null;
+      const name = (info && info.name) || '…';
+      tile = this.makeTileShell(id, name);
+      tile.el.dataset.testid = 'tile';
+      tile.video.dataset.remote = '1';
+      tile.audio = el('audio', { class: 'tile-audio', autoplay: true });
+      tile.el.append(tile.audio);
+      tile.videoTrack = null;
+      tile.audioTrack = null;
+      tile.audioReceiver = null;
+      tile.tracks = new Map(); // track_id -> kind, from the server's Track objects
+      this.watchFrames(tile.video);
+      tile.video.addEventListener('resize', () => this.renderTile(tile));
+      this.grid.insertBefore(tile.el, this.selfTile.el);
+      this.tiles.set(id, tile);
+      this.updateCount();
+      this.layout();
+    }
+    if (info) {
+      if (typeof info.name === 'string' && info.name !== tile.name) {
+        tile.name = info.name;
+        tile.nameEl.textContent = info.name;
+        $('.avatar', tile.avatar).textContent = initials(info.name);
+      }
+      if (typeof info.audio_muted === 'boolean') tile.audioMuted = info.audio_muted;
+      if (typeof info.video_muted === 'boolean') tile.videoMuted = info.video_muted;
+      if (Array.isArray(info.tracks)) for (const tr of info.tracks) if (tr && tr.track_id) tile.tracks.set(tr.track_id, tr.kind);
+      this.renderTile(tile);
+    }
+    return tile;
+  }
+
+  // Record when the first remote video frame is shown (test hook).
+  watchFrames(video) {
+    const mark = () => this.opts.onRemoteFrame?.();
+    video.addEventListener('playing', mark);
+    if (typeof video.requestVideoFrameCallback === 'function') {
+      const loop = () => {
+        if (video.videoWidth > 0) mark();
+        else video.requestVideoFrameCallback(loop);
+      };
+      video.requestVideoFrameCallback(loop);
+    }
+  }
+
+  renderTile(tile) {
+    const liveVideo = tile.el.classList.contains('self')
+      ? tile.hasVideo && !tile.videoMuted
+      : !!tile.videoTrack &&
+        tile.videoTrack.readyState === 'live' &&
+        !tile.videoTrack.muted &&
+        !tile.videoMuted &&
+        tile.video.videoWidth > 0;
+    tile.el.classList.toggle('video-on', liveVideo);
+    tile.micBadge.hidden = !tile.audioMuted;
+    tile.camBadge.hidden = !tile.videoMuted;
+    tile.el.classList.toggle('audio-muted', !!tile.audioMuted);
+    tile.el.classList.toggle('video-muted', !!tile.videoMuted);
+  }
+
+  participantJoined(p) {
+    if (!p || !p.participant_id) return;
+    this.gone.delete(p.participant_id);
+    this.ensureTile(p.participant_id, p);
+  }
+
+  participantLeft(id) {
+    const tile = this.tiles.get(id);
+    this.gone.add(id);
+    if (!tile) return;
+    this.stopTileMedia(tile);
+    tile.el.remove();
+    this.tiles.delete(id);
+    this.updateCount();
+    this.layout();
+  }
+
+  stopTileMedia(tile) {
+    if (tile.video) tile.video.srcObject = null;
+    if (tile.audio) tile.audio.srcObject = null;
+  }
+
+  setRemoteMute(id, kind, muted) {
+    const tile = this.tiles.get(id);
+    if (!tile) return;
+    if (kind === 'audio') tile.audioMuted = muted;
+    else if (kind === 'video') tile.videoMuted = muted;
+    this.renderTile(tile);
+  }
+
+  trackPublished(id, track) {
+    const tile = this.ensureTile(id);
+    if (tile && track && track.track_id) tile.tracks.set(track.track_id, track.kind);
+  }
+
+  trackUnpublished(id, trackId) {
+    const tile = this.tiles.get(id);
+    if (!tile) return;
+    const kind = tile.tracks.get(trackId);
+    tile.tracks.delete(trackId);
+    const stillHasKind = [...tile.tracks.values()].includes(kind);
+    if (kind && !stillHasKind) this.detachKind(tile, kind);
+  }
+
+  // A remote track arrived (RTCTrackEvent); streamId is the publisher's participant id.
+  attachTrack(streamId, track, receiver) {
+    const tile = this.ensureTile(streamId);
+    if (!tile) return;
+    const onGone = () => {
+      if (track.kind === 'video' && tile.videoTrack === track) this.detachKind(tile, 'video');
+      if (track.kind === 'audio' && tile.audioTrack === track) this.detachKind(tile, 'audio');
+    };
+    track.addEventListener('ended', onGone);
+    track.addEventListener('mute', () => this.renderTile(tile));
+    track.addEventListener('unmute', () => this.renderTile(tile));
+    if (track.kind === 'video') {
+      tile.videoTrack = track;
+      tile.video.srcObject = new MediaStream([track]);
+      tile.video.play().catch(() => {});
+    } else if (track.kind === 'audio') {
+      tile.audioTrack = track;
+      tile.audioReceiver = receiver;
+      tile.audio.srcObject = new MediaStream([track]);
+      tile.audio.play().catch((err) => {
+        if (err && err.name === 'NotAllowedError') this.opts.onAudioBlocked?.();
+      });
+    }
+    this.renderTile(tile);
+  }
+
+  // Removes a remote track whose m-line was stopped.
+  removeTrack(streamId, track) {
+    const tile = this.tiles.get(streamId);
+    if (!tile) return;
+    if (tile.videoTrack === track) this.detachKind(tile, 'video');
+    if (tile.audioTrack === track) this.detachKind(tile, 'audio');
+  }
+
+  detachKind(tile, kind) {
+    if (kind === 'video') {
+      tile.videoTrack = null;
+      tile.video.srcObject = null;
+    } else {
+      tile.audioTrack = null;
+      tile.audioReceiver = null;
+      tile.audio.srcObject = null;
+    }
+    this.renderTile(tile);
+  }
+
+  resumeAudio() {
+    for (const tile of this.tiles.values()) {
+      if (tile.audio && tile.audio.srcObject && tile.audio.paused) tile.audio.play().catch(() => {});
+    }
+  }
+
+  // Speaking ring from the receivers' audio level.
+  updateSpeaking() {
+    for (const tile of this.tiles.values()) {
+      let level = 0;
+      try {
+        const src = tile.audioReceiver && tile.audioReceiver.getSynchronizationSources();
+        if (src && src.length) level = src[0].audioLevel || 0;
+      } catch {
+        level = 0;
+      }
+      tile.el.classList.toggle('speaking', !tile.audioMuted && level > 0.04);
+    }
+  }
+
+  updateCount() {
+    const n = this.tiles.size + 1;
+    $('#participant-count-text').textContent = tn('room.participants', n);
+    this.grid.dataset.count = String(n);
+  }
+
+  layout() {
+    const tiles = [...this.grid.children];
+    const n = tiles.length;
+    const rect = this.stage.getBoundingClientRect();
+    const style = getComputedStyle(this.stage);
+    const W = rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const H = rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    const { cols, rows, w, h } = bestLayout(n, W, H);
+    const gs = this.grid.style;
+    gs.setProperty('--cols', String(cols));
+    gs.setProperty('--rows', String(rows));
+    gs.setProperty('--tile-w', `${Math.floor(w)}px`);
+    gs.setProperty('--tile-h', `${Math.floor(h)}px`);
+    this.grid.dataset.cols = String(cols);
+    // Centre a short last row: every tile spans two half-columns, and the
+    // first tile of the last row starts further in.
+    const rest = n % cols;
+    tiles.forEach((tile, i) => {
+      tile.style.gridColumn = rest && i === n - rest ? `${cols - rest + 1} / span 2` : '';
+    });
+  }
+
+  // ---- local state ----
+
+  renderMic(muted, unavailable) {
+    const b = $('#mic-button');
+    b.setAttribute('aria-pressed', String(!!muted || !!unavailable));
+    b.classList.toggle('off', !!muted || !!unavailable);
+    b.disabled = !!unavailable;
+    setLabel(b, unavailable ? t('controls.mic_unavailable') : muted ? t('controls.mic_unmute') : t('controls.mic_mute'));
+    this.selfTile.audioMuted = !!muted || !!unavailable;
+    this.renderTile(this.selfTile);
+  }
+
+  renderCamera(off, unavailable) {
+    const b = $('#camera-button');
+    b.setAttribute('aria-pressed', String(!!off || !!unavailable));
+    b.classList.toggle('off', !!off || !!unavailable);
+    b.disabled = !!unavailable;
+    setLabel(b, unavailable ? t('controls.camera_unavailable') : off ? t('controls.camera_on') : t('controls.camera_off'));
+    this.selfTile.videoMuted = !!off || !!unavailable;
+    this.renderTile(this.selfTile);
+  }
+
+  wireControls() {
+    // Replace the buttons' listeners from an earlier session in this page.
+    for (const id of ['mic-button', 'camera-button', 'invite-button', 'chat-button', 'leave-button', 'chat-close']) {
+      const old = $(`#${id}`);
+      const fresh = old.cloneNode(true);
+      old.replaceWith(fresh);
+    }
+    const form = $('#chat-form');
+    const freshForm = form.cloneNode(true);
+    form.replaceWith(freshForm);
+
+    $('#mic-button').addEventListener('click', () => this.opts.onToggleMic());
+    $('#camera-button').addEventListener('click', () => this.opts.onToggleCamera());
+    $('#invite-button').addEventListener('click', () => this.opts.onInvite());
+    $('#leave-button').addEventListener('click', () => this.opts.onLeave());
+    $('#chat-button').addEventListener('click', () => this.setChatOpen(!this.chatOpen));
+    $('#chat-close').addEventListener('click', () => this.setChatOpen(false));
+    const input = $('#chat-input');
+    const send = $('#chat-send');
+    const sync = () => {
+      send.disabled = !input.value.trim() || !this.chatAllowed;
+    };
+    input.addEventListener('input', sync);
+    $('#chat-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text || !this.chatAllowed) return;
+      if (this.opts.onSendChat(text)) input.value = '';
+      sync();
+      input.focus();
+    });
+    sync();
+  }
+
+  // ---- chat ----
+
+  setChatAllowed(allowed) {
+    this.chatAllowed = allowed;
+    const input = $('#chat-input');
+    input.disabled = !allowed;
+    input.placeholder = allowed ? t('chat.placeholder') : t('chat.not_allowed');
+    $('#chat-send').disabled = true;
+  }
+
+  setChatOpen(open) {
+    this.chatOpen = open;
+    this.root.classList.toggle('chat-open', open);
+    const b = $('#chat-button');
+    b.setAttribute('aria-pressed', String(open));
+    b.classList.toggle('active', open);
+    if (open) {
+      this.unread = 0;
+      this.renderUnread();
+      this.scrollChat(true);
+    }
+    // The stage changes size on wide screens.
+    requestAnimationFrame(() => this.layout());
+  }
+
+  renderUnread() {
+    const badge = $('#chat-badge');
+    badge.hidden = this.unread === 0;
+    badge.textContent = this.unread > 9 ? '9+' : String(this.unread);
+  }
+
+  chatHistory(list) {
+    if (!Array.isArray(list)) return;
+    for (const m of list) this.addChat(m, { history: true });
+    this.scrollChat(true);
+  }
+
+  addChat(m, { history = false } = {}) {
+    if (!m || typeof m.text !== 'string') return;
+    const empty = $('#chat-empty');
+    if (empty) empty.remove();
+    const log = this.chatLog;
+    const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    const own = m.participant_id === this.selfId;
+    const ts = typeof m.ts === 'number' ? m.ts : Date.now();
+    const prev = this.lastChat;
+    const continued = prev && prev.participant_id === m.participant_id && ts - prev.ts < CHAT_GROUP_MS;
+    const time = new Date(ts);
+    let timeText;
+    try {
+      timeText = new Intl.DateTimeFormat(lang(), { hour: '2-digit', minute: '2-digit' }).format(time);
+    } catch {
+      timeText = time.toLocaleTimeString();
+    }
+    const header = el(
+      'div',
+      { class: 'chat-meta' },
+      el('span', { class: 'chat-name', text: own ? t('chat.you') : String(m.name || m.identity || '?') }),
+      el('time', { class: 'chat-time', datetime: time.toISOString(), text: timeText }),
+    );
+    const body = el('p', { class: 'chat-text' });
+    appendLinkified(body, m.text);
+    const item = el('div', { class: `chat-message${own ? ' own' : ''}${continued ? ' continued' : ''}` }, header, body);
+    item.dataset.testid = 'chat-message';
+    if (m.id !== undefined) item.dataset.id = String(m.id);
+    item.title = timeText;
+    log.append(item);
+    this.lastChat = { participant_id: m.participant_id, ts };
+    if (!history && !this.chatOpen && !own) {
+      this.unread += 1;
+      this.renderUnread();
+    }
+    if (own || nearBottom || history) this.scrollChat();
+  }
+
+  scrollChat() {
+    this.chatLog.scrollTop = this.chatLog.scrollHeight;
+  }
+}
+
+// Text with http(s) links made clickable, built from text nodes only.
+function appendLinkified(parent, text) {
+  let last = 0;
+  for (const match of text.matchAll(URL_RE)) {
+    let url = match[0].replace(/[.,;:!?)\]]+$/, '');
+    const start = match.index;
+    if (start > last) parent.append(document.createTextNode(text.slice(last, start)));
+    const a = el('a', { href: url, target: '_blank', rel: 'noopener noreferrer nofollow', text: url });
+    parent.append(a);
+    last = start + url.length;
+  }
+  if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
+}
