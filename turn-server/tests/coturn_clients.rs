@@ -225,3 +225,48 @@ async fn tcp_and_udp_share_the_port_and_shutdown_frees_it() {
     .expect("the port is free again after shutdown");
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uclient_relays_over_tls_without_loss() {
+    let uclient = tool("turnutils_uclient");
+    let dir = std::env::temp_dir().join(format!("huddle-turn-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    let server = TurnServer::start(TurnConfig {
+        tls_listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        tls_cert_pem: Some(cert),
+        tls_key_pem: Some(key),
+        ..general_config()
+    })
+    .await
+    .expect("server starts with TLS");
+    let port = server.local_addr(Transport::Tls).expect("tls").port();
+    let mut args = uclient_args(&["-t", "-S"], SECRET, port);
+    let m = args.iter().position(|a| a == "-m").expect("-m");
+    args[m + 1] = "4".into();
+    let out = run(uclient, &args).await;
+    let output = text(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "uclient failed:\n{output}");
+    let (sent, received, lost) = summary(&output);
+    assert!(sent > 0, "nothing sent:\n{output}");
+    assert_eq!(lost, 0, "packets lost:\n{output}");
+    assert_eq!(sent, received, "sent != received:\n{output}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_tls_key_is_a_tls_error() {
+    let err = TurnServer::start(TurnConfig {
+        tls_cert_pem: Some("/nonexistent/cert.pem".into()),
+        tls_key_pem: Some("/nonexistent/key.pem".into()),
+        ..general_config()
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(matches!(err, huddle_turn::TurnError::Tls(_)), "{err}");
+}

@@ -309,6 +309,11 @@ impl Core {
         self.next_sweep
     }
 
+    /// Whether the client of `tuple` holds an allocation.
+    pub(crate) fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
     /// Number of allocations (bound or binding).
     #[cfg(test)]
     pub(crate) fn allocation_count(&self) -> usize {

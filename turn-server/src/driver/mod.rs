@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +23,11 @@ use batch::{recv_batch, send_batch, RecvBufs};
 
 /// Frames a TCP/TLS client may have queued towards it before more are dropped.
 const STREAM_QUEUE: usize = 1024;
+/// A TCP/TLS connection that holds no allocation this long after it opened is
+/// closed.
+const NO_ALLOCATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 thread_local! {
     static RX: RefCell<RecvBufs> = RefCell::new(RecvBufs::new());
@@ -316,12 +321,18 @@ async fn tcp_accept_loop(
                 let acceptor = acceptor.clone();
                 let shared2 = shared.clone();
                 tokio::spawn(async move {
-                    match acceptor.accept(stream).await {
-                        Ok(tls_stream) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
                             serve_stream(shared2, tls_stream, tuple, rx, permit).await
                         }
-                        Err(e) => {
-                            tracing::debug!(%client, error = %e, "TLS handshake failed");
+                        failed => {
+                            let reason = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timeout".to_owned(),
+                            };
+                            tracing::debug!(%client, %reason, "TLS handshake failed");
                             let mut st = shared2.lock();
                             st.streams.remove(&tuple);
                             st.stream_tasks.remove(&tuple);
@@ -347,18 +358,25 @@ async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
+    // Over TCP, queued frames are coalesced into one write. Over TLS each
+    // frame gets its own record: some clients (coturn's uclient among them)
+    // read one message per record.
+    let coalesce = tuple.transport == Transport::Tcp;
     let writer = async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.recv().await {
             buf.clear();
             buf.extend_from_slice(&first);
-            while buf.len() < 64 * 1024 {
+            while coalesce && buf.len() < 64 * 1024 {
                 match rx.try_recv() {
                     Ok(more) => buf.extend_from_slice(&more),
                     Err(_) => break,
                 }
             }
             if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            if !coalesce && rx.is_empty() && wr.flush().await.is_err() {
                 break;
             }
         }
@@ -368,8 +386,25 @@ async fn serve_stream<S>(
         let shared = reader_shared;
         let mut framer = StreamFramer::default();
         let mut chunk = vec![0u8; 64 * 1024];
+        let deadline = tokio::time::Instant::now() + NO_ALLOCATION_TIMEOUT;
+        let mut watch_idle = true;
         loop {
-            let n = match rd.read(&mut chunk).await {
+            let read = if watch_idle {
+                tokio::select! {
+                    r = rd.read(&mut chunk) => r,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if !shared.lock().core.has_allocation(&tuple) {
+                            tracing::debug!(client = %tuple.client, "closing a connection without allocation");
+                            return;
+                        }
+                        watch_idle = false;
+                        continue;
+                    }
+                }
+            } else {
+                rd.read(&mut chunk).await
+            };
+            let n = match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
