@@ -263,6 +263,21 @@ mod tests {
     }
 
     #[test]
+    fn deserializes_from_a_partial_tree() {
+        let c: TurnConfig = serde_json::from_str(
+            r#"{"secret": "x", "peer_mode": "general", "allow_peers": ["127.0.0.0/8"],
+                "listen": ["127.0.0.1:3478"], "users": [{"username": "u", "password": "p"}]}"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.peer_mode, PeerMode::General);
+        assert_eq!(c.allow_peers.len(), 1);
+        assert_eq!(c.realm, "huddle", "defaults fill the rest");
+        assert!(c.validate().is_ok());
+        let typo = serde_json::from_str::<TurnConfig>(r#"{"secrett": "x"}"#);
+        assert!(typo.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
     fn validate_refuses_a_server_without_credentials() {
         assert!(TurnConfig::default().validate().is_err());
         let ok = TurnConfig {
