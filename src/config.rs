@@ -178,7 +178,7 @@ pub fn load(
         }
         fig = fig.merge(Toml::file(f));
     }
-    fig.merge(Env::prefixed("HUDDLE_").split("__"))
+    fig.merge(Env::prefixed("HUDDLE_").ignore(&["config"]).split("__"))
         .merge(overrides)
         .extract()
         .map_err(Box::new)

@@ -267,6 +267,7 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         for addr in &self.config.candidates {
             let candidate = Candidate::host(*addr, "udp")
@@ -482,10 +483,7 @@ impl Sfu {
             };
             peer.dirty = false;
             self.negotiate_if_needed(pid);
-            loop {
-                let Some(peer) = self.peers.get_mut(&pid) else {
-                    break;
-                };
+            while let Some(peer) = self.peers.get_mut(&pid) {
                 if !peer.rtc.is_alive() {
                     self.close(pid, CloseReason::Failed);
                     break;
@@ -534,6 +532,9 @@ impl Sfu {
             }
             Event::MediaData(data) => self.forward(now, pid, data),
             Event::KeyframeRequest(req) => self.keyframe_from_subscriber(now, pid, req),
+            Event::MediaEgressStats(s) => {
+                tracing::debug!(participant = %pid, mid = %s.mid, packets = s.packets, bytes = s.bytes, "egress");
+            }
             _ => {}
         }
     }

@@ -285,30 +285,49 @@ impl ServerMsg {
     }
 }
 
-/// Decodes one client frame. On failure, returns the `error` to send back.
-pub fn decode_client_msg(text: &str) -> Result<(ClientMsg, Option<String>), ServerMsg> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ServerMsg::error(ErrorCode::BadMessage, format!("not JSON: {e}"), None))?;
+/// A client frame that did not decode: answered with `bad_message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// What was wrong, for the client.
+    pub message: String,
+    /// The frame's `request_id`, when it had one.
+    pub request_id: Option<String>,
+}
+
+impl DecodeError {
+    /// The `error` message to send back.
+    pub fn to_msg(&self) -> ServerMsg {
+        ServerMsg::error(
+            ErrorCode::BadMessage,
+            self.message.clone(),
+            self.request_id.clone(),
+        )
+    }
+}
+
+/// Decodes one client frame, with its optional `request_id`.
+pub fn decode_client_msg(text: &str) -> Result<(ClientMsg, Option<String>), DecodeError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
+        message: format!("not JSON: {e}"),
+        request_id: None,
+    })?;
     let request_id = value
         .get("request_id")
         .and_then(|v| v.as_str())
         .filter(|s| s.len() <= 64)
         .map(str::to_string);
     if !value.is_object() {
-        return Err(ServerMsg::error(
-            ErrorCode::BadMessage,
-            "a message must be a JSON object",
+        return Err(DecodeError {
+            message: "a message must be a JSON object".into(),
             request_id,
-        ));
+        });
     }
-    match serde_json::from_value::<ClientMsg>(value) {
-        Ok(msg) => Ok((msg, request_id)),
-        Err(e) => Err(ServerMsg::error(
-            ErrorCode::BadMessage,
-            format!("bad message: {e}"),
+    serde_json::from_value::<ClientMsg>(value)
+        .map(|msg| (msg, request_id.clone()))
+        .map_err(|e| DecodeError {
+            message: format!("bad message: {e}"),
             request_id,
-        )),
-    }
+        })
 }
 
 #[cfg(test)]
@@ -345,11 +364,15 @@ mod tests {
             (r#"{"type":"join","protocol":"one","token":1}"#, None),
         ] {
             match decode_client_msg(text) {
-                Err(ServerMsg::Error {
-                    code, request_id, ..
-                }) => {
-                    assert_eq!(code, ErrorCode::BadMessage, "{text}");
-                    assert_eq!(request_id.as_deref(), rid, "{text}");
+                Err(e) => {
+                    assert_eq!(e.request_id.as_deref(), rid, "{text}");
+                    assert!(matches!(
+                        e.to_msg(),
+                        ServerMsg::Error {
+                            code: ErrorCode::BadMessage,
+                            ..
+                        }
+                    ));
                 }
                 other => panic!("{text}: {other:?}"),
             }

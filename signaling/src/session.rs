@@ -137,7 +137,7 @@ impl Conn {
         match decode_client_msg(text.as_str()) {
             Ok((m, rid)) => Read::Msg(m, rid),
             Err(e) => {
-                let _ = self.send(&e).await;
+                let _ = self.send(&e.to_msg()).await;
                 Read::Bad
             }
         }

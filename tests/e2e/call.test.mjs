@@ -65,8 +65,17 @@ async function waitFor(what, probe, check, { timeout = 10_000, interval = 250 } 
 
 const server = { proc: null, dataDir: null, log: [], url: null };
 
+// The server's last lines, without Rust backtrace frames (they hide the cause).
 function serverLogTail(n = 60) {
-  return server.log.slice(-n).join('\n');
+  const frame = /^\[std(out|err)\]\s+(\d+: |at )/;
+  let inBacktrace = false;
+  const kept = [];
+  for (const line of server.log) {
+    if (line.includes('Stack backtrace:')) inBacktrace = true;
+    else if (!frame.test(line)) inBacktrace = false;
+    if (!(inBacktrace && frame.test(line))) kept.push(line);
+  }
+  return kept.slice(-n).join('\n');
 }
 
 async function startServer() {

@@ -1,0 +1,426 @@
+//! Test harness: the real `huddle` binary on loopback, and client peers built on an independent
+//! WebRTC stack (the `webrtc` crate) that join through the real signaling protocol.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocalWriter;
+
+/// A running `huddle` server with its own data directory; killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let data_dir =
+            std::env::temp_dir().join(format!("huddle-it-{}-{:x}", std::process::id(), rand_u64()));
+        Self::start_in(&data_dir, extra)
+    }
+
+    pub fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--media-port",
+                "0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the huddle binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("huddle printed its URL before exiting")
+                .expect("stdout readable");
+            if let Some(rest) = line.split("Huddle is ready at ").nth(1) {
+                break rest.trim().trim_end_matches('/').to_string();
+            }
+        };
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.url.replacen("http://", "ws://", 1))
+    }
+
+    /// A guest token from `/api/token`.
+    pub async fn guest_token(&self, room: &str, name: &str) -> String {
+        let res: Value = reqwest::Client::new()
+            .post(format!("{}/api/token", self.url))
+            .json(&json!({"room": room, "name": name}))
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token JSON");
+        res["token"].as_str().expect("a token").to_string()
+    }
+}
+
+impl Server {
+    /// Kills the server but keeps its data directory (for restart tests).
+    pub fn kill_keeping_data(mut self) -> std::path::PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.data_dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.data_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+/// A raw signaling connection.
+pub struct Signal {
+    tx: futures_util::stream::SplitSink<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        Message,
+    >,
+    rx: futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+}
+
+impl Signal {
+    pub async fn connect(url: &str) -> Signal {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket connects");
+        let (tx, rx) = ws.split();
+        Signal { tx, rx }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.tx
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON message, or None when the socket closed; panics after `timeout`.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.rx.next())
+                .await
+                .expect("a signaling message within the timeout");
+            match msg {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server sends JSON"))
+                }
+                Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        self.recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("socket open")
+    }
+
+    /// Reads until a message of `type` arrives (others are returned in the Vec).
+    pub async fn recv_type(&mut self, ty: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m["type"] == ty {
+                return (m, skipped);
+            }
+            skipped.push(m);
+        }
+    }
+}
+
+/// RTP payloads a peer received, by publishing participant id.
+pub type Received = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+
+/// A client peer: signaling plus a `webrtc` crate peer connection, driven by a task that follows
+/// the protocol (answer server offers, record incoming tracks).
+pub struct Peer {
+    pub participant_id: String,
+    pub joined: Value,
+    pub pc: Arc<RTCPeerConnection>,
+    pub audio: Option<Arc<TrackLocalStaticRTP>>,
+    pub received: Received,
+    /// Every server message the driver saw, in order.
+    pub messages: Arc<Mutex<Vec<Value>>>,
+    cmd: mpsc::UnboundedSender<Value>,
+}
+
+impl Peer {
+    /// Joins `room` with a guest token; publishes an Opus track when `publish`.
+    pub async fn join(server: &Server, room: &str, name: &str, publish: bool) -> Peer {
+        let token = server.guest_token(room, name).await;
+        let mut sig = Signal::connect(&server.ws_url()).await;
+        sig.send(json!({"type": "join", "protocol": 1, "token": token}))
+            .await;
+        let joined = sig.recv().await;
+        assert_eq!(joined["type"], "joined", "join answered with {joined}");
+        let participant_id = joined["participant_id"].as_str().unwrap().to_string();
+
+        let mut m = MediaEngine::default();
+        m.register_default_codecs().unwrap();
+        // The mid header extension lets the client map each forwarded stream to its m-line.
+        for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
+                },
+                kind,
+                None,
+            )
+            .unwrap();
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut m).unwrap();
+        let mut s = SettingEngine::default();
+        s.set_include_loopback_candidate(true);
+        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        s.set_network_types(vec![NetworkType::Udp4]);
+        let api = APIBuilder::new()
+            .with_media_engine(m)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(s)
+            .build();
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .unwrap(),
+        );
+
+        let audio = if publish {
+            let track = Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: MIME_TYPE_OPUS.to_owned(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    ..Default::default()
+                },
+                "audio".to_owned(),
+                participant_id.clone(),
+            ));
+            pc.add_transceiver_from_track(
+                track.clone(),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .unwrap();
+            Some(track)
+        } else {
+            None
+        };
+        let _dc = pc.create_data_channel("huddle", None).await.unwrap();
+
+        let received: Received = Arc::default();
+        let rec = received.clone();
+        pc.on_track(Box::new(move |track, _, _| {
+            let rec = rec.clone();
+            Box::pin(async move {
+                let from = track.stream_id();
+                while let Ok((pkt, _)) = track.read_rtp().await {
+                    rec.lock()
+                        .unwrap()
+                        .entry(from.clone())
+                        .or_default()
+                        .push(pkt.payload.to_vec());
+                }
+            })
+        }));
+
+        let offer = pc.create_offer(None).await.unwrap();
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await.unwrap();
+        let _ = gathered.recv().await;
+        let sdp = pc.local_description().await.unwrap().sdp;
+        sig.send(json!({"type": "offer", "sdp": sdp})).await;
+
+        let messages: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (cmd, mut cmd_rx) = mpsc::unbounded_channel::<Value>();
+        let pc2 = pc.clone();
+        let msgs = messages.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = sig.recv_timeout(Duration::from_secs(3600)) => {
+                        let Some(m) = m else { break };
+                        msgs.lock().unwrap().push(m.clone());
+                        match m["type"].as_str() {
+                            Some("answer") => {
+                                let a = RTCSessionDescription::answer(m["sdp"].as_str().unwrap().to_string()).unwrap();
+                                pc2.set_remote_description(a).await.expect("server answer applies");
+                            }
+                            Some("offer") => {
+                                let o = RTCSessionDescription::offer(m["sdp"].as_str().unwrap().to_string()).unwrap();
+                                pc2.set_remote_description(o).await.expect("server offer applies");
+                                let a = pc2.create_answer(None).await.unwrap();
+                                pc2.set_local_description(a).await.unwrap();
+                                let sdp = pc2.local_description().await.unwrap().sdp;
+                                sig.send(json!({"type": "answer", "sdp": sdp})).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    c = cmd_rx.recv() => {
+                        let Some(c) = c else { break };
+                        sig.send(c).await;
+                    }
+                }
+            }
+        });
+
+        Peer {
+            participant_id,
+            joined,
+            pc,
+            audio,
+            received,
+            messages,
+            cmd,
+        }
+    }
+
+    /// Sends a protocol message.
+    pub fn send(&self, v: Value) {
+        let _ = self.cmd.send(v);
+    }
+
+    /// Payloads received from `publisher` so far.
+    pub fn payloads_from(&self, publisher: &str) -> Vec<Vec<u8>> {
+        self.received
+            .lock()
+            .unwrap()
+            .get(publisher)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether a server message matching `f` has arrived.
+    pub fn saw(&self, f: impl Fn(&Value) -> bool) -> bool {
+        self.messages.lock().unwrap().iter().any(f)
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+/// Writes Opus-shaped RTP with distinct, recognisable payloads until `stop` is set.
+pub fn spawn_publisher(
+    track: Arc<TrackLocalStaticRTP>,
+    tag: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    tokio::spawn(async move {
+        let mut seq: u16 = 1;
+        let mut ts: u32 = 0;
+        let mut n: u32 = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let pkt = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ..Default::default()
+                },
+                payload: payload(tag, n).into(),
+            };
+            let _ = track.write_rtp(&pkt).await;
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(960);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// The payload of packet `n` from publisher `tag`: a TOC byte of a 20 ms Opus frame, then text.
+pub fn payload(tag: &str, n: u32) -> Vec<u8> {
+    let mut p = vec![0xfc];
+    p.extend_from_slice(format!("{tag}:{n:06}:").as_bytes());
+    p.extend((0..40u8).map(|i| i.wrapping_mul(7).wrapping_add(n as u8)));
+    p
+}
+
+/// Polls `f` every 50 ms until it is true; panics with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
