@@ -37,21 +37,32 @@ pub struct TurnStats {
     pub bytes_to_client: AtomicU64,
 }
 
-/// A plain copy of [`TurnStats`] at one moment.
+/// A plain copy of [`TurnStats`] at one moment; see there for each field.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)] // same fields as TurnStats
 pub struct TurnStatsSnapshot {
+    /// Allocations alive now.
     pub allocations_active: u64,
+    /// Allocations ever created.
     pub allocations_total: u64,
+    /// Requests refused for wrong, unknown or expired credentials.
     pub auth_failures: u64,
+    /// Requests and Send indications refused by the peer policy.
     pub permission_refusals: u64,
+    /// Allocations refused by a quota or for want of a relay port.
     pub quota_refusals: u64,
+    /// Unauthenticated requests dropped by the per-IP rate limit.
     pub rate_limited: u64,
+    /// Malformed datagrams or frames dropped.
     pub malformed_dropped: u64,
+    /// Data the relay dropped (no permission/channel, bandwidth cap, full queue).
     pub relay_dropped: u64,
+    /// Datagrams relayed from clients to peers.
     pub packets_to_peer: u64,
+    /// Payload bytes relayed from clients to peers.
     pub bytes_to_peer: u64,
+    /// Datagrams relayed from peers to clients.
     pub packets_to_client: u64,
+    /// Payload bytes relayed from peers to clients.
     pub bytes_to_client: u64,
 }
 

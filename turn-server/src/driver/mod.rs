@@ -489,6 +489,16 @@ impl TurnServer {
                 source,
             };
             let ua = u.local_addr().map_err(bind_err)?;
+            let got = socket2::SockRef::from(&u).recv_buffer_size().unwrap_or(0);
+            // Linux reports twice the size it was given.
+            if got < config.socket_buffer_bytes {
+                tracing::warn!(
+                    addr = %ua,
+                    wanted = config.socket_buffer_bytes,
+                    got,
+                    "UDP receive buffer is smaller than configured; raise net.core.rmem_max"
+                );
+            }
             let ta = t.local_addr().map_err(bind_err)?;
             local_addrs.push((Transport::Udp, ua));
             local_addrs.push((Transport::Tcp, ta));
