@@ -5,12 +5,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the generated secret and the chat database live. Default `./huddle-data`.
@@ -25,6 +25,13 @@ pub struct Config {
     pub signaling: SignalingSection,
     /// Logging.
     pub log: LogConfig,
+    /// What participants are told about STUN and TURN.
+    pub ice: IceSection,
+    /// The bundled TURN server (see `turn-server/`): every key of `huddle_turn::TurnConfig`.
+    /// `listen` and `tls_listen` default to port 3478 and 5349 on `media.bind_ip`; `secret`
+    /// defaults to one derived from the token secret; `media_addrs` is always filled in with
+    /// this node's media sockets.
+    pub turn: huddle_turn::TurnConfig,
 }
 
 impl Default for Config {
@@ -36,12 +43,38 @@ impl Default for Config {
             media: MediaSection::default(),
             signaling: SignalingSection::default(),
             log: LogConfig::default(),
+            ice: IceSection::default(),
+            turn: huddle_turn::TurnConfig::default(),
+        }
+    }
+}
+
+/// `[ice]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceSection {
+    /// Run the bundled TURN server and hand its URLs with fresh credentials to every
+    /// participant. Default true.
+    pub turn: bool,
+    /// Lifetime of the TURN credentials handed out at join, seconds. Default 86400.
+    pub credential_ttl_secs: u64,
+    /// Host name or IP put in the STUN/TURN URLs. Default: `media.public_ip`, else the TURN
+    /// listener's IP, else `media.bind_ip`.
+    pub host: Option<String>,
+}
+
+impl Default for IceSection {
+    fn default() -> Self {
+        IceSection {
+            turn: true,
+            credential_ttl_secs: 86400,
+            host: None,
         }
     }
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the HTTP/WebSocket listener. Default `127.0.0.1:8080`. Port 0 picks a free port.
@@ -57,7 +90,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Token signing secret. Prefer `secret_file` or the `HUDDLE_AUTH__SECRET` environment
@@ -84,7 +117,7 @@ impl Default for AuthConfig {
 }
 
 /// `[media]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaSection {
     /// Address the media UDP sockets bind to. Default `127.0.0.1`.
@@ -109,7 +142,7 @@ impl Default for MediaSection {
 }
 
 /// `[signaling]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalingSection {
     /// Largest signaling message answered normally, bytes. Default 65536.
@@ -134,7 +167,7 @@ impl Default for SignalingSection {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"text"` (default) or `"json"`.
@@ -168,7 +201,8 @@ pub fn load(
     file: Option<&std::path::Path>,
     overrides: Figment,
 ) -> Result<Config, Box<figment::Error>> {
-    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    // Every section has `#[serde(default)]`: keys absent everywhere take their defaults.
+    let mut fig = Figment::new();
     if let Some(f) = file {
         if !f.exists() {
             return Err(Box::new(figment::Error::from(format!(
@@ -212,7 +246,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("ok.toml");
         std::fs::write(&f, "[auth]\nopen_join = false\n[media]\nport = 40000\n").unwrap();
-        let over = Figment::new().merge(Serialized::default("media.port", 41000));
+        let over =
+            Figment::new().merge(figment::providers::Serialized::default("media.port", 41000));
         let c = load(Some(&f), over).unwrap();
         assert!(!c.auth.open_join);
         assert_eq!(c.media.port, 41000);

@@ -41,6 +41,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run only the bundled TURN server (the `[turn]` section of the configuration).
+    Turn(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,6 +79,12 @@ struct ServeArgs {
     /// Refuse guest tokens: only tokens from your application admit anyone.
     #[arg(long)]
     no_open_join: bool,
+    /// Port of the bundled TURN server, UDP and TCP (0 = any free port) [default: 3478].
+    #[arg(long)]
+    turn_port: Option<u16>,
+    /// Do not run the bundled TURN server.
+    #[arg(long)]
+    no_turn: bool,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -133,6 +141,16 @@ impl ServeArgs {
         if self.no_open_join {
             f = f.merge(Serialized::default("auth.open_join", false));
         }
+        if let Some(p) = self.turn_port {
+            f = f.merge(Serialized::default(
+                "turn.listen",
+                vec![format!("127.0.0.1:{p}")],
+            ));
+            f = f.merge(Serialized::default("turn.tls_listen", Vec::<String>::new()));
+        }
+        if self.no_turn {
+            f = f.merge(Serialized::default("ice.turn", false));
+        }
         if let Some(v) = self.log_format {
             f = f.merge(Serialized::default("log.format", v));
         }
@@ -157,8 +175,23 @@ fn main() -> Result<()> {
             if cfg.auth.secret.is_some() {
                 cfg.auth.secret = Some("<hidden>".into());
             }
-            print!("{}", toml_string(&cfg)?);
+            // TurnConfig's Debug hides its secret and passwords itself.
+            println!("{cfg:#?}");
             Ok(())
+        }
+        Some(Command::Turn(args)) => {
+            let cfg = load(cli.config.as_deref(), &args)?;
+            init_logging(&cfg);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let turn = start_turn(&cfg, &[]).await?;
+                for (t, a) in turn.local_addrs() {
+                    println!("TURN {t:?} on {a}");
+                }
+                shutdown_signal().await;
+                turn.shutdown().await;
+                Ok(())
+            })
         }
         Some(Command::Token(t)) => {
             let cfg = load(cli.config.as_deref(), &t.serve)?;
@@ -185,11 +218,6 @@ fn main() -> Result<()> {
         Some(Command::Serve(args)) => serve(load(cli.config.as_deref(), &args)?),
         None => serve(load(cli.config.as_deref(), &cli.serve)?),
     }
-}
-
-fn toml_string(cfg: &Config) -> Result<String> {
-    // figment can re-serialize through its own value type; JSON is enough for a human check.
-    Ok(format!("{:#?}\n", cfg))
 }
 
 fn load(file: Option<&Path>, args: &ServeArgs) -> Result<Config> {
@@ -288,7 +316,14 @@ async fn run(cfg: Config) -> Result<()> {
         chat_max_chars: cfg.signaling.chat_max_chars,
         ..SignalingConfig::default()
     };
-    let ice: huddle_signaling::IceServerProvider = Arc::new(|_identity: &str| Vec::new());
+    let mut media_addrs = media.local_addrs().to_vec();
+    media_addrs.extend_from_slice(media.addrs());
+    let turn = if cfg.ice.turn {
+        Some(start_turn(&cfg, &media_addrs).await?)
+    } else {
+        None
+    };
+    let ice = ice_servers(&cfg, turn.as_ref(), media.addrs()[0].ip());
     let state = AppState::new(signaling, keys, chat, media, ice);
 
     let listener = tokio::net::TcpListener::bind(cfg.server.bind)
@@ -304,7 +339,121 @@ async fn run(cfg: Config) -> Result<()> {
     axum::serve(listener, huddle_signaling::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(t) = turn {
+        t.shutdown().await;
+    }
     Ok(())
+}
+
+/// The TURN REST secret: configured, or derived from the token secret so that one generated
+/// secret serves both.
+fn turn_secret(cfg: &Config) -> Result<String> {
+    if let Some(s) = &cfg.turn.secret {
+        return Ok(s.clone());
+    }
+    // HMAC-SHA256 of a fixed label under the token secret: a leaked TURN secret does not
+    // reveal the token secret, and one generated secret serves both.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret(cfg)?);
+    let tag = ring::hmac::sign(&key, b"huddle turn rest secret v1");
+    let out: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(out)
+}
+
+async fn start_turn(
+    cfg: &Config,
+    media_addrs: &[std::net::SocketAddr],
+) -> Result<huddle_turn::TurnServer> {
+    let mut tc = cfg.turn.clone();
+    let defaults = huddle_turn::TurnConfig::default();
+    if tc.listen == defaults.listen {
+        tc.listen = vec![std::net::SocketAddr::new(cfg.media.bind_ip, 3478)];
+    }
+    if tc.tls_listen == defaults.tls_listen {
+        tc.tls_listen = vec![std::net::SocketAddr::new(cfg.media.bind_ip, 5349)];
+    }
+    if tc.public_ip.is_none() {
+        tc.public_ip = cfg.media.public_ip;
+    }
+    tc.secret = Some(turn_secret(cfg)?);
+    tc.media_addrs.extend_from_slice(media_addrs);
+    let turn = huddle_turn::TurnServer::start(tc).await.context(
+        "starting the bundled TURN server (set ice.turn = false or turn.listen to change it)",
+    )?;
+    for (t, a) in turn.local_addrs() {
+        tracing::info!(transport = ?t, addr = %a, "TURN listening");
+    }
+    Ok(turn)
+}
+
+/// What each participant gets in `joined.ice_servers`: the bundled TURN server's STUN and TURN
+/// URLs with credentials minted for that participant.
+fn ice_servers(
+    cfg: &Config,
+    turn: Option<&huddle_turn::TurnServer>,
+    media_ip: std::net::IpAddr,
+) -> huddle_signaling::IceServerProvider {
+    use huddle_signaling::protocol::IceServer;
+    use huddle_turn::Transport;
+    let Some(turn) = turn else {
+        return Arc::new(|_: &str| Vec::new());
+    };
+    let host_for = |a: std::net::SocketAddr| -> String {
+        let ip = if a.ip().is_unspecified() {
+            media_ip
+        } else {
+            a.ip()
+        };
+        let host = cfg
+            .ice
+            .host
+            .clone()
+            .unwrap_or_else(|| cfg.media.public_ip.unwrap_or(ip).to_string());
+        if host.contains(':') {
+            format!("[{host}]:{}", a.port())
+        } else {
+            format!("{host}:{}", a.port())
+        }
+    };
+    let mut urls = Vec::new();
+    let mut stun = Vec::new();
+    if let Some(a) = turn.local_addr(Transport::Udp) {
+        stun.push(format!("stun:{}", host_for(a)));
+        urls.push(format!("turn:{}?transport=udp", host_for(a)));
+    }
+    if let Some(a) = turn.local_addr(Transport::Tcp) {
+        urls.push(format!("turn:{}?transport=tcp", host_for(a)));
+    }
+    if let Some(a) = turn.local_addr(Transport::Tls) {
+        urls.push(format!("turns:{}?transport=tcp", host_for(a)));
+    }
+    let secret = match turn_secret(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "no TURN secret; participants get no TURN server");
+            return Arc::new(|_: &str| Vec::new());
+        }
+    };
+    let ttl = Duration::from_secs(cfg.ice.credential_ttl_secs);
+    Arc::new(move |identity: &str| {
+        let (username, credential) = huddle_turn::rest_credentials(
+            secret.as_bytes(),
+            identity,
+            ttl,
+            std::time::SystemTime::now(),
+        );
+        vec![
+            IceServer {
+                urls: stun.clone(),
+                username: None,
+                credential: None,
+            },
+            IceServer {
+                urls: urls.clone(),
+                username: Some(username),
+                credential: Some(credential),
+            },
+        ]
+    })
 }
 
 async fn shutdown_signal() {

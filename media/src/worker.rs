@@ -69,6 +69,7 @@ enum Command {
 pub struct MediaHandle {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     addrs: Vec<SocketAddr>,
+    local_addrs: Vec<SocketAddr>,
 }
 
 impl MediaHandle {
@@ -77,6 +78,7 @@ impl MediaHandle {
         crate::init_crypto();
         let mut workers = Vec::new();
         let mut addrs = Vec::new();
+        let mut local_addrs = Vec::new();
         for i in 0..config.workers.max(1) {
             let port = if config.port == 0 {
                 0
@@ -124,13 +126,23 @@ impl MediaHandle {
             tracing::info!(worker = i, addr = %local_addr, advertised = %advertised, "media worker started");
             workers.push(tx);
             addrs.push(advertised);
+            local_addrs.push(local_addr);
         }
-        Ok(MediaHandle { workers, addrs })
+        Ok(MediaHandle {
+            workers,
+            addrs,
+            local_addrs,
+        })
     }
 
     /// The advertised media addresses (one per worker).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound media socket addresses (one per worker).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     fn worker_for(&self, room: &str) -> &mpsc::UnboundedSender<Command> {

@@ -51,6 +51,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--media-port",
                 "0",
+                "--turn-port",
+                "0",
                 "--data-dir",
             ])
             .arg(data_dir)
