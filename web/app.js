@@ -31,6 +31,7 @@ const huddle = {
   joinClickedAt: null,
   firstRemoteFrameAt: null,
   errors: [],
+  trace: [], // messages to and from the server, without SDP
 };
 window.huddle = huddle;
 
@@ -123,7 +124,10 @@ class JoinScreen {
     this.busy = false;
     this.video = $('#preview-video');
     this.meterBar = $('#preview-meter-bar');
-    this.meter = new LevelMeter((level) => this.meterBar.style.setProperty('--level', level.toFixed(2)));
+    this.meter = new LevelMeter((level, running) => {
+      if (level === null) this.meterBar.parentElement.classList.toggle('live', running);
+      else this.meterBar.style.setProperty('--level', level.toFixed(2));
+    });
     this.nameInput = $('#name-input');
     this.micSelect = $('#mic-select');
     this.cameraSelect = $('#camera-select');
@@ -325,6 +329,7 @@ function startCall({ room, token, stream, join, name }) {
     relay: params.get('relay') === '1',
     log: (...a) => console.warn('[huddle]', ...a),
     on: {
+      traceList: huddle.trace,
       joined(msg) {
         huddle.state = 'joined';
         huddle.participantId = msg.participant_id;
@@ -353,6 +358,7 @@ function startCall({ room, token, stream, join, name }) {
             }
           },
           onAudioBlocked: () => audioBlocked(),
+          getPeer: () => huddle.pc,
         });
         huddle.view = view;
         for (const p of msg.participants || []) view.participantJoined(p);

@@ -64,6 +64,7 @@ export class Call {
       }
       if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') return;
       if (msg.type === 'error') this.lastError = msg;
+      this.trace('in', msg);
       // Strictly one message at a time, in arrival order.
       this.queue = this.queue
         .then(() => (this.ended ? undefined : this.handle(msg)))
@@ -97,7 +98,21 @@ export class Call {
   send(obj) {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify(obj));
+    this.trace('out', obj);
     return true;
+  }
+
+  // A short record of the conversation with the server (types and small fields, no SDP).
+  trace(dir, msg) {
+    const list = this.on.traceList;
+    if (!list) return;
+    const entry = { at: Math.round(performance.now()), dir, type: msg.type };
+    for (const k of ['code', 'kind', 'muted', 'participant_id', 'reason', 'track_id']) if (k in msg) entry[k] = msg[k];
+    if (msg.type === 'candidate') entry.candidate = String(msg.candidate).slice(0, 60);
+    if (msg.track) entry.track = msg.track;
+    if (msg.participant) entry.participant_id = msg.participant.participant_id;
+    list.push(entry);
+    if (list.length > 500) list.splice(0, list.length - 500);
   }
 
   async handle(msg) {

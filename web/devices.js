@@ -106,6 +106,7 @@ export class LevelMeter {
       const data = new Uint8Array(analyser.fftSize);
       this.timer = setInterval(() => {
         if (this.ctx.state === 'suspended') this.ctx.resume().catch(() => {});
+        this.onLevel(null, this.ctx.state === 'running');
         analyser.getByteTimeDomainData(data);
         let sum = 0;
         for (const x of data) {

@@ -4,7 +4,9 @@ import { icon } from './icons.js';
 import { $, el, initials, hueFor } from './ui.js';
 
 const GAP = 12;
-const TILE_ASPECTS = [16 / 9, 4 / 3, 1, 3 / 4];
+// Tile shapes tried: wide ones on a landscape stage, taller ones on a portrait (phone) stage.
+const LANDSCAPE_ASPECTS = [16 / 9, 4 / 3];
+const PORTRAIT_ASPECTS = [16 / 9, 4 / 3, 1, 3 / 4];
 const CHAT_GROUP_MS = 2 * 60 * 1000;
 const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
 
@@ -13,7 +15,7 @@ const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
 export function bestLayout(n, W, H, gap = GAP) {
   let best = { cols: 1, rows: Math.max(1, n), w: 0, h: 0 };
   if (n < 1 || W <= 0 || H <= 0) return best;
-  for (const aspect of TILE_ASPECTS) {
+  for (const aspect of W >= H ? LANDSCAPE_ASPECTS : PORTRAIT_ASPECTS) {
     for (let cols = 1; cols <= n; cols++) {
       const rows = Math.ceil(n / cols);
       let w = (W - gap * (cols - 1)) / cols;
@@ -31,7 +33,7 @@ export function bestLayout(n, W, H, gap = GAP) {
 
 export class RoomView {
   // opts: {room, selfId, selfName, stream, audioMuted, videoMuted, canPublish, canChat,
-  //        huddle (test hooks), onToggleMic, onToggleCamera, onLeave, onInvite, onSendChat, onRemoteFrame}
+  //        getPeer, onToggleMic, onToggleCamera, onLeave, onInvite, onSendChat, onRemoteFrame}
   constructor(opts) {
     this.opts = opts;
     this.selfId = opts.selfId;
@@ -61,7 +63,7 @@ export class RoomView {
 
     this.resizeObserver = new ResizeObserver(() => this.layout());
     this.resizeObserver.observe(this.stage);
-    this.levelTimer = setInterval(() => this.updateSpeaking(), 300);
+    this.levelTimer = setInterval(() => this.updateSpeaking(), 250);
     this.updateCount();
   }
 
@@ -262,17 +264,34 @@ export class RoomView {
     }
   }
 
-  // Speaking ring from the receivers' audio level.
-  updateSpeaking() {
-    for (const tile of this.tiles.values()) {
-      let level = 0;
-      try {
-        const src = tile.audioReceiver && tile.audioReceiver.getSynchronizationSources();
-        if (src && src.length) level = src[0].audioLevel || 0;
-      } catch {
-        level = 0;
+  // Speaking ring from the received audio level (getStats inbound-rtp audioLevel,
+  // or the RTP audio-level extension where the server forwards it).
+  async updateSpeaking() {
+    if (this.levelBusy) return;
+    this.levelBusy = true;
+    try {
+      const levels = new Map();
+      const pc = this.opts.getPeer?.();
+      if (pc && pc.connectionState !== 'closed') {
+        const stats = await pc.getStats();
+        stats.forEach((r) => {
+          if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.trackIdentifier) levels.set(r.trackIdentifier, r.audioLevel || 0);
+        });
       }
-      tile.el.classList.toggle('speaking', !tile.audioMuted && level > 0.04);
+      const now = performance.now();
+      for (const tile of this.tiles.values()) {
+        let level = tile.audioTrack ? levels.get(tile.audioTrack.id) || 0 : 0;
+        if (!level && tile.audioReceiver) {
+          const src = tile.audioReceiver.getSynchronizationSources();
+          if (src.length && typeof src[0].audioLevel === 'number') level = src[0].audioLevel;
+        }
+        if (level > 0.05 && !tile.audioMuted) tile.speakingUntil = now + 700;
+        tile.el.classList.toggle('speaking', (tile.speakingUntil || 0) > now);
+      }
+    } catch {
+      /* closed meanwhile */
+    } finally {
+      this.levelBusy = false;
     }
   }
 

@@ -81,7 +81,7 @@ export function initials(name) {
   const parts = String(name || '?').trim().split(/\s+/).filter(Boolean);
   if (!parts.length) return '?';
   const chars = (s) => Array.from(s);
-  if (parts.length === 1) return chars(parts[0]).slice(0, 2).join('').toUpperCase();
+  if (parts.length === 1) return chars(parts[0])[0].toUpperCase();
   return (chars(parts[0])[0] + chars(parts[parts.length - 1])[0]).toUpperCase();
 }
 
