@@ -79,12 +79,22 @@ impl Default for IceSection {
 pub struct ServerConfig {
     /// Address of the HTTP/WebSocket listener. Default `127.0.0.1:8080`. Port 0 picks a free port.
     pub bind: SocketAddr,
+    /// PEM certificate chain: serve HTTPS/WSS. Default: none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate generated at start (for a LAN; browsers warn
+    /// once). Ignored when `tls_cert` is set. Default false.
+    pub tls_self_signed: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
         }
     }
 }

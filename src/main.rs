@@ -85,6 +85,15 @@ struct ServeArgs {
     /// Do not run the bundled TURN server.
     #[arg(long)]
     no_turn: bool,
+    /// PEM certificate chain: serve HTTPS and WSS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate made at start (LAN use).
+    #[arg(long)]
+    tls_self_signed: bool,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -150,6 +159,15 @@ impl ServeArgs {
         }
         if self.no_turn {
             f = f.merge(Serialized::default("ice.turn", false));
+        }
+        if let Some(v) = &self.tls_cert {
+            f = f.merge(Serialized::default("server.tls_cert", v));
+        }
+        if let Some(v) = &self.tls_key {
+            f = f.merge(Serialized::default("server.tls_key", v));
+        }
+        if self.tls_self_signed {
+            f = f.merge(Serialized::default("server.tls_self_signed", true));
         }
         if let Some(v) = self.log_format {
             f = f.merge(Serialized::default("log.format", v));
@@ -326,23 +344,84 @@ async fn run(cfg: Config) -> Result<()> {
     let ice = ice_servers(&cfg, turn.as_ref(), media.addrs()[0].ip());
     let state = AppState::new(signaling, keys, chat, media, ice);
 
-    let listener = tokio::net::TcpListener::bind(cfg.server.bind)
-        .await
+    let listener = std::net::TcpListener::bind(cfg.server.bind)
         .with_context(|| format!("binding {}", cfg.server.bind))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() && cfg.auth.open_join {
         tracing::warn!(
             "serving {addr} beyond this machine with open joining on: anyone who reaches it can join; set auth.open_join = false for production"
         );
     }
-    println!("Huddle is ready at http://{addr}/");
-    axum::serve(listener, huddle_signaling::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let tls = tls_config(&cfg, addr).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let app = huddle_signaling::router(state).into_make_service();
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        h.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    println!("Huddle is ready at {scheme}://{addr}/");
+    match tls {
+        Some(tls) => {
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app)
+                .await?
+        }
+    }
     if let Some(t) = turn {
         t.shutdown().await;
     }
     Ok(())
+}
+
+/// TLS for signaling and the web client, when configured.
+async fn tls_config(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+) -> Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    use axum_server::tls_rustls::RustlsConfig;
+    match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(
+            RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+        )),
+        (Some(_), None) | (None, Some(_)) => {
+            bail!("server.tls_cert and server.tls_key go together")
+        }
+        (None, None) if cfg.server.tls_self_signed => {
+            let mut names = vec!["localhost".to_string(), addr.ip().to_string()];
+            if let Some(ip) = cfg.media.public_ip {
+                names.push(ip.to_string());
+            }
+            let cert = rcgen::generate_simple_self_signed(names)
+                .context("generating a self-signed certificate")?;
+            let tls = RustlsConfig::from_pem(
+                cert.cert.pem().into_bytes(),
+                cert.key_pair.serialize_pem().into_bytes(),
+            )
+            .await
+            .context("loading the self-signed certificate")?;
+            tracing::info!("serving HTTPS with a self-signed certificate (browsers will ask to accept it once)");
+            Ok(Some(tls))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The TURN REST secret: configured, or derived from the token secret so that one generated

@@ -210,3 +210,38 @@ async fn guest_tokens_are_refused_when_open_joining_is_off() {
         (Some("joined"), Some("Ann"))
     );
 }
+
+#[tokio::test]
+async fn tls_serves_the_client_and_tokens_over_https() {
+    let server = Server::start(&["--tls-self-signed"]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let page = client
+        .get(format!("{}/r/tls-room", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+    let token: serde_json::Value = client
+        .post(format!("{}/api/token", server.url))
+        .json(&json!({"room": "tls-room", "name": "T"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(token["token"]
+        .as_str()
+        .is_some_and(|t| t.split('.').count() == 3));
+    // Plain HTTP to the TLS port gets no page.
+    let plain = reqwest::get(server.url.replacen("https://", "http://", 1) + "/healthz").await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+}
