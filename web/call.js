@@ -178,7 +178,10 @@ export class Call {
       }
       this.on.track?.(stream.id, e.track, e.receiver, stream);
     };
-    pc.onconnectionstatechange = () => this.on.connectionState?.(pc.connectionState);
+    pc.onconnectionstatechange = () => {
+      this.trace('pc', { type: `connection:${pc.connectionState}` });
+      this.on.connectionState?.(pc.connectionState);
+    };
 
     const mayPublish = !msg.grants || msg.grants.publish !== false;
     if (mayPublish) {
@@ -201,6 +204,9 @@ export class Call {
 
   onLocalCandidate(candidate) {
     let msg;
+    // mDNS host candidates (<uuid>.local, used when camera/microphone access was not
+    // granted) cannot be resolved by the server; it finds that address as peer-reflexive.
+    if (candidate && candidate.candidate && /\.local$/i.test(candidate.candidate.split(' ')[4] || '')) return;
     if (candidate && candidate.candidate) {
       msg = {
         type: 'candidate',

@@ -144,8 +144,9 @@ process.on('exit', () => {
 const participants = [];
 
 async function openParticipant(name) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30_000 });
   const context = await browser.newContext({ viewport: VIEWPORT, locale: 'en-US' });
+  context.setDefaultTimeout(10_000);
   await context.grantPermissions(['camera', 'microphone'], { origin: server.url });
   const page = await context.newPage();
   const p = { name, browser, page, pageErrors: [], consoleErrors: [], participantId: null };
@@ -325,7 +326,7 @@ test('three browsers meet: video, audio, chat, leave', { timeout: 115_000 }, asy
     note('after Carol left, Alice and Bob each show one remote video');
 
     // No uncaught page errors, no error banners (a server `error` lands in window.huddle.errors).
-    for (const p of [alice, bob]) {
+    for (const p of people) {
       const errors = await p.page.evaluate(() => window.huddle.errors);
       assert.deepEqual(errors, [], `${p.name}: errors reported by the client`);
     }
