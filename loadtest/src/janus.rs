@@ -1,0 +1,254 @@
+//! A participant on Janus VideoRoom, the peer SFU the benchmarks compare against: Janus's
+//! WebSocket API (subprotocol `janus-protocol`: create a session, attach the videoroom plugin,
+//! join as publisher or subscriber, exchange JSEP) with the same peer connection, media and
+//! measurements as on Huddle.
+//!
+//! Publishers join first and publish; subscribers then join one multistream subscription to
+//! every publisher of their room, so only scenarios where the publishers are known before the
+//! subscribers join (`audio`, `livestream`) run on Janus.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::media::now_us;
+use crate::peer::{self, Ctx, Participant};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Publishers' feed ids of one Janus room, filled as they publish.
+#[derive(Default)]
+pub struct Feeds {
+    ids: Mutex<Vec<u64>>,
+    changed: Notify,
+}
+
+impl Feeds {
+    fn add(&self, id: u64) {
+        self.ids.lock().expect("feeds lock").push(id);
+        self.changed.notify_waiters();
+    }
+
+    async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<u64>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let ids = self.ids.lock().expect("feeds lock");
+                if ids.len() >= n {
+                    return Ok(ids.clone());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("only some of the room's {n} publishers published within {timeout:?}");
+            }
+        }
+    }
+}
+
+/// One Janus session with one videoroom handle.
+struct Session {
+    tx: SplitSink<Ws, Message>,
+    rx: SplitStream<Ws>,
+    session: u64,
+    handle: u64,
+    next_tx: u64,
+}
+
+impl Session {
+    async fn open(url: &str) -> Result<Session> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "janus-protocol".parse().expect("static header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("connecting to Janus at {url}"))?;
+        let (tx, rx) = ws.split();
+        let mut s = Session {
+            tx,
+            rx,
+            session: 0,
+            handle: 0,
+            next_tx: 1,
+        };
+        let created = s.request(json!({"janus": "create"})).await?;
+        s.session = created["data"]["id"].as_u64().context("no session id")?;
+        let attached = s
+            .request(json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}))
+            .await?;
+        s.handle = attached["data"]["id"].as_u64().context("no handle id")?;
+        Ok(s)
+    }
+
+    /// Sends a request and waits for its final reply (`success`, `error`, or the plugin's
+    /// `event` after an `ack`).
+    async fn request(&mut self, mut v: Value) -> Result<Value> {
+        let transaction = format!("t{}", self.next_tx);
+        self.next_tx += 1;
+        v["transaction"] = json!(transaction);
+        if self.session != 0 {
+            v["session_id"] = json!(self.session);
+        }
+        if self.handle != 0 && v["janus"] == "message" {
+            v["handle_id"] = json!(self.handle);
+        }
+        self.tx.send(Message::Text(v.to_string().into())).await?;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(15), self.next())
+                .await
+                .context("Janus did not answer within 15 s")??;
+            if m["transaction"] != transaction.as_str() || m["janus"] == "ack" {
+                continue;
+            }
+            if m["janus"] == "error" {
+                bail!("Janus error: {}", m["error"]);
+            }
+            if let Some(err) = m["plugindata"]["data"]["error"].as_str() {
+                bail!("videoroom error: {err}");
+            }
+            return Ok(m);
+        }
+    }
+
+    async fn message(&mut self, body: Value, jsep: Option<Value>) -> Result<Value> {
+        let mut v = json!({"janus": "message", "body": body});
+        if let Some(j) = jsep {
+            v["jsep"] = j;
+        }
+        self.request(v).await
+    }
+
+    async fn next(&mut self) -> Result<Value> {
+        loop {
+            match self.rx.next().await {
+                None => bail!("Janus closed the WebSocket"),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Keeps the session alive (Janus drops sessions silent for 60 s) until `stop`.
+    async fn idle(mut self, mut stop: watch::Receiver<bool>) {
+        let mut keepalive = tokio::time::interval(Duration::from_secs(20));
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    let v = json!({"janus": "keepalive", "session_id": self.session, "transaction": "ka"});
+                    if self.tx.send(Message::Text(v.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                m = self.next() => if m.is_err() { return },
+                r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            }
+        }
+        let v = json!({"janus": "destroy", "session_id": self.session, "transaction": "bye"});
+        let _ = self.tx.send(Message::Text(v.to_string().into())).await;
+    }
+}
+
+/// Creates a videoroom for `publishers` publishers with Opus and VP8.
+pub async fn create_room(url: &str, room: u64, publishers: usize) -> Result<()> {
+    let mut s = Session::open(url).await?;
+    let created = s
+        .message(
+            json!({
+                "request": "create", "room": room, "publishers": publishers + 1,
+                "audiocodec": "opus", "videocodec": "vp8", "bitrate": 0,
+                "notify_joining": false, "description": "huddle-loadtest",
+            }),
+            None,
+        )
+        .await?;
+    if created["plugindata"]["data"]["videoroom"] != "created" {
+        bail!("room {room} not created: {created}");
+    }
+    let v = json!({"janus": "destroy", "session_id": s.session, "transaction": "bye"});
+    let _ = s.tx.send(Message::Text(v.to_string().into())).await;
+    Ok(())
+}
+
+/// Runs one participant until `stop`: a publisher adds its feed to `feeds`; a subscriber waits
+/// for `publishers` feeds and subscribes to all of them.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    url: String,
+    room: u64,
+    feeds: Arc<Feeds>,
+    publishers: usize,
+    p: Arc<Participant>,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let publisher = p.role.audio || p.role.video;
+    if !publisher {
+        // Join time counts from the moment there is something to subscribe to, as on Huddle
+        // where a listener's join starts when it asks for a token.
+        feeds
+            .wait_for(publishers, Duration::from_secs(60))
+            .await
+            .context("waiting for the publishers")?;
+    }
+    p.started_us.store(now_us().max(1), Ordering::Relaxed);
+    let mut s = Session::open(&url).await?;
+    let (pc, published) = peer::new_peer(&ctx, &p, &p.name, false).await?;
+    if publisher {
+        let joined = s
+            .message(
+                json!({"request": "join", "ptype": "publisher", "room": room, "display": p.name}),
+                None,
+            )
+            .await?;
+        let feed = joined["plugindata"]["data"]["id"]
+            .as_u64()
+            .context("no publisher id in joined")?;
+        let offer = peer::offer_with_candidates(&pc).await?;
+        let res = s
+            .message(
+                json!({"request": "publish"}),
+                Some(json!({"type": "offer", "sdp": offer})),
+            )
+            .await?;
+        let answer = res["jsep"]["sdp"]
+            .as_str()
+            .context("no JSEP answer to publish")?;
+        peer::apply_answer(&pc, answer.to_string()).await?;
+        peer::start_publishing(&ctx, published, stop.clone());
+        feeds.add(feed);
+    } else {
+        let ids = feeds.wait_for(publishers, Duration::from_secs(5)).await?;
+        let streams: Vec<Value> = ids.iter().map(|id| json!({"feed": id})).collect();
+        let attached = s
+            .message(
+                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
+                None,
+            )
+            .await?;
+        let offer = attached["jsep"]["sdp"]
+            .as_str()
+            .context("no JSEP offer for the subscriber")?;
+        let answer = peer::answer_offer(&pc, offer.to_string(), true).await?;
+        s.message(
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        )
+        .await?;
+    }
+    s.idle(stop).await;
+    let _ = pc.close().await;
+    Ok(())
+}

@@ -1,0 +1,542 @@
+//! `huddle-loadtest`: synthetic participants that join a Huddle server (or a Janus VideoRoom)
+//! through its real signaling, do real ICE and DTLS-SRTP with the `webrtc` crate, publish Opus
+//! and VP8-framed media, and measure what they receive; alongside, the server's CPU time and
+//! memory from `/proc`. Everything runs on 127.0.0.1 and stops by itself after `--duration`.
+//!
+//! See `BENCHMARKS.md` at the repository root for the figures and `loadtest/bench.sh` for the
+//! comparison run.
+
+mod huddle;
+mod janus;
+mod media;
+mod peer;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::huddle::{HuddleTarget, TokenSource};
+use crate::media::now_us;
+use crate::peer::{Ctx, MediaOpts, Participant, Role};
+use crate::stats::{proc_sample, ProcSample, Second};
+
+/// A named load shape, modelled on LiveKit's published benchmark scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    /// P audio publishers and S listeners per room (defaults 10 and 40).
+    Audio,
+    /// N participants per room, each publishing audio and video and receiving everyone else
+    /// (default 6).
+    Meeting,
+    /// One publisher (audio and video) and S viewers per room (default 40).
+    Livestream,
+}
+
+/// The server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    /// Huddle's signaling protocol (docs/protocol.md).
+    Huddle,
+    /// Janus VideoRoom over Janus's WebSocket API.
+    Janus,
+}
+
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(
+    name = "huddle-loadtest",
+    version,
+    about = "Load tester for Huddle and Janus VideoRoom"
+)]
+struct Cli {
+    /// The load shape.
+    #[arg(long, value_enum, default_value = "audio")]
+    scenario: Scenario,
+    /// The server under test.
+    #[arg(long, value_enum, default_value = "huddle")]
+    target: Target,
+    /// Huddle's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Janus's WebSocket API URL (with --target janus).
+    #[arg(long, default_value = "ws://127.0.0.1:8188")]
+    janus_url: String,
+    /// Sign tokens with this secret (HS256) instead of asking POST /api/token.
+    #[arg(long, env = "HUDDLE_LOADTEST_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    token_secret: Option<String>,
+    /// Read the token secret from this file (e.g. DATA_DIR/secret.key).
+    #[arg(long)]
+    token_secret_file: Option<PathBuf>,
+    /// Rooms; every room gets the scenario's participants.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Publishers per room (audio scenario).
+    #[arg(long)]
+    publishers: Option<usize>,
+    /// Listeners or viewers per room (audio and livestream scenarios).
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Participants per room (meeting scenario).
+    #[arg(long)]
+    participants: Option<usize>,
+    /// Publishers also receive the other publishers (audio scenario).
+    #[arg(long)]
+    publishers_subscribe: bool,
+    /// Total run time, seconds, ramp-up included; the run stops by itself.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Joins started per second.
+    #[arg(long, default_value_t = 20.0)]
+    ramp_rate: f64,
+    /// Seconds after the last join before the measurement window opens.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Opus bitrate, kbit/s.
+    #[arg(long, default_value_t = 32)]
+    audio_kbps: u32,
+    /// Video bitrate, kbit/s.
+    #[arg(long, default_value_t = 800)]
+    video_kbps: u32,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Seconds between periodic video key frames.
+    #[arg(long, default_value_t = 3.0)]
+    keyframe_interval: f64,
+    /// PID of the server process, to sample its CPU time and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Use the `webrtc` crate's default interceptors (NACK, RTCP reports, TWCC); off by default
+    /// because they cost the tester CPU.
+    #[arg(long)]
+    interceptors: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Plot throughput and latency over time to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// A label for this run in the summary, report and plot.
+    #[arg(long)]
+    label: Option<String>,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl Cli {
+    /// The participants of one room, publishers first.
+    fn room_roles(&self) -> Vec<Role> {
+        let mut roles = Vec::new();
+        match self.scenario {
+            Scenario::Audio => {
+                for _ in 0..self.publishers.unwrap_or(10) {
+                    roles.push(Role {
+                        audio: true,
+                        video: false,
+                        subscribe: self.publishers_subscribe,
+                    });
+                }
+                for _ in 0..self.subscribers.unwrap_or(40) {
+                    roles.push(Role {
+                        audio: false,
+                        video: false,
+                        subscribe: true,
+                    });
+                }
+            }
+            Scenario::Meeting => {
+                for _ in 0..self.participants.unwrap_or(6) {
+                    roles.push(Role {
+                        audio: true,
+                        video: true,
+                        subscribe: true,
+                    });
+                }
+            }
+            Scenario::Livestream => {
+                roles.push(Role {
+                    audio: true,
+                    video: true,
+                    subscribe: false,
+                });
+                for _ in 0..self.subscribers.unwrap_or(40) {
+                    roles.push(Role {
+                        audio: false,
+                        video: false,
+                        subscribe: true,
+                    });
+                }
+            }
+        }
+        roles
+    }
+
+    fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| {
+            format!(
+                "{} {:?}",
+                match self.target {
+                    Target::Huddle => "huddle",
+                    Target::Janus => "janus",
+                },
+                self.scenario
+            )
+            .to_lowercase()
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,huddle_loadtest=info,webrtc=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.duration <= 0.0 || cli.ramp_rate <= 0.0 {
+        bail!("--duration and --ramp-rate must be positive");
+    }
+    if cli.target == Target::Janus && cli.scenario == Scenario::Meeting {
+        bail!("the meeting scenario is not implemented for Janus (publishers must be known before subscribers join)");
+    }
+    if cli.target == Target::Janus && cli.publishers_subscribe {
+        bail!("--publishers-subscribe is not implemented for Janus");
+    }
+    media::init_clock();
+    // The tester's runtime uses the cores it may run on (taskset limits them).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+/// One run's data for the report.
+pub struct RunData {
+    participants: Vec<Arc<Participant>>,
+    seconds: Vec<Second>,
+    samples: Vec<Sample>,
+    window: (usize, usize),
+    rss_before: Option<u64>,
+    sent_packets: u64,
+}
+
+/// Cumulative counters at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    t: f64,
+    packets: u64,
+    bytes: u64,
+    server: Option<ProcSample>,
+    tester: Option<ProcSample>,
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let secret = match (&cli.token_secret, &cli.token_secret_file) {
+        (Some(s), _) => Some(s.as_bytes().to_vec()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (None, None) => None,
+    };
+    let opus_frames = media::encode_voice(10.0, (cli.audio_kbps * 1000) as i32)?;
+    let ctx = Arc::new(Ctx::new(
+        MediaOpts {
+            audio_bitrate: (cli.audio_kbps * 1000) as i32,
+            video_bitrate: cli.video_kbps * 1000,
+            fps: cli.fps,
+            keyframe_interval: cli.keyframe_interval,
+        },
+        opus_frames,
+        cli.interceptors,
+    )?);
+    let server_pid = cli.server_pid.map(|p| p.to_string());
+    let server_now = || server_pid.as_deref().and_then(proc_sample);
+    if let Some(pid) = &server_pid {
+        if proc_sample(pid).is_none() {
+            bail!("no process {pid} to sample (--server-pid)");
+        }
+    }
+
+    // The participants, room by room, publishers first in each room.
+    let run_id: u32 = rand::random::<u32>() % 1_000_000;
+    let roles = cli.room_roles();
+    let per_room = roles.len();
+    let publishers_per_room = roles.iter().filter(|r| r.audio || r.video).count();
+    let mut plan = Vec::new();
+    for room in 0..cli.rooms {
+        let (name, janus_id) = match cli.target {
+            Target::Huddle => (format!("lt-{run_id}-{room}"), 0),
+            Target::Janus => {
+                let id = 100_000_000 + u64::from(run_id) * 1000 + room as u64;
+                (id.to_string(), id)
+            }
+        };
+        for (i, role) in roles.iter().enumerate() {
+            plan.push((
+                Arc::new(Participant::new(
+                    format!("lt-{room}-{i}"),
+                    name.clone(),
+                    role.clone(),
+                )),
+                janus_id,
+            ));
+        }
+    }
+    // Ramp in the order publishers of every room, then everyone else.
+    plan.sort_by_key(|(p, _)| !(p.role.audio || p.role.video));
+    let total = plan.len();
+    tracing::info!(
+        scenario = ?cli.scenario,
+        target = ?cli.target,
+        rooms = cli.rooms,
+        per_room,
+        total,
+        "starting"
+    );
+
+    let mut rooms_feeds = std::collections::HashMap::new();
+    if cli.target == Target::Janus {
+        for (_, id) in &plan {
+            if !rooms_feeds.contains_key(id) {
+                janus::create_room(&cli.janus_url, *id, publishers_per_room).await?;
+                rooms_feeds.insert(*id, Arc::new(janus::Feeds::default()));
+            }
+        }
+    }
+
+    let rss_before = server_now().map(|s| s.rss_bytes);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = reqwest::Client::new();
+    let target = Arc::new(HuddleTarget {
+        url: cli.url.trim_end_matches('/').to_string(),
+        tokens: match secret {
+            Some(s) => TokenSource::Secret(s),
+            None => TokenSource::Guest,
+        },
+    });
+    let t0 = now_us();
+    let t_of = |us: u64| us.saturating_sub(t0) as f64 / 1e6;
+    let ramp_secs = total as f64 / cli.ramp_rate;
+    if ramp_secs + 1.0 > cli.duration {
+        tracing::warn!(
+            ramp_secs,
+            duration = cli.duration,
+            "the ramp-up takes most of the run: raise --duration or --ramp-rate"
+        );
+    }
+    let mut handles = Vec::new();
+    {
+        let participants: Vec<_> = plan.iter().map(|(p, id)| (p.clone(), *id)).collect();
+        let ctx = ctx.clone();
+        let cli2 = cli.clone();
+        let stop = stop_rx.clone();
+        let rooms_feeds = rooms_feeds.clone();
+        let (handle_tx, mut handle_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let interval = Duration::from_secs_f64(1.0 / cli2.ramp_rate);
+            let start = tokio::time::Instant::now();
+            for (i, (p, janus_room)) in participants.into_iter().enumerate() {
+                tokio::time::sleep_until(start + interval * i as u32).await;
+                if *stop.borrow() {
+                    break;
+                }
+                let ctx = ctx.clone();
+                let stop = stop.clone();
+                let h = match cli2.target {
+                    Target::Huddle => {
+                        let (target, http) = (target.clone(), http.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = huddle::run(ctx, target, http, p.clone(), stop).await {
+                                tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "participant failed");
+                                p.fail(&e);
+                            }
+                        })
+                    }
+                    Target::Janus => {
+                        let url = cli2.janus_url.clone();
+                        let feeds = rooms_feeds[&janus_room].clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = janus::run(
+                                ctx,
+                                url,
+                                janus_room,
+                                feeds,
+                                publishers_per_room,
+                                p.clone(),
+                                stop,
+                            )
+                            .await
+                            {
+                                tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "participant failed");
+                                p.fail(&e);
+                            }
+                        })
+                    }
+                };
+                let _ = handle_tx.send(h);
+            }
+        });
+        // Collected after the run.
+        let collector = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while let Some(h) = handle_rx.recv().await {
+                v.push(h);
+            }
+            v
+        });
+        handles.push(collector);
+    }
+
+    // Sample once a second until the duration is over.
+    let progress = if cli.no_progress {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(cli.duration.ceil() as u64);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}s {msg}",
+            )
+            .expect("valid template"),
+        );
+        pb
+    };
+    let participants: Vec<Arc<Participant>> = plan.iter().map(|(p, _)| p.clone()).collect();
+    let mut samples = vec![Sample {
+        t: 0.0,
+        packets: 0,
+        bytes: 0,
+        server: server_now(),
+        tester: proc_sample("self"),
+    }];
+    let mut seconds = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut all_joined_at: Option<f64> = None;
+    loop {
+        tick.tick().await;
+        let now = now_us();
+        let s = Sample {
+            t: t_of(now),
+            packets: ctx.totals.packets.load(Ordering::Relaxed),
+            bytes: ctx.totals.bytes.load(Ordering::Relaxed),
+            server: server_now(),
+            tester: proc_sample("self"),
+        };
+        let prev = *samples.last().expect("a first sample");
+        let dt = (s.t - prev.t).max(1e-3);
+        let hist = {
+            let mut h = ctx.totals.interval_latency.lock().expect("latency lock");
+            std::mem::replace(&mut *h, stats::new_histogram())
+        };
+        let joined = participants
+            .iter()
+            .filter(|p| {
+                p.connected_us.load(Ordering::Relaxed) != 0
+                    || p.first_media_us.load(Ordering::Relaxed) != 0
+            })
+            .count();
+        let failed = participants
+            .iter()
+            .filter(|p| p.error.lock().map(|e| e.is_some()).unwrap_or(false))
+            .count();
+        let second = Second {
+            t: s.t,
+            joined,
+            packets_per_sec: (s.packets - prev.packets) as f64 / dt,
+            bits_per_sec: (s.bytes - prev.bytes) as f64 * 8.0 / dt,
+            latency_p50_ms: (!hist.is_empty()).then(|| hist.value_at_quantile(0.5) as f64 / 1000.0),
+            latency_p99_ms: (!hist.is_empty())
+                .then(|| hist.value_at_quantile(0.99) as f64 / 1000.0),
+            server_cores: match (s.server, prev.server) {
+                (Some(a), Some(b)) => Some((a.cpu_seconds - b.cpu_seconds) / dt),
+                _ => None,
+            },
+            server_rss_bytes: s.server.map(|x| x.rss_bytes),
+            tester_cores: match (s.tester, prev.tester) {
+                (Some(a), Some(b)) => Some((a.cpu_seconds - b.cpu_seconds) / dt),
+                _ => None,
+            },
+        };
+        progress.set_position(s.t as u64);
+        progress.set_message(format!(
+            "joined {joined}/{total} failed {failed} | {:.0} pkt/s {:.1} Mbit/s | p50 {} | server {}",
+            second.packets_per_sec,
+            second.bits_per_sec / 1e6,
+            second
+                .latency_p50_ms
+                .map(|l| format!("{l:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            second
+                .server_cores
+                .map(|c| format!("{:.0} %", c * 100.0))
+                .unwrap_or_else(|| "-".into()),
+        ));
+        if all_joined_at.is_none() && joined + failed >= total {
+            all_joined_at = Some(s.t);
+        }
+        samples.push(s);
+        seconds.push(second);
+        if s.t >= cli.duration {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    // Stats are read before anyone leaves: leaving would show as a throughput drop.
+    let window_start_t = all_joined_at.unwrap_or(ramp_secs) + cli.warmup;
+    let last = samples.len() - 1;
+    let mut first = samples
+        .iter()
+        .position(|s| s.t >= window_start_t)
+        .unwrap_or(last);
+    if last - first < 2 {
+        tracing::warn!(
+            window_start_t,
+            "the measurement window is under 2 s: raise --duration (using the last seconds)"
+        );
+        first = last.saturating_sub(2);
+    }
+    let data = RunData {
+        participants: participants.clone(),
+        seconds,
+        samples,
+        window: (first, last),
+        rss_before,
+        sent_packets: ctx.totals.sent_packets.load(Ordering::Relaxed),
+    };
+    let summary = report::summarize(&data);
+    let _ = stop_tx.send(true);
+    println!("{}", report::table(&cli.label(), &summary));
+    if let Some(path) = &cli.report {
+        report::write_json(path, &cli, &summary, &data)?;
+        eprintln!("report written to {}", path.display());
+    }
+    if let Some(path) = &cli.plot {
+        report::plot(path, &cli.label(), &data.seconds)?;
+        eprintln!("plot written to {}", path.display());
+    }
+    // Let participants leave (bounded).
+    let collected = handles.pop().expect("collector");
+    if let Ok(Ok(hs)) = tokio::time::timeout(Duration::from_secs(2), collected).await {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(hs)).await;
+    }
+    Ok(())
+}

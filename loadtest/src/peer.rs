@@ -1,0 +1,481 @@
+//! The WebRTC side of a synthetic participant, shared by every target: the peer connection
+//! (the `webrtc` crate on loopback), publishing loops, and the receive path that feeds
+//! [`crate::stats`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocalWriter;
+use webrtc::track::track_remote::TrackRemote;
+
+use crate::media::{self, now_us, Vp8Source};
+use crate::stats::{Kind, Totals, TrackRx};
+
+/// What publishers send.
+#[derive(Clone, Debug, Serialize)]
+pub struct MediaOpts {
+    /// Opus bitrate, bits/s.
+    pub audio_bitrate: i32,
+    /// Video bitrate, bits/s (the average frame size is bitrate / fps; key frames are 3x that).
+    pub video_bitrate: u32,
+    /// Video frames per second.
+    pub fps: u32,
+    /// Seconds between periodic key frames (a PLI or FIR also triggers one).
+    pub keyframe_interval: f64,
+}
+
+/// Everything participants share.
+pub struct Ctx {
+    /// One `webrtc` API object (each peer connection gets its own copy of the media engine).
+    pub api: API,
+    /// Run-wide counters.
+    pub totals: Arc<Totals>,
+    /// Pre-encoded Opus frames, looped by every audio publisher.
+    pub opus_frames: Arc<Vec<Vec<u8>>>,
+    /// Publisher settings.
+    pub media: MediaOpts,
+}
+
+impl Ctx {
+    /// Builds the shared API: default codecs, the `sdes:mid` header extension (so forwarded
+    /// streams map to their m-lines), no interceptors unless `interceptors` (NACK, reports and
+    /// TWCC would cost the tester CPU that the server then does not get).
+    pub fn new(media: MediaOpts, opus_frames: Vec<Vec<u8>>, interceptors: bool) -> Result<Ctx> {
+        let mut m = MediaEngine::default();
+        m.register_default_codecs()?;
+        for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+        let mut registry = Registry::new();
+        if interceptors {
+            registry =
+                webrtc::api::interceptor_registry::register_default_interceptors(registry, &mut m)?;
+        }
+        let mut s = SettingEngine::default();
+        s.set_include_loopback_candidate(true);
+        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        s.set_network_types(vec![NetworkType::Udp4]);
+        let api = APIBuilder::new()
+            .with_media_engine(m)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(s)
+            .build();
+        Ok(Ctx {
+            api,
+            totals: Arc::new(Totals::default()),
+            opus_frames: Arc::new(opus_frames),
+            media,
+        })
+    }
+}
+
+/// A participant's role.
+#[derive(Clone, Debug, Serialize)]
+pub struct Role {
+    /// Publishes an Opus track.
+    pub audio: bool,
+    /// Publishes a VP8 track.
+    pub video: bool,
+    /// Receives everyone else's tracks.
+    pub subscribe: bool,
+}
+
+/// What one participant measured. Times are µs on the tester clock; 0 means "not yet".
+pub struct Participant {
+    /// Display name (`lt-<room>-<n>`).
+    pub name: String,
+    /// Room name (or Janus room id).
+    pub room: String,
+    /// What it does.
+    pub role: Role,
+    /// When it started joining (before asking for a token).
+    pub started_us: AtomicU64,
+    /// When its peer connection reached `connected` (ICE and DTLS done).
+    pub connected_us: AtomicU64,
+    /// When its first remote media packet arrived.
+    pub first_media_us: AtomicU64,
+    /// When the first packet of a remote video key frame arrived.
+    pub first_keyframe_us: AtomicU64,
+    /// One entry per received track.
+    pub tracks: Mutex<Vec<Arc<Mutex<TrackRx>>>>,
+    /// Why it failed, if it did.
+    pub error: Mutex<Option<String>>,
+}
+
+impl Participant {
+    /// A participant that has not started.
+    pub fn new(name: String, room: String, role: Role) -> Self {
+        Participant {
+            name,
+            room,
+            role,
+            started_us: AtomicU64::new(0),
+            connected_us: AtomicU64::new(0),
+            first_media_us: AtomicU64::new(0),
+            first_keyframe_us: AtomicU64::new(0),
+            tracks: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Records a failure (the first one wins).
+    pub fn fail(&self, e: &anyhow::Error) {
+        let mut err = self.error.lock().expect("error lock");
+        if err.is_none() {
+            *err = Some(format!("{e:#}"));
+        }
+    }
+
+    fn mark(slot: &AtomicU64) {
+        let _ = slot.compare_exchange(0, now_us().max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Time from start to `slot`, ms.
+    pub fn since_start_ms(&self, slot: &AtomicU64) -> Option<f64> {
+        let t = slot.load(Ordering::Relaxed);
+        let s = self.started_us.load(Ordering::Relaxed);
+        (t != 0 && s != 0).then(|| t.saturating_sub(s) as f64 / 1000.0)
+    }
+}
+
+/// A local track this participant publishes.
+pub struct Published {
+    /// Audio or video.
+    pub kind: Kind,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<RTCRtpSender>,
+}
+
+/// Creates a peer connection with the participant's send-only tracks (and a data channel named
+/// `huddle` when `data_channel`), and starts recording every track it receives.
+pub async fn new_peer(
+    ctx: &Ctx,
+    participant: &Arc<Participant>,
+    stream_id: &str,
+    data_channel: bool,
+) -> Result<(Arc<RTCPeerConnection>, Vec<Published>)> {
+    let pc = Arc::new(
+        ctx.api
+            .new_peer_connection(RTCConfiguration::default())
+            .await
+            .context("creating the peer connection")?,
+    );
+    let mut published = Vec::new();
+    let kinds = [
+        (participant.role.audio, Kind::Audio),
+        (participant.role.video, Kind::Video),
+    ];
+    for (on, kind) in kinds {
+        if !on {
+            continue;
+        }
+        let (mime, clock_rate, channels, id) = match kind {
+            Kind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "audio"),
+            Kind::Video => (MIME_TYPE_VP8, 90_000, 0, "video"),
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            RTCRtpCodecCapability {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                ..Default::default()
+            },
+            id.to_owned(),
+            stream_id.to_owned(),
+        ));
+        let t = pc
+            .add_transceiver_from_track(
+                track.clone(),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        published.push(Published {
+            kind,
+            track,
+            sender: t.sender().await,
+        });
+    }
+    if data_channel {
+        pc.create_data_channel("huddle", None).await?;
+    }
+    {
+        let p = participant.clone();
+        pc.on_peer_connection_state_change(Box::new(move |s| {
+            if s == RTCPeerConnectionState::Connected {
+                Participant::mark(&p.connected_us);
+            }
+            Box::pin(async {})
+        }));
+    }
+    {
+        let p = participant.clone();
+        let totals = ctx.totals.clone();
+        // The webrtc crate holds a lock on this handler until the future it returns completes,
+        // so a handler that reads its track to the end starves every later track: spawn the
+        // reader and return at once.
+        pc.on_track(Box::new(move |track, _, _| {
+            tokio::spawn(read_track(track, p.clone(), totals.clone()));
+            Box::pin(async {})
+        }));
+    }
+    Ok((pc, published))
+}
+
+/// Makes the first offer with every local candidate in it (no trickle).
+pub async fn offer_with_candidates(pc: &RTCPeerConnection) -> Result<String> {
+    let offer = pc.create_offer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await?;
+    let _ = gathered.recv().await;
+    Ok(pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp)
+}
+
+/// Applies a remote answer.
+pub async fn apply_answer(pc: &RTCPeerConnection, sdp: String) -> Result<()> {
+    pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+        .await
+        .context("applying the answer")
+}
+
+/// Answers a remote offer. The answer is returned only once the new receivers are bound to
+/// their SSRCs, so that media sent right after the answer does not reach the crate's
+/// "undeclared SSRC" path (which gives up on streams it cannot map and closes them).
+pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String, gather: bool) -> Result<String> {
+    pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+        .await
+        .context("applying the offer")?;
+    let answer = pc.create_answer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer).await?;
+    if gather {
+        let _ = gathered.recv().await;
+    }
+    wait_receivers_bound(pc).await;
+    Ok(pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp)
+}
+
+async fn wait_receivers_bound(pc: &RTCPeerConnection) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let mut all = true;
+        for t in pc.get_transceivers().await {
+            if t.direction() != RTCRtpTransceiverDirection::Recvonly {
+                continue;
+            }
+            let tracks = t.receiver().await.tracks().await;
+            if tracks.is_empty() || tracks.iter().any(|t| t.ssrc() == 0) {
+                all = false;
+                break;
+            }
+        }
+        if all || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<Totals>) {
+    let (kind, clock_rate) = match track.kind() {
+        RTPCodecType::Video => (Kind::Video, 90_000),
+        _ => (Kind::Audio, 48_000),
+    };
+    let rx = Arc::new(Mutex::new(TrackRx::new(
+        kind,
+        track.stream_id(),
+        clock_rate,
+    )));
+    p.tracks.lock().expect("tracks lock").push(rx.clone());
+    let mut buf = vec![0u8; 1500];
+    while let Ok((pkt, _)) = track.read(&mut buf).await {
+        let arrival = now_us();
+        let payload = &pkt.payload;
+        totals.count(payload.len());
+        Participant::mark(&p.first_media_us);
+        let sent = match kind {
+            Kind::Audio => media::opus_timestamp(payload),
+            Kind::Video if pkt.header.marker => media::vp8_timestamp(payload),
+            Kind::Video => None,
+        };
+        let key = kind == Kind::Video && media::vp8_is_keyframe_start(payload);
+        if key {
+            Participant::mark(&p.first_keyframe_us);
+        }
+        let latency = sent
+            .filter(|s| *s <= arrival && arrival - s < 60_000_000)
+            .map(|s| arrival - s);
+        {
+            let mut rx = rx.lock().expect("track lock");
+            rx.on_packet(
+                pkt.header.sequence_number,
+                pkt.header.timestamp,
+                payload.len(),
+                arrival,
+            );
+            if key {
+                rx.keyframes += 1;
+            }
+            if let Some(l) = latency {
+                let _ = rx.latency.record(l.max(1));
+            }
+        }
+        if let Some(l) = latency {
+            totals.latency(l);
+        }
+    }
+}
+
+/// Starts one sending loop per published track; they end when `stop` turns true.
+pub fn start_publishing(ctx: &Ctx, published: Vec<Published>, stop: watch::Receiver<bool>) {
+    for p in published {
+        match p.kind {
+            Kind::Audio => {
+                tokio::spawn(send_audio(
+                    p.track,
+                    ctx.opus_frames.clone(),
+                    ctx.totals.clone(),
+                    stop.clone(),
+                ));
+            }
+            Kind::Video => {
+                let keyframe_wanted = Arc::new(AtomicBool::new(false));
+                tokio::spawn(read_feedback(p.sender, keyframe_wanted.clone()));
+                tokio::spawn(send_video(
+                    p.track,
+                    ctx.media.clone(),
+                    keyframe_wanted,
+                    ctx.totals.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+}
+
+fn rtp(seq: u16, ts: u32, marker: bool, payload: Vec<u8>) -> webrtc::rtp::packet::Packet {
+    webrtc::rtp::packet::Packet {
+        header: webrtc::rtp::header::Header {
+            version: 2,
+            sequence_number: seq,
+            timestamp: ts,
+            marker,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
+async fn send_audio(
+    track: Arc<TrackLocalStaticRTP>,
+    frames: Arc<Vec<Vec<u8>>>,
+    totals: Arc<Totals>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    // Publishers start at different points of the loop, like different voices.
+    let mut i: usize = rand::random::<u32>() as usize % frames.len().max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        let payload = media::opus_with_timestamp(&frames[i % frames.len()], now_us());
+        if track.write_rtp(&rtp(seq, ts, false, payload)).await.is_ok() {
+            totals.sent_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(media::OPUS_FRAME_SAMPLES as u32);
+        i += 1;
+    }
+}
+
+async fn send_video(
+    track: Arc<TrackLocalStaticRTP>,
+    opts: MediaOpts,
+    keyframe_wanted: Arc<AtomicBool>,
+    totals: Arc<Totals>,
+    stop: watch::Receiver<bool>,
+) {
+    let fps = opts.fps.max(1);
+    let mut src = Vp8Source::new();
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    let frame_bytes = (opts.video_bitrate / 8 / fps) as usize;
+    let key_every = ((opts.keyframe_interval * f64::from(fps)).round() as u64).max(1);
+    let mut n: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(fps)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        let key = n % key_every == 0 || keyframe_wanted.swap(false, Ordering::Relaxed);
+        let size = if key { frame_bytes * 3 } else { frame_bytes };
+        let packets = src.frame(size, key, now_us());
+        let last = packets.len() - 1;
+        for (i, payload) in packets.into_iter().enumerate() {
+            if track
+                .write_rtp(&rtp(seq, ts, i == last, payload))
+                .await
+                .is_ok()
+            {
+                totals.sent_packets.fetch_add(1, Ordering::Relaxed);
+            }
+            seq = seq.wrapping_add(1);
+        }
+        ts = ts.wrapping_add(90_000 / fps);
+        n += 1;
+    }
+}
+
+/// Reads RTCP sent to a video sender; a PLI or FIR asks the next frame to be a key frame.
+async fn read_feedback(sender: Arc<RTCRtpSender>, keyframe_wanted: Arc<AtomicBool>) {
+    while let Ok((packets, _)) = sender.read_rtcp().await {
+        for p in packets {
+            tracing::trace!(rtcp = ?p, "feedback");
+            let any = p.as_any();
+            if any.downcast_ref::<PictureLossIndication>().is_some()
+                || any.downcast_ref::<FullIntraRequest>().is_some()
+            {
+                keyframe_wanted.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The end of a run: the summary (table and JSON) and the plot.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::stats::{new_histogram, Kind, Second};
+use crate::{Cli, RunData};
+
+/// Percentiles of a set of values.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Dist {
+    /// Values counted.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Dist {
+    fn of_ms(mut v: Vec<f64>) -> Option<Dist> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+        Some(Dist {
+            count: v.len() as u64,
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: v[v.len() - 1],
+        })
+    }
+
+    fn of_hist_us(h: &Histogram<u64>) -> Option<Dist> {
+        (!h.is_empty()).then(|| Dist {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p95: h.value_at_quantile(0.95) as f64 / 1000.0,
+            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+            max: h.max() as f64 / 1000.0,
+        })
+    }
+
+    fn show(d: &Option<Dist>) -> String {
+        match d {
+            Some(d) => format!(
+                "p50 {:.1} / p95 {:.1} / p99 {:.1} / max {:.1} ms (n={})",
+                d.p50, d.p95, d.p99, d.max, d.count
+            ),
+            None => "-".into(),
+        }
+    }
+}
+
+/// The server's cost in the measurement window.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerCost {
+    /// Average CPU use, cores.
+    pub cores: f64,
+    /// CPU time per packet the participants received (= packets the SFU forwarded), µs.
+    pub cpu_us_per_forwarded_packet: f64,
+    /// Forwarded packets per second one core would sustain at this cost (1e6 / the above).
+    pub projected_packets_per_sec_per_core: f64,
+    /// Resident memory at the end of the window, MiB.
+    pub rss_mib: f64,
+    /// Growth of resident memory since before the first join, per participant, KiB.
+    pub rss_per_participant_kib: Option<f64>,
+}
+
+/// The tester's own cost in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct TesterCost {
+    /// Average CPU use, cores.
+    pub cores: f64,
+    /// Cores used per 10,000 received packets/s.
+    pub cores_per_10k_pps: f64,
+}
+
+/// Everything the summary shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Participants planned.
+    pub participants: usize,
+    /// Participants whose connection came up or who received media.
+    pub joined: usize,
+    /// Participants that failed.
+    pub failed: usize,
+    /// Up to three distinct failure messages.
+    pub errors: Vec<String>,
+    /// Measurement window, seconds since the start.
+    pub window: (f64, f64),
+    /// Packets received per second in the window, all participants.
+    pub packets_per_sec: f64,
+    /// Payload throughput in the window, Mbit/s.
+    pub mbit_per_sec: f64,
+    /// Packets written by all publishers over the run.
+    pub sent_packets: u64,
+    /// Packets received over the run.
+    pub received_packets: u64,
+    /// Lost packets / expected packets over every received track, %.
+    pub loss_pct: f64,
+    /// Tracks with any loss.
+    pub tracks_with_loss: usize,
+    /// Received tracks.
+    pub tracks: usize,
+    /// Mean RFC 3550 jitter over tracks, ms.
+    pub jitter_ms_mean: f64,
+    /// Largest track jitter, ms.
+    pub jitter_ms_max: f64,
+    /// End-to-end latency of audio packets (sender to receiver, over the SFU).
+    pub latency_audio: Option<Dist>,
+    /// End-to-end latency of video frames (last packet).
+    pub latency_video: Option<Dist>,
+    /// Start of join (token request) to first remote media, ms, subscribers.
+    pub join_ms: Option<Dist>,
+    /// Start of join to peer connection `connected`, ms.
+    pub connect_ms: Option<Dist>,
+    /// Start of join to first video key frame, ms.
+    pub first_keyframe_ms: Option<Dist>,
+    /// Server cost, when its PID was given.
+    pub server: Option<ServerCost>,
+    /// Tester cost.
+    pub tester: Option<TesterCost>,
+}
+
+/// Computes the summary of a run.
+pub fn summarize(d: &RunData) -> Summary {
+    let ps = &d.participants;
+    let mut errors: Vec<String> = Vec::new();
+    let mut failed = 0;
+    for p in ps {
+        if let Some(e) = p.error.lock().expect("error lock").clone() {
+            failed += 1;
+            if errors.len() < 3 && !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+    }
+    let joined = ps
+        .iter()
+        .filter(|p| {
+            p.connected_us.load(Ordering::Relaxed) != 0
+                || p.first_media_us.load(Ordering::Relaxed) != 0
+        })
+        .count();
+    let (mut lost, mut expected, mut tracks, mut with_loss) = (0u64, 0u64, 0usize, 0usize);
+    let mut jitters = Vec::new();
+    let mut audio = new_histogram();
+    let mut video = new_histogram();
+    let mut received = 0;
+    for p in ps {
+        for t in p.tracks.lock().expect("tracks lock").iter() {
+            let t = t.lock().expect("track lock");
+            tracks += 1;
+            received += t.packets;
+            lost += t.lost();
+            expected += t.expected();
+            if t.lost() > 0 {
+                with_loss += 1;
+            }
+            jitters.push(t.jitter_ms());
+            let _ = match t.kind {
+                Kind::Audio => audio.add(&t.latency),
+                Kind::Video => video.add(&t.latency),
+            };
+        }
+    }
+    let ms = |f: &dyn Fn(&crate::peer::Participant) -> Option<f64>| {
+        Dist::of_ms(ps.iter().filter_map(|p| f(p)).collect())
+    };
+    let join_ms = ms(&|p| {
+        p.role
+            .subscribe
+            .then(|| p.since_start_ms(&p.first_media_us))
+            .flatten()
+    });
+    let connect_ms = ms(&|p| p.since_start_ms(&p.connected_us));
+    let first_keyframe_ms = ms(&|p| p.since_start_ms(&p.first_keyframe_us));
+
+    let (a, b) = (d.samples[d.window.0], d.samples[d.window.1]);
+    let dt = (b.t - a.t).max(1e-3);
+    let pps = (b.packets - a.packets) as f64 / dt;
+    let server = match (a.server, b.server) {
+        (Some(sa), Some(sb)) => {
+            let cpu = sb.cpu_seconds - sa.cpu_seconds;
+            let pkts = (b.packets - a.packets).max(1) as f64;
+            let us = cpu * 1e6 / pkts;
+            Some(ServerCost {
+                cores: cpu / dt,
+                cpu_us_per_forwarded_packet: us,
+                projected_packets_per_sec_per_core: if us > 0.0 { 1e6 / us } else { 0.0 },
+                rss_mib: sb.rss_bytes as f64 / 1048576.0,
+                rss_per_participant_kib: d
+                    .rss_before
+                    .map(|r0| (sb.rss_bytes as f64 - r0 as f64) / 1024.0 / ps.len().max(1) as f64),
+            })
+        }
+        _ => None,
+    };
+    let tester = match (a.tester, b.tester) {
+        (Some(ta), Some(tb)) => {
+            let cores = (tb.cpu_seconds - ta.cpu_seconds) / dt;
+            Some(TesterCost {
+                cores,
+                cores_per_10k_pps: if pps > 0.0 {
+                    cores / (pps / 10_000.0)
+                } else {
+                    0.0
+                },
+            })
+        }
+        _ => None,
+    };
+    Summary {
+        participants: ps.len(),
+        joined,
+        failed,
+        errors,
+        window: (a.t, b.t),
+        packets_per_sec: pps,
+        mbit_per_sec: (b.bytes - a.bytes) as f64 * 8.0 / dt / 1e6,
+        sent_packets: d.sent_packets,
+        received_packets: received,
+        loss_pct: if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        },
+        tracks_with_loss: with_loss,
+        tracks,
+        jitter_ms_mean: if jitters.is_empty() {
+            0.0
+        } else {
+            jitters.iter().sum::<f64>() / jitters.len() as f64
+        },
+        jitter_ms_max: jitters.iter().copied().fold(0.0, f64::max),
+        latency_audio: Dist::of_hist_us(&audio),
+        latency_video: Dist::of_hist_us(&video),
+        join_ms,
+        connect_ms,
+        first_keyframe_ms,
+        server,
+        tester,
+    }
+}
+
+/// The summary as a table.
+pub fn table(label: &str, s: &Summary) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![label.to_string(), String::new()]);
+    t.add_row(vec![
+        "participants".into(),
+        format!(
+            "{} planned, {} joined, {} failed",
+            s.participants, s.joined, s.failed
+        ),
+    ]);
+    for e in &s.errors {
+        t.add_row(vec!["  error".into(), e.clone()]);
+    }
+    t.add_row(vec![
+        "window".into(),
+        format!("{:.0}–{:.0} s", s.window.0, s.window.1),
+    ]);
+    t.add_row(vec![
+        "received (window)".into(),
+        format!(
+            "{:.0} packets/s, {:.2} Mbit/s",
+            s.packets_per_sec, s.mbit_per_sec
+        ),
+    ]);
+    t.add_row(vec![
+        "packets (run)".into(),
+        format!("{} sent, {} received", s.sent_packets, s.received_packets),
+    ]);
+    t.add_row(vec![
+        "loss".into(),
+        format!(
+            "{:.3} % ({} of {} tracks with loss)",
+            s.loss_pct, s.tracks_with_loss, s.tracks
+        ),
+    ]);
+    t.add_row(vec![
+        "jitter".into(),
+        format!(
+            "mean {:.2} ms, max {:.2} ms",
+            s.jitter_ms_mean, s.jitter_ms_max
+        ),
+    ]);
+    t.add_row(vec!["latency audio".into(), Dist::show(&s.latency_audio)]);
+    t.add_row(vec!["latency video".into(), Dist::show(&s.latency_video)]);
+    t.add_row(vec!["join → first media".into(), Dist::show(&s.join_ms)]);
+    t.add_row(vec!["join → connected".into(), Dist::show(&s.connect_ms)]);
+    t.add_row(vec![
+        "join → first key frame".into(),
+        Dist::show(&s.first_keyframe_ms),
+    ]);
+    match &s.server {
+        Some(c) => {
+            t.add_row(vec![
+                "server CPU".into(),
+                format!(
+                    "{:.1} % of a core, {:.2} CPU-µs per forwarded packet (≈ {:.0} packets/s per core)",
+                    c.cores * 100.0,
+                    c.cpu_us_per_forwarded_packet,
+                    c.projected_packets_per_sec_per_core
+                ),
+            ]);
+            t.add_row(vec![
+                "server memory".into(),
+                format!(
+                    "{:.1} MiB resident{}",
+                    c.rss_mib,
+                    c.rss_per_participant_kib
+                        .map(|k| format!(", +{k:.0} KiB per participant"))
+                        .unwrap_or_default()
+                ),
+            ]);
+        }
+        None => {
+            t.add_row(vec!["server CPU", "not measured (pass --server-pid)"]);
+        }
+    }
+    if let Some(c) = &s.tester {
+        t.add_row(vec![
+            "tester CPU".into(),
+            format!(
+                "{:.1} % of a core, {:.3} cores per 10,000 received packets/s",
+                c.cores * 100.0,
+                c.cores_per_10k_pps
+            ),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Writes the JSON report: settings, summary, per-participant results, per-second series.
+pub fn write_json(path: &Path, cli: &Cli, s: &Summary, d: &RunData) -> Result<()> {
+    let participants: Vec<_> = d
+        .participants
+        .iter()
+        .map(|p| {
+            let tracks: Vec<_> = p
+                .tracks
+                .lock()
+                .expect("tracks lock")
+                .iter()
+                .map(|t| {
+                    let t = t.lock().expect("track lock");
+                    json!({
+                        "kind": t.kind,
+                        "from": t.from,
+                        "packets": t.packets,
+                        "bytes": t.bytes,
+                        "expected": t.expected(),
+                        "lost": t.lost(),
+                        "jitter_ms": t.jitter_ms(),
+                        "keyframes": t.keyframes,
+                        "latency_ms": Dist::of_hist_us(&t.latency),
+                    })
+                })
+                .collect();
+            json!({
+                "name": p.name,
+                "room": p.room,
+                "role": p.role,
+                "join_ms": p.since_start_ms(&p.first_media_us),
+                "connect_ms": p.since_start_ms(&p.connected_us),
+                "first_keyframe_ms": p.since_start_ms(&p.first_keyframe_us),
+                "error": p.error.lock().expect("error lock").clone(),
+                "tracks": tracks,
+            })
+        })
+        .collect();
+    let report = json!({
+        "label": cli.label(),
+        "settings": cli,
+        "machine": {
+            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu_model": cpu_model(),
+        },
+        "summary": s,
+        "participants": participants,
+        "seconds": d.seconds,
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+}
+
+/// Plots received packets/s and latency (p50, p99) per second, one above the other.
+pub fn plot(path: &Path, label: &str, seconds: &[Second]) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(300);
+    let t_max = seconds.last().map(|s| s.t).unwrap_or(1.0).max(1.0);
+    let pps_max = seconds
+        .iter()
+        .map(|s| s.packets_per_sec)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut c = ChartBuilder::on(&top)
+        .caption(format!("{label}: received packets/s"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..pps_max)?;
+    c.configure_mesh().x_desc("s").y_desc("packets/s").draw()?;
+    c.draw_series(LineSeries::new(
+        seconds.iter().map(|s| (s.t, s.packets_per_sec)),
+        &BLUE,
+    ))?
+    .label("received packets/s")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    if seconds.iter().any(|s| s.server_cores.is_some()) {
+        // Server CPU on the same axis, scaled so that one core = the top of the chart.
+        c.draw_series(LineSeries::new(
+            seconds
+                .iter()
+                .filter_map(|s| s.server_cores.map(|x| (s.t, x * pps_max))),
+            &RED,
+        ))?
+        .label("server CPU (top = 1 core)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+
+    let lat_max = seconds
+        .iter()
+        .filter_map(|s| s.latency_p99_ms)
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut c = ChartBuilder::on(&bottom)
+        .caption(
+            format!("{label}: end-to-end latency (loopback)"),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..lat_max)?;
+    c.configure_mesh().x_desc("s").y_desc("ms").draw()?;
+    c.draw_series(LineSeries::new(
+        seconds
+            .iter()
+            .filter_map(|s| s.latency_p50_ms.map(|l| (s.t, l))),
+        &GREEN,
+    ))?
+    .label("p50")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    c.draw_series(LineSeries::new(
+        seconds
+            .iter()
+            .filter_map(|s| s.latency_p99_ms.map(|l| (s.t, l))),
+        &MAGENTA,
+    ))?
+    .label("p99")
+    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], MAGENTA));
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
