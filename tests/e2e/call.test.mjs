@@ -87,7 +87,7 @@ async function startServer() {
   // HUDDLE_BIN is this test's own setting; the server reads HUDDLE_* as its configuration.
   const env = { ...process.env, NO_COLOR: '1' };
   delete env.HUDDLE_BIN;
-  const proc = spawn(HUDDLE_BIN, ['serve', '--bind', '127.0.0.1:0', '--data-dir', server.dataDir], {
+  const proc = spawn(HUDDLE_BIN, ['serve', '--bind', '127.0.0.1:0', '--media-port', '0', '--turn-port', '0', '--data-dir', server.dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env,
   });
