@@ -17,6 +17,7 @@ N=${N:-2000}        # messages per client
 L=${L:-1200}        # message length, bytes
 Z=${Z:-1}           # interval between a client's messages, ms
 ROUNDS=${ROUNDS:-1} # runs per server
+HUDDLE_THREADS=${HUDDLE_THREADS:-2} # turnd worker threads (0: one current-thread runtime); coturn runs one UDP thread per core
 SERVER_CORE=${SERVER_CORE:-1}
 CLIENT_CORE=${CLIENT_CORE:-0}
 SECRET=bench-secret
@@ -38,6 +39,17 @@ TURND=${TURND:-${target_dir:-$root/target}/release/examples/turnd}
 
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Datagrams dropped by the kernel on the server's own UDP sockets (full
+# receive buffers), from the `drops` column of /proc/net/udp{,6}.
+server_drops() {
+  local inodes
+  inodes=$(ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\]/\1/p' | tr '\n' ' ')
+  cat /proc/net/udp /proc/net/udp6 | awk -v list="$inodes" '
+    BEGIN { n = split(list, a, " "); for (i = 1; i <= n; i++) mine[a[i]] = 1 }
+    NR > 1 && ($10 in mine) { d += $13 } END { print d + 0 }'
+}
+# System-wide UDP receive-buffer overflows (client sockets included).
+rcvbuf_errors() { awk '/^Udp:/ { if (++n == 2) print $6 }' /proc/net/snmp; }
 
 server_pid=
 stop_server() {
@@ -60,7 +72,7 @@ start_coturn() {
 start_huddle() {
   taskset -c "$SERVER_CORE" "$TURND" --listen "127.0.0.1:$HUDDLE_PORT" --secret "$SECRET" \
     --realm bench.test --mode general --allow-peer 127.0.0.0/8 --min-port 50000 --max-port 50999 \
-    --user-quota 100000 --total-quota 100000 --unauth-rate 0 --threads 0 \
+    --user-quota 100000 --total-quota 100000 --unauth-rate 0 --threads "$HUDDLE_THREADS" \
     >"$work/huddle.log" 2>&1 &
   server_pid=$!
 }
@@ -70,19 +82,22 @@ run() {
   local name=$1 port=$2 out="$work/$1.uclient.$3.log"
   sleep 1.5
   kill -0 "$server_pid" || { echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1; }
-  local before after
+  local before after errs_before errs_after drops
+  errs_before=$(rcvbuf_errors)
   before=$(cpu_ticks "$server_pid")
   taskset -c "$CLIENT_CORE" timeout 300 turnutils_uclient -y -W "$SECRET" -e 127.0.0.1 \
     -m "$M" -n "$N" -l "$L" -z "$Z" -p "$port" 127.0.0.1 >"$out" 2>&1 || {
       echo "uclient against $name failed:" >&2; tail -5 "$out" >&2; exit 1; }
   after=$(cpu_ticks "$server_pid")
+  errs_after=$(rcvbuf_errors)
+  drops=$(server_drops "$server_pid")
   local sent recv lost pct secs
   sent=$(grep -o 'tot_send_msgs=[0-9]*' "$out" | tail -1 | cut -d= -f2)
   recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$out" | tail -1 | cut -d= -f2)
   lost=$(sed -n 's/.*Total lost packets \([0-9]*\) (\([0-9.]*\)%).*/\1/p' "$out" | tail -1)
   pct=$(sed -n 's/.*Total lost packets \([0-9]*\) (\([0-9.]*\)%).*/\2/p' "$out" | tail -1)
   secs=$(sed -n 's/.*Total transmit time is \([0-9]*\).*/\1/p' "$out" | tail -1)
-  echo "$name $sent $recv $lost $pct $secs $(( (after - before) * 1000000 / clk ))"
+  echo "$name $sent $recv $lost $pct $secs $(( (after - before) * 1000000 / clk )) $drops $((errs_after - errs_before))"
 }
 
 results=()
@@ -92,14 +107,14 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "uclient -y -m $M -n $N -l $L -z $Z (UDP, REST secret), servers on core $SERVER_CORE, client on core $CLIENT_CORE"
-printf '%-8s %9s %9s %7s %8s %6s %12s %14s %12s\n' server sent received lost loss% secs server_cpu_ms cpu_us_per_msg cpu_us_per_hop
+echo "uclient -y -m $M -n $N -l $L -z $Z (UDP, REST secret), servers on core $SERVER_CORE, client on core $CLIENT_CORE, turnd --threads $HUDDLE_THREADS"
+printf '%-8s %9s %9s %7s %8s %6s %12s %14s %12s %12s %12s\n' server sent received lost loss% secs server_cpu_ms cpu_us_per_msg cpu_us_per_hop server_drops rcvbuf_errs
 declare -A cpu_sum recv_sum
 for r in "${results[@]}"; do
-  read -r name sent recv lost pct secs cpu <<<"$r"
+  read -r name sent recv lost pct secs cpu drops errs <<<"$r"
   per=$(awk -v c="$cpu" -v n="$recv" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "n/a" }')
   hop=$(awk -v c="$cpu" -v n="$recv" 'BEGIN { if (n > 0) printf "%.2f", c / n / 2; else print "n/a" }')
-  printf '%-8s %9s %9s %7s %8s %6s %12d %14s %12s\n' "$name" "$sent" "$recv" "$lost" "$pct" "$secs" $((cpu / 1000)) "$per" "$hop"
+  printf '%-8s %9s %9s %7s %8s %6s %12d %14s %12s %12s %12s\n' "$name" "$sent" "$recv" "$lost" "$pct" "$secs" $((cpu / 1000)) "$per" "$hop" "$drops" "$errs"
   cpu_sum[$name]=$(( ${cpu_sum[$name]:-0} + cpu ))
   recv_sum[$name]=$(( ${recv_sum[$name]:-0} + recv ))
 done

@@ -57,9 +57,10 @@ struct Args {
     /// Allocations in total.
     #[arg(long, default_value_t = 1000)]
     total_quota: u32,
-    /// Worker threads; 0 runs everything on one thread.
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    /// Worker threads of the tokio runtime (default: one per CPU); 0 runs
+    /// everything on a single current-thread runtime.
+    #[arg(long)]
+    threads: Option<usize>,
     /// TLS certificate chain (PEM).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -113,13 +114,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !args.tls_listen.is_empty() {
         config.tls_listen = args.tls_listen;
     }
-    let runtime = if args.threads == 0 {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
+            .worker_threads(threads)
             .enable_all()
             .build()?
     };
