@@ -64,6 +64,27 @@ pub(crate) struct FiveTuple {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct AllocId(u64);
 
+/// Something that happened, for [`Core::handle_input`].
+#[derive(Debug)]
+pub(crate) enum Input<'a> {
+    /// A datagram (UDP) or one frame (TCP/TLS) from the client of `tuple`.
+    Client { tuple: FiveTuple, data: &'a [u8] },
+    /// A datagram from `peer` on the relay socket bound at `relay`.
+    Peer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+    /// The outcome of an [`Output::BindRelay`].
+    RelayBound {
+        id: AllocId,
+        addr: SocketAddr,
+        ok: bool,
+    },
+    /// A TCP/TLS client connection closed.
+    ClientClosed(FiveTuple),
+}
+
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Output {
@@ -325,6 +346,16 @@ impl Core {
     }
 
     // ----- inputs ---------------------------------------------------------
+
+    /// Feeds one input at time `now`; then drain [`Core::poll_output`].
+    pub(crate) fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Client { tuple, data } => self.handle_client(now, tuple, data),
+            Input::Peer { relay, peer, data } => self.handle_peer(now, relay, peer, data),
+            Input::RelayBound { id, addr, ok } => self.relay_bound(now, id, addr, ok),
+            Input::ClientClosed(tuple) => self.client_closed(tuple),
+        }
+    }
 
     /// A datagram (UDP) or one frame (TCP/TLS) from a client.
     pub(crate) fn handle_client(&mut self, now: Instant, tuple: FiveTuple, data: &[u8]) {

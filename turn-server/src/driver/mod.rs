@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::core::{Core, CoreParams, FiveTuple, Output, StreamFramer};
+use crate::core::{Core, CoreParams, FiveTuple, Input, Output, StreamFramer};
 use crate::stats::{inc, TurnStats};
 use crate::{Transport, TurnConfig, TurnError};
 use batch::{recv_batch, send_batch, RecvBufs};
@@ -181,7 +181,8 @@ impl State {
                 },
                 Output::BindRelay { id, addr } => {
                     let ok = !self.closed && self.bind_relay(shared, addr);
-                    self.core.relay_bound(Instant::now(), id, addr, ok);
+                    self.core
+                        .handle_input(Instant::now(), Input::RelayBound { id, addr, ok });
                 }
                 Output::ReleaseRelay { addr } => {
                     if let Some(r) = self.relays.remove(&addr) {
@@ -247,9 +248,16 @@ async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr
                             client: from,
                             server: local,
                         };
-                        st.core.handle_client(now, tuple, data);
+                        st.core.handle_input(now, Input::Client { tuple, data });
                     }
-                    Role::Relay => st.core.handle_peer(now, local, from, data),
+                    Role::Relay => st.core.handle_input(
+                        now,
+                        Input::Peer {
+                            relay: local,
+                            peer: from,
+                            data,
+                        },
+                    ),
                 }
             }
             st.drain(&shared, &mut sends);
@@ -416,7 +424,9 @@ async fn serve_stream<S>(
                 let mut broken = false;
                 loop {
                     match framer.next_frame() {
-                        Ok(Some(frame)) => st.core.handle_client(now, tuple, frame),
+                        Ok(Some(frame)) => st
+                            .core
+                            .handle_input(now, Input::Client { tuple, data: frame }),
                         Ok(None) => break,
                         Err(_) => {
                             inc(&shared.stats.malformed_dropped);
@@ -443,7 +453,8 @@ async fn serve_stream<S>(
         let mut st = shared.lock();
         st.streams.remove(&tuple);
         st.stream_tasks.remove(&tuple);
-        st.core.client_closed(tuple);
+        st.core
+            .handle_input(Instant::now(), Input::ClientClosed(tuple));
         st.drain(&shared, &mut sends);
     }
     sends.flush(&shared.stats).await;
