@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::peer_connection::RTCPeerConnection;
+
 use crate::media::now_us;
 use crate::peer::{self, Ctx, Participant};
 
@@ -141,8 +144,19 @@ impl Session {
         }
     }
 
-    /// Keeps the session alive (Janus drops sessions silent for 60 s) until `stop`.
-    async fn idle(mut self, mut stop: watch::Receiver<bool>) {
+    /// Tells Janus that every local candidate is in the SDP already.
+    async fn end_of_candidates(&mut self) -> Result<()> {
+        let v = json!({
+            "janus": "trickle", "session_id": self.session, "handle_id": self.handle,
+            "transaction": "eoc", "candidate": {"completed": true},
+        });
+        self.tx.send(Message::Text(v.to_string().into())).await?;
+        Ok(())
+    }
+
+    /// Keeps the session alive (Janus drops sessions silent for 60 s) and applies Janus's
+    /// trickled candidates until `stop`.
+    async fn idle(mut self, pc: &RTCPeerConnection, mut stop: watch::Receiver<bool>) {
         let mut keepalive = tokio::time::interval(Duration::from_secs(20));
         keepalive.tick().await;
         loop {
@@ -153,12 +167,31 @@ impl Session {
                         return;
                     }
                 }
-                m = self.next() => if m.is_err() { return },
+                m = self.next() => match m {
+                    Err(_) => return,
+                    Ok(m) if m["janus"] == "trickle" => add_candidate(pc, &m["candidate"]).await,
+                    Ok(_) => {}
+                },
                 r = stop.changed() => if r.is_err() || *stop.borrow() { break },
             }
         }
         let v = json!({"janus": "destroy", "session_id": self.session, "transaction": "bye"});
         let _ = self.tx.send(Message::Text(v.to_string().into())).await;
+    }
+}
+
+async fn add_candidate(pc: &RTCPeerConnection, c: &Value) {
+    let Some(candidate) = c["candidate"].as_str() else {
+        return; // {"completed": true}
+    };
+    let init = RTCIceCandidateInit {
+        candidate: candidate.to_string(),
+        sdp_mid: c["sdpMid"].as_str().map(str::to_string),
+        sdp_mline_index: c["sdpMLineIndex"].as_u64().map(|i| i as u16),
+        username_fragment: None,
+    };
+    if let Err(e) = pc.add_ice_candidate(init).await {
+        tracing::debug!(error = %e, "Janus candidate refused");
     }
 }
 
@@ -226,8 +259,18 @@ pub async fn run(
         let answer = res["jsep"]["sdp"]
             .as_str()
             .context("no JSEP answer to publish")?;
+        tracing::debug!(offer = %offer, answer = %answer, "publisher negotiation");
+        s.end_of_candidates().await?;
         peer::apply_answer(&pc, answer.to_string()).await?;
         peer::start_publishing(&ctx, published, stop.clone());
+        // Janus lists a feed for subscribers only once its media is up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.connected_us.load(Ordering::Relaxed) == 0 {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the publisher's connection to Janus did not come up within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         feeds.add(feed);
     } else {
         let ids = feeds.wait_for(publishers, Duration::from_secs(5)).await?;
@@ -247,8 +290,9 @@ pub async fn run(
             Some(json!({"type": "answer", "sdp": answer})),
         )
         .await?;
+        s.end_of_candidates().await?;
     }
-    s.idle(stop).await;
+    s.idle(&pc, stop).await;
     let _ = pc.close().await;
     Ok(())
 }

@@ -71,6 +71,11 @@ struct Cli {
     /// Janus's WebSocket API URL (with --target janus).
     #[arg(long, default_value = "ws://127.0.0.1:8188")]
     janus_url: String,
+    /// The only local address ICE uses. Janus (libnice) gathers no loopback candidates, so runs
+    /// against Janus use the machine's own interface address; the kernel still delivers that
+    /// traffic over the loopback device.
+    #[arg(long, default_value = "127.0.0.1")]
+    ice_ip: std::net::IpAddr,
     /// Sign tokens with this secret (HS256) instead of asking POST /api/token.
     #[arg(long, env = "HUDDLE_LOADTEST_SECRET", hide_env_values = true)]
     #[serde(skip)]
@@ -266,6 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         opus_frames,
         cli.interceptors,
+        cli.ice_ip,
     )?);
     let server_pid = cli.server_pid.map(|p| p.to_string());
     let server_now = || server_pid.as_deref().and_then(proc_sample);

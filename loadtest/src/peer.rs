@@ -62,7 +62,14 @@ impl Ctx {
     /// Builds the shared API: default codecs, the `sdes:mid` header extension (so forwarded
     /// streams map to their m-lines), no interceptors unless `interceptors` (NACK, reports and
     /// TWCC would cost the tester CPU that the server then does not get).
-    pub fn new(media: MediaOpts, opus_frames: Vec<Vec<u8>>, interceptors: bool) -> Result<Ctx> {
+    ///
+    /// ICE gathers only on `ice_ip` (127.0.0.1 normally).
+    pub fn new(
+        media: MediaOpts,
+        opus_frames: Vec<Vec<u8>>,
+        interceptors: bool,
+        ice_ip: std::net::IpAddr,
+    ) -> Result<Ctx> {
         let mut m = MediaEngine::default();
         m.register_default_codecs()?;
         for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
@@ -80,8 +87,8 @@ impl Ctx {
                 webrtc::api::interceptor_registry::register_default_interceptors(registry, &mut m)?;
         }
         let mut s = SettingEngine::default();
-        s.set_include_loopback_candidate(true);
-        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        s.set_include_loopback_candidate(ice_ip.is_loopback());
+        s.set_ip_filter(Box::new(move |ip| ip == ice_ip));
         s.set_network_types(vec![NetworkType::Udp4]);
         let api = APIBuilder::new()
             .with_media_engine(m)
@@ -446,7 +453,7 @@ async fn send_video(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
         tick.tick().await;
-        let key = n % key_every == 0 || keyframe_wanted.swap(false, Ordering::Relaxed);
+        let key = n.is_multiple_of(key_every) || keyframe_wanted.swap(false, Ordering::Relaxed);
         let size = if key { frame_bytes * 3 } else { frame_bytes };
         let packets = src.frame(size, key, now_us());
         let last = packets.len() - 1;

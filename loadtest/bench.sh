@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Huddle against Janus VideoRoom, measured in one run on one machine, everything on 127.0.0.1.
+#
+#   loadtest/bench.sh [OUT_DIR]          (default OUT_DIR: target/bench/<date>)
+#
+# Builds the release binaries, then for each scenario starts the server on CPU 1 and the load
+# tester on CPU 0 (taskset), runs the tester for DURATION seconds with --server-pid, stops the
+# server, and goes on to the next one. Janus runs the same audio and livestream scenarios (the
+# meeting scenario has no Janus driver). Writes one JSON report and one SVG plot per run and a
+# figures table (figures.md) that BENCHMARKS.md quotes.
+#
+# Knobs (environment): DURATION (s, default 30), SERVER_CPU (1), TESTER_CPU (0),
+# AUDIO_PUBS (10), AUDIO_SUBS (40), LIVE_SUBS (40), MEETING (8), VIDEO_KBPS (800),
+# RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
+# huddle-meeting), SKIP_JANUS=1, SKIP_BUILD=1.
+# Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${1:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DURATION=${DURATION:-30}
+SERVER_CPU=${SERVER_CPU:-1}
+TESTER_CPU=${TESTER_CPU:-0}
+AUDIO_PUBS=${AUDIO_PUBS:-10}
+AUDIO_SUBS=${AUDIO_SUBS:-40}
+LIVE_SUBS=${LIVE_SUBS:-40}
+MEETING=${MEETING:-8}
+VIDEO_KBPS=${VIDEO_KBPS:-800}
+JANUS_WS_PORT=${JANUS_WS_PORT:-18188}
+# Janus's ICE (libnice) never gathers loopback candidates: its media uses this machine's own
+# first non-loopback IPv4 address, which the kernel routes over the loopback device all the same.
+JANUS_IP=${JANUS_IP:-$(ip -4 -o addr show scope global | awk '{sub("/.*", "", $4); print $4; exit}')}
+
+for tool in taskset jq; do
+  command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }
+done
+if [ -z "${SKIP_JANUS:-}" ] && ! command -v janus >/dev/null; then
+  echo "janus not found: apt-get install -y --no-install-recommends janus (or SKIP_JANUS=1)" >&2
+  exit 1
+fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --bin huddle --bin huddle-loadtest
+fi
+HUDDLE=$ROOT/target/release/huddle
+LOADTEST=$ROOT/target/release/huddle-loadtest
+
+SERVER_PID=
+cleanup() {
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+# Starts huddle on SERVER_CPU; sets SERVER_PID, HUDDLE_URL, HUDDLE_DATA.
+start_huddle() {
+  HUDDLE_DATA=$OUT/huddle-data-$1
+  rm -rf "$HUDDLE_DATA"; mkdir -p "$HUDDLE_DATA"
+  HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 RUST_LOG=warn \
+    taskset -c "$SERVER_CPU" "$HUDDLE" serve --bind 127.0.0.1:0 --media-port 0 --turn-port 0 \
+    --no-turn --data-dir "$HUDDLE_DATA" >"$OUT/huddle-$1.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    HUDDLE_URL=$(sed -n 's|.*Huddle is ready at \(http://[0-9.:]*\).*|\1|p' "$OUT/huddle-$1.log")
+    [ -n "$HUDDLE_URL" ] && return 0
+    sleep 0.1
+  done
+  echo "huddle did not start: $(cat "$OUT/huddle-$1.log")" >&2
+  exit 1
+}
+
+# Starts Janus (videoroom plugin, WebSocket transport only, loopback ICE) on SERVER_CPU.
+start_janus() {
+  local dir=$OUT/janus-conf-$1
+  rm -rf "$dir"; cp -r /etc/janus "$dir"
+  sed -i \
+    -e "s|configs_folder = \"/etc/janus\"|configs_folder = \"$dir\"|" \
+    -e 's|^\(\s*\)debug_level = .*|\1debug_level = 3|' \
+    -e "s|^\(\s*\)#ice_enforce_list = \"eth0\"\$|\1ice_enforce_list = \"$JANUS_IP\"|" \
+    "$dir/janus.jcfg"
+  # Only the videoroom plugin, the WebSocket transport, no loggers, no event handlers.
+  local plugins transports
+  plugins=$(cd /usr/lib/x86_64-linux-gnu/janus/plugins && ls *.so | grep -v videoroom | paste -sd, -)
+  transports=$(cd /usr/lib/x86_64-linux-gnu/janus/transports && ls *.so | grep -v websockets | paste -sd, -)
+  awk -v plugins="$plugins" -v transports="$transports" '
+    /^plugins: \{/ {print; print "\tdisable = \"" plugins "\""; next}
+    /^transports: \{/ {print; print "\tdisable = \"" transports "\""; next}
+    /^loggers: \{/ {print; print "\tdisable = \"libjanus_jsonlog.so\""; next}
+    {print}' "$dir/janus.jcfg" >"$dir/janus.jcfg.new" && mv "$dir/janus.jcfg.new" "$dir/janus.jcfg"
+  sed -i \
+    -e 's|^\(\s*\)#ws_ip = .*|\1ws_ip = "127.0.0.1"|' \
+    -e "s|^\(\s*\)ws_port = .*|\1ws_port = $JANUS_WS_PORT|" \
+    -e 's|^\(\s*\)json = .*|\1json = "plain"|' \
+    "$dir/janus.transport.websockets.jcfg"
+  taskset -c "$SERVER_CPU" janus -C "$dir/janus.jcfg" -F "$dir" -o \
+    -L "$OUT/janus-$1.log" >/dev/null 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$JANUS_WS_PORT") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "janus did not start: $(tail -20 "$OUT/janus-$1.log")" >&2
+  exit 1
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+  sleep 1
+}
+
+# run NAME TARGET SCENARIO-ARGS...
+run() {
+  local name=$1 target=$2; shift 2
+  echo "==> $name"
+  if [ "$target" = huddle ]; then
+    start_huddle "$name"
+    set -- --target huddle --url "$HUDDLE_URL" --token-secret-file "$HUDDLE_DATA/secret.key" "$@"
+  else
+    start_janus "$name"
+    set -- --target janus --janus-url "ws://127.0.0.1:$JANUS_WS_PORT" --ice-ip "$JANUS_IP" "$@"
+  fi
+  local cmd=(taskset -c "$TESTER_CPU" "$LOADTEST" "$@" --duration "$DURATION" --server-pid "$SERVER_PID"
+    --label "$name" --report "$OUT/$name.json" --plot "$OUT/$name.svg" --no-progress)
+  echo "${cmd[*]}" >"$OUT/$name.cmd"
+  "${cmd[@]}" | tee "$OUT/$name.txt"
+  stop_server
+}
+
+AUDIO=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS")
+LIVE=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS")
+MEET=(--scenario meeting --participants "$MEETING" --video-kbps "$VIDEO_KBPS")
+for r in ${RUNS:-huddle-audio janus-audio huddle-livestream janus-livestream huddle-meeting}; do
+  case $r in
+    huddle-audio) run "$r" huddle "${AUDIO[@]}" ;;
+    janus-audio) [ -n "${SKIP_JANUS:-}" ] || run "$r" janus "${AUDIO[@]}" ;;
+    huddle-livestream) run "$r" huddle "${LIVE[@]}" ;;
+    janus-livestream) [ -n "${SKIP_JANUS:-}" ] || run "$r" janus "${LIVE[@]}" ;;
+    huddle-meeting) run "$r" huddle "${MEET[@]}" ;;
+    *) echo "unknown run $r" >&2; exit 1 ;;
+  esac
+done
+
+# The figures, one row per run.
+{
+  echo "| run | participants (joined/planned) | received packets/s | loss % | server CPU-µs per forwarded packet | projected packets/s per core | server cores | p50 / p99 latency audio (ms) | p50 / p99 latency video (ms) | join p50 (ms) | RSS per participant (KiB) | tester cores per 10k pps |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for f in "$OUT"/*.json; do
+    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.loss_pct*1000|floor/1000) | \($s.server.cpu_us_per_forwarded_packet*100|floor/100) | \($s.server.projected_packets_per_sec_per_core|floor) | \($s.server.cores*1000|floor/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "-" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "-" end) | \(if $s.join_ms then $s.join_ms.p50 else "-" end) | \(if $s.server.rss_per_participant_kib then ($s.server.rss_per_participant_kib|floor) else "-" end) | \($s.tester.cores_per_10k_pps*1000|floor/1000) |"' "$f"
+  done
+} >"$OUT/figures.md"
+{
+  echo
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ); nproc: $(nproc); CPU: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+  echo "server on CPU $SERVER_CPU, tester on CPU $TESTER_CPU, $DURATION s per run"
+} >>"$OUT/figures.md"
+cat "$OUT/figures.md"
+echo "reports, plots and commands in $OUT"
