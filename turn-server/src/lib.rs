@@ -55,6 +55,8 @@
 mod config;
 mod core;
 mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 mod stats;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
