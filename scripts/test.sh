@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (workspace)"
 cargo test --workspace
 
+step "deploy checks (promtool check config/rules, manifests and dashboard parse)"
+HUDDLE_BIN="$PWD/target/debug/huddle" bash deploy/check.sh
+
 step "browser end-to-end (headless Chromium, release binary)"
 cargo build --release --bin huddle
 HUDDLE_BIN="$PWD/target/release/huddle" node --test tests/e2e/

@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// Serve HTTPS with a self-signed certificate generated at start (for a LAN; browsers warn
     /// once). Ignored when `tls_cert` is set. Default false.
     pub tls_self_signed: bool,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) may take: joins are refused at once, every
+    /// participant is told `leave` with `server_shutdown`, and the process exits when their
+    /// sockets have closed or this time is up. Default 10.
+    pub drain_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_self_signed: false,
+            drain_secs: 10,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the crates together; each concern lives in its own crate.
 
 mod config;
+mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -303,7 +304,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 fn serve(cfg: Config) -> Result<()> {
     init_logging(&cfg);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(cfg))
+    let result = rt.block_on(run(cfg));
+    // A blocking task still running (a slow disk) must not hold the exit past the drain.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn run(cfg: Config) -> Result<()> {
@@ -343,6 +347,8 @@ async fn run(cfg: Config) -> Result<()> {
     };
     let ice = ice_servers(&cfg, turn.as_ref(), media.addrs()[0].ip());
     let state = AppState::new(signaling, keys, chat, media, ice);
+    metrics::register(state.registry(), turn.as_ref().map(|t| t.stats()))
+        .context("registering metrics")?;
 
     let listener = std::net::TcpListener::bind(cfg.server.bind)
         .with_context(|| format!("binding {}", cfg.server.bind))?;
@@ -355,12 +361,19 @@ async fn run(cfg: Config) -> Result<()> {
     }
     let tls = tls_config(&cfg, addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let drain_state = state.clone();
     let app = huddle_signaling::router(state).into_make_service();
     let handle = axum_server::Handle::new();
     let h = handle.clone();
+    let drain = Duration::from_secs(cfg.server.drain_secs);
     tokio::spawn(async move {
         shutdown_signal().await;
-        h.graceful_shutdown(Some(Duration::from_secs(10)));
+        let started = tokio::time::Instant::now();
+        // The listener stays open while draining, so new joins get 503 rather than a refused
+        // connection; then whatever is left of the drain time bounds the HTTP connections.
+        drain_state.shutdown(drain).await;
+        let left = drain.saturating_sub(started.elapsed());
+        h.graceful_shutdown(Some(left.max(Duration::from_millis(100))));
     });
     println!("Huddle is ready at {scheme}://{addr}/");
     match tls {
@@ -378,8 +391,14 @@ async fn run(cfg: Config) -> Result<()> {
         }
     }
     if let Some(t) = turn {
-        t.shutdown().await;
+        if tokio::time::timeout(Duration::from_secs(2), t.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the TURN server did not stop within 2 s");
+        }
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -29,11 +29,13 @@
 
 mod error;
 mod ids;
+mod metrics;
 mod sfu;
 pub mod worker;
 
 pub use error::MediaError;
 pub use ids::{ParticipantId, TrackId};
+pub use metrics::MediaMetrics;
 pub use sfu::{
     CloseReason, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, TrackKind,
     KEYFRAME_MIN_INTERVAL,

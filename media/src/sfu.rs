@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
+use crate::metrics::MediaMetrics;
 use crate::{MediaError, ParticipantId, TrackId};
 
 /// A publisher is asked for a keyframe at most this often per track, however many subscribers
@@ -202,6 +204,21 @@ struct Peer {
     dirty: bool,
     connected: bool,
     created: Instant,
+    /// The last cumulative stats of each incoming stream, to turn them into counter deltas.
+    ingress_marks: HashMap<Mid, StatsMark>,
+    /// The same for each outgoing stream.
+    egress_marks: HashMap<Mid, StatsMark>,
+}
+
+/// Cumulative per-stream figures from str0m's last stats event.
+#[derive(Debug, Default, Clone, Copy)]
+struct StatsMark {
+    packets: u64,
+    bytes: u64,
+    nacks: u64,
+    plis: u64,
+    firs: u64,
+    lost: u64,
 }
 
 /// The sans-IO core of one media worker: every participant connection of the rooms pinned to it.
@@ -218,11 +235,18 @@ pub struct Sfu {
     next_track: u64,
     /// Datagrams that no participant accepted.
     pub unrouted_datagrams: u64,
+    metrics: MediaMetrics,
 }
 
 impl Sfu {
-    /// A worker core with no participants.
+    /// A worker core with no participants, counting into metrics of its own.
     pub fn new(config: SfuConfig) -> Self {
+        Self::with_metrics(config, MediaMetrics::new())
+    }
+
+    /// A worker core with no participants that counts into `metrics` (shared by the workers
+    /// of a node).
+    pub fn with_metrics(config: SfuConfig, metrics: MediaMetrics) -> Self {
         Sfu {
             config,
             peers: HashMap::new(),
@@ -232,12 +256,18 @@ impl Sfu {
             out: VecDeque::new(),
             next_track: 1,
             unrouted_datagrams: 0,
+            metrics,
         }
     }
 
     /// The rooms on this worker.
     pub fn routers(&self) -> &HashMap<String, Router> {
         &self.routers
+    }
+
+    /// The metrics this core counts into.
+    pub fn metrics(&self) -> &MediaMetrics {
+        &self.metrics
     }
 
     /// Number of participant connections.
@@ -296,6 +326,11 @@ impl Sfu {
             }
         }
         router.members.push(participant);
+        self.metrics.connections.inc();
+        self.metrics.subscriptions.add(consumers.len() as i64);
+        self.metrics
+            .subscriptions_total
+            .inc_by(consumers.len() as u64);
         self.peers.insert(
             participant,
             Peer {
@@ -310,6 +345,8 @@ impl Sfu {
                 dirty: false,
                 connected: false,
                 created: now,
+                ingress_marks: HashMap::new(),
+                egress_marks: HashMap::new(),
             },
         );
         self.out.push_back(Output::Event(
@@ -350,8 +387,12 @@ impl Sfu {
                 }
             }
         }
+        let before = peer.consumers.len();
         peer.consumers
             .retain(|c| !matches!(c.state, ConsumerState::Stopping(_)));
+        self.metrics
+            .subscriptions
+            .sub((before - peer.consumers.len()) as i64);
         // A new video consumer needs a keyframe before its subscriber can show anything.
         for (publisher, mid) in opened {
             self.request_keyframe(now, publisher, mid, KeyframeRequestKind::Pli);
@@ -388,7 +429,9 @@ impl Sfu {
     /// Removes a participant's connection; its tracks are stopped for every subscriber.
     /// Unknown participants are ignored (the connection may already have closed itself).
     pub fn remove(&mut self, now: Instant, participant: ParticipantId) {
-        self.remove_peer(participant);
+        if self.remove_peer(participant) {
+            self.metrics.connection_closed(None);
+        }
         self.drive(now);
     }
 
@@ -396,6 +439,7 @@ impl Sfu {
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else {
             self.unrouted_datagrams += 1;
+            self.metrics.unrouted.inc();
             return;
         };
         let input = Input::Receive(
@@ -414,6 +458,7 @@ impl Sfu {
                 let Some((pid, peer)) = self.peers.iter_mut().find(|(_, p)| p.rtc.accepts(&input))
                 else {
                     self.unrouted_datagrams += 1;
+                    self.metrics.unrouted.inc();
                     return;
                 };
                 peer.addrs.push(source);
@@ -532,9 +577,8 @@ impl Sfu {
             }
             Event::MediaData(data) => self.forward(now, pid, data),
             Event::KeyframeRequest(req) => self.keyframe_from_subscriber(now, pid, req),
-            Event::MediaEgressStats(s) => {
-                tracing::debug!(participant = %pid, mid = %s.mid, packets = s.packets, bytes = s.bytes, "egress");
-            }
+            Event::MediaIngressStats(s) => self.ingress_stats(pid, &s),
+            Event::MediaEgressStats(s) => self.egress_stats(pid, &s),
             _ => {}
         }
     }
@@ -548,6 +592,8 @@ impl Sfu {
         }
         let id = TrackId((u64::from(self.config.worker_index) << 48) | self.next_track);
         self.next_track += 1;
+        self.metrics.tracks.inc();
+        self.metrics.tracks_total.inc();
         peer.producers.push(Producer {
             id,
             mid,
@@ -580,6 +626,8 @@ impl Sfu {
                         kind,
                         state: ConsumerState::ToOpen,
                     });
+                    self.metrics.subscriptions.inc();
+                    self.metrics.subscriptions_total.inc();
                     self.mark_dirty(other);
                 }
             }
@@ -597,6 +645,7 @@ impl Sfu {
         let Some(router) = self.routers.get(&room) else {
             return;
         };
+        let mut written = false;
         for &sub_id in &router.members {
             if sub_id == publisher {
                 continue;
@@ -621,14 +670,119 @@ impl Sfu {
             let Some(pt) = writer.match_params(data.params) else {
                 continue;
             };
-            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                tracing::debug!(participant = %sub_id, error = %e, "write failed");
+            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+                Ok(()) => written = true,
+                Err(e) => tracing::debug!(participant = %sub_id, error = %e, "write failed"),
             }
             if !sub.dirty {
                 sub.dirty = true;
                 self.dirty.push(sub_id);
             }
         }
+        if written {
+            let latency = now.saturating_duration_since(data.network_time);
+            self.metrics.forward_latency.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Counts a published stream's stats (deltas of str0m's cumulative figures).
+    fn ingress_stats(&mut self, pid: ParticipantId, s: &MediaIngressStats) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let kind = match peer.producers.iter().find(|p| p.mid == s.mid) {
+            Some(p) => TrackKind::from(p.kind),
+            None => match peer.rtc.media(s.mid) {
+                Some(m) => TrackKind::from(m.kind()),
+                None => return,
+            },
+        };
+        let mark = peer.ingress_marks.entry(s.mid).or_default();
+        let packets = s.packets.saturating_sub(mark.packets);
+        let m = &self.metrics;
+        m.rtp_packets.r#in.get(kind).inc_by(packets);
+        m.rtp_bytes
+            .r#in
+            .get(kind)
+            .inc_by(s.bytes.saturating_sub(mark.bytes));
+        m.nacks.out.inc_by(s.nacks.saturating_sub(mark.nacks));
+        m.plis.out.inc_by(s.plis.saturating_sub(mark.plis));
+        m.firs.out.inc_by(s.firs.saturating_sub(mark.firs));
+        if let Some(loss) = s.loss {
+            let loss = f64::from(loss).clamp(0.0, 1.0);
+            m.loss_ratio.r#in.observe(loss);
+            // The loss fraction of our last receiver report: received = expected × (1 − loss).
+            if loss < 1.0 && packets > 0 {
+                let lost = (packets as f64 * loss / (1.0 - loss)).round() as u64;
+                m.packets_lost.r#in.inc_by(lost);
+            }
+        }
+        if s.packets > 0 {
+            m.jitter
+                .r#in
+                .get(kind)
+                .observe(f64::from(s.jitter) / clock_rate(kind));
+        }
+        *mark = StatsMark {
+            packets: s.packets,
+            bytes: s.bytes,
+            nacks: s.nacks,
+            plis: s.plis,
+            firs: s.firs,
+            lost: 0,
+        };
+    }
+
+    /// Counts a forwarded stream's stats and what its subscriber reports about it.
+    fn egress_stats(&mut self, pid: ParticipantId, s: &MediaEgressStats) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let kind = match peer.consumers.iter().find(|c| c.state.mid() == Some(s.mid)) {
+            Some(c) => TrackKind::from(c.kind),
+            None => match peer.rtc.media(s.mid) {
+                Some(m) => TrackKind::from(m.kind()),
+                None => return,
+            },
+        };
+        let mark = peer.egress_marks.entry(s.mid).or_default();
+        let m = &self.metrics;
+        m.rtp_packets
+            .out
+            .get(kind)
+            .inc_by(s.packets.saturating_sub(mark.packets));
+        m.rtp_bytes
+            .out
+            .get(kind)
+            .inc_by(s.bytes.saturating_sub(mark.bytes));
+        m.nacks.r#in.inc_by(s.nacks.saturating_sub(mark.nacks));
+        m.plis.r#in.inc_by(s.plis.saturating_sub(mark.plis));
+        m.firs.r#in.inc_by(s.firs.saturating_sub(mark.firs));
+        if let Some(loss) = s.loss {
+            m.loss_ratio.out.observe(f64::from(loss).clamp(0.0, 1.0));
+        }
+        if let Some(rtt) = s.rtt {
+            m.rtt.observe(rtt.as_secs_f64());
+        }
+        let mut lost = mark.lost;
+        if let Some(r) = &s.remote {
+            m.packets_lost
+                .out
+                .inc_by(r.packets_lost.saturating_sub(mark.lost));
+            lost = lost.max(r.packets_lost);
+            m.jitter
+                .out
+                .get(kind)
+                .observe(f64::from(r.jitter) / clock_rate(kind));
+        }
+        *mark = StatsMark {
+            packets: s.packets,
+            bytes: s.bytes,
+            nacks: s.nacks,
+            plis: s.plis,
+            firs: s.firs,
+            lost,
+        };
     }
 
     fn keyframe_from_subscriber(
@@ -730,6 +884,7 @@ impl Sfu {
 
     fn close(&mut self, pid: ParticipantId, reason: CloseReason) {
         if self.remove_peer(pid) {
+            self.metrics.connection_closed(Some(reason));
             self.out
                 .push_back(Output::Event(pid, PeerEvent::Closed { reason }));
         }
@@ -741,6 +896,9 @@ impl Sfu {
             return false;
         };
         peer.rtc.disconnect();
+        self.metrics.connections.dec();
+        self.metrics.tracks.sub(peer.producers.len() as i64);
+        self.metrics.subscriptions.sub(peer.consumers.len() as i64);
         for a in &peer.addrs {
             self.by_addr.remove(a);
         }
@@ -756,6 +914,8 @@ impl Sfu {
             }
             None => Vec::new(),
         };
+        let metrics = &self.metrics;
+        let mut dirty = Vec::new();
         for other in members {
             let Some(sub) = self.peers.get_mut(&other) else {
                 continue;
@@ -767,7 +927,10 @@ impl Sfu {
                 }
                 changed = true;
                 match c.state {
-                    ConsumerState::ToOpen => false,
+                    ConsumerState::ToOpen => {
+                        metrics.subscriptions.dec();
+                        false
+                    }
                     ConsumerState::Open(m) | ConsumerState::Negotiating(m) => {
                         c.state = ConsumerState::ToStop(m);
                         true
@@ -776,9 +939,20 @@ impl Sfu {
                 }
             });
             if changed {
-                self.mark_dirty(other);
+                dirty.push(other);
             }
         }
+        for other in dirty {
+            self.mark_dirty(other);
+        }
         true
+    }
+}
+
+/// RTP clock rate of a kind's codecs (Opus 48 kHz; VP8 and H.264 90 kHz), for jitter in seconds.
+fn clock_rate(kind: TrackKind) -> f64 {
+    match kind {
+        TrackKind::Audio => 48_000.0,
+        TrackKind::Video => 90_000.0,
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::sfu::{Grants, Output, PeerEvent, Sfu, SfuConfig};
-use crate::{MediaError, ParticipantId};
+use crate::{MediaError, MediaMetrics, ParticipantId};
 
 /// Media settings.
 #[derive(Clone, Debug)]
@@ -70,12 +70,31 @@ pub struct MediaHandle {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     addrs: Vec<SocketAddr>,
     local_addrs: Vec<SocketAddr>,
+    metrics: MediaMetrics,
+}
+
+/// Counts a worker as running while its loop runs (a panic unwinding the thread included).
+struct RunningGuard(prometheus::IntGauge);
+
+impl RunningGuard {
+    fn new(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        RunningGuard(g)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+        tracing::info!("media worker stopped");
+    }
 }
 
 impl MediaHandle {
     /// Binds one socket per worker and starts the worker threads.
     pub fn start(config: &MediaConfig) -> Result<MediaHandle, MediaError> {
         crate::init_crypto();
+        let metrics = MediaMetrics::new();
         let mut workers = Vec::new();
         let mut addrs = Vec::new();
         let mut local_addrs = Vec::new();
@@ -98,14 +117,19 @@ impl MediaHandle {
                 )));
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let sfu = Sfu::new(SfuConfig {
-                candidates: vec![advertised],
-                local_addr,
-                worker_index: i as u16,
-            });
+            let sfu = Sfu::with_metrics(
+                SfuConfig {
+                    candidates: vec![advertised],
+                    local_addr,
+                    worker_index: i as u16,
+                },
+                metrics.clone(),
+            );
+            let running = RunningGuard::new(metrics.workers.clone());
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || {
+                    let _running = running;
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -132,7 +156,19 @@ impl MediaHandle {
             workers,
             addrs,
             local_addrs,
+            metrics,
         })
+    }
+
+    /// The media metrics of this node (register them with [`MediaMetrics::register`]).
+    pub fn metrics(&self) -> &MediaMetrics {
+        &self.metrics
+    }
+
+    /// Whether every media worker thread is running.
+    pub fn all_workers_running(&self) -> bool {
+        self.metrics.workers_running() == self.workers.len() as i64
+            && self.workers.iter().all(|w| !w.is_closed())
     }
 
     /// The advertised media addresses (one per worker).

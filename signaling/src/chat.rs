@@ -54,6 +54,20 @@ impl ChatStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the database answers a query (for readiness).
+    pub fn ping(&self) -> Result<(), SignalingError> {
+        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it (at shutdown; every
+    /// message is already committed).
+    pub fn checkpoint(&self) -> Result<(), SignalingError> {
+        self.lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Stores a message and returns it with its id.
     pub fn append(
         &self,

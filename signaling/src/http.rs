@@ -20,10 +20,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/api/token", post(token))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::ops::routes())
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(crate::ops::request_span))
         .with_state(state)
 }
 
@@ -61,11 +63,22 @@ async fn ws(
     Query(q): Query<WsQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if state.is_draining() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; join again on another node or in a moment",
+        );
+    }
     let hard_cap = state.inner.config.max_message_bytes.saturating_mul(16);
+    // The session logs in this request's span (its request id).
+    let span = tracing::Span::current();
     upgrade
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| crate::session::run(socket, state, q.room))
+        .on_upgrade(move |socket| {
+            tracing::Instrument::instrument(crate::session::run(socket, state, q.room), span)
+        })
 }
 
 #[derive(Deserialize)]

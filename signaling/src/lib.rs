@@ -7,7 +7,10 @@
 //! * [`chat`]: chat history in SQLite, replayed on join.
 //! * `session`: one task per WebSocket that verifies the join, keeps the participant in its room,
 //!   relays SDP between the browser and the media worker, and fans out room events.
-//! * [`router`]: the axum routes: `/ws`, `/api/token`, the web client, `/healthz`.
+//! * [`router`]: the axum routes: `/ws`, `/api/token`, the web client, `/healthz`, and for
+//!   operators `/readyz` and `/metrics` (Prometheus; [`AppState::registry`] takes more
+//!   collectors). [`AppState::shutdown`] drains the server: no more joins, every participant
+//!   told `leave` with `server_shutdown`, the chat database checkpointed.
 //!
 //! Media never passes through here: the session hands SDP to [`huddle_media::MediaHandle`] and
 //! gets per-participant [`huddle_media::PeerEvent`]s back.
@@ -15,6 +18,8 @@
 
 pub mod chat;
 mod http;
+mod metrics;
+mod ops;
 pub mod protocol;
 mod rooms;
 mod session;
@@ -94,6 +99,7 @@ struct Inner {
     media: MediaHandle,
     rooms: Rooms,
     ice: IceServerProvider,
+    ops: ops::Ops,
 }
 
 impl AppState {
@@ -105,6 +111,7 @@ impl AppState {
         media: MediaHandle,
         ice: IceServerProvider,
     ) -> Self {
+        let ops = ops::Ops::new(&media);
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -113,6 +120,7 @@ impl AppState {
                 media,
                 rooms: Rooms::default(),
                 ice,
+                ops,
             }),
         }
     }

@@ -97,6 +97,18 @@ impl Rooms {
         Ok(others)
     }
 
+    /// Tells every member to leave with `reason` (their sessions then remove themselves).
+    /// Returns how many were told.
+    pub(crate) fn kick_all(&self, reason: LeaveReason) -> usize {
+        let rooms = self.lock();
+        let mut n = 0;
+        for m in rooms.values().flat_map(|r| r.members.values()) {
+            let _ = m.inbox.send(ServerMsg::Leave { reason });
+            n += 1;
+        }
+        n
+    }
+
     /// Removes a participant and tells the others.
     pub(crate) fn leave(&self, room: &str, id: ParticipantId, reason: LeaveReason) {
         let mut rooms = self.lock();

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::metrics::JoinFailure;
 use crate::protocol::{
     decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, ParticipantInfo, ServerMsg,
     TrackInfo, PROTOCOL_VERSION,
@@ -26,14 +27,28 @@ enum End {
 }
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
+    let _open = state.inner.ops.connection();
     let mut conn = Conn {
         socket,
         max_bytes: state.inner.config.max_message_bytes,
+        metrics: state.inner.ops.metrics.clone(),
     };
     let Some((claims, pid)) = handshake(&mut conn, &state, room_hint).await else {
         let _ = conn.socket.close().await;
         return;
     };
+    let join_started = Instant::now();
+    if state.is_draining() {
+        state
+            .inner
+            .ops
+            .metrics
+            .join_failed(JoinFailure::ServerShutdown);
+        let reason = LeaveReason::ServerShutdown;
+        let _ = conn.send(&ServerMsg::Leave { reason }).await;
+        let _ = conn.socket.close().await;
+        return;
+    }
     let span = tracing::info_span!("participant", id = %pid, room = %claims.room);
     async move {
         info!(identity = %claims.sub, "joined");
@@ -46,6 +61,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             pid,
             offered: false,
             media_tx,
+            join_started: Some(join_started),
         };
         let end = match s.enter(inbox_tx).await {
             Ok(()) => s.run(inbox, media_rx).await,
@@ -70,6 +86,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
 struct Conn {
     socket: WebSocket,
     max_bytes: usize,
+    metrics: crate::metrics::SignalingMetrics,
 }
 
 /// What one read from the socket gave.
@@ -84,6 +101,7 @@ enum Read {
 
 impl Conn {
     async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
+        self.metrics.message_out(msg);
         let text = serde_json::to_string(msg).map_err(|_| ())?;
         self.socket
             .send(Message::Text(Utf8Bytes::from(text)))
@@ -111,6 +129,7 @@ impl Conn {
             Message::Text(t) => t,
             Message::Close(_) => return Read::Closed,
             Message::Binary(_) => {
+                self.metrics.message_in(None);
                 self.error(
                     ErrorCode::BadMessage,
                     "binary frames are not part of the protocol",
@@ -122,6 +141,7 @@ impl Conn {
             Message::Ping(_) | Message::Pong(_) => return Read::Nothing,
         };
         if text.len() > self.max_bytes {
+            self.metrics.message_in(None);
             self.error(
                 ErrorCode::MessageTooLarge,
                 format!(
@@ -134,7 +154,10 @@ impl Conn {
             .await;
             return Read::Bad;
         }
-        match decode_client_msg(text.as_str()) {
+        let decoded = decode_client_msg(text.as_str());
+        self.metrics
+            .message_in(decoded.as_ref().ok().map(|(m, _)| m));
+        match decoded {
             Ok((m, rid)) => Read::Msg(m, rid),
             Err(e) => {
                 let _ = self.send(&e.to_msg()).await;
@@ -151,8 +174,12 @@ async fn handshake(
     room_hint: Option<String>,
 ) -> Option<(Claims, ParticipantId)> {
     let deadline = Instant::now() + state.inner.config.join_timeout;
+    let metrics = &state.inner.ops.metrics;
     loop {
-        let read = tokio::time::timeout_at(deadline, conn.read()).await.ok()?;
+        let Ok(read) = tokio::time::timeout_at(deadline, conn.read()).await else {
+            metrics.join_failed(JoinFailure::Timeout);
+            return None;
+        };
         let (msg, rid) = match read {
             Read::Closed => return None,
             Read::Bad | Read::Nothing => continue,
@@ -170,6 +197,7 @@ async fn handshake(
                 rid,
             )
             .await;
+            metrics.join_failed(JoinFailure::UnsupportedProtocol);
             return None;
         }
         let claims = match state.inner.keys.verify(&token) {
@@ -180,6 +208,10 @@ async fn handshake(
                     TokenError::Invalid => ErrorCode::InvalidToken,
                 };
                 debug!(?code, "join refused");
+                metrics.join_failed(match e {
+                    TokenError::Expired => JoinFailure::TokenExpired,
+                    TokenError::Invalid => JoinFailure::InvalidToken,
+                });
                 conn.error(code, e.to_string(), rid).await;
                 return None;
             }
@@ -193,6 +225,7 @@ async fn handshake(
                 rid,
             )
             .await;
+            metrics.join_failed(JoinFailure::WrongRoom);
             return None;
         }
         let pid = ParticipantId(rand::random::<u64>() & 0xffff_ffff_ffff);
@@ -207,6 +240,8 @@ struct Session {
     pid: ParticipantId,
     offered: bool,
     media_tx: mpsc::UnboundedSender<PeerEvent>,
+    /// When `join` arrived, until media connects (for the join duration).
+    join_started: Option<Instant>,
 }
 
 fn now_ms() -> i64 {
@@ -241,6 +276,11 @@ impl Session {
         ) {
             Ok(o) => o,
             Err(JoinRefused::Full) => {
+                self.state
+                    .inner
+                    .ops
+                    .metrics
+                    .join_failed(JoinFailure::RoomFull);
                 self.conn
                     .error(
                         ErrorCode::RoomFull,
@@ -276,7 +316,9 @@ impl Session {
         self.conn
             .send(&joined)
             .await
-            .map_err(|_| End::Gone(LeaveReason::Disconnected))
+            .map_err(|_| End::Gone(LeaveReason::Disconnected))?;
+        self.state.inner.ops.metrics.joined.inc();
+        Ok(())
     }
 
     async fn run(
@@ -444,6 +486,7 @@ impl Session {
         .await;
         match stored {
             Ok(Ok(message)) => {
+                self.state.inner.ops.metrics.chat_messages.inc();
                 self.state.inner.rooms.update_and_broadcast(
                     self.room(),
                     self.pid,
@@ -472,7 +515,18 @@ impl Session {
             PeerEvent::Answer { sdp } => self.conn.send(&ServerMsg::Answer { sdp }).await,
             PeerEvent::Offer { sdp } => self.conn.send(&ServerMsg::Offer { sdp }).await,
             PeerEvent::Connected => {
-                info!("media connected");
+                if let Some(t) = self.join_started.take() {
+                    let took = t.elapsed();
+                    self.state
+                        .inner
+                        .ops
+                        .metrics
+                        .join_duration
+                        .observe(took.as_secs_f64());
+                    info!(join_ms = took.as_millis() as u64, "media connected");
+                } else {
+                    info!("media connected");
+                }
                 Ok(())
             }
             PeerEvent::TrackPublished { track_id, kind } => {
@@ -511,6 +565,12 @@ impl Session {
             }
             PeerEvent::Closed { reason } => {
                 info!(?reason, "media connection closed");
+                if self.join_started.is_some() {
+                    self.state.inner.ops.metrics.join_failed(match reason {
+                        huddle_media::CloseReason::ConnectTimeout => JoinFailure::MediaTimeout,
+                        _ => JoinFailure::MediaFailed,
+                    });
+                }
                 return Some(End::Kick(LeaveReason::Disconnected));
             }
         };
