@@ -144,10 +144,10 @@ done
 
 # The figures, one row per run.
 {
-  echo "| run | participants (joined/planned) | received packets/s | loss % | server CPU-µs per forwarded packet | projected packets/s per core | server cores | p50 / p99 latency audio (ms) | p50 / p99 latency video (ms) | join p50 (ms) | RSS per participant (KiB) | tester cores per 10k pps |"
+  echo "| run | participants (joined/planned) | received packets/s | loss % end to end / SFU→subscriber | server CPU-µs per forwarded packet | projected packets/s per core | server cores | p50 / p99 latency audio (ms) | p50 / p99 latency video (ms) | join p50 (ms) | RSS per participant (KiB) | tester cores per 10k pps |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for f in "$OUT"/*.json; do
-    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.loss_pct*1000|floor/1000) | \($s.server.cpu_us_per_forwarded_packet*100|floor/100) | \($s.server.projected_packets_per_sec_per_core|floor) | \($s.server.cores*1000|floor/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "-" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "-" end) | \(if $s.join_ms then $s.join_ms.p50 else "-" end) | \(if $s.server.rss_per_participant_kib then ($s.server.rss_per_participant_kib|floor) else "-" end) | \($s.tester.cores_per_10k_pps*1000|floor/1000) |"' "$f"
+    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|floor/1000) / \($s.loss_pct*1000|floor/1000) | \($s.server.cpu_us_per_forwarded_packet*100|floor/100) | \($s.server.projected_packets_per_sec_per_core|floor) | \($s.server.cores*1000|floor/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "-" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "-" end) | \(if $s.join_ms then $s.join_ms.p50 else "-" end) | \(if $s.server.rss_per_participant_kib then ($s.server.rss_per_participant_kib|floor) else "-" end) | \($s.tester.cores_per_10k_pps*1000|floor/1000) |"' "$f"
   done
 } >"$OUT/figures.md"
 {

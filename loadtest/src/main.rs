@@ -244,6 +244,7 @@ pub struct RunData {
 pub struct Sample {
     t: f64,
     packets: u64,
+    sent: u64,
     bytes: u64,
     server: Option<ProcSample>,
     tester: Option<ProcSample>,
@@ -428,6 +429,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut samples = vec![Sample {
         t: 0.0,
         packets: 0,
+        sent: 0,
         bytes: 0,
         server: server_now(),
         tester: proc_sample("self"),
@@ -442,6 +444,7 @@ async fn run(cli: Cli) -> Result<()> {
         let s = Sample {
             t: t_of(now),
             packets: ctx.totals.packets.load(Ordering::Relaxed),
+            sent: ctx.totals.sent_packets.load(Ordering::Relaxed),
             bytes: ctx.totals.bytes.load(Ordering::Relaxed),
             server: server_now(),
             tester: proc_sample("self"),
@@ -467,6 +470,7 @@ async fn run(cli: Cli) -> Result<()> {
             t: s.t,
             joined,
             packets_per_sec: (s.packets - prev.packets) as f64 / dt,
+            sent_per_sec: (s.sent - prev.sent) as f64 / dt,
             bits_per_sec: (s.bytes - prev.bytes) as f64 * 8.0 / dt,
             latency_p50_ms: (!hist.is_empty()).then(|| hist.value_at_quantile(0.5) as f64 / 1000.0),
             latency_p99_ms: (!hist.is_empty())

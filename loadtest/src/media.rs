@@ -3,14 +3,18 @@
 //! Both carry the sender's clock so that the receiver can measure end-to-end latency:
 //!
 //! - **Opus**: each 20 ms frame is re-framed as an Opus "code 3" packet (RFC 6716 §3.2.5) with one
-//!   frame and 8 bytes of padding; the padding holds the send time (µs, big-endian). Decoders
-//!   ignore padding, so the packet still decodes to the same audio, and an SFU that forwards
+//!   frame and 12 bytes of padding; the padding holds a [`Stamp`]: the packet's number in its
+//!   stream and the send time (µs), big-endian. Decoders ignore padding, so the packet still decodes to the same audio, and an SFU that forwards
 //!   Opus payloads unchanged (Huddle, Janus) delivers the time untouched. RFC 6716 asks encoders
 //!   to zero padding bytes; decoders must accept any value, which is what this relies on.
-//! - **VP8**: every RTP payload ends with the send time. An SFU that depacketizes and
-//!   repacketizes frames (str0m does) keeps the frame's bytes but not the packet boundaries, so
-//!   the receiver reads the time only from the last packet of a frame (RTP marker bit), where it is
-//!   the frame's last 8 bytes on both sides.
+//! - **VP8**: every RTP payload ends with a [`Stamp`] (the frame's number and its send time). An
+//!   SFU that depacketizes and repacketizes frames (str0m does) keeps the frame's bytes but not the
+//!   packet boundaries, so the receiver reads the stamp only from the last packet of a frame (RTP
+//!   marker bit), where it is the frame's last 12 bytes on both sides.
+//!
+//! The numbers give end-to-end loss: SFUs renumber RTP sequence numbers per subscriber (Janus and
+//! str0m both do), so a packet dropped inside the SFU leaves no gap in the sequence numbers the
+//! subscriber sees; it does leave one in these.
 
 use std::f32::consts::PI;
 use std::sync::OnceLock;
@@ -92,26 +96,55 @@ pub fn encode_voice(seconds: f32, bitrate: i32) -> Result<Vec<Vec<u8>>> {
     Ok(frames)
 }
 
-/// Re-frames a code-0 Opus packet as code 3 (one frame, CBR) with 8 bytes of padding holding
-/// `ts_us`.
-pub fn opus_with_timestamp(frame: &[u8], ts_us: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(frame.len() + 11);
+/// What the sender writes at the end of a payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Packet (audio) or frame (video) number in its stream, from 0.
+    pub n: u32,
+    /// Send time, µs on the [`now_us`] clock.
+    pub ts_us: u64,
+}
+
+/// Bytes a [`Stamp`] takes.
+pub const STAMP_LEN: usize = 12;
+
+impl Stamp {
+    fn write(self, p: &mut Vec<u8>) {
+        p.extend_from_slice(&self.n.to_be_bytes());
+        p.extend_from_slice(&self.ts_us.to_be_bytes());
+    }
+
+    fn read_tail(payload: &[u8]) -> Option<Stamp> {
+        let t = payload.get(payload.len().checked_sub(STAMP_LEN)?..)?;
+        Some(Stamp {
+            n: u32::from_be_bytes(t[..4].try_into().ok()?),
+            ts_us: u64::from_be_bytes(t[4..].try_into().ok()?),
+        })
+    }
+}
+
+/// Re-frames a code-0 Opus packet as code 3 (one frame, CBR) with 12 bytes of padding holding
+/// `stamp`.
+pub fn opus_with_stamp(frame: &[u8], stamp: Stamp) -> Vec<u8> {
+    let mut p = Vec::with_capacity(frame.len() + 3 + STAMP_LEN);
     p.push((frame[0] & 0xfc) | 0x03);
     p.push(0x40 | 0x01); // p = padding present, M = 1 frame
-    p.push(8); // padding length
+    p.push(STAMP_LEN as u8); // padding length
     p.extend_from_slice(&frame[1..]);
-    p.extend_from_slice(&ts_us.to_be_bytes());
+    stamp.write(&mut p);
     p
 }
 
-/// The send time carried by [`opus_with_timestamp`], if the payload has it.
-pub fn opus_timestamp(payload: &[u8]) -> Option<u64> {
-    if payload.len() < 12 || payload[0] & 0x03 != 0x03 || payload[1] != 0x41 || payload[2] != 8 {
+/// The stamp carried by [`opus_with_stamp`], if the payload has one.
+pub fn opus_stamp(payload: &[u8]) -> Option<Stamp> {
+    if payload.len() < 3 + STAMP_LEN
+        || payload[0] & 0x03 != 0x03
+        || payload[1] != 0x41
+        || usize::from(payload[2]) != STAMP_LEN
+    {
         return None;
     }
-    Some(u64::from_be_bytes(
-        payload[payload.len() - 8..].try_into().ok()?,
-    ))
+    Stamp::read_tail(payload)
 }
 
 /// Generates VP8-framed RTP payloads: a valid payload descriptor (RFC 7741) on every packet and a
@@ -141,10 +174,10 @@ impl Vp8Source {
         }
     }
 
-    /// The RTP payloads of one frame of `size` bytes (at least 16), each ending with `ts_us`.
-    pub fn frame(&mut self, size: usize, keyframe: bool, ts_us: u64) -> Vec<Vec<u8>> {
+    /// The RTP payloads of one frame of `size` bytes (at least 16) plus a stamp per packet.
+    pub fn frame(&mut self, size: usize, keyframe: bool, stamp: Stamp) -> Vec<Vec<u8>> {
         let size = size.max(16);
-        let per_packet = MAX_PAYLOAD - 4 - 8;
+        let per_packet = MAX_PAYLOAD - 4 - STAMP_LEN;
         let n = size.div_ceil(per_packet);
         let chunk = size.div_ceil(n);
         let pid = self.picture_id;
@@ -154,7 +187,7 @@ impl Vp8Source {
         for i in 0..n {
             let len = chunk.min(left);
             left -= len;
-            let mut p = Vec::with_capacity(4 + len + 8);
+            let mut p = Vec::with_capacity(4 + len + STAMP_LEN);
             // Payload descriptor: X=1, S on the first packet, PID 0; I=1 with a 15-bit picture id.
             p.push(0x80 | if i == 0 { 0x10 } else { 0 });
             p.push(0x80);
@@ -176,7 +209,7 @@ impl Vp8Source {
                 }
             }
             self.fill(&mut p, body_len);
-            p.extend_from_slice(&ts_us.to_be_bytes());
+            stamp.write(&mut p);
             out.push(p);
         }
         out
@@ -226,15 +259,13 @@ pub fn vp8_is_keyframe_start(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|b| b & 0x01 == 0)
 }
 
-/// The send time at the end of a VP8 payload (valid on the last packet of a frame).
-pub fn vp8_timestamp(payload: &[u8]) -> Option<u64> {
-    // A repacketized frame may end with a packet of just a 1-byte descriptor and the time.
-    if payload.len() < 9 {
+/// The stamp at the end of a VP8 payload (valid on the last packet of a frame).
+pub fn vp8_stamp(payload: &[u8]) -> Option<Stamp> {
+    // A repacketized frame may end with a packet of just a 1-byte descriptor and the stamp.
+    if payload.len() < 1 + STAMP_LEN {
         return None;
     }
-    Some(u64::from_be_bytes(
-        payload[payload.len() - 8..].try_into().ok()?,
-    ))
+    Stamp::read_tail(payload)
 }
 
 #[cfg(test)]
@@ -248,12 +279,16 @@ mod tests {
         let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
         let mut pcm = [0i16; 5760];
         for (i, f) in frames.iter().enumerate() {
-            let p = opus_with_timestamp(f, 1_000_000 + i as u64);
-            assert_eq!(opus_timestamp(&p), Some(1_000_000 + i as u64));
+            let stamp = Stamp {
+                n: i as u32,
+                ts_us: 1_000_000 + i as u64,
+            };
+            let p = opus_with_stamp(f, stamp);
+            assert_eq!(opus_stamp(&p), Some(stamp));
             let n = dec.decode(&p, &mut pcm, false).unwrap();
             assert_eq!(n, OPUS_FRAME_SAMPLES);
         }
-        assert_eq!(opus_timestamp(&frames[10]), None);
+        assert_eq!(opus_stamp(&frames[10]), None);
     }
 
     #[test]
@@ -266,14 +301,18 @@ mod tests {
     #[test]
     fn vp8_frames_split_under_the_mtu_and_mark_key_frames() {
         let mut src = Vp8Source::new();
-        let key = src.frame(5000, true, 42);
+        let stamp = |n| Stamp { n, ts_us: 42 };
+        let key = src.frame(5000, true, stamp(7));
         assert!(key.len() >= 5);
         assert!(key.iter().all(|p| p.len() <= MAX_PAYLOAD));
-        assert_eq!(key.iter().map(|p| p.len() - 4 - 8).sum::<usize>(), 5000);
+        assert_eq!(
+            key.iter().map(|p| p.len() - 4 - STAMP_LEN).sum::<usize>(),
+            5000
+        );
         assert!(vp8_is_keyframe_start(&key[0]));
         assert!(!vp8_is_keyframe_start(&key[1]));
-        assert_eq!(vp8_timestamp(key.last().unwrap()), Some(42));
-        let delta = src.frame(800, false, 43);
+        assert_eq!(vp8_stamp(key.last().unwrap()), Some(stamp(7)));
+        let delta = src.frame(800, false, stamp(8));
         assert_eq!(delta.len(), 1);
         assert!(!vp8_is_keyframe_start(&delta[0]));
     }

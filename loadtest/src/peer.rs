@@ -30,7 +30,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_remote::TrackRemote;
 
-use crate::media::{self, now_us, Vp8Source};
+use crate::media::{self, now_us, Stamp, Vp8Source};
 use crate::stats::{Kind, Totals, TrackRx};
 
 /// What publishers send.
@@ -338,16 +338,17 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
         let payload = &pkt.payload;
         totals.count(payload.len());
         Participant::mark(&p.first_media_us);
-        let sent = match kind {
-            Kind::Audio => media::opus_timestamp(payload),
-            Kind::Video if pkt.header.marker => media::vp8_timestamp(payload),
+        let stamp = match kind {
+            Kind::Audio => media::opus_stamp(payload),
+            Kind::Video if pkt.header.marker => media::vp8_stamp(payload),
             Kind::Video => None,
         };
         let key = kind == Kind::Video && media::vp8_is_keyframe_start(payload);
         if key {
             Participant::mark(&p.first_keyframe_us);
         }
-        let latency = sent
+        let latency = stamp
+            .map(|s| s.ts_us)
             .filter(|s| *s <= arrival && arrival - s < 60_000_000)
             .map(|s| arrival - s);
         {
@@ -360,6 +361,9 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
             );
             if key {
                 rx.keyframes += 1;
+            }
+            if let Some(s) = stamp {
+                rx.on_stamp(s.n);
             }
             if let Some(l) = latency {
                 let _ = rx.latency.record(l.max(1));
@@ -421,17 +425,24 @@ async fn send_audio(
     let mut ts: u32 = rand::random();
     // Publishers start at different points of the loop, like different voices.
     let mut i: usize = rand::random::<u32>() as usize % frames.len().max(1);
+    let mut n: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Burst: a late tick is caught up, so the long-run rate is exact.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while !*stop.borrow() {
         tick.tick().await;
-        let payload = media::opus_with_timestamp(&frames[i % frames.len()], now_us());
+        let stamp = Stamp {
+            n: n as u32,
+            ts_us: now_us(),
+        };
+        let payload = media::opus_with_stamp(&frames[i % frames.len()], stamp);
         if track.write_rtp(&rtp(seq, ts, false, payload)).await.is_ok() {
             totals.sent_packets.fetch_add(1, Ordering::Relaxed);
         }
         seq = seq.wrapping_add(1);
         ts = ts.wrapping_add(media::OPUS_FRAME_SAMPLES as u32);
         i += 1;
+        n += 1;
     }
 }
 
@@ -450,12 +461,17 @@ async fn send_video(
     let key_every = ((opts.keyframe_interval * f64::from(fps)).round() as u64).max(1);
     let mut n: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(fps)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Burst: a late tick is caught up, so the long-run rate is exact.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while !*stop.borrow() {
         tick.tick().await;
         let key = n.is_multiple_of(key_every) || keyframe_wanted.swap(false, Ordering::Relaxed);
         let size = if key { frame_bytes * 3 } else { frame_bytes };
-        let packets = src.frame(size, key, now_us());
+        let stamp = Stamp {
+            n: n as u32,
+            ts_us: now_us(),
+        };
+        let packets = src.frame(size, key, stamp);
         let last = packets.len() - 1;
         for (i, payload) in packets.into_iter().enumerate() {
             if track

@@ -110,8 +110,12 @@ pub struct Summary {
     pub sent_packets: u64,
     /// Packets received over the run.
     pub received_packets: u64,
-    /// Lost packets / expected packets over every received track, %.
+    /// Lost packets / expected packets over every received track, from the RTP sequence numbers
+    /// the subscriber sees (losses between the SFU and the subscriber), %.
     pub loss_pct: f64,
+    /// End-to-end loss from the publishers' stamps (audio packets and video frames that were sent
+    /// and never arrived, wherever they were lost), %.
+    pub e2e_loss_pct: f64,
     /// Tracks with any loss.
     pub tracks_with_loss: usize,
     /// Received tracks.
@@ -157,6 +161,7 @@ pub fn summarize(d: &RunData) -> Summary {
         })
         .count();
     let (mut lost, mut expected, mut tracks, mut with_loss) = (0u64, 0u64, 0usize, 0usize);
+    let (mut e2e_lost, mut e2e_expected) = (0u64, 0u64);
     let mut jitters = Vec::new();
     let mut audio = new_histogram();
     let mut video = new_histogram();
@@ -168,7 +173,9 @@ pub fn summarize(d: &RunData) -> Summary {
             received += t.packets;
             lost += t.lost();
             expected += t.expected();
-            if t.lost() > 0 {
+            e2e_lost += t.stamps_lost();
+            e2e_expected += t.stamps_expected();
+            if t.lost() > 0 || t.stamps_lost() > 0 {
                 with_loss += 1;
             }
             jitters.push(t.jitter_ms());
@@ -239,6 +246,11 @@ pub fn summarize(d: &RunData) -> Summary {
         } else {
             0.0
         },
+        e2e_loss_pct: if e2e_expected > 0 {
+            e2e_lost as f64 * 100.0 / e2e_expected as f64
+        } else {
+            0.0
+        },
         tracks_with_loss: with_loss,
         tracks,
         jitter_ms_mean: if jitters.is_empty() {
@@ -290,8 +302,8 @@ pub fn table(label: &str, s: &Summary) -> String {
     t.add_row(vec![
         "loss".into(),
         format!(
-            "{:.3} % ({} of {} tracks with loss)",
-            s.loss_pct, s.tracks_with_loss, s.tracks
+            "{:.3} % end to end, {:.3} % SFU to subscriber ({} of {} tracks with loss)",
+            s.e2e_loss_pct, s.loss_pct, s.tracks_with_loss, s.tracks
         ),
     ]);
     t.add_row(vec![
@@ -368,6 +380,9 @@ pub fn write_json(path: &Path, cli: &Cli, s: &Summary, d: &RunData) -> Result<()
                         "bytes": t.bytes,
                         "expected": t.expected(),
                         "lost": t.lost(),
+                        "stamps": t.stamps,
+                        "stamps_expected": t.stamps_expected(),
+                        "stamps_lost": t.stamps_lost(),
                         "jitter_ms": t.jitter_ms(),
                         "keyframes": t.keyframes,
                         "latency_ms": Dist::of_hist_us(&t.latency),

@@ -39,6 +39,11 @@ pub struct TrackRx {
     /// Interarrival jitter (RFC 3550 §6.4.1), in RTP timestamp units.
     jitter: f64,
     last_transit: Option<i64>,
+    /// First and highest stamp number seen, and how many stamps arrived (end-to-end loss).
+    stamp_first: Option<u32>,
+    stamp_max: u32,
+    /// Stamped packets (audio) or frames (video) received.
+    pub stamps: u64,
     /// Video key frames seen.
     pub keyframes: u64,
     /// End-to-end latency of this track, µs.
@@ -58,6 +63,9 @@ impl TrackRx {
             max_ext_seq: 0,
             jitter: 0.0,
             last_transit: None,
+            stamp_first: None,
+            stamp_max: 0,
+            stamps: 0,
             keyframes: 0,
             latency: new_histogram(),
         }
@@ -94,6 +102,36 @@ impl TrackRx {
             }
         }
         self.last_transit = Some(transit);
+    }
+
+    /// Accounts one stamp number (see [`crate::media::Stamp`]).
+    pub fn on_stamp(&mut self, n: u32) {
+        self.stamps += 1;
+        match self.stamp_first {
+            None => {
+                self.stamp_first = Some(n);
+                self.stamp_max = n;
+            }
+            Some(f) => {
+                if n < f {
+                    // Earlier than the first one seen (reordering at the start).
+                    self.stamp_first = Some(n);
+                }
+                self.stamp_max = self.stamp_max.max(n);
+            }
+        }
+    }
+
+    /// Stamped packets or frames the publisher sent since the first one received.
+    pub fn stamps_expected(&self) -> u64 {
+        self.stamp_first
+            .map(|f| u64::from(self.stamp_max - f) + 1)
+            .unwrap_or(0)
+    }
+
+    /// End-to-end losses: stamped packets or frames the publisher sent that never arrived.
+    pub fn stamps_lost(&self) -> u64 {
+        self.stamps_expected().saturating_sub(self.stamps)
     }
 
     /// Packets the sequence numbers say were sent since the first one received.
@@ -197,6 +235,8 @@ pub struct Second {
     pub joined: usize,
     /// Packets received in this second, all participants.
     pub packets_per_sec: f64,
+    /// Packets sent per second, all publishers.
+    pub sent_per_sec: f64,
     /// Payload bits received per second, all participants.
     pub bits_per_sec: f64,
     /// Latency percentiles of this second, ms (None when no sample).

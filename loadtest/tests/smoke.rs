@@ -136,6 +136,7 @@ fn an_audio_run_with_two_publishers_and_two_listeners_delivers_everything() {
     assert_eq!(s["tracks"], 4, "{s}");
     assert!(s["received_packets"].as_u64().unwrap() > 0, "{s}");
     assert!(s["loss_pct"].as_f64().unwrap() < 5.0, "{s}");
+    assert!(s["e2e_loss_pct"].as_f64().unwrap() < 5.0, "{s}");
     let join = &s["join_ms"];
     assert_eq!(join["count"], 2, "both listeners measured a join time: {s}");
     assert!(join["p50"].as_f64().unwrap() > 0.0, "{s}");
