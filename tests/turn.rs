@@ -15,7 +15,10 @@ fn uclient() -> &'static str {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "turnutils_uclient is missing: apt-get install coturn (.ci/run does)");
+    assert!(
+        found,
+        "turnutils_uclient is missing: apt-get install coturn (.ci/run does)"
+    );
     "turnutils_uclient"
 }
 
@@ -25,7 +28,10 @@ async fn credentials(server: &Server) -> (String, u16, String, String) {
     s.send(json!({"type": "join", "protocol": 1, "token": server.guest_token("turn", "T").await}))
         .await;
     let joined = s.recv().await;
-    let servers = joined["ice_servers"].as_array().expect("ice_servers").clone();
+    let servers = joined["ice_servers"]
+        .as_array()
+        .expect("ice_servers")
+        .clone();
     let turn = servers
         .iter()
         .find(|s| s["username"].is_string())
@@ -41,7 +47,11 @@ async fn credentials(server: &Server) -> (String, u16, String, String) {
     let hostport = url.trim_start_matches("turn:").split('?').next().unwrap();
     let (host, port) = hostport.rsplit_once(':').unwrap();
     assert!(
-        servers.iter().any(|s| s["urls"].as_array().unwrap().iter().any(|u| u.as_str().unwrap().starts_with("stun:"))),
+        servers.iter().any(|s| s["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_str().unwrap().starts_with("stun:"))),
         "a STUN URL too: {servers:?}"
     );
     (
@@ -56,28 +66,78 @@ async fn credentials(server: &Server) -> (String, u16, String, String) {
 async fn joined_credentials_allocate_but_media_only_mode_refuses_other_peers() {
     let server = Server::start(&[]);
     let (host, port, user, pass) = credentials(&server).await;
-    assert!(user.split(':').next().unwrap().parse::<u64>().is_ok(), "REST username is expiry:identity: {user}");
+    assert!(
+        user.split(':').next().unwrap().parse::<u64>().is_ok(),
+        "REST username is expiry:identity: {user}"
+    );
 
     // Client-to-client mode makes uclient ask for permissions towards its own relay addresses:
     // not this node's media sockets, so they must be refused with 403.
     let out = Command::new(uclient())
-        .args(["-y", "-u", &user, "-w", &pass, "-e", "127.0.0.1", "-n", "5", "-m", "1", "-l", "100", "-p"])
+        .args([
+            "-y",
+            "-u",
+            &user,
+            "-w",
+            &pass,
+            "-e",
+            "127.0.0.1",
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-l",
+            "100",
+            "-p",
+        ])
         .arg(port.to_string())
         .arg(&host)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("403"), "a permission to a non-media peer is refused with 403:\n{text}");
-    assert!(!text.contains("Cannot complete Allocation"), "the joined credentials allocate:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("403"),
+        "a permission to a non-media peer is refused with 403:\n{text}"
+    );
+    assert!(
+        !text.contains("Cannot complete Allocation"),
+        "the joined credentials allocate:\n{text}"
+    );
 
     // A wrong password does not even allocate.
     let out = Command::new(uclient())
-        .args(["-y", "-u", &user, "-w", "wrong-password", "-e", "127.0.0.1", "-n", "5", "-m", "1", "-l", "100", "-p"])
+        .args([
+            "-y",
+            "-u",
+            &user,
+            "-w",
+            "wrong-password",
+            "-e",
+            "127.0.0.1",
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-l",
+            "100",
+            "-p",
+        ])
         .arg(port.to_string())
         .arg(&host)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "wrong credentials fail:\n{text}");
-    assert!(text.contains("Cannot complete Allocation") || text.contains("401"), "refused at allocation:\n{text}");
+    assert!(
+        text.contains("Cannot complete Allocation") || text.contains("401"),
+        "refused at allocation:\n{text}"
+    );
 }

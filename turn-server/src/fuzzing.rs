@@ -52,11 +52,23 @@ pub fn feed(data: &[u8]) {
         let msg = &rest[2..2 + len];
         rest = &rest[2 + len..];
         match i % 3 {
-            0 => core.handle_input(now, Input::Client { tuple: udp, data: msg }),
+            0 => core.handle_input(
+                now,
+                Input::Client {
+                    tuple: udp,
+                    data: msg,
+                },
+            ),
             1 => {
                 framer.push(msg);
                 while let Ok(Some(frame)) = framer.next_frame() {
-                    core.handle_input(now, Input::Client { tuple: tcp, data: frame });
+                    core.handle_input(
+                        now,
+                        Input::Client {
+                            tuple: tcp,
+                            data: frame,
+                        },
+                    );
                 }
             }
             _ => core.handle_input(
