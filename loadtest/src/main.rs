@@ -119,7 +119,8 @@ struct Cli {
     /// Seconds between periodic video key frames.
     #[arg(long, default_value_t = 3.0)]
     keyframe_interval: f64,
-    /// PID of the server process, to sample its CPU time and memory from /proc.
+    /// PID of the server process, to sample its CPU time and memory from /proc. Without it, a
+    /// Huddle target is sampled through its /metrics (process_cpu_seconds_total), if exported.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Use the `webrtc` crate's default interceptors (NACK, RTCP reports, TWCC); off by default
@@ -229,6 +230,39 @@ fn main() -> Result<()> {
     rt.block_on(run(cli))
 }
 
+/// Where the server's CPU time and memory come from.
+enum ServerProbe {
+    /// `/proc/PID/stat` and `/proc/PID/status`.
+    Pid(String),
+    /// `process_cpu_seconds_total` and `process_resident_memory_bytes` from Prometheus metrics
+    /// (when the server exports them; resolution is whatever the server reports).
+    Metrics(String),
+    /// Not measured.
+    None,
+}
+
+impl ServerProbe {
+    async fn sample(&self) -> Option<ProcSample> {
+        match self {
+            ServerProbe::Pid(pid) => proc_sample(pid),
+            ServerProbe::Metrics(url) => {
+                let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+                let value = |name: &str| {
+                    text.lines()
+                        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                        .and_then(|l| l.rsplit(' ').next())
+                        .and_then(|v| v.parse::<f64>().ok())
+                };
+                Some(ProcSample {
+                    cpu_seconds: value("process_cpu_seconds_total")?,
+                    rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0) as u64,
+                })
+            }
+            ServerProbe::None => None,
+        }
+    }
+}
+
 /// One run's data for the report.
 pub struct RunData {
     participants: Vec<Arc<Participant>>,
@@ -274,13 +308,20 @@ async fn run(cli: Cli) -> Result<()> {
         cli.interceptors,
         cli.ice_ip,
     )?);
-    let server_pid = cli.server_pid.map(|p| p.to_string());
-    let server_now = || server_pid.as_deref().and_then(proc_sample);
-    if let Some(pid) = &server_pid {
-        if proc_sample(pid).is_none() {
-            bail!("no process {pid} to sample (--server-pid)");
+    let probe = match (cli.server_pid, cli.target) {
+        (Some(pid), _) => {
+            let pid = pid.to_string();
+            if proc_sample(&pid).is_none() {
+                bail!("no process {pid} to sample (--server-pid)");
+            }
+            ServerProbe::Pid(pid)
         }
-    }
+        (None, Target::Huddle) => {
+            ServerProbe::Metrics(format!("{}/metrics", cli.url.trim_end_matches('/')))
+        }
+        (None, Target::Janus) => ServerProbe::None,
+    };
+    let server_now = || probe.sample();
 
     // The participants, room by room, publishers first in each room.
     let run_id: u32 = rand::random::<u32>() % 1_000_000;
@@ -329,7 +370,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
 
-    let rss_before = server_now().map(|s| s.rss_bytes);
+    let rss_before = server_now().await.map(|s| s.rss_bytes);
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = reqwest::Client::new();
     let target = Arc::new(HuddleTarget {
@@ -431,7 +472,7 @@ async fn run(cli: Cli) -> Result<()> {
         packets: 0,
         sent: 0,
         bytes: 0,
-        server: server_now(),
+        server: server_now().await,
         tester: proc_sample("self"),
     }];
     let mut seconds = Vec::new();
@@ -446,7 +487,7 @@ async fn run(cli: Cli) -> Result<()> {
             packets: ctx.totals.packets.load(Ordering::Relaxed),
             sent: ctx.totals.sent_packets.load(Ordering::Relaxed),
             bytes: ctx.totals.bytes.load(Ordering::Relaxed),
-            server: server_now(),
+            server: server_now().await,
             tester: proc_sample("self"),
         };
         let prev = *samples.last().expect("a first sample");
