@@ -30,3 +30,11 @@ impl fmt::Display for TrackId {
         write!(f, "TR_{:x}", self.0)
     }
 }
+
+impl std::str::FromStr for TrackId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = s.strip_prefix("TR_").ok_or(())?;
+        u64::from_str_radix(hex, 16).map(TrackId).map_err(|_| ())
+    }
+}

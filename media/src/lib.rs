@@ -29,17 +29,21 @@
 
 mod error;
 mod ids;
+mod layers;
 mod metrics;
 mod sfu;
+mod speakers;
 pub mod worker;
 
 pub use error::MediaError;
 pub use ids::{ParticipantId, TrackId};
+pub use layers::{Quality, Source};
 pub use metrics::MediaMetrics;
 pub use sfu::{
     CloseReason, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, TrackKind,
     KEYFRAME_MIN_INTERVAL,
 };
+pub use speakers::Speaker;
 pub use worker::{MediaConfig, MediaHandle};
 
 /// Installs str0m's process-wide crypto provider. Call once before any [`Sfu`] is created

@@ -4,18 +4,43 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid, Rids,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
+use crate::layers::{allocate, layer_for_size, vp8_keyframe_size, Quality, Source, Want};
 use crate::metrics::MediaMetrics;
+use crate::speakers::{Speaker, SpeakerDetector};
 use crate::{MediaError, ParticipantId, TrackId};
+
+mod allocation;
 
 /// A publisher is asked for a keyframe at most this often per track, however many subscribers
 /// ask (new consumers, PLI/FIR from subscribers, gaps in the incoming stream).
 pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often every subscriber's layers are chosen again (also right after a tile size change or
+/// a new track).
+pub const ALLOCATION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The downlink estimate a subscriber connection starts with, before str0m's bandwidth
+/// estimator (TWCC) has measured anything.
+pub const INITIAL_BITRATE: Bitrate = Bitrate::kbps(1_500);
+
+/// How often each room's connection qualities are evaluated; a [`PeerEvent::Quality`] follows
+/// when one changed, or [`QUALITY_REPEAT`] after the last one.
+const QUALITY_INTERVAL: Duration = Duration::from_secs(5);
+const QUALITY_REPEAT: Duration = Duration::from_secs(20);
+
+/// A layer not seen for this long, while the publisher should be sending it, is unavailable.
+const LAYER_STALE: Duration = Duration::from_secs(2);
+/// A layer the publisher was just asked to resume counts as available for this long.
+const LAYER_RESUME_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a connection may stay without completing ICE and DTLS before it is closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,6 +55,9 @@ pub struct SfuConfig {
     pub local_addr: SocketAddr,
     /// Worker number, folded into [`TrackId`]s so they are unique on the node.
     pub worker_index: u16,
+    /// Tracks one participant may publish; further ones are not forwarded and the participant
+    /// gets a [`PeerEvent::Error`] with code `too_many_tracks`.
+    pub max_tracks_per_participant: usize,
 }
 
 /// What a participant may do with media, from its access token.
@@ -101,6 +129,26 @@ pub enum PeerEvent {
         track_id: TrackId,
         /// Audio or video.
         kind: TrackKind,
+        /// Camera, microphone or screen (from the client's offer; by kind otherwise).
+        source: Source,
+    },
+    /// Dynacast: the simulcast layers (rids) of this participant's track that someone watches.
+    /// The client keeps those encodings active and pauses the others.
+    Layers {
+        /// The participant's own track.
+        track_id: TrackId,
+        /// The rids to keep sending.
+        active: Vec<String>,
+    },
+    /// The room's active speakers changed (sent to every member).
+    Speakers {
+        /// Loudest first; empty when nobody speaks.
+        speakers: Vec<Speaker>,
+    },
+    /// The room's connection qualities (sent to every member).
+    Quality {
+        /// Each connected member's quality.
+        participants: Vec<(ParticipantId, Quality)>,
     },
     /// A command for this participant failed; the session reports it to the client.
     Error {
@@ -132,12 +180,26 @@ pub enum Output {
 }
 
 /// A room's media: who is in it and which tracks they publish (mediasoup's Router).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
     members: Vec<ParticipantId>,
+    speakers: SpeakerDetector,
+    next_quality: Instant,
+    last_quality: Vec<(ParticipantId, Quality)>,
+    last_quality_sent: Option<Instant>,
 }
 
 impl Router {
+    fn new(now: Instant) -> Self {
+        Router {
+            members: Vec::new(),
+            speakers: SpeakerDetector::new(now),
+            next_quality: now + QUALITY_INTERVAL,
+            last_quality: Vec::new(),
+            last_quality_sent: None,
+        }
+    }
+
     /// The participants whose media connections are in this room.
     pub fn members(&self) -> &[ParticipantId] {
         &self.members
@@ -150,17 +212,116 @@ struct Producer {
     id: TrackId,
     mid: Mid,
     kind: MediaKind,
+    source: Source,
+    /// The encodings it sends, lowest first: one per simulcast rid, or a single one without rid.
+    layers: Vec<Layer>,
+}
+
+impl Producer {
+    fn simulcast(&self) -> bool {
+        self.layers.iter().any(|l| l.rid.is_some())
+    }
+
+    /// The layer for `rid`, added when the publisher sends one its SDP did not list.
+    fn layer_mut(&mut self, rid: Option<Rid>) -> &mut Layer {
+        let i = match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => i,
+            None => {
+                self.layers.push(Layer::new(rid));
+                self.layers.len() - 1
+            }
+        };
+        &mut self.layers[i]
+    }
+}
+
+/// One encoding of a producer (a simulcast layer, or the only one).
+#[derive(Debug)]
+struct Layer {
+    rid: Option<Rid>,
+    /// Frame size from its last VP8 keyframe; `(0, 0)` unknown.
+    size: (u32, u32),
+    /// Bits per second over the last full measuring window; 0 before one.
+    bitrate: u64,
+    window_bytes: u64,
+    window_start: Option<Instant>,
+    last_seen: Option<Instant>,
+    /// Whether the publisher was last told to send it (dynacast). Every layer starts active.
+    active: bool,
+    resumed_at: Option<Instant>,
     last_keyframe_request: Option<Instant>,
 }
 
+impl Layer {
+    fn new(rid: Option<Rid>) -> Self {
+        Layer {
+            rid,
+            size: (0, 0),
+            bitrate: 0,
+            window_bytes: 0,
+            window_start: None,
+            last_seen: None,
+            active: true,
+            resumed_at: None,
+            last_keyframe_request: None,
+        }
+    }
+
+    /// Whether a subscriber can be switched to it: it is arriving, or it was seen before and
+    /// is paused by us (resuming it is our call), or it was just resumed.
+    fn available(&self, now: Instant) -> bool {
+        let Some(seen) = self.last_seen else {
+            return false;
+        };
+        now.saturating_duration_since(seen) < LAYER_STALE
+            || !self.active
+            || self
+                .resumed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_RESUME_GRACE)
+    }
+
+    /// Its bitrate for allocation: measured, or a guess from its place among `n` layers.
+    fn rate(&self, index: usize, n: usize, kind: MediaKind) -> u64 {
+        if self.bitrate > 0 {
+            return self.bitrate;
+        }
+        if kind == MediaKind::Audio {
+            return 40_000;
+        }
+        1_200_000 / 3u64.pow((n - 1 - index).min(4) as u32)
+    }
+}
+
 /// One subscriber's copy of a producer (mediasoup's Consumer).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Consumer {
     publisher: ParticipantId,
     producer: TrackId,
     producer_mid: Mid,
     kind: MediaKind,
     state: ConsumerState,
+    /// The size the subscriber shows it at, in device pixels; `None` until it says.
+    size: Option<(u32, u32)>,
+    /// The layer being forwarded (`Some(None)`: a producer without rids); `None` forwards
+    /// nothing.
+    current: Option<Option<Rid>>,
+    /// The layer chosen for it; `current` becomes this at the layer's next keyframe.
+    target: Option<Option<Rid>>,
+}
+
+impl Consumer {
+    fn new(publisher: ParticipantId, prod: &Producer) -> Self {
+        Consumer {
+            publisher,
+            producer: prod.id,
+            producer_mid: prod.mid,
+            kind: prod.kind,
+            state: ConsumerState::ToOpen,
+            size: None,
+            current: None,
+            target: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +359,10 @@ struct Peer {
     producers: Vec<Producer>,
     consumers: Vec<Consumer>,
     pending: Option<SdpPendingOffer>,
+    /// The SDP of `pending`, re-sent when the client resumes (it may have been lost).
+    pending_sdp: Option<String>,
+    /// An ICE restart is wanted in the next server offer.
+    ice_restart: bool,
     /// Source addresses this peer's datagrams came from (for demultiplexing).
     addrs: Vec<SocketAddr>,
     next_timeout: Instant,
@@ -208,6 +373,31 @@ struct Peer {
     ingress_marks: HashMap<Mid, StatsMark>,
     /// The same for each outgoing stream.
     egress_marks: HashMap<Mid, StatsMark>,
+    /// Where each of its send m-lines comes from, as its offer said.
+    sources: HashMap<Mid, Source>,
+    /// str0m's downlink estimate (bits per second).
+    estimate: Option<u64>,
+    /// A cap on what it is sent (bits per second), set by [`Sfu::set_max_bitrate`].
+    max_bitrate: Option<u64>,
+    /// The last (minimum, desired) handed to str0m's estimator.
+    bwe_target: (u64, u64),
+    /// Worst figures since the last quality evaluation.
+    quality_loss: f32,
+    quality_jitter: f64,
+    quality_rtt: f64,
+    /// Kinds whose tracks are not forwarded (a moderator muted them), see [`Sfu::set_paused`].
+    paused: Vec<TrackKind>,
+}
+
+impl Peer {
+    /// Whether the producer on `mid` is of a paused kind.
+    fn is_paused(&self, mid: Mid) -> bool {
+        !self.paused.is_empty()
+            && self
+                .producers
+                .iter()
+                .any(|p| p.mid == mid && self.paused.contains(&TrackKind::from(p.kind)))
+    }
 }
 
 /// Cumulative per-stream figures from str0m's last stats event.
@@ -235,7 +425,16 @@ pub struct Sfu {
     next_track: u64,
     /// Datagrams that no participant accepted.
     pub unrouted_datagrams: u64,
+    /// Published tracks refused over `max_tracks_per_participant`.
+    pub refused_tracks: u64,
     metrics: MediaMetrics,
+    /// Whether layers are chosen within str0m's downlink estimate (default). Off, only the tile
+    /// sizes and [`Sfu::set_max_bitrate`] caps count: an ideal link, for tests on virtual time
+    /// whose zero-delay network the estimator does not model.
+    pub use_bandwidth_estimate: bool,
+    next_allocation: Option<Instant>,
+    /// Layers must be chosen again before the next output.
+    realloc: bool,
 }
 
 impl Sfu {
@@ -256,7 +455,11 @@ impl Sfu {
             out: VecDeque::new(),
             next_track: 1,
             unrouted_datagrams: 0,
+            refused_tracks: 0,
             metrics,
+            use_bandwidth_estimate: true,
+            next_allocation: None,
+            realloc: false,
         }
     }
 
@@ -286,6 +489,20 @@ impl Sfu {
         grants: Grants,
         sdp: &str,
     ) -> Result<(), MediaError> {
+        self.offer_with_sources(now, participant, room, grants, sdp, &[])
+    }
+
+    /// [`Sfu::offer`], with the source of each send m-line (by mid) as the client declared it;
+    /// unlisted ones are a camera or a microphone by kind.
+    pub fn offer_with_sources(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        room: &str,
+        grants: Grants,
+        sdp: &str,
+        sources: &[(String, Source)],
+    ) -> Result<(), MediaError> {
         if self.peers.contains_key(&participant) {
             return Err(MediaError::AlreadyConnected);
         }
@@ -298,6 +515,7 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(Some(INITIAL_BITRATE))
             .build(now);
         for addr in &self.config.candidates {
             let candidate = Candidate::host(*addr, "udp")
@@ -310,18 +528,15 @@ impl Sfu {
             .map_err(|e| MediaError::SdpApply(e.to_string()))?;
 
         // Everything already published in the room becomes a consumer of the newcomer.
-        let router = self.routers.entry(room.to_string()).or_default();
+        let router = self
+            .routers
+            .entry(room.to_string())
+            .or_insert_with(|| Router::new(now));
         let mut consumers = Vec::new();
         if grants.subscribe {
             for other in &router.members {
                 if let Some(p) = self.peers.get(other) {
-                    consumers.extend(p.producers.iter().map(|prod| Consumer {
-                        publisher: *other,
-                        producer: prod.id,
-                        producer_mid: prod.mid,
-                        kind: prod.kind,
-                        state: ConsumerState::ToOpen,
-                    }));
+                    consumers.extend(p.producers.iter().map(|prod| Consumer::new(*other, prod)));
                 }
             }
         }
@@ -340,6 +555,8 @@ impl Sfu {
                 producers: Vec::new(),
                 consumers,
                 pending: None,
+                pending_sdp: None,
+                ice_restart: false,
                 addrs: Vec::new(),
                 next_timeout: now,
                 dirty: false,
@@ -347,6 +564,17 @@ impl Sfu {
                 created: now,
                 ingress_marks: HashMap::new(),
                 egress_marks: HashMap::new(),
+                sources: sources
+                    .iter()
+                    .map(|(mid, s)| (Mid::from(mid.as_str()), *s))
+                    .collect(),
+                estimate: None,
+                max_bitrate: None,
+                bwe_target: (0, 0),
+                quality_loss: 0.0,
+                quality_jitter: 0.0,
+                quality_rtt: 0.0,
+                paused: Vec::new(),
             },
         );
         self.out.push_back(Output::Event(
@@ -374,16 +602,17 @@ impl Sfu {
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::SdpParse(e.to_string()))?;
         let pending = peer.pending.take().ok_or(MediaError::NoPendingOffer)?;
+        peer.pending_sdp = None;
         peer.rtc
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| MediaError::SdpApply(e.to_string()))?;
-        let mut opened = Vec::new();
         for c in &mut peer.consumers {
             if let ConsumerState::Negotiating(m) = c.state {
                 c.state = ConsumerState::Open(m);
                 if c.kind == MediaKind::Video {
-                    opened.push((c.publisher, c.producer_mid));
+                    // Its layer is chosen (and a keyframe of it asked for) right below.
+                    self.realloc = true;
                 }
             }
         }
@@ -393,10 +622,6 @@ impl Sfu {
         self.metrics
             .subscriptions
             .sub((before - peer.consumers.len()) as i64);
-        // A new video consumer needs a keyframe before its subscriber can show anything.
-        for (publisher, mid) in opened {
-            self.request_keyframe(now, publisher, mid, KeyframeRequestKind::Pli);
-        }
         self.mark_dirty(participant);
         self.drive(now);
         Ok(())
@@ -419,11 +644,58 @@ impl Sfu {
             return Ok(());
         }
         let line = line.strip_prefix("a=").unwrap_or(line);
+        // Browsers hide host addresses behind mDNS names (`….local`) that this server cannot
+        // resolve; such a candidate is valid but useless, and ICE finds the peer anyway
+        // (peer-reflexive), so it is ignored, not refused.
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|addr| addr.ends_with(".local"))
+        {
+            return Ok(());
+        }
         let c = Candidate::from_sdp_string(line).map_err(|_| MediaError::BadCandidate)?;
+        // As ICE-lite the server never sends to a candidate before a check arrived from it, so
+        // a candidate cannot aim traffic anywhere. One this socket cannot reach (a non-loopback
+        // address while bound to loopback) is dropped rather than kept in the agent.
+        if self.config.local_addr.ip().is_loopback() && !c.addr().ip().is_loopback() {
+            return Ok(());
+        }
         peer.rtc.add_remote_candidate(c);
         self.mark_dirty(participant);
         self.drive(now);
         Ok(())
+    }
+
+    /// Stops (`paused`) or resumes forwarding a participant's tracks of one kind, present and
+    /// future ones (a moderator's mute; the participant's own unmute resumes). Resuming video
+    /// asks the publisher for a keyframe. Unknown participants are ignored.
+    pub fn set_paused(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        kind: TrackKind,
+        paused: bool,
+    ) {
+        let Some(peer) = self.peers.get_mut(&participant) else {
+            return;
+        };
+        let was = peer.paused.contains(&kind);
+        peer.paused.retain(|k| *k != kind);
+        if paused {
+            peer.paused.push(kind);
+        } else if was && kind == TrackKind::Video {
+            let mids: Vec<Mid> = peer
+                .producers
+                .iter()
+                .filter(|p| TrackKind::from(p.kind) == kind)
+                .map(|p| p.mid)
+                .collect();
+            for mid in mids {
+                self.request_keyframe(now, participant, mid, None, KeyframeRequestKind::Pli);
+            }
+        }
+        self.drive(now);
     }
 
     /// Removes a participant's connection; its tracks are stopped for every subscriber.
@@ -498,12 +770,25 @@ impl Sfu {
                 self.mark_dirty(pid);
             }
         }
+        self.room_ticks(now);
         self.drive(now);
     }
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(|p| p.next_timeout).min()
+        let peers = self.peers.values().map(|p| p.next_timeout).min()?;
+        let rooms = self
+            .routers
+            .values()
+            .map(|r| r.speakers.next_tick().min(r.next_quality))
+            .min();
+        Some(
+            [Some(peers), rooms, self.next_allocation]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(peers),
+        )
     }
 
     /// The next thing to do: a datagram to send or an event for signaling.
@@ -522,6 +807,9 @@ impl Sfu {
 
     /// Polls every connection that had input until all are waiting for time or datagrams.
     fn drive(&mut self, now: Instant) {
+        if self.realloc {
+            self.allocate_all(now);
+        }
         while let Some(pid) = self.dirty.pop() {
             let Some(peer) = self.peers.get_mut(&pid) else {
                 continue;
@@ -577,7 +865,21 @@ impl Sfu {
             }
             Event::MediaData(data) => self.forward(now, pid, data),
             Event::KeyframeRequest(req) => self.keyframe_from_subscriber(now, pid, req),
-            Event::MediaIngressStats(s) => self.ingress_stats(pid, &s),
+            Event::MediaIngressStats(s) => {
+                self.note_jitter(pid, &s);
+                self.ingress_stats(pid, &s);
+            }
+            Event::PeerStats(s) => self.note_peer_stats(pid, &s),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(p) = self.peers.get_mut(&pid) {
+                    let new = estimate.as_u64();
+                    // A sharp drop is acted on at once; the rest waits for the next round.
+                    if p.estimate.is_some_and(|old| new < old / 10 * 8) {
+                        self.realloc = true;
+                    }
+                    p.estimate = Some(new);
+                }
+            }
             Event::MediaEgressStats(s) => self.egress_stats(pid, &s),
             _ => {}
         }
@@ -590,15 +892,41 @@ impl Sfu {
         if !peer.grants.publish || peer.producers.iter().any(|p| p.mid == mid) {
             return;
         }
+        if peer.producers.len() >= self.config.max_tracks_per_participant {
+            self.refused_tracks += 1;
+            self.out.push_back(Output::Event(
+                pid,
+                PeerEvent::Error {
+                    code: "too_many_tracks",
+                    message: format!(
+                        "at most {} published tracks: track {mid} is not forwarded",
+                        self.config.max_tracks_per_participant
+                    ),
+                },
+            ));
+            return;
+        }
         let id = TrackId((u64::from(self.config.worker_index) << 48) | self.next_track);
         self.next_track += 1;
         self.metrics.tracks.inc();
         self.metrics.tracks_total.inc();
+        let source = peer.sources.get(&mid).copied().unwrap_or(match kind {
+            MediaKind::Audio => Source::Microphone,
+            MediaKind::Video => Source::Camera,
+        });
+        // Simulcast: one layer per rid the offer declared, in its order (lowest first).
+        let layers = match peer.rtc.media(mid).map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) if source != Source::Screen && !rids.is_empty() => {
+                rids.iter().map(|r| Layer::new(Some(*r))).collect()
+            }
+            _ => vec![Layer::new(None)],
+        };
         peer.producers.push(Producer {
             id,
             mid,
             kind,
-            last_keyframe_request: None,
+            source,
+            layers,
         });
         let room = peer.room.clone();
         self.out.push_back(Output::Event(
@@ -606,8 +934,10 @@ impl Sfu {
             PeerEvent::TrackPublished {
                 track_id: id,
                 kind: kind.into(),
+                source,
             },
         ));
+        let prod = peer.producers.last().map(|p| Consumer::new(pid, p));
         let members = self
             .routers
             .get(&room)
@@ -617,14 +947,11 @@ impl Sfu {
             if other == pid {
                 continue;
             }
-            if let Some(sub) = self.peers.get_mut(&other) {
+            if let (Some(sub), Some(template)) = (self.peers.get_mut(&other), prod.as_ref()) {
                 if sub.grants.subscribe {
                     sub.consumers.push(Consumer {
-                        publisher: pid,
-                        producer: id,
-                        producer_mid: mid,
-                        kind,
                         state: ConsumerState::ToOpen,
+                        ..template.clone()
                     });
                     self.metrics.subscriptions.inc();
                     self.metrics.subscriptions_total.inc();
@@ -636,15 +963,26 @@ impl Sfu {
 
     /// The fan-out: one incoming frame written to every open consumer of its producer.
     fn forward(&mut self, now: Instant, publisher: ParticipantId, data: MediaData) {
-        if !data.contiguous {
-            self.request_keyframe(now, publisher, data.mid, KeyframeRequestKind::Pli);
+        if self
+            .peers
+            .get(&publisher)
+            .is_some_and(|p| p.is_paused(data.mid))
+        {
+            return;
         }
-        let Some(room) = self.peers.get(&publisher).map(|p| p.room.clone()) else {
+        if !data.contiguous {
+            self.request_keyframe(now, publisher, data.mid, data.rid, KeyframeRequestKind::Pli);
+        }
+        let is_keyframe = data.is_keyframe();
+        let Some(room) = self.note_layer(now, publisher, &data, is_keyframe) else {
             return;
         };
-        let Some(router) = self.routers.get(&room) else {
+        let Some(router) = self.routers.get_mut(&room) else {
             return;
         };
+        if let Some(level) = data.ext_vals.audio_level {
+            router.speakers.observe(now, publisher, level);
+        }
         let mut written = false;
         for &sub_id in &router.members {
             if sub_id == publisher {
@@ -653,17 +991,26 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&sub_id) else {
                 continue;
             };
-            let Some(mid) = sub
+            let Some(c) = sub
                 .consumers
-                .iter()
+                .iter_mut()
                 .find(|c| c.publisher == publisher && c.producer_mid == data.mid)
-                .and_then(|c| match c.state {
-                    ConsumerState::Open(m) => Some(m),
-                    _ => None,
-                })
             else {
                 continue;
             };
+            let ConsumerState::Open(mid) = c.state else {
+                continue;
+            };
+            // Video goes out only on its chosen layer, and changes layer (or starts) only at
+            // a keyframe of the new one: the subscriber's decoder never sees a gap. Audio is
+            // never held back.
+            if c.kind == MediaKind::Video && c.current != Some(data.rid) {
+                if is_keyframe && c.target == Some(data.rid) {
+                    c.current = Some(data.rid);
+                } else {
+                    continue;
+                }
+            }
             let Some(writer) = sub.rtc.writer(mid) else {
                 continue;
             };
@@ -795,11 +1142,15 @@ impl Sfu {
             p.consumers
                 .iter()
                 .find(|c| c.state.mid() == Some(req.mid))
-                .map(|c| (c.publisher, c.producer_mid))
+                .map(|c| (c.publisher, c.producer_mid, c.current.or(c.target)))
         }) else {
             return;
         };
-        self.request_keyframe(now, target.0, target.1, req.kind);
+        // Paused: nothing to refresh.
+        let Some(rid) = target.2 else {
+            return;
+        };
+        self.request_keyframe(now, target.0, target.1, rid, req.kind);
     }
 
     fn request_keyframe(
@@ -807,6 +1158,7 @@ impl Sfu {
         now: Instant,
         publisher: ParticipantId,
         mid: Mid,
+        rid: Option<Rid>,
         kind: KeyframeRequestKind,
     ) {
         let Some(peer) = self.peers.get_mut(&publisher) else {
@@ -818,15 +1170,16 @@ impl Sfu {
         if producer.kind != MediaKind::Video {
             return;
         }
-        if producer
+        let layer = producer.layer_mut(rid);
+        if layer
             .last_keyframe_request
             .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_MIN_INTERVAL)
         {
             return;
         }
-        producer.last_keyframe_request = Some(now);
+        layer.last_keyframe_request = Some(now);
         if let Some(mut writer) = peer.rtc.writer(mid) {
-            if let Err(e) = writer.request_keyframe(None, kind) {
+            if let Err(e) = writer.request_keyframe(rid, kind) {
                 tracing::debug!(participant = %publisher, error = %e, "keyframe request failed");
             }
         }
@@ -839,14 +1192,19 @@ impl Sfu {
             return;
         };
         if peer.pending.is_some()
-            || !peer
-                .consumers
-                .iter()
-                .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop(_)))
+            || !peer.ice_restart
+                && !peer
+                    .consumers
+                    .iter()
+                    .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop(_)))
         {
             return;
         }
         let mut change = peer.rtc.sdp_api();
+        if std::mem::take(&mut peer.ice_restart) {
+            // New ICE credentials; the host candidates stay.
+            change.ice_restart(true);
+        }
         let mut planned = Vec::new();
         for (i, c) in peer.consumers.iter().enumerate() {
             match c.state {
@@ -874,12 +1232,33 @@ impl Sfu {
             peer.consumers[i].state = state;
         }
         peer.pending = Some(pending);
-        self.out.push_back(Output::Event(
-            pid,
-            PeerEvent::Offer {
-                sdp: offer.to_sdp_string(),
-            },
-        ));
+        let sdp = offer.to_sdp_string();
+        peer.pending_sdp = Some(sdp.clone());
+        self.out
+            .push_back(Output::Event(pid, PeerEvent::Offer { sdp }));
+    }
+
+    /// The participant's signaling came back after a dropped socket: its network may have
+    /// changed, so the next server offer restarts ICE (new credentials; the client's checks
+    /// from its new addresses then find this ICE-lite server). An offer still waiting for its
+    /// answer is sent again first, since it may have been lost with the old socket.
+    pub fn ice_restart(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+    ) -> Result<(), MediaError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant(participant))?;
+        peer.ice_restart = true;
+        if let Some(sdp) = peer.pending_sdp.clone() {
+            self.out
+                .push_back(Output::Event(participant, PeerEvent::Offer { sdp }));
+        }
+        self.mark_dirty(participant);
+        self.drive(now);
+        Ok(())
     }
 
     fn close(&mut self, pid: ParticipantId, reason: CloseReason) {
@@ -905,6 +1284,7 @@ impl Sfu {
         let members = match self.routers.get_mut(&peer.room) {
             Some(router) => {
                 router.members.retain(|m| *m != pid);
+                router.speakers.remove(pid);
                 if router.members.is_empty() {
                     self.routers.remove(&peer.room);
                     Vec::new()
@@ -945,6 +1325,7 @@ impl Sfu {
         for other in dirty {
             self.mark_dirty(other);
         }
+        self.realloc = true;
         true
     }
 }

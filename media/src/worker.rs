@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::sfu::{Grants, Output, PeerEvent, Sfu, SfuConfig};
-use crate::{MediaError, MediaMetrics, ParticipantId};
+use crate::{MediaError, MediaMetrics, ParticipantId, Source, TrackId};
 
 /// Media settings.
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct MediaConfig {
     /// Address advertised in ICE candidates instead of `bind_ip` (hosts behind 1:1 NAT, or
     /// `bind_ip` 0.0.0.0). Default: none.
     pub public_ip: Option<IpAddr>,
+    /// Tracks one participant may publish. Default 4.
+    pub max_tracks_per_participant: usize,
 }
 
 impl Default for MediaConfig {
@@ -38,6 +40,7 @@ impl Default for MediaConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             public_ip: None,
+            max_tracks_per_participant: 4,
         }
     }
 }
@@ -49,7 +52,12 @@ enum Command {
         room: String,
         grants: Grants,
         sdp: String,
+        sources: Vec<(String, Source)>,
         events: mpsc::UnboundedSender<PeerEvent>,
+    },
+    VideoSizes {
+        participant: ParticipantId,
+        sizes: Vec<(TrackId, u32, u32)>,
     },
     Answer {
         participant: ParticipantId,
@@ -60,6 +68,14 @@ enum Command {
         candidate: String,
     },
     Remove {
+        participant: ParticipantId,
+    },
+    Pause {
+        participant: ParticipantId,
+        kind: crate::sfu::TrackKind,
+        paused: bool,
+    },
+    IceRestart {
         participant: ParticipantId,
     },
 }
@@ -122,6 +138,7 @@ impl MediaHandle {
                     candidates: vec![advertised],
                     local_addr,
                     worker_index: i as u16,
+                    max_tracks_per_participant: config.max_tracks_per_participant,
                 },
                 metrics.clone(),
             );
@@ -198,14 +215,41 @@ impl MediaHandle {
         sdp: String,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(), MediaError> {
+        self.offer_with_sources(room, participant, grants, sdp, Vec::new(), events)
+    }
+
+    /// [`MediaHandle::offer`] with the source of each send m-line, by mid.
+    pub fn offer_with_sources(
+        &self,
+        room: &str,
+        participant: ParticipantId,
+        grants: Grants,
+        sdp: String,
+        sources: Vec<(String, Source)>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(), MediaError> {
         self.worker_for(room)
             .send(Command::Offer {
                 participant,
                 room: room.to_string(),
                 grants,
                 sdp,
+                sources,
                 events,
             })
+            .map_err(|_| MediaError::WorkerGone)
+    }
+
+    /// The sizes at which the participant shows others' video tracks (see
+    /// [`Sfu::set_video_sizes`]).
+    pub fn video_sizes(
+        &self,
+        room: &str,
+        participant: ParticipantId,
+        sizes: Vec<(TrackId, u32, u32)>,
+    ) -> Result<(), MediaError> {
+        self.worker_for(room)
+            .send(Command::VideoSizes { participant, sizes })
             .map_err(|_| MediaError::WorkerGone)
     }
 
@@ -236,9 +280,33 @@ impl MediaHandle {
             .map_err(|_| MediaError::WorkerGone)
     }
 
+    /// Stops or resumes forwarding a participant's tracks of one kind (see
+    /// [`Sfu::set_paused`]).
+    pub fn set_paused(
+        &self,
+        room: &str,
+        participant: ParticipantId,
+        kind: crate::sfu::TrackKind,
+        paused: bool,
+    ) {
+        let _ = self.worker_for(room).send(Command::Pause {
+            participant,
+            kind,
+            paused,
+        });
+    }
+
     /// The participant left: drop its connection.
     pub fn remove(&self, room: &str, participant: ParticipantId) {
         let _ = self.worker_for(room).send(Command::Remove { participant });
+    }
+
+    /// The participant resumed after a dropped signaling socket: restart ICE with the next
+    /// server offer (see [`Sfu::ice_restart`]).
+    pub fn ice_restart(&self, room: &str, participant: ParticipantId) -> Result<(), MediaError> {
+        self.worker_for(room)
+            .send(Command::IceRestart { participant })
+            .map_err(|_| MediaError::WorkerGone)
     }
 }
 
@@ -287,9 +355,10 @@ fn handle_command(
             room,
             grants,
             sdp,
+            sources,
             events,
         } => {
-            let r = sfu.offer(now, participant, &room, grants, &sdp);
+            let r = sfu.offer_with_sources(now, participant, &room, grants, &sdp, &sources);
             match &r {
                 Ok(()) => {
                     sessions.insert(participant, events);
@@ -307,10 +376,22 @@ fn handle_command(
             return;
         }
         Command::Answer { participant, sdp } => (participant, sfu.answer(now, participant, &sdp)),
+        Command::VideoSizes { participant, sizes } => {
+            (participant, sfu.set_video_sizes(now, participant, &sizes))
+        }
         Command::Candidate {
             participant,
             candidate,
         } => (participant, sfu.add_candidate(now, participant, &candidate)),
+        Command::IceRestart { participant } => (participant, sfu.ice_restart(now, participant)),
+        Command::Pause {
+            participant,
+            kind,
+            paused,
+        } => {
+            sfu.set_paused(now, participant, kind, paused);
+            return;
+        }
         Command::Remove { participant } => {
             sfu.remove(now, participant);
             sessions.remove(&participant);

@@ -1,0 +1,367 @@
+//! The parts of [`Sfu`] that shape what each subscriber receives: simulcast layer choice by
+//! tile size and downlink estimate, pausing hidden tiles, dynacast (pausing layers nobody
+//! watches at the publisher), active speakers and connection quality.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::stats::{MediaIngressStats, PeerStats};
+
+use super::{
+    allocate, clock_rate, layer_for_size, vp8_keyframe_size, ConsumerState, Output, PeerEvent,
+    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+};
+use crate::{MediaError, ParticipantId, TrackId};
+
+/// A layer silent for longer than this was paused: its bitrate window starts again.
+const LAYER_GAP: Duration = Duration::from_millis(500);
+
+/// What one subscriber's allocation decided for one of its consumers.
+struct Decision {
+    consumer: usize,
+    target: Option<Option<Rid>>,
+}
+
+impl Sfu {
+    /// The sizes, in device pixels, at which `participant` shows other participants' video
+    /// tracks. A zero width or height means hidden: nothing is forwarded for that track.
+    /// Tracks not listed keep their last size; unknown track ids are ignored.
+    pub fn set_video_sizes(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        sizes: &[(TrackId, u32, u32)],
+    ) -> Result<(), MediaError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant(participant))?;
+        for &(track, w, h) in sizes {
+            for c in peer.consumers.iter_mut().filter(|c| c.producer == track) {
+                c.size = Some((w, h));
+            }
+        }
+        self.realloc = true;
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Caps what `participant` is sent, in bits per second, below str0m's bandwidth estimate
+    /// (`None` removes the cap). For clients on metered links, and for tests.
+    pub fn set_max_bitrate(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        bps: Option<u64>,
+    ) -> Result<(), MediaError> {
+        let peer = self
+            .peers
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant(participant))?;
+        peer.max_bitrate = bps;
+        self.realloc = true;
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Measures the layer an incoming frame belongs to. Returns the publisher's room.
+    pub(super) fn note_layer(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        data: &MediaData,
+        is_keyframe: bool,
+    ) -> Option<String> {
+        let peer = self.peers.get_mut(&publisher)?;
+        if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == data.mid) {
+            let kind = prod.kind;
+            let layer = prod.layer_mut(data.rid);
+            match layer.last_seen {
+                // A layer to choose from: choose again.
+                None => self.realloc = true,
+                // Resumed after a pause: measure afresh (the last figure stands meanwhile).
+                Some(t) if now.saturating_duration_since(t) > LAYER_GAP => {
+                    layer.window_start = None;
+                    layer.window_bytes = 0;
+                }
+                Some(_) => {}
+            }
+            layer.last_seen = Some(now);
+            layer.window_bytes += data.data.len() as u64;
+            match layer.window_start {
+                None => layer.window_start = Some(now),
+                Some(t) => {
+                    let span = now.saturating_duration_since(t);
+                    if span >= ALLOCATION_INTERVAL {
+                        layer.bitrate =
+                            (layer.window_bytes as f64 * 8.0 / span.as_secs_f64()) as u64;
+                        layer.window_bytes = 0;
+                        layer.window_start = Some(now);
+                    }
+                }
+            }
+            if is_keyframe && kind == MediaKind::Video {
+                if let Some(size) = vp8_keyframe_size(&data.data) {
+                    layer.size = size;
+                }
+            }
+        }
+        Some(peer.room.clone())
+    }
+
+    pub(super) fn note_jitter(&mut self, pid: ParticipantId, s: &MediaIngressStats) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Some(kind) = peer.rtc.media(s.mid).map(|m| TrackKind::from(m.kind())) else {
+            return;
+        };
+        if s.packets > 0 {
+            let j = f64::from(s.jitter) / clock_rate(kind);
+            peer.quality_jitter = peer.quality_jitter.max(j);
+        }
+    }
+
+    pub(super) fn note_peer_stats(&mut self, pid: ParticipantId, s: &PeerStats) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        for loss in [s.egress_loss_fraction, s.ingress_loss_fraction]
+            .into_iter()
+            .flatten()
+        {
+            peer.quality_loss = peer.quality_loss.max(loss.clamp(0.0, 1.0));
+        }
+        if let Some(rtt) = s.rtt {
+            peer.quality_rtt = peer.quality_rtt.max(rtt.as_secs_f64());
+        }
+    }
+
+    /// Per-room timers: the speaker list, the connection qualities, and the layer choice.
+    pub(super) fn room_ticks(&mut self, now: Instant) {
+        if self.next_allocation.is_none_or(|t| now >= t) {
+            self.realloc = true;
+        }
+        let mut events = Vec::new();
+        for router in self.routers.values_mut() {
+            if let Some(speakers) = router.speakers.poll(now) {
+                for m in &router.members {
+                    events.push((
+                        *m,
+                        PeerEvent::Speakers {
+                            speakers: speakers.clone(),
+                        },
+                    ));
+                }
+            }
+            if now < router.next_quality {
+                continue;
+            }
+            router.next_quality = now + QUALITY_INTERVAL;
+            let mut list = Vec::new();
+            for m in &router.members {
+                let Some(p) = self.peers.get_mut(m) else {
+                    continue;
+                };
+                if !p.connected {
+                    continue;
+                }
+                list.push((
+                    *m,
+                    Quality::classify(p.quality_loss, p.quality_jitter, p.quality_rtt),
+                ));
+                p.quality_loss = 0.0;
+                p.quality_jitter = 0.0;
+                p.quality_rtt = 0.0;
+            }
+            let repeat = router
+                .last_quality_sent
+                .is_none_or(|t| now.saturating_duration_since(t) >= QUALITY_REPEAT);
+            if list.is_empty() || (list == router.last_quality && !repeat) {
+                continue;
+            }
+            router.last_quality = list.clone();
+            router.last_quality_sent = Some(now);
+            for m in &router.members {
+                events.push((
+                    *m,
+                    PeerEvent::Quality {
+                        participants: list.clone(),
+                    },
+                ));
+            }
+        }
+        for (pid, ev) in events {
+            self.out.push_back(Output::Event(pid, ev));
+        }
+    }
+
+    /// Chooses every subscriber's layers, asks for the keyframes the switches need, and tells
+    /// publishers which layers are watched.
+    pub(super) fn allocate_all(&mut self, now: Instant) {
+        self.realloc = false;
+        self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+        let subscribers: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        let mut keyframes: Vec<(ParticipantId, Mid, Option<Rid>)> = Vec::new();
+        for sid in subscribers {
+            let Some(sub) = self.peers.get(&sid) else {
+                continue;
+            };
+            let mut audio = 0u64;
+            let mut wants = Vec::new();
+            let mut layer_rids: Vec<Vec<Option<Rid>>> = Vec::new();
+            let mut video_idx = Vec::new();
+            for (ci, c) in sub.consumers.iter().enumerate() {
+                if !matches!(c.state, ConsumerState::Open(_)) {
+                    continue;
+                }
+                let Some(prod) = self
+                    .peers
+                    .get(&c.publisher)
+                    .and_then(|p| p.producers.iter().find(|p| p.mid == c.producer_mid))
+                else {
+                    continue;
+                };
+                let n = prod.layers.len();
+                if c.kind == MediaKind::Audio {
+                    audio += prod
+                        .layers
+                        .first()
+                        .map_or(40_000, |l| l.rate(0, 1, MediaKind::Audio));
+                    continue;
+                }
+                let avail: Vec<usize> = (0..n).filter(|&i| prod.layers[i].available(now)).collect();
+                let hidden = c.size.is_some_and(|(w, h)| w == 0 || h == 0);
+                let cap = match c.size {
+                    _ if avail.is_empty() || hidden => None,
+                    None => Some(avail.len() - 1),
+                    Some(tile) => {
+                        let sizes: Vec<(u32, u32)> =
+                            avail.iter().map(|&i| prod.layers[i].size).collect();
+                        Some(layer_for_size(&sizes, tile))
+                    }
+                };
+                let upto = cap.map_or(0, |c| c + 1);
+                wants.push(Want {
+                    bitrates: avail[..upto]
+                        .iter()
+                        .map(|&i| prod.layers[i].rate(i, n, MediaKind::Video))
+                        .collect(),
+                    priority: prod.source == Source::Screen,
+                });
+                layer_rids.push(avail[..upto].iter().map(|&i| prod.layers[i].rid).collect());
+                video_idx.push(ci);
+            }
+            let estimate = sub.estimate.filter(|_| self.use_bandwidth_estimate);
+            let budget = estimate
+                .unwrap_or(u64::MAX)
+                .min(sub.max_bitrate.unwrap_or(u64::MAX));
+            let chosen = allocate(budget, audio, &wants);
+            let desired = audio
+                + wants
+                    .iter()
+                    .map(|w| w.bitrates.last().copied().unwrap_or(0))
+                    .sum::<u64>();
+            let allocated = audio
+                + chosen
+                    .iter()
+                    .zip(&wants)
+                    .map(|(c, w)| c.map_or(0, |i| w.bitrates[i]))
+                    .sum::<u64>();
+            let decisions: Vec<Decision> = chosen
+                .iter()
+                .enumerate()
+                .map(|(k, pick)| Decision {
+                    consumer: video_idx[k],
+                    target: pick.map(|i| layer_rids[k][i]),
+                })
+                .collect();
+            let Some(sub) = self.peers.get_mut(&sid) else {
+                continue;
+            };
+            for d in decisions {
+                let c = &mut sub.consumers[d.consumer];
+                c.target = d.target;
+                match d.target {
+                    None => c.current = None,
+                    Some(rid) if c.current != Some(rid) => {
+                        keyframes.push((c.publisher, c.producer_mid, rid));
+                    }
+                    Some(_) => {}
+                }
+            }
+            // Let str0m's estimator probe for what the tiles could use.
+            if sub.bwe_target != (allocated, desired) {
+                sub.bwe_target = (allocated, desired);
+                sub.rtc.bwe().set_bitrate(
+                    Bitrate::bps(allocated.min(desired)),
+                    Bitrate::bps(desired.max(1)),
+                );
+                self.mark_dirty(sid);
+            }
+        }
+        keyframes.sort_by_key(|(p, m, r)| (*p, *m, r.as_deref().map(str::to_string)));
+        keyframes.dedup();
+        for (publisher, mid, rid) in keyframes {
+            self.request_keyframe(now, publisher, mid, rid, KeyframeRequestKind::Pli);
+        }
+        self.dynacast(now);
+    }
+
+    /// Tells each simulcast publisher which of its layers some consumer forwards or is about to.
+    fn dynacast(&mut self, now: Instant) {
+        let mut needed: HashSet<(ParticipantId, Mid, Rid)> = HashSet::new();
+        for p in self.peers.values() {
+            for c in &p.consumers {
+                for rid in [c.current, c.target].into_iter().flatten().flatten() {
+                    needed.insert((c.publisher, c.producer_mid, rid));
+                }
+            }
+        }
+        let mut events = Vec::new();
+        for (pid, peer) in self.peers.iter_mut() {
+            for prod in &mut peer.producers {
+                if !prod.simulcast() {
+                    continue;
+                }
+                let mut changed = false;
+                for l in &mut prod.layers {
+                    let Some(rid) = l.rid else { continue };
+                    // A layer never seen is left as the browser has it: pausing it could
+                    // leave nothing to choose from.
+                    if l.last_seen.is_none() {
+                        continue;
+                    }
+                    let want = needed.contains(&(*pid, prod.mid, rid));
+                    if want != l.active {
+                        l.active = want;
+                        if want {
+                            l.resumed_at = Some(now);
+                        }
+                        changed = true;
+                    }
+                }
+                if changed {
+                    let active = prod
+                        .layers
+                        .iter()
+                        .filter(|l| l.active)
+                        .filter_map(|l| l.rid.map(|r| r.to_string()))
+                        .collect();
+                    events.push((
+                        *pid,
+                        PeerEvent::Layers {
+                            track_id: prod.id,
+                            active,
+                        },
+                    ));
+                }
+            }
+        }
+        for (pid, ev) in events {
+            self.out.push_back(Output::Event(pid, ev));
+        }
+    }
+}
