@@ -1,0 +1,326 @@
+//! The SFU core over an in-memory network, on virtual time: str0m client peers stand in for
+//! browsers, datagrams are moved by hand, and the clock only moves when the test says so.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use huddle_media::{Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Rtc};
+
+const SFU: &str = "10.0.0.1:5000";
+
+struct Client {
+    pid: ParticipantId,
+    addr: SocketAddr,
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+    send_mid: Option<Mid>,
+    connected: bool,
+    /// Payloads received, by the msid stream id (the publisher's participant id).
+    received: HashMap<Mid, Vec<Vec<u8>>>,
+    inbox: VecDeque<Vec<u8>>,
+}
+
+impl Client {
+    fn new(n: u8, now: Instant, publish: bool) -> Client {
+        huddle_media::init_crypto();
+        let addr: SocketAddr = format!("10.0.0.{}:6000", n + 1).parse().unwrap();
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut change = rtc.sdp_api();
+        let send_mid = publish
+            .then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        change.add_channel("huddle".into());
+        let (offer, pending) = change.apply().unwrap();
+        let mut c = Client {
+            pid: ParticipantId(u64::from(n)),
+            addr,
+            rtc,
+            pending: Some(pending),
+            send_mid,
+            connected: false,
+            received: HashMap::new(),
+            inbox: VecDeque::new(),
+        };
+        c.inbox.push_back(offer.to_sdp_string().into_bytes());
+        c
+    }
+}
+
+struct Net {
+    now: Instant,
+    sfu: Sfu,
+    clients: Vec<Client>,
+    /// Fraction of client→SFU datagrams dropped, decided by a fixed-seed generator.
+    loss: f64,
+    rng: u64,
+}
+
+impl Net {
+    fn new() -> Net {
+        let now = Instant::now();
+        let addr: SocketAddr = SFU.parse().unwrap();
+        Net {
+            now,
+            sfu: Sfu::new(SfuConfig {
+                candidates: vec![addr],
+                local_addr: addr,
+                worker_index: 0,
+                max_tracks_per_participant: 8,
+            }),
+            clients: Vec::new(),
+            loss: 0.0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn join(&mut self, publish: bool) -> usize {
+        let n = self.clients.len() as u8 + 1;
+        let mut c = Client::new(n, self.now, publish);
+        let offer = String::from_utf8(c.inbox.pop_front().unwrap()).unwrap();
+        let grants = Grants {
+            publish: true,
+            subscribe: true,
+        };
+        self.sfu
+            .offer(self.now, c.pid, "room", grants, &offer)
+            .unwrap();
+        self.clients.push(c);
+        self.clients.len() - 1
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: deterministic loss pattern.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Moves every pending datagram and event once, then advances the clock by `dt`.
+    fn step(&mut self, dt: Duration) {
+        let sfu_addr: SocketAddr = SFU.parse().unwrap();
+        while let Some(out) = self.sfu.poll_output() {
+            match out {
+                Output::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    if let Some(c) = self.clients.iter_mut().find(|c| c.addr == destination) {
+                        let input = Input::Receive(
+                            self.now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: sfu_addr,
+                                destination,
+                                contents: contents.as_slice().try_into().unwrap(),
+                            },
+                        );
+                        c.rtc.handle_input(input).unwrap();
+                    }
+                }
+                Output::Event(pid, ev) => {
+                    let c = self.clients.iter_mut().find(|c| c.pid == pid).unwrap();
+                    match ev {
+                        PeerEvent::Answer { sdp } => {
+                            let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
+                            c.rtc
+                                .sdp_api()
+                                .accept_answer(c.pending.take().unwrap(), answer)
+                                .unwrap();
+                        }
+                        PeerEvent::Offer { sdp } => {
+                            let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+                            let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
+                            let pid = c.pid;
+                            self.sfu
+                                .answer(self.now, pid, &answer.to_sdp_string())
+                                .unwrap();
+                        }
+                        PeerEvent::Closed { reason } => panic!("{pid} closed: {reason:?}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut to_sfu = Vec::new();
+        for c in &mut self.clients {
+            loop {
+                match c.rtc.poll_output().unwrap() {
+                    str0m::Output::Timeout(_) => break,
+                    str0m::Output::Transmit(t) => to_sfu.push((c.addr, Vec::from(t.contents))),
+                    str0m::Output::Event(Event::Connected) => c.connected = true,
+                    str0m::Output::Event(Event::MediaData(d)) => {
+                        c.received.entry(d.mid).or_default().push(d.data.to_vec());
+                    }
+                    str0m::Output::Event(_) => {}
+                }
+            }
+        }
+        for (from, data) in to_sfu {
+            if self.loss > 0.0 && self.random() < self.loss {
+                continue;
+            }
+            self.sfu.handle_receive(self.now, from, &data);
+        }
+        self.now += dt;
+        self.sfu.handle_timeout(self.now);
+        for c in &mut self.clients {
+            c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+        }
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step(Duration::from_millis(5));
+        }
+    }
+
+    /// Client `i` writes one 20 ms Opus frame numbered `n`.
+    fn speak(&mut self, i: usize, n: u32) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        let mid = c.send_mid.unwrap();
+        let w = c.rtc.writer(mid).unwrap();
+        let pt = w.payload_params().next().unwrap().pt();
+        w.write(
+            pt,
+            now,
+            MediaTime::from_90khz(u64::from(n) * 1800),
+            frame(n),
+        )
+        .unwrap();
+    }
+}
+
+fn frame(n: u32) -> Vec<u8> {
+    let mut f = vec![0xfc];
+    f.extend_from_slice(&n.to_be_bytes());
+    f.extend((0..60u8).map(|i| i ^ n as u8));
+    f
+}
+
+fn received_frames(c: &Client) -> Vec<Vec<u8>> {
+    c.received.values().flatten().cloned().collect()
+}
+
+#[test]
+fn frames_reach_every_subscriber_unchanged_on_virtual_time() {
+    let wall = std::time::Instant::now();
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(false);
+    let carol = net.join(false);
+    net.run(Duration::from_secs(2));
+    assert!(
+        net.clients.iter().all(|c| c.connected),
+        "ICE and DTLS completed"
+    );
+    for n in 0..100 {
+        net.speak(alice, n);
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(200));
+    for sub in [bob, carol] {
+        let got = received_frames(&net.clients[sub]);
+        assert!(
+            got.len() >= 95,
+            "subscriber {sub} got {} of 100 frames",
+            got.len()
+        );
+        for f in &got {
+            let n = u32::from_be_bytes(f[1..5].try_into().unwrap());
+            assert_eq!(f, &frame(n), "frame {n} changed on the way");
+        }
+    }
+    assert!(
+        received_frames(&net.clients[alice]).is_empty(),
+        "a publisher gets none of its own media"
+    );
+    println!("3.2 virtual seconds took {:?} of wall time", wall.elapsed());
+}
+
+#[test]
+fn a_late_joiner_is_offered_the_room_and_receives_it() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    net.run(Duration::from_secs(1));
+    let dave = net.join(false);
+    net.run(Duration::from_secs(1));
+    for n in 0..50 {
+        net.speak(alice, n);
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(200));
+    let got = received_frames(&net.clients[dave]);
+    assert!(got.len() >= 45, "late joiner got {} of 50", got.len());
+}
+
+#[test]
+fn a_removed_publisher_stops_reaching_subscribers() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(false);
+    net.run(Duration::from_secs(1));
+    for n in 0..10 {
+        net.speak(alice, n);
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(100));
+    let before = received_frames(&net.clients[bob]).len();
+    assert!(before >= 9);
+    let pid = net.clients[alice].pid;
+    let now = net.now;
+    net.sfu.remove(now, pid);
+    net.run(Duration::from_millis(200));
+    assert_eq!(net.sfu.peer_count(), 1);
+    assert_eq!(net.sfu.routers()["room"].members(), &[net.clients[bob].pid]);
+    assert_eq!(received_frames(&net.clients[bob]).len(), before);
+}
+
+#[test]
+fn audio_survives_ten_percent_loss_upstream() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(false);
+    net.run(Duration::from_secs(2));
+    net.loss = 0.10;
+    for n in 0..200 {
+        net.speak(alice, n);
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(300));
+    let got = received_frames(&net.clients[bob]).len();
+    // Opus has no retransmission: what is lost upstream stays lost, the rest keeps flowing.
+    assert!(
+        (150..=200).contains(&got),
+        "bob got {got} of 200 frames at 10 % loss"
+    );
+}
+
+#[test]
+fn mdns_candidates_are_ignored_and_garbage_is_refused() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let pid = net.clients[alice].pid;
+    let now = net.now;
+    net.sfu
+        .add_candidate(now, pid, "candidate:1 1 udp 2122260223 3f1b2c4d-1111-2222-3333-444455556666.local 54321 typ host")
+        .expect("an mDNS candidate is accepted and ignored");
+    assert!(net
+        .sfu
+        .add_candidate(now, pid, "candidate:nonsense")
+        .is_err());
+    // Garbage datagrams are dropped and counted, and the call goes on.
+    let before = net.sfu.unrouted_datagrams;
+    net.sfu
+        .handle_receive(now, "10.9.9.9:1".parse().unwrap(), b"\x00\x01garbage");
+    assert_eq!(net.sfu.unrouted_datagrams, before + 1);
+    net.run(Duration::from_secs(1));
+    assert!(net.clients[alice].connected);
+}
