@@ -9,6 +9,19 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// The top-level keys of [`Config`], for telling configuration variables from other `HUDDLE_*`
+/// ones. A test checks it against the struct.
+pub const CONFIG_KEYS: &[&str] = &[
+    "data_dir",
+    "server",
+    "auth",
+    "media",
+    "signaling",
+    "log",
+    "ice",
+    "turn",
+];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,7 +240,13 @@ pub fn load(
         }
         fig = fig.merge(Toml::file(f));
     }
-    fig.merge(Env::prefixed("HUDDLE_").ignore(&["config"]).split("__"))
+    // Only variables that name a section or key of Config are configuration: other HUDDLE_*
+    // variables (HUDDLE_CONFIG for the file, a test's HUDDLE_BIN) are someone else's.
+    let env = Env::prefixed("HUDDLE_").filter(|key| {
+        let top = key.as_str().split("__").next().unwrap_or_default();
+        CONFIG_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
+    });
+    fig.merge(env.split("__"))
         .merge(overrides)
         .extract()
         .map_err(Box::new)
@@ -236,6 +255,32 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_keys_name_every_section() {
+        // Each listed key is accepted, and an unlisted one is refused by the struct.
+        for key in CONFIG_KEYS {
+            let toml = if *key == "data_dir" {
+                "data_dir = \"x\"".to_string()
+            } else {
+                format!("[{key}]")
+            };
+            let fig = Figment::new().merge(Toml::string(&toml));
+            assert!(fig.extract::<Config>().is_ok(), "{key}");
+        }
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).unwrap();
+        let start = text.find("pub struct Config {").unwrap();
+        let body = &text[start..start + text[start..].find("\n}").unwrap()];
+        let fields = body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub "))
+            .filter_map(|l| l.split(':').next())
+            .filter(|f| !f.starts_with("struct"));
+        for f in fields {
+            assert!(CONFIG_KEYS.contains(&f), "CONFIG_KEYS lacks {f}");
+        }
+    }
 
     #[test]
     fn defaults_are_local_and_open() {
