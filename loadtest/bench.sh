@@ -9,10 +9,11 @@
 # meeting scenario has no Janus driver). Writes one JSON report and one SVG plot per run and a
 # figures table (figures.md) that BENCHMARKS.md quotes.
 #
-# Knobs (environment): DURATION (s, default 30), SERVER_CPU (1), TESTER_CPU (0),
-# AUDIO_PUBS (10), AUDIO_SUBS (40), LIVE_SUBS (40), MEETING (8), VIDEO_KBPS (800),
+# Knobs (environment): DURATION (s, default 30), REPEAT (3), SERVER_CPU (1), TESTER_CPU (0),
+# AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
+# VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
-# huddle-meeting), SKIP_JANUS=1, SKIP_BUILD=1.
+# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1.
 # Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,12 @@ OUT=${1:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 DURATION=${DURATION:-30}
+REPEAT=${REPEAT:-3}
 SERVER_CPU=${SERVER_CPU:-1}
 TESTER_CPU=${TESTER_CPU:-0}
 AUDIO_PUBS=${AUDIO_PUBS:-10}
 AUDIO_SUBS=${AUDIO_SUBS:-40}
+AUDIO_SUBS_LARGE=${AUDIO_SUBS_LARGE:-100}
 LIVE_SUBS=${LIVE_SUBS:-40}
 MEETING=${MEETING:-8}
 VIDEO_KBPS=${VIDEO_KBPS:-800}
@@ -137,24 +140,53 @@ run() {
 
 AUDIO=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS")
 LIVE=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS")
-MEET=(--scenario meeting --participants "$MEETING" --video-kbps "$VIDEO_KBPS")
-for r in ${RUNS:-huddle-audio janus-audio huddle-livestream janus-livestream huddle-meeting}; do
-  case $r in
-    huddle-audio) run "$r" huddle "${AUDIO[@]}" ;;
-    janus-audio) [ -n "${SKIP_JANUS:-}" ] || run "$r" janus "${AUDIO[@]}" ;;
-    huddle-livestream) run "$r" huddle "${LIVE[@]}" ;;
-    janus-livestream) [ -n "${SKIP_JANUS:-}" ] || run "$r" janus "${LIVE[@]}" ;;
-    huddle-meeting) run "$r" huddle "${MEET[@]}" ;;
-    *) echo "unknown run $r" >&2; exit 1 ;;
-  esac
+AUDIO_LARGE=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS_LARGE")
+# Meetings publish three simulcast layers, as browsers do, and the server picks one per viewer.
+MEET=(--scenario meeting --participants "$MEETING" --video-kbps "$VIDEO_KBPS" --simulcast 3)
+# Runs alternate between the servers, REPEAT times, so that a disturbance of the machine hits
+# both; the figures are medians over the repetitions.
+for rep in $(seq "$REPEAT"); do
+  for r in ${RUNS:-huddle-audio janus-audio huddle-livestream janus-livestream huddle-meeting huddle-audio-large janus-audio-large}; do
+    case $r in
+      huddle-audio-large) run "$r-$rep" huddle "${AUDIO_LARGE[@]}" ;;
+      janus-audio-large) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${AUDIO_LARGE[@]}" ;;
+      huddle-audio) run "$r-$rep" huddle "${AUDIO[@]}" ;;
+      janus-audio) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${AUDIO[@]}" ;;
+      huddle-livestream) run "$r-$rep" huddle "${LIVE[@]}" ;;
+      janus-livestream) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${LIVE[@]}" ;;
+      huddle-meeting) run "$r-$rep" huddle "${MEET[@]}" ;;
+      *) echo "unknown run $r" >&2; exit 1 ;;
+    esac
+  done
 done
 
-# The figures, one row per run.
+# The figures: medians over the repetitions (min–max of the CPU cost in brackets), then every run.
 {
-  echo "| run | participants (joined/planned) | received packets/s | loss % end to end / SFU→subscriber | server CPU-µs per forwarded packet | projected packets/s per core | server cores | p50 / p99 latency audio (ms) | p50 / p99 latency video (ms) | join p50 (ms) | RSS per participant (KiB) | tester cores per 10k pps |"
+  echo "| scenario | runs | received packets/s | loss % end to end (worst run) | server CPU-µs per forwarded packet: median [min–max] | projected packets/s per core | server cores | latency p50 / p99 audio (ms) | latency p50 / p99 video (ms) | join p50 (ms) | server RSS per participant (KiB) | tester cores per 10k pps |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  jq -rs '
+    def med: sort | .[(length - 1) / 2 | floor];
+    def r2: . * 100 | round / 100;
+    def r1: . * 10 | round / 10;
+    group_by(.label | sub("-[0-9]+$"; "")) | .[] |
+    (map(.summary)) as $s |
+    "| \(.[0].label | sub("-[0-9]+$"; "")) | \(length)"
+    + " | \($s | map(.packets_per_sec) | med | floor)"
+    + " | \($s | map(.e2e_loss_pct) | max | . * 1000 | round / 1000)"
+    + " | \($s | map(.server.cpu_us_per_forwarded_packet) | med | r2) [\($s | map(.server.cpu_us_per_forwarded_packet) | min | r2)–\($s | map(.server.cpu_us_per_forwarded_packet) | max | r2)]"
+    + " | \($s | map(.server.projected_packets_per_sec_per_core) | med | floor)"
+    + " | \($s | map(.server.cores) | med | . * 1000 | round / 1000)"
+    + " | \(if $s[0].latency_audio then "\($s | map(.latency_audio.p50) | med | r1) / \($s | map(.latency_audio.p99) | med | r1)" else "–" end)"
+    + " | \(if $s[0].latency_video then "\($s | map(.latency_video.p50) | med | r1) / \($s | map(.latency_video.p99) | med | r1)" else "–" end)"
+    + " | \($s | map(.join_ms.p50 // 0) | med | floor)"
+    + " | \($s | map(.server.rss_per_participant_kib // 0) | med | floor)"
+    + " | \($s | map(.tester.cores_per_10k_pps) | med | . * 1000 | round / 1000) |"
+  ' "$OUT"/*.json
+  echo
+  echo "| run | joined/planned | received packets/s | loss % end to end / SFU→subscriber | server CPU-µs per forwarded packet | server cores | latency p50 / p99 audio (ms) | latency p50 / p99 video (ms) |"
+  echo "|---|---|---|---|---|---|---|---|"
   for f in "$OUT"/*.json; do
-    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|floor/1000) / \($s.loss_pct*1000|floor/1000) | \($s.server.cpu_us_per_forwarded_packet*100|floor/100) | \($s.server.projected_packets_per_sec_per_core|floor) | \($s.server.cores*1000|floor/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "-" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "-" end) | \(if $s.join_ms then $s.join_ms.p50 else "-" end) | \(if $s.server.rss_per_participant_kib then ($s.server.rss_per_participant_kib|floor) else "-" end) | \($s.tester.cores_per_10k_pps*1000|floor/1000) |"' "$f"
+    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|round/1000) / \($s.loss_pct*1000|round/1000) | \($s.server.cpu_us_per_forwarded_packet*100|round/100) | \($s.server.cores*1000|round/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "–" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "–" end) |"' "$f"
   done
 } >"$OUT/figures.md"
 {

@@ -127,7 +127,9 @@ pub async fn run(
 ) -> Result<()> {
     p.started_us
         .store(now_us().max(1), std::sync::atomic::Ordering::Relaxed);
+    p.stage("token");
     let token = target.token(&http, &p).await?;
+    p.stage("signaling connect");
     let (ws, _) = tokio_tungstenite::connect_async(target.ws_url())
         .await
         .context("connecting the signaling WebSocket")?;
@@ -135,6 +137,7 @@ pub async fn run(
     let send = |v: Value| Message::Text(v.to_string().into());
     tx.send(send(json!({"type": "join", "protocol": 1, "token": token})))
         .await?;
+    p.stage("join sent");
     let joined = next_json(&mut rx)
         .await?
         .context("socket closed before joined")?;
@@ -142,10 +145,13 @@ pub async fn run(
         bail!("join answered with {joined}");
     }
     let pid = joined["participant_id"].as_str().unwrap_or_default();
+    p.stage("joined: creating the peer connection");
     let (pc, published) = peer::new_peer(&ctx, &p, pid, true).await?;
+    p.stage("gathering");
     let offer = peer::offer_with_candidates(&pc).await?;
     tx.send(send(json!({"type": "offer", "sdp": offer})))
         .await?;
+    p.stage("offer sent");
     peer::start_publishing(&ctx, published, stop.clone());
 
     let mut ping = tokio::time::interval(Duration::from_secs(15));
@@ -161,6 +167,7 @@ pub async fn run(
                 match m["type"].as_str() {
                     Some("answer") => {
                         peer::apply_answer(&pc, m["sdp"].as_str().unwrap_or_default().to_string()).await?;
+                        p.stage("answer applied: ICE/DTLS");
                     }
                     Some("offer") => {
                         let sdp = peer::answer_offer(&pc, m["sdp"].as_str().unwrap_or_default().to_string(), false).await?;

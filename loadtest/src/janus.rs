@@ -237,7 +237,9 @@ pub async fn run(
             .context("waiting for the publishers")?;
     }
     p.started_us.store(now_us().max(1), Ordering::Relaxed);
+    p.stage("session");
     let mut s = Session::open(&url).await?;
+    p.stage("attached");
     let (pc, published) = peer::new_peer(&ctx, &p, &p.name, false).await?;
     if publisher {
         let joined = s
@@ -262,6 +264,7 @@ pub async fn run(
         tracing::debug!(offer = %offer, answer = %answer, "publisher negotiation");
         s.end_of_candidates().await?;
         peer::apply_answer(&pc, answer.to_string()).await?;
+        p.stage("answer applied: ICE/DTLS");
         peer::start_publishing(&ctx, published, stop.clone());
         // Janus lists a feed for subscribers only once its media is up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -291,6 +294,7 @@ pub async fn run(
         )
         .await?;
         s.end_of_candidates().await?;
+        p.stage("answer sent: ICE/DTLS");
     }
     s.idle(&pc, stop).await;
     let _ = pc.close().await;

@@ -119,12 +119,17 @@ struct Cli {
     /// Seconds between periodic video key frames.
     #[arg(long, default_value_t = 3.0)]
     keyframe_interval: f64,
+    /// Simulcast layers per video track (1 = none; 2 or 3 send rids q/h/f at 1/16, 1/4 and all
+    /// of --video-kbps).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    simulcast: u8,
     /// PID of the server process, to sample its CPU time and memory from /proc. Without it, a
     /// Huddle target is sampled through its /metrics (process_cpu_seconds_total), if exported.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Use the `webrtc` crate's default interceptors (NACK, RTCP reports, TWCC); off by default
-    /// because they cost the tester CPU.
+    /// Use all of the `webrtc` crate's default interceptors (adds NACK and sender-side TWCC to
+    /// the RTCP reports and TWCC feedback that are always on); off by default because they cost
+    /// the tester CPU.
     #[arg(long)]
     interceptors: bool,
     /// Write the JSON report here.
@@ -303,6 +308,7 @@ async fn run(cli: Cli) -> Result<()> {
             video_bitrate: cli.video_kbps * 1000,
             fps: cli.fps,
             keyframe_interval: cli.keyframe_interval,
+            simulcast: cli.simulcast,
         },
         opus_frames,
         cli.interceptors,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::sync::watch;
+use webrtc::api::interceptor_registry;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
@@ -44,7 +45,13 @@ pub struct MediaOpts {
     pub fps: u32,
     /// Seconds between periodic key frames (a PLI or FIR also triggers one).
     pub keyframe_interval: f64,
+    /// Simulcast layers (1 = none; 2 or 3 send rids `q`, `h`, `f` lowest first, at 1/16, 1/4
+    /// and all of the bitrate).
+    pub simulcast: u8,
 }
+
+/// The simulcast rids, lowest first, and each layer's share of the bitrate.
+const LAYERS: [(&str, u32); 3] = [("q", 16), ("h", 4), ("f", 1)];
 
 /// Everything participants share.
 pub struct Ctx {
@@ -60,8 +67,10 @@ pub struct Ctx {
 
 impl Ctx {
     /// Builds the shared API: default codecs, the `sdes:mid` header extension (so forwarded
-    /// streams map to their m-lines), no interceptors unless `interceptors` (NACK, reports and
-    /// TWCC would cost the tester CPU that the server then does not get).
+    /// streams map to their m-lines), the `rtp-stream-id` extensions (simulcast), receiver-side
+    /// TWCC feedback and RTCP reports (a server's bandwidth estimate needs them, as it gets them
+    /// from browsers); the rest of the crate's default interceptors (NACK) only with
+    /// `interceptors`, as they cost the tester CPU that the server then does not get.
     ///
     /// ICE gathers only on `ice_ip` (127.0.0.1 normally).
     pub fn new(
@@ -81,10 +90,25 @@ impl Ctx {
                 None,
             )?;
         }
+        for uri in [
+            "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        ] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                RTPCodecType::Video,
+                None,
+            )?;
+        }
         let mut registry = Registry::new();
         if interceptors {
             registry =
                 webrtc::api::interceptor_registry::register_default_interceptors(registry, &mut m)?;
+        } else {
+            registry = interceptor_registry::configure_rtcp_reports(registry);
+            registry = interceptor_registry::configure_twcc_receiver_only(registry, &mut m)?;
         }
         let mut s = SettingEngine::default();
         s.set_include_loopback_candidate(ice_ip.is_loopback());
@@ -135,6 +159,8 @@ pub struct Participant {
     pub tracks: Mutex<Vec<Arc<Mutex<TrackRx>>>>,
     /// Why it failed, if it did.
     pub error: Mutex<Option<String>>,
+    /// The last step of its join it reached (for participants that never connect).
+    pub stage: Mutex<&'static str>,
 }
 
 impl Participant {
@@ -150,7 +176,13 @@ impl Participant {
             first_keyframe_us: AtomicU64::new(0),
             tracks: Mutex::new(Vec::new()),
             error: Mutex::new(None),
+            stage: Mutex::new("not started"),
         }
+    }
+
+    /// Records the join step reached.
+    pub fn stage(&self, stage: &'static str) {
+        *self.stage.lock().expect("stage lock") = stage;
     }
 
     /// Records a failure (the first one wins).
@@ -173,11 +205,12 @@ impl Participant {
     }
 }
 
-/// A local track this participant publishes.
+/// A local track this participant publishes: one encoding, or one per simulcast layer.
 pub struct Published {
     /// Audio or video.
     pub kind: Kind,
-    track: Arc<TrackLocalStaticRTP>,
+    /// (rid, bitrate divisor, track), lowest layer first; rid is empty without simulcast.
+    layers: Vec<(&'static str, u32, Arc<TrackLocalStaticRTP>)>,
     sender: Arc<RTCRtpSender>,
 }
 
@@ -208,29 +241,61 @@ pub async fn new_peer(
             Kind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "audio"),
             Kind::Video => (MIME_TYPE_VP8, 90_000, 0, "video"),
         };
-        let track = Arc::new(TrackLocalStaticRTP::new(
-            RTCRtpCodecCapability {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                ..Default::default()
-            },
-            id.to_owned(),
-            stream_id.to_owned(),
-        ));
+        let codec = RTCRtpCodecCapability {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            ..Default::default()
+        };
+        let n_layers = if kind == Kind::Video {
+            usize::from(ctx.media.simulcast.clamp(1, 3))
+        } else {
+            1
+        };
+        let layers: Vec<(&'static str, u32, Arc<TrackLocalStaticRTP>)> = if n_layers == 1 {
+            vec![(
+                "",
+                1,
+                Arc::new(TrackLocalStaticRTP::new(
+                    codec,
+                    id.to_owned(),
+                    stream_id.to_owned(),
+                )),
+            )]
+        } else {
+            LAYERS[3 - n_layers..]
+                .iter()
+                .map(|(rid, div)| {
+                    (
+                        *rid,
+                        *div,
+                        Arc::new(TrackLocalStaticRTP::new_with_rid(
+                            codec.clone(),
+                            id.to_owned(),
+                            (*rid).to_owned(),
+                            stream_id.to_owned(),
+                        )),
+                    )
+                })
+                .collect()
+        };
         let t = pc
             .add_transceiver_from_track(
-                track.clone(),
+                layers[0].2.clone(),
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
                     send_encodings: vec![],
                 }),
             )
             .await?;
+        let sender = t.sender().await;
+        for (_, _, track) in &layers[1..] {
+            sender.add_encoding(track.clone()).await?;
+        }
         published.push(Published {
             kind,
-            track,
-            sender: t.sender().await,
+            layers,
+            sender,
         });
     }
     if data_channel {
@@ -380,23 +445,33 @@ pub fn start_publishing(ctx: &Ctx, published: Vec<Published>, stop: watch::Recei
     for p in published {
         match p.kind {
             Kind::Audio => {
-                tokio::spawn(send_audio(
-                    p.track,
-                    ctx.opus_frames.clone(),
-                    ctx.totals.clone(),
-                    stop.clone(),
-                ));
+                for (_, _, track) in p.layers {
+                    tokio::spawn(send_audio(
+                        track,
+                        ctx.opus_frames.clone(),
+                        ctx.totals.clone(),
+                        stop.clone(),
+                    ));
+                }
             }
             Kind::Video => {
-                let keyframe_wanted = Arc::new(AtomicBool::new(false));
-                tokio::spawn(read_feedback(p.sender, keyframe_wanted.clone()));
-                tokio::spawn(send_video(
-                    p.track,
-                    ctx.media.clone(),
-                    keyframe_wanted,
-                    ctx.totals.clone(),
-                    stop.clone(),
-                ));
+                for (rid, div, track) in p.layers {
+                    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+                    tokio::spawn(read_feedback(
+                        p.sender.clone(),
+                        rid,
+                        keyframe_wanted.clone(),
+                    ));
+                    let mut opts = ctx.media.clone();
+                    opts.video_bitrate /= div;
+                    tokio::spawn(send_video(
+                        track,
+                        opts,
+                        keyframe_wanted,
+                        ctx.totals.clone(),
+                        stop.clone(),
+                    ));
+                }
             }
         }
     }
@@ -488,9 +563,22 @@ async fn send_video(
     }
 }
 
-/// Reads RTCP sent to a video sender; a PLI or FIR asks the next frame to be a key frame.
-async fn read_feedback(sender: Arc<RTCRtpSender>, keyframe_wanted: Arc<AtomicBool>) {
-    while let Ok((packets, _)) = sender.read_rtcp().await {
+/// Reads RTCP sent to one encoding of a video sender (`rid` empty without simulcast); a PLI or
+/// FIR asks its next frame to be a key frame.
+async fn read_feedback(
+    sender: Arc<RTCRtpSender>,
+    rid: &'static str,
+    keyframe_wanted: Arc<AtomicBool>,
+) {
+    loop {
+        let read = if rid.is_empty() {
+            sender.read_rtcp().await
+        } else {
+            sender.read_rtcp_simulcast(rid).await
+        };
+        let Ok((packets, _)) = read else {
+            return;
+        };
         for p in packets {
             tracing::trace!(rtcp = ?p, "feedback");
             let any = p.as_any();

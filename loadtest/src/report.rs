@@ -100,6 +100,8 @@ pub struct Summary {
     pub failed: usize,
     /// Up to three distinct failure messages.
     pub errors: Vec<String>,
+    /// Participants that neither joined nor failed, by the join step they were stuck at.
+    pub stuck: Vec<(String, usize)>,
     /// Measurement window, seconds since the start.
     pub window: (f64, f64),
     /// Packets received per second in the window, all participants.
@@ -153,13 +155,21 @@ pub fn summarize(d: &RunData) -> Summary {
             }
         }
     }
-    let joined = ps
-        .iter()
-        .filter(|p| {
-            p.connected_us.load(Ordering::Relaxed) != 0
-                || p.first_media_us.load(Ordering::Relaxed) != 0
-        })
-        .count();
+    let is_joined = |p: &crate::peer::Participant| {
+        p.connected_us.load(Ordering::Relaxed) != 0 || p.first_media_us.load(Ordering::Relaxed) != 0
+    };
+    let joined = ps.iter().filter(|p| is_joined(p)).count();
+    let mut stuck: Vec<(String, usize)> = Vec::new();
+    for p in ps {
+        if is_joined(p) || p.error.lock().expect("error lock").is_some() {
+            continue;
+        }
+        let stage = p.stage.lock().expect("stage lock").to_string();
+        match stuck.iter_mut().find(|(s, _)| *s == stage) {
+            Some((_, n)) => *n += 1,
+            None => stuck.push((stage, 1)),
+        }
+    }
     let (mut lost, mut expected, mut tracks, mut with_loss) = (0u64, 0u64, 0usize, 0usize);
     let (mut e2e_lost, mut e2e_expected) = (0u64, 0u64);
     let mut jitters = Vec::new();
@@ -236,6 +246,7 @@ pub fn summarize(d: &RunData) -> Summary {
         joined,
         failed,
         errors,
+        stuck,
         window: (a.t, b.t),
         packets_per_sec: pps,
         mbit_per_sec: (b.bytes - a.bytes) as f64 * 8.0 / dt / 1e6,
@@ -283,6 +294,12 @@ pub fn table(label: &str, s: &Summary) -> String {
     ]);
     for e in &s.errors {
         t.add_row(vec!["  error".into(), e.clone()]);
+    }
+    for (stage, n) in &s.stuck {
+        t.add_row(vec![
+            "  not joined".into(),
+            format!("{n} stuck at: {stage}"),
+        ]);
     }
     t.add_row(vec![
         "window".into(),
