@@ -48,7 +48,7 @@ if [ -z "${SKIP_JANUS:-}" ] && ! command -v janus >/dev/null; then
   exit 1
 fi
 if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --bin huddle --bin huddle-loadtest
+  cargo build --release -p huddle -p huddle-loadtest
 fi
 HUDDLE=$ROOT/target/release/huddle
 LOADTEST=$ROOT/target/release/huddle-loadtest
