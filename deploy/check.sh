@@ -81,6 +81,24 @@ unknown = sorted(used - defined)
 need(not unknown, f"alerts or dashboard use metrics the server does not define: {unknown}")
 print(f"{len(used)} huddle_* metrics used by alerts and dashboard, all defined")
 
+# The cluster example (deploy/cluster): three nodes, Redis and PostgreSQL.
+ckinds = set()
+for path in sorted(glob.glob("cluster/k8s/*.yaml")):
+    for doc in load_all(path):
+        for key in ("apiVersion", "kind", "metadata"):
+            need(key in doc, f"{path}: no {key}")
+        ckinds.add((doc["kind"], doc["metadata"]["name"]))
+        print(f"{path}: {doc['kind']} {doc['metadata']['name']}")
+need(("StatefulSet", "huddle") in ckinds, "cluster/k8s: no huddle StatefulSet")
+cc = load_all("cluster/docker-compose.yml")[0]
+need(set(cc["services"]) >= {"huddle1", "huddle2", "huddle3", "redis", "postgres"},
+     "cluster/docker-compose.yml: services")
+for n in ("huddle1", "huddle2", "huddle3"):
+    env = cc["services"][n]["environment"]
+    need("HUDDLE_CLUSTER__REDIS_URL" in env and "HUDDLE_AUTH__SECRET" in env,
+         f"cluster/docker-compose.yml: {n} lacks the cluster settings or the shared secret")
+print("cluster/docker-compose.yml: services", ", ".join(cc["services"]))
+
 if failures:
     print("\n".join("FAIL: " + f for f in failures))
     sys.exit(1)
