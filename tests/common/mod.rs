@@ -44,6 +44,17 @@ impl Server {
     }
 
     pub fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        Self::start_full(data_dir, extra, &[])
+    }
+
+    /// A server with `HUDDLE_*` configuration variables, e.g. `("HUDDLE_LIMITS__MAX_ROOMS", "1")`.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir =
+            std::env::temp_dir().join(format!("huddle-it-{}-{:x}", std::process::id(), rand_u64()));
+        Self::start_full(&data_dir, extra, env)
+    }
+
+    pub fn start_full(data_dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
             .args([
                 "serve",
@@ -57,6 +68,7 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -191,6 +203,25 @@ impl Signal {
             .expect("socket open")
     }
 
+    /// Connects to `ws_url`, sends `join` with `token` and follows `redirect` answers (cluster
+    /// mode) to the room's node. Returns the socket, the final answer (`joined`, or an error)
+    /// and the URL that gave it.
+    pub async fn join_following(ws_url: &str, token: &str) -> (Signal, Value, String) {
+        let mut url = ws_url.to_string();
+        for _ in 0..4 {
+            let mut sig = Signal::connect(&url).await;
+            sig.send(json!({"type": "join", "protocol": 1, "token": token}))
+                .await;
+            let answer = sig.recv().await;
+            if answer["type"] != "redirect" {
+                return (sig, answer, url);
+            }
+            let base = answer["url"].as_str().expect("redirect has a url");
+            url = format!("{}/ws", base.replacen("http", "ws", 1));
+        }
+        panic!("more than 3 redirects joining through {ws_url}");
+    }
+
     /// Reads until a message of `type` arrives (others are returned in the Vec).
     pub async fn recv_type(&mut self, ty: &str) -> (Value, Vec<Value>) {
         let mut skipped = Vec::new();
@@ -223,11 +254,14 @@ pub struct Peer {
 impl Peer {
     /// Joins `room` with a guest token; publishes an Opus track when `publish`.
     pub async fn join(server: &Server, room: &str, name: &str, publish: bool) -> Peer {
+        Self::join_with_tracks(server, room, name, usize::from(publish)).await
+    }
+
+    /// Joins `room` publishing `tracks` Opus tracks (`audio` is the first).
+    pub async fn join_with_tracks(server: &Server, room: &str, name: &str, tracks: usize) -> Peer {
         let token = server.guest_token(room, name).await;
-        let mut sig = Signal::connect(&server.ws_url()).await;
-        sig.send(json!({"type": "join", "protocol": 1, "token": token}))
-            .await;
-        let joined = sig.recv().await;
+        // In cluster mode the join may be redirected: `ws_url` is the node that took it.
+        let (mut sig, joined, ws_url) = Signal::join_following(&server.ws_url(), &token).await;
         assert_eq!(joined["type"], "joined", "join answered with {joined}");
         let participant_id = joined["participant_id"].as_str().unwrap().to_string();
 
@@ -260,7 +294,8 @@ impl Peer {
                 .unwrap(),
         );
 
-        let audio = if publish {
+        let mut audio = None;
+        for i in 0..tracks {
             let track = Arc::new(TrackLocalStaticRTP::new(
                 RTCRtpCodecCapability {
                     mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -268,7 +303,7 @@ impl Peer {
                     channels: 2,
                     ..Default::default()
                 },
-                "audio".to_owned(),
+                format!("audio{i}"),
                 participant_id.clone(),
             ));
             pc.add_transceiver_from_track(
@@ -280,10 +315,8 @@ impl Peer {
             )
             .await
             .unwrap();
-            Some(track)
-        } else {
-            None
-        };
+            audio.get_or_insert(track);
+        }
         let _dc = pc.create_data_channel("huddle", None).await.unwrap();
 
         let received: Received = Arc::default();
@@ -310,6 +343,8 @@ impl Peer {
         sig.send(json!({"type": "offer", "sdp": sdp})).await;
 
         let messages: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let resume_token = joined["resume_token"].clone();
+        let mut resume_sent: Option<std::time::Instant> = None;
         let (cmd, mut cmd_rx) = mpsc::unbounded_channel::<Value>();
         let pc2 = pc.clone();
         let msgs = messages.clone();
@@ -319,6 +354,10 @@ impl Peer {
                     m = sig.recv_timeout(Duration::from_secs(3600)) => {
                         let Some(m) = m else { break };
                         msgs.lock().unwrap().push(m.clone());
+                        if let (Some("resumed"), Some(t)) = (m["type"].as_str(), resume_sent.take()) {
+                            let us = t.elapsed().as_micros() as u64;
+                            msgs.lock().unwrap().push(json!({"type": "test_resume_took", "us": us}));
+                        }
                         match m["type"].as_str() {
                             Some("answer") => {
                                 let a = RTCSessionDescription::answer(m["sdp"].as_str().unwrap().to_string()).unwrap();
@@ -337,6 +376,19 @@ impl Peer {
                     }
                     c = cmd_rx.recv() => {
                         let Some(c) = c else { break };
+                        if c["type"] == "test_drop_and_resume" {
+                            // The network blips: the socket dies without a close frame, and
+                            // after `away_ms` a new one resumes the session.
+                            // (The new TCP connection opens at once; it stays quiet until then.)
+                            drop(std::mem::replace(&mut sig, Signal::connect(&ws_url).await));
+                            let away = c["away_ms"].as_u64().unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(away)).await;
+                            msgs.lock().unwrap().push(json!({"type": "test_resume_sent"}));
+                            resume_sent = Some(std::time::Instant::now());
+                            sig.send(json!({"type": "resume", "protocol": 1, "token": token,
+                                "resume_token": resume_token})).await;
+                            continue;
+                        }
                         sig.send(c).await;
                     }
                 }
