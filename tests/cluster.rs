@@ -1,0 +1,516 @@
+//! Cluster mode: three real `huddle` nodes on a real `redis-server` and PostgreSQL, on loopback.
+//!
+//! Needs the Debian packages `redis-server` and `postgresql`; a missing tool fails the test with
+//! the package to install.
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{spawn_publisher, Peer, Server};
+use serde_json::{json, Value};
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// A tool on PATH or in PostgreSQL's bin directory; fails naming the package otherwise.
+fn tool(name: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev().map(|v| v.join("bin")));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` not found: install it with `apt-get install -y {package}`")
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let bin = tool("redis-server", "redis-server");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let r = Redis { child, port };
+        wait_port(port, "redis-server");
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis-cli GET key`.
+    fn get(&self, key: &str) -> Option<String> {
+        let out = Command::new(tool("redis-cli", "redis-tools"))
+            .args(["-p", &self.port.to_string(), "--raw", "GET", key])
+            .output()
+            .expect("redis-cli runs");
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL server in a temporary directory on a free loopback port, run as the `postgres`
+/// user when the test runs as root (it refuses root); killed and deleted on drop.
+struct Postgres {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+fn as_postgres_user(bin: &Path) -> Command {
+    // SAFETY-free check for root: the effective uid from /proc.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new(tool("setpriv", "util-linux"));
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--reset-env",
+        ])
+        .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let initdb = tool("initdb", "postgresql");
+        let postgres = tool("postgres", "postgresql");
+        let isready = tool("pg_isready", "postgresql-client");
+        let dir = std::env::temp_dir().join(format!("huddle-pg-{:x}", common::rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pg = Postgres {
+            child: None,
+            dir: dir.clone(),
+            port: free_port(),
+        };
+        // Owned by postgres when we are root (chown through the tool, no libc needed).
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let data = dir.join("data");
+        let out = as_postgres_user(&initdb)
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "huddle", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.child = Some(
+            as_postgres_user(&postgres)
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &pg.port.to_string(), "-k"])
+                .arg(&dir)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("postgres starts"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new(&isready)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &pg.port.to_string(),
+                    "-U",
+                    "huddle",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://huddle@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three nodes (`n1`..`n3`) of one cluster.
+struct Cluster {
+    // Dropped in this order: the nodes before the servers they use.
+    nodes: Vec<(String, Option<Server>)>,
+    redis: Redis,
+    _pg: Postgres,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let redis = Redis::start();
+        let pg = Postgres::start();
+        let (redis_url, pg_url) = (redis.url(), pg.url());
+        let nodes = (1..=n)
+            .map(|i| {
+                let id = format!("n{i}");
+                let s = Server::start_env(
+                    &[],
+                    &[
+                        ("HUDDLE_AUTH__SECRET", SECRET),
+                        ("HUDDLE_CLUSTER__REDIS_URL", &redis_url),
+                        ("HUDDLE_CLUSTER__POSTGRES_URL", &pg_url),
+                        ("HUDDLE_CLUSTER__NODE_ID", &id),
+                    ],
+                );
+                (id, Some(s))
+            })
+            .collect();
+        Cluster {
+            redis,
+            _pg: pg,
+            nodes,
+        }
+    }
+
+    fn node(&self, id: &str) -> &Server {
+        self.nodes
+            .iter()
+            .find(|(n, _)| n == id)
+            .and_then(|(_, s)| s.as_ref())
+            .expect("a live node")
+    }
+
+    fn owner(&self, room: &str) -> Option<String> {
+        self.redis.get(&format!("huddle:room:{room}"))
+    }
+
+    /// Waits until every node has registered (its first heartbeat).
+    async fn wait_registered(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (id, _) in &self.nodes {
+            while self.redis.get(&format!("huddle:node:{id}")).is_none() {
+                assert!(Instant::now() < deadline, "node {id} never registered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One join without panicking on a dead node: follows redirects; the URL that answered
+/// `joined`, with its `joined` message.
+async fn try_join(ws_url: &str, token: &str) -> Result<(String, Value), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut url = ws_url.to_string();
+    for _ in 0..4 {
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await
+        .map_err(|_| format!("{url}: connect timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+        let join = json!({"type": "join", "protocol": 1, "token": token}).to_string();
+        ws.send(Message::Text(join.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    break serde_json::from_str::<Value>(&t).map_err(|e| e.to_string())?
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => return Err(format!("{url}: no answer to join")),
+            }
+        };
+        match answer["type"].as_str() {
+            Some("joined") => {
+                let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                return Ok((url, answer));
+            }
+            Some("redirect") => {
+                let base = answer["url"].as_str().unwrap_or_default();
+                url = format!("{}/ws", base.replacen("http", "ws", 1));
+            }
+            _ => return Err(format!("{url}: {answer}")),
+        }
+    }
+    Err("too many redirects".into())
+}
+
+fn token(room: &str, identity: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    encode(
+        &Header::default(),
+        &json!({"room": room, "sub": identity, "name": identity, "exp": exp, "iat": exp - 3600}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn participants_joining_through_different_nodes_meet_on_the_rooms_node() {
+    tokio::time::timeout(Duration::from_secs(55), async {
+        let c = Cluster::start(3);
+        c.wait_registered().await;
+        let room = "cluster-room";
+        // Alice joins through n1; the room is placed on some node.
+        let alice = Peer::join(c.node("n1"), room, "Alice", true).await;
+        let owner = c.owner(room).expect("the room has an owner in Redis");
+        let others: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| *n != owner)
+            .collect();
+        // Bob joins through a node that does not own the room: redirected to the owner.
+        let bob = Peer::join(c.node(others[0]), room, "Bob", true).await;
+        assert_eq!(c.owner(room).as_deref(), Some(owner.as_str()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(stop.clone());
+        spawn_publisher(alice.audio.clone().unwrap(), "alice", stop.clone());
+        spawn_publisher(bob.audio.clone().unwrap(), "bob", stop.clone());
+        common::eventually(Duration::from_secs(15), "media both ways", || {
+            alice.payloads_from(&bob.participant_id).len() > 5
+                && bob.payloads_from(&alice.participant_id).len() > 5
+        })
+        .await;
+        // Chat between them, stored in PostgreSQL.
+        bob.send(json!({"type": "chat", "text": "hello from bob"}));
+        common::eventually(Duration::from_secs(5), "alice gets bob's chat", || {
+            alice.saw(|m| m["type"] == "chat" && m["message"]["text"] == "hello from bob")
+        })
+        .await;
+        // A third participant joining through the other non-owner sees the history.
+        let (_, joined) = try_join(&c.node(others[1]).ws_url(), &token(room, "carol"))
+            .await
+            .expect("carol joins");
+        assert!(
+            joined["chat_history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["text"] == "hello from bob"),
+            "history on join: {joined}"
+        );
+        // Every node serves /metrics with its node label, and the owner counts the room.
+        for (id, s) in &c.nodes {
+            let text = reqwest::get(format!("{}/metrics", s.as_ref().unwrap().url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                text.contains(&format!("huddle_node_info{{node=\"{id}\"")),
+                "node label on {id}"
+            );
+        }
+        // The added join latency of a redirect: join time through the owner and through a
+        // node that does not own the room.
+        let mut direct = Vec::new();
+        let mut routed = Vec::new();
+        for i in 0..10 {
+            let t = token(room, &format!("probe-{i}"));
+            let started = Instant::now();
+            try_join(&c.node(&owner).ws_url(), &t).await.unwrap();
+            direct.push(started.elapsed());
+            let started = Instant::now();
+            let (url, _) = try_join(&c.node(others[0]).ws_url(), &t).await.unwrap();
+            routed.push(started.elapsed());
+            assert_eq!(url, c.node(&owner).ws_url());
+        }
+        println!(
+            "join through the owner: median {:.1} ms; through another node (redirect): median {:.1} ms",
+            median_ms(direct),
+            median_ms(routed)
+        );
+        alice.close().await;
+        bob.close().await;
+    })
+    .await
+    .expect("test finished within 55 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_rooms_node_dies_the_call_resumes_on_another_node_with_its_chat() {
+    tokio::time::timeout(Duration::from_secs(58), async {
+        let mut c = Cluster::start(3);
+        c.wait_registered().await;
+        let room = "failover-room";
+        let alice = Peer::join(c.node("n1"), room, "Alice", true).await;
+        let bob = Peer::join(c.node("n2"), room, "Bob", true).await;
+        alice.send(json!({"type": "chat", "text": "said before the crash"}));
+        common::eventually(Duration::from_secs(5), "bob gets the chat", || {
+            bob.saw(|m| m["type"] == "chat" && m["message"]["text"] == "said before the crash")
+        })
+        .await;
+        let owner = c.owner(room).expect("an owner");
+        // The room's node dies without a goodbye, with both in the call.
+        let killed = Instant::now();
+        for (id, s) in &mut c.nodes {
+            if *id == owner {
+                drop(s.take());
+            }
+        }
+        let live: Vec<String> = c
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        // The clients reconnect with backoff (here: every 250 ms, alternating live nodes)
+        // until a join succeeds.
+        let mut attempt = 0;
+        let (url, joined) = loop {
+            let node = c.node(&live[attempt % live.len()]);
+            match try_join(&node.ws_url(), &token(room, "alice-probe")).await {
+                Ok(r) => break r,
+                Err(_) => {
+                    attempt += 1;
+                    assert!(killed.elapsed() < Duration::from_secs(30), "no failover in 30 s");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        let rejoin = killed.elapsed();
+        drop((alice, bob));
+        let new_owner = c.owner(room).expect("a new owner");
+        assert_ne!(new_owner, owner);
+        assert_eq!(url, c.node(&new_owner).ws_url());
+        assert!(
+            joined["chat_history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["text"] == "said before the crash"),
+            "chat history survives: {joined}"
+        );
+        // Both back in a call, media flowing, through whichever live node they reach.
+        let alice = Peer::join(c.node(&live[0]), room, "Alice", true).await;
+        let bob = Peer::join(c.node(&live[1]), room, "Bob", true).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(stop.clone());
+        spawn_publisher(alice.audio.clone().unwrap(), "alice", stop.clone());
+        spawn_publisher(bob.audio.clone().unwrap(), "bob", stop.clone());
+        common::eventually(Duration::from_secs(15), "media both ways after failover", || {
+            alice.payloads_from(&bob.participant_id).len() > 5
+                && bob.payloads_from(&alice.participant_id).len() > 5
+        })
+        .await;
+        let media = killed.elapsed();
+        println!(
+            "failover: killed {owner}; room rejoinable on {new_owner} after {:.2} s, media flowing both ways after {:.2} s",
+            rejoin.as_secs_f64(),
+            media.as_secs_f64()
+        );
+        assert!(rejoin < Duration::from_secs(10), "rejoin took {rejoin:?}");
+        alice.close().await;
+        bob.close().await;
+    })
+    .await
+    .expect("test finished within 58 s");
+}
+
+#[test]
+fn a_cluster_node_refuses_to_start_without_a_configured_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_huddle"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--media-port", "0"])
+        .env("HUDDLE_CLUSTER__REDIS_URL", "redis://127.0.0.1:1/0")
+        .env("HUDDLE_CLUSTER__POSTGRES_URL", "postgres://x@127.0.0.1:1/x")
+        .env(
+            "HUDDLE_DATA_DIR",
+            std::env::temp_dir().join(format!("huddle-nosecret-{:x}", common::rand_u64())),
+        )
+        .env_remove("HUDDLE_AUTH__SECRET")
+        .output()
+        .expect("huddle runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.secret"), "{err}");
+}
