@@ -325,6 +325,7 @@ async fn run(cfg: Config) -> Result<()> {
             cfg.media.workers
         },
         public_ip: cfg.media.public_ip,
+        ..Default::default()
     };
     let media =
         huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;

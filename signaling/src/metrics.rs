@@ -158,6 +158,8 @@ impl SignalingMetrics {
             Some(m) => match m {
                 ClientMsg::Join { .. } => "join",
                 ClientMsg::Offer { .. } => "offer",
+                ClientMsg::VideoSizes { .. } => "video_sizes",
+                ClientMsg::Screen { .. } => "screen",
                 ClientMsg::Answer { .. } => "answer",
                 ClientMsg::Candidate { .. } => "candidate",
                 ClientMsg::Mute { .. } => "mute",
@@ -181,6 +183,10 @@ impl SignalingMetrics {
             ServerMsg::TrackUnpublished { .. } => "track_unpublished",
             ServerMsg::Mute { .. } => "mute",
             ServerMsg::Chat { .. } => "chat",
+            ServerMsg::Layers { .. } => "layers",
+            ServerMsg::Speakers { .. } => "speakers",
+            ServerMsg::Quality { .. } => "quality",
+            ServerMsg::Screen { .. } => "screen",
             ServerMsg::Pong { .. } => "pong",
             ServerMsg::Leave { .. } => "leave",
             ServerMsg::Error { code, .. } => {

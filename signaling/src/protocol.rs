@@ -33,6 +33,20 @@ pub enum ClientMsg {
     Offer {
         /// SDP text.
         sdp: String,
+        /// Where each send m-line's track comes from, by mid. Unlisted: camera or microphone
+        /// by kind.
+        #[serde(default)]
+        sources: std::collections::BTreeMap<String, Source>,
+    },
+    /// The sizes at which the client shows other participants' video tracks.
+    VideoSizes {
+        /// One entry per track; width or height 0 means hidden.
+        tracks: Vec<VideoSize>,
+    },
+    /// The client started or stopped sharing its screen (on its pre-negotiated screen m-line).
+    Screen {
+        /// Sharing now.
+        sharing: bool,
     },
     /// Answer to a server offer.
     Answer {
@@ -73,6 +87,68 @@ pub enum ClientMsg {
     },
 }
 
+/// Where a published track comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A camera.
+    #[default]
+    Camera,
+    /// A microphone.
+    Microphone,
+    /// A shared screen.
+    Screen,
+}
+
+impl From<huddle_media::Source> for Source {
+    fn from(s: huddle_media::Source) -> Self {
+        match s {
+            huddle_media::Source::Camera => Source::Camera,
+            huddle_media::Source::Microphone => Source::Microphone,
+            huddle_media::Source::Screen => Source::Screen,
+        }
+    }
+}
+
+impl From<Source> for huddle_media::Source {
+    fn from(s: Source) -> Self {
+        match s {
+            Source::Camera => huddle_media::Source::Camera,
+            Source::Microphone => huddle_media::Source::Microphone,
+            Source::Screen => huddle_media::Source::Screen,
+        }
+    }
+}
+
+/// The size at which a client shows one remote video track, in device pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoSize {
+    /// The track (`TR_…`).
+    pub track_id: String,
+    /// Width; 0 when hidden.
+    pub width: u32,
+    /// Height; 0 when hidden.
+    pub height: u32,
+}
+
+/// One active speaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeakerInfo {
+    /// Who.
+    pub participant_id: String,
+    /// Loudness from 0.1 to 1.0.
+    pub level: f32,
+}
+
+/// One participant's connection quality.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QualityInfo {
+    /// Who.
+    pub participant_id: String,
+    /// `good`, `fair` or `poor`.
+    pub quality: String,
+}
+
 /// A participant as others see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
@@ -88,6 +164,9 @@ pub struct ParticipantInfo {
     pub video_muted: bool,
     /// Published tracks.
     pub tracks: Vec<TrackInfo>,
+    /// Sharing a screen.
+    #[serde(default)]
+    pub screen_sharing: bool,
 }
 
 /// A published track.
@@ -97,6 +176,9 @@ pub struct TrackInfo {
     pub track_id: String,
     /// Audio or video.
     pub kind: Kind,
+    /// Camera, microphone or screen.
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// A stored chat message.
@@ -252,6 +334,30 @@ pub enum ServerMsg {
         /// The stored message.
         message: ChatMessage,
     },
+    /// Dynacast: keep these simulcast layers of your track active, pause the others.
+    Layers {
+        /// Your track.
+        track_id: String,
+        /// The rids to send.
+        active: Vec<String>,
+    },
+    /// The room's active speakers, loudest first (empty: nobody speaks).
+    Speakers {
+        /// Who speaks.
+        speakers: Vec<SpeakerInfo>,
+    },
+    /// Connection quality of the room's participants.
+    Quality {
+        /// One entry per connected participant (you included).
+        participants: Vec<QualityInfo>,
+    },
+    /// Someone started or stopped sharing a screen.
+    Screen {
+        /// Who.
+        participant_id: String,
+        /// Sharing now.
+        sharing: bool,
+    },
     /// Reply to ping.
     Pong {
         /// Echoed.
@@ -339,6 +445,9 @@ mod tests {
         let cases = [
             r#"{"type":"join","protocol":1,"token":"t"}"#,
             r#"{"type":"offer","sdp":"v=0"}"#,
+            r#"{"type":"offer","sdp":"v=0","sources":{"0":"microphone","1":"camera","2":"screen"}}"#,
+            r#"{"type":"video_sizes","tracks":[{"track_id":"TR_1","width":320,"height":180}]}"#,
+            r#"{"type":"screen","sharing":true}"#,
             r#"{"type":"answer","sdp":"v=0"}"#,
             r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdp_mid":"0","sdp_m_line_index":0}"#,
             r#"{"type":"mute","kind":"audio","muted":true}"#,

@@ -11,9 +11,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::metrics::JoinFailure;
 use crate::protocol::{
-    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, ParticipantInfo, ServerMsg,
-    TrackInfo, PROTOCOL_VERSION,
+    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, ParticipantInfo, QualityInfo,
+    ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
 };
+
+/// Entries of one `video_sizes` message that are applied (more than any screen shows).
+const MAX_VIDEO_SIZES: usize = 64;
 use crate::rooms::JoinRefused;
 use crate::token::{Claims, TokenError};
 use crate::AppState;
@@ -265,6 +268,7 @@ impl Session {
             audio_muted: false,
             video_muted: false,
             tracks: Vec::new(),
+            screen_sharing: false,
         };
         let cfg = &self.state.inner.config;
         let others = match self.state.inner.rooms.join(
@@ -376,7 +380,7 @@ impl Session {
                     .error(ErrorCode::AlreadyJoined, "already joined", rid)
                     .await
             }
-            ClientMsg::Offer { sdp } => {
+            ClientMsg::Offer { sdp, sources } => {
                 if self.offered {
                     self.conn
                         .error(
@@ -394,7 +398,15 @@ impl Session {
                         publish: self.claims.grants.publish,
                         subscribe: self.claims.grants.subscribe,
                     };
-                    match media.offer(&room, self.pid, grants, sdp, self.media_tx.clone()) {
+                    let sources = sources.into_iter().map(|(m, s)| (m, s.into())).collect();
+                    match media.offer_with_sources(
+                        &room,
+                        self.pid,
+                        grants,
+                        sdp,
+                        sources,
+                        self.media_tx.clone(),
+                    ) {
                         Ok(()) => self.offered = true,
                         Err(e) => {
                             warn!(error = %e, "media refused the offer");
@@ -425,6 +437,32 @@ impl Session {
                 } else if let Err(e) = media.candidate(&room, self.pid, candidate) {
                     warn!(error = %e, "media refused the candidate");
                 }
+            }
+            ClientMsg::VideoSizes { tracks } => {
+                let sizes = tracks
+                    .iter()
+                    .filter_map(|t| {
+                        let id = t.track_id.parse().ok()?;
+                        Some((id, t.width.min(16_384), t.height.min(16_384)))
+                    })
+                    .take(MAX_VIDEO_SIZES)
+                    .collect();
+                if let Err(e) = media.video_sizes(&room, self.pid, sizes) {
+                    warn!(error = %e, "media refused the video sizes");
+                }
+            }
+            ClientMsg::Screen { sharing } => {
+                let msg = ServerMsg::Screen {
+                    participant_id: self.pid.to_string(),
+                    sharing,
+                };
+                self.state.inner.rooms.update_and_broadcast(
+                    &room,
+                    self.pid,
+                    |i| i.screen_sharing = sharing,
+                    msg,
+                    false,
+                );
             }
             ClientMsg::Mute { kind, muted } => {
                 let msg = ServerMsg::Mute {
@@ -529,13 +567,44 @@ impl Session {
                 }
                 Ok(())
             }
-            PeerEvent::TrackPublished { track_id, kind } => {
+            PeerEvent::Layers { track_id, active } => {
+                let track_id = track_id.to_string();
+                self.conn
+                    .send(&ServerMsg::Layers { track_id, active })
+                    .await
+            }
+            PeerEvent::Speakers { speakers } => {
+                let speakers = speakers
+                    .iter()
+                    .map(|s| SpeakerInfo {
+                        participant_id: s.participant.to_string(),
+                        level: f32::from(s.level) / 100.0,
+                    })
+                    .collect();
+                self.conn.send(&ServerMsg::Speakers { speakers }).await
+            }
+            PeerEvent::Quality { participants } => {
+                let participants = participants
+                    .iter()
+                    .map(|(p, q)| QualityInfo {
+                        participant_id: p.to_string(),
+                        quality: q.as_str().to_string(),
+                    })
+                    .collect();
+                self.conn.send(&ServerMsg::Quality { participants }).await
+            }
+            PeerEvent::TrackPublished {
+                track_id,
+                kind,
+                source,
+            } => {
                 let track = TrackInfo {
                     track_id: track_id.to_string(),
                     kind: match kind {
                         huddle_media::TrackKind::Audio => Kind::Audio,
                         huddle_media::TrackKind::Video => Kind::Video,
                     },
+                    source: source.into(),
                 };
                 let msg = ServerMsg::TrackPublished {
                     participant_id: self.pid.to_string(),
