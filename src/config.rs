@@ -17,9 +17,14 @@ pub const CONFIG_KEYS: &[&str] = &[
     "auth",
     "media",
     "signaling",
+    "limits",
     "log",
     "ice",
     "turn",
+    "api",
+    "webhooks",
+    "chat",
+    "cluster",
 ];
 
 /// The whole configuration.
@@ -36,6 +41,8 @@ pub struct Config {
     pub media: MediaSection,
     /// Signaling limits.
     pub signaling: SignalingSection,
+    /// Operator limits: rooms, tracks, message rates, connections.
+    pub limits: LimitsSection,
     /// Logging.
     pub log: LogConfig,
     /// What participants are told about STUN and TURN.
@@ -45,6 +52,14 @@ pub struct Config {
     /// defaults to one derived from the token secret; `media_addrs` is always filled in with
     /// this node's media sockets.
     pub turn: huddle_turn::TurnConfig,
+    /// The room API's credentials.
+    pub api: ApiSection,
+    /// Webhooks.
+    pub webhooks: WebhooksSection,
+    /// Chat attachments.
+    pub chat: ChatSection,
+    /// Several nodes on one Redis and PostgreSQL (see docs/scaling.md).
+    pub cluster: ClusterSection,
 }
 
 impl Default for Config {
@@ -55,9 +70,97 @@ impl Default for Config {
             auth: AuthConfig::default(),
             media: MediaSection::default(),
             signaling: SignalingSection::default(),
+            limits: LimitsSection::default(),
             log: LogConfig::default(),
             ice: IceSection::default(),
             turn: huddle_turn::TurnConfig::default(),
+            api: ApiSection::default(),
+            webhooks: WebhooksSection::default(),
+            chat: ChatSection::default(),
+            cluster: ClusterSection::default(),
+        }
+    }
+}
+
+/// `[cluster]`: several nodes behind one address, sharing Redis (node registry, room placement)
+/// and PostgreSQL (chat history). Off unless `redis_url` is set; then `postgres_url`,
+/// `public_url` and an explicit `auth.secret` (or `auth.secret_file`) are required.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `redis://host:6379/0`. Default: none (a single node).
+    pub redis_url: Option<String>,
+    /// `postgres://user:password@host:5432/huddle`: chat history for every node. Default: none.
+    pub postgres_url: Option<String>,
+    /// This node's unique name. Default: the host name.
+    pub node_id: Option<String>,
+    /// Where clients reach this node directly (`https://node1.example.org`); redirects to
+    /// rooms on this node name it. Default: none.
+    pub public_url: Option<String>,
+    /// Region label: rooms opened through this node go to a node of the same region while one
+    /// has room. Default: none.
+    pub region: Option<String>,
+}
+
+/// `[api]`: the room API (`/api/rooms…`). Callers present a JWT signed (HS256) with `secret`,
+/// whose `iss` is `key` and whose grants include `admin` (see docs/api.md). Without a key and
+/// a secret the room API answers 401.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// The API key: admin tokens carry it as `iss`. Default: none.
+    pub key: Option<String>,
+    /// The API secret. Prefer `secret_file` or `HUDDLE_API__SECRET`. Default: none.
+    pub secret: Option<String>,
+    /// File holding the API secret (its whitespace-trimmed contents).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `[chat]`: pictures and files in chat, kept in `data_dir/files`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChatSection {
+    /// Largest upload, bytes; larger ones get 413. Default 20971520 (20 MiB).
+    pub max_upload_bytes: u64,
+    /// MIME types accepted, sniffed from the content (`"image/*"` allows a family). Default:
+    /// pictures (JPEG, PNG, GIF, WebP), PDF, plain text, ZIP/gzip, MP3/Ogg/WAV, MP4/WebM and
+    /// office documents.
+    pub allowed_types: Vec<String>,
+    /// Days a file is kept; 0 = forever. Default 30.
+    pub retention_days: u64,
+}
+
+impl Default for ChatSection {
+    fn default() -> Self {
+        ChatSection {
+            max_upload_bytes: 20 * 1024 * 1024,
+            allowed_types: huddle_signaling::files::default_allowed_types(),
+            retention_days: 30,
+        }
+    }
+}
+
+/// `[webhooks]`: room and participant events POSTed to your URLs, signed with HMAC-SHA256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSection {
+    /// URLs that receive every event. Default: none (no webhooks).
+    pub urls: Vec<String>,
+    /// Signing secret for `X-Huddle-Signature`. Default: the API secret.
+    pub secret: Option<String>,
+    /// Delivery attempts per event and URL, the first included. Default 5.
+    pub max_attempts: u32,
+    /// Time allowed for one attempt, seconds. Default 5.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        WebhooksSection {
+            urls: Vec::new(),
+            secret: None,
+            max_attempts: 5,
+            timeout_secs: 5,
         }
     }
 }
@@ -177,10 +280,23 @@ pub struct SignalingSection {
     pub max_message_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,
-    /// Seconds of silence before a socket is closed. Default 45.
+    /// Seconds without any frame from a client (pongs included) before its socket counts as
+    /// dead and its participant leaves with `disconnected`. Default 15.
     pub idle_timeout_secs: u64,
+    /// Seconds between the server's WebSocket pings. Default 5.
+    pub ping_interval_secs: u64,
+    /// Seconds a participant whose socket closed is kept in its room, waiting for it to
+    /// `resume`, before it leaves with `disconnected`. Default 20.
+    pub resume_window_secs: u64,
     /// Longest chat message, characters. Default 2000.
     pub chat_max_chars: usize,
+    /// Origins allowed to open the WebSocket (`https://meet.example.org`, or `"*"`). Default
+    /// empty: only the origin matching the request's `Host` header, plus clients that send no
+    /// `Origin` (non-browser clients).
+    pub allowed_origins: Vec<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` header names the
+    /// client for the per-address join limit. Default empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for SignalingSection {
@@ -188,8 +304,56 @@ impl Default for SignalingSection {
         SignalingSection {
             max_message_bytes: 64 * 1024,
             max_participants: 50,
-            idle_timeout_secs: 45,
+            idle_timeout_secs: 15,
+            ping_interval_secs: 5,
+            resume_window_secs: 20,
             chat_max_chars: 2000,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[limits]`: what one node accepts. Going over a limit affects only the offender, gets a
+/// specific error code (or HTTP status) and is counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Rooms open at once on this node; a join that would open another gets `too_many_rooms`.
+    /// Default 1000.
+    pub max_rooms: usize,
+    /// Tracks one participant may publish; more are not forwarded and get `too_many_tracks`.
+    /// Default 4 (camera, microphone, screen and its audio).
+    pub max_tracks_per_participant: usize,
+    /// Signaling messages per second per connection; more are dropped with `rate_limited`.
+    /// 0 = no limit. Default 20.
+    pub messages_per_second: u32,
+    /// Messages a connection may send in one burst before the rate applies. Default 50.
+    pub message_burst: u32,
+    /// A connection over its message rate in this many separate seconds (within 30 s) is
+    /// closed. Default 3.
+    pub rate_limit_strikes: u32,
+    /// Chat messages per minute per participant (bursts of 5); more get `rate_limited`.
+    /// 0 = no limit. Default 30.
+    pub chat_messages_per_minute: u32,
+    /// Concurrent WebSocket connections; more get HTTP 503 before the upgrade. Default 1000.
+    pub max_connections: usize,
+    /// WebSocket upgrades per client address per minute; more get HTTP 429. 0 = no limit.
+    /// Default 120.
+    pub joins_per_ip_per_minute: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_rooms: 1000,
+            max_tracks_per_participant: 4,
+            messages_per_second: 20,
+            message_burst: 50,
+            rate_limit_strikes: 3,
+            chat_messages_per_minute: 30,
+            max_connections: 1000,
+            joins_per_ip_per_minute: 120,
         }
     }
 }

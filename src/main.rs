@@ -1,6 +1,7 @@
 //! `huddle`: the meeting server in one binary. This file only reads the configuration and wires
 //! the crates together; each concern lives in its own crate.
 
+mod cluster;
 mod config;
 mod metrics;
 
@@ -39,6 +40,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print an access token signed with this server's secret.
     Token(TokenArgs),
+    /// Print an admin token for the room API, signed with the `[api]` secret.
+    ApiToken(ApiTokenArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -98,6 +101,18 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct ApiTokenArgs {
+    /// Limit the token to this room [default: every room].
+    #[arg(long)]
+    room: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 600)]
+    ttl: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -194,6 +209,13 @@ fn main() -> Result<()> {
             if cfg.auth.secret.is_some() {
                 cfg.auth.secret = Some("<hidden>".into());
             }
+            if cfg.api.secret.is_some() {
+                cfg.api.secret = Some("<hidden>".into());
+            }
+            if cfg.webhooks.secret.is_some() {
+                cfg.webhooks.secret = Some("<hidden>".into());
+            }
+            cluster::hide_secrets(&mut cfg);
             // TurnConfig's Debug hides its secret and passwords itself.
             println!("{cfg:#?}");
             Ok(())
@@ -229,6 +251,21 @@ fn main() -> Result<()> {
                     &t.identity,
                     name,
                     grants,
+                    Duration::from_secs(t.ttl)
+                )?
+            );
+            Ok(())
+        }
+        Some(Command::ApiToken(t)) => {
+            let cfg = load(cli.config.as_deref(), &t.serve)?;
+            let Some(creds) = api_credentials(&cfg)? else {
+                bail!("the room API is not configured: set [api] key and secret");
+            };
+            println!(
+                "{}",
+                huddle_signaling::api::issue_admin_token(
+                    &creds,
+                    t.room.as_deref(),
                     Duration::from_secs(t.ttl)
                 )?
             );
@@ -289,6 +326,64 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
     Ok(s.into_bytes())
 }
 
+/// The room API's key and secret, when configured.
+fn api_credentials(cfg: &Config) -> Result<Option<huddle_signaling::api::ApiCredentials>> {
+    let secret = match (&cfg.api.secret, &cfg.api.secret_file) {
+        (Some(s), _) => Some(s.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading api.secret_file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    match (&cfg.api.key, secret) {
+        (None, None) => Ok(None),
+        (Some(key), Some(secret)) => {
+            if secret.len() < 16 {
+                bail!("the API secret must be at least 16 characters");
+            }
+            if key.is_empty() {
+                bail!("api.key must not be empty");
+            }
+            Ok(Some(huddle_signaling::api::ApiCredentials {
+                key: key.clone(),
+                secret: secret.into_bytes(),
+            }))
+        }
+        (Some(_), None) => bail!("api.key is set but neither api.secret nor api.secret_file"),
+        (None, Some(_)) => bail!("an API secret is set but api.key is not"),
+    }
+}
+
+/// Webhook URLs and their signing secret.
+fn webhooks(
+    cfg: &Config,
+    api: Option<&huddle_signaling::api::ApiCredentials>,
+) -> Result<huddle_signaling::webhooks::WebhookConfig> {
+    let w = &cfg.webhooks;
+    for url in &w.urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("webhooks.urls: {url} is not an http:// or https:// URL");
+        }
+    }
+    let secret = match (&w.secret, api) {
+        (Some(s), _) => s.as_bytes().to_vec(),
+        (None, Some(a)) => a.secret.clone(),
+        (None, None) if w.urls.is_empty() => Vec::new(),
+        (None, None) => {
+            bail!("webhooks.urls needs webhooks.secret or an [api] secret to sign with")
+        }
+    };
+    Ok(huddle_signaling::webhooks::WebhookConfig {
+        urls: w.urls.clone(),
+        secret,
+        max_attempts: w.max_attempts.max(1),
+        timeout: Duration::from_secs(w.timeout_secs.max(1)),
+    })
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
@@ -314,7 +409,18 @@ async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let keys = TokenKeys::new(&secret(&cfg)?);
-    let chat = huddle_signaling::chat::ChatStore::open(&cfg.data_dir.join("chat.db"))?;
+    let cluster = cluster::settings(&cfg)?;
+    let chat = match cluster.as_ref().map(|c| c.postgres_url.as_str()) {
+        Some(url) => {
+            let path = cfg.data_dir.join("chat.db");
+            let url = url.to_string();
+            tokio::task::spawn_blocking(move || {
+                huddle_signaling::chat::ChatStore::open_postgres(&path, &url)
+            })
+            .await??
+        }
+        None => huddle_signaling::chat::ChatStore::open(&cfg.data_dir.join("chat.db"))?,
+    };
 
     let media_cfg = huddle_media::MediaConfig {
         bind_ip: cfg.media.bind_ip,
@@ -325,7 +431,7 @@ async fn run(cfg: Config) -> Result<()> {
             cfg.media.workers
         },
         public_ip: cfg.media.public_ip,
-        ..Default::default()
+        max_tracks_per_participant: cfg.limits.max_tracks_per_participant,
     };
     let media =
         huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;
@@ -337,7 +443,35 @@ async fn run(cfg: Config) -> Result<()> {
         max_participants: cfg.signaling.max_participants,
         idle_timeout: Duration::from_secs(cfg.signaling.idle_timeout_secs),
         chat_max_chars: cfg.signaling.chat_max_chars,
+        ping_interval: Duration::from_secs(cfg.signaling.ping_interval_secs.max(1)),
+        resume_window: Duration::from_secs(cfg.signaling.resume_window_secs),
+        max_rooms: cfg.limits.max_rooms,
+        messages_per_sec: cfg.limits.messages_per_second,
+        message_burst: cfg.limits.message_burst,
+        rate_limit_strikes: cfg.limits.rate_limit_strikes,
+        chat_per_minute: cfg.limits.chat_messages_per_minute,
+        max_connections: cfg.limits.max_connections,
+        joins_per_ip_per_minute: cfg.limits.joins_per_ip_per_minute,
+        trusted_proxies: cfg
+            .signaling
+            .trusted_proxies
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .context("signaling.trusted_proxies")?,
+        allowed_origins: cfg.signaling.allowed_origins.clone(),
+        api: api_credentials(&cfg)?,
+        files: huddle_signaling::files::FilesConfig {
+            dir: Some(cfg.data_dir.join("files")),
+            max_upload_bytes: cfg.chat.max_upload_bytes,
+            allowed_types: cfg.chat.allowed_types.clone(),
+            retention: Duration::from_secs(cfg.chat.retention_days.saturating_mul(86_400)),
+        },
         ..SignalingConfig::default()
+    };
+    let signaling = SignalingConfig {
+        webhooks: webhooks(&cfg, signaling.api.as_ref())?,
+        ..signaling
     };
     let mut media_addrs = media.local_addrs().to_vec();
     media_addrs.extend_from_slice(media.addrs());
@@ -362,14 +496,30 @@ async fn run(cfg: Config) -> Result<()> {
     }
     let tls = tls_config(&cfg, addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(c) = cluster {
+        cluster::join(
+            &state,
+            c,
+            &format!("{scheme}://{addr}"),
+            cfg.limits.max_rooms,
+        )
+        .await?;
+    }
     let drain_state = state.clone();
-    let app = huddle_signaling::router(state).into_make_service();
+    let app = huddle_signaling::router(state)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     let drain = Duration::from_secs(cfg.server.drain_secs);
     tokio::spawn(async move {
         shutdown_signal().await;
         let started = tokio::time::Instant::now();
+        // Give up this node's place first, so that reconnecting participants go elsewhere.
+        if let Some(c) = drain_state.cluster() {
+            if let Err(e) = c.leave(&drain_state.rooms().room_names()).await {
+                tracing::warn!(error = %e, "leaving the cluster failed");
+            }
+        }
         // The listener stays open while draining, so new joins get 503 rather than a refused
         // connection; then whatever is left of the drain time bounds the HTTP connections.
         drain_state.shutdown(drain).await;

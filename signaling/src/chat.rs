@@ -15,6 +15,8 @@ pub const HISTORY_ON_JOIN: usize = 100;
 #[derive(Clone)]
 pub struct ChatStore {
     conn: Arc<Mutex<Connection>>,
+    /// Cluster mode: messages go to PostgreSQL; the SQLite connection keeps node-local tables.
+    pg: Option<crate::chat_pg::PgChat>,
 }
 
 impl ChatStore {
@@ -22,6 +24,14 @@ impl ChatStore {
     pub fn open(path: &Path) -> Result<Self, SignalingError> {
         let conn = Connection::open(path)?;
         Self::init(conn)
+    }
+
+    /// Chat in PostgreSQL (shared by every node of a cluster); `local` keeps this node's other
+    /// tables. Blocking: connects and creates the table.
+    pub fn open_postgres(local: &Path, url: &str) -> Result<Self, SignalingError> {
+        let mut store = Self::open(local)?;
+        store.pg = Some(crate::chat_pg::PgChat::connect(url)?);
+        Ok(store)
     }
 
     /// An in-memory store, for tests.
@@ -46,6 +56,7 @@ impl ChatStore {
         )?;
         Ok(ChatStore {
             conn: Arc::new(Mutex::new(conn)),
+            pg: None,
         })
     }
 
@@ -54,8 +65,17 @@ impl ChatStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the connection (other tables of the same database, e.g. room settings).
+    /// Blocking.
+    pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        f(&self.lock())
+    }
+
     /// Whether the database answers a query (for readiness).
     pub fn ping(&self) -> Result<(), SignalingError> {
+        if let Some(pg) = &self.pg {
+            pg.ping()?;
+        }
         self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }
@@ -78,6 +98,18 @@ impl ChatStore {
         text: &str,
         ts: i64,
     ) -> Result<ChatMessage, SignalingError> {
+        if let Some(pg) = &self.pg {
+            let msg = ChatMessage {
+                id: 0,
+                participant_id: participant_id.to_string(),
+                identity: identity.to_string(),
+                name: name.to_string(),
+                text: text.to_string(),
+                ts,
+                extra: Default::default(),
+            };
+            return pg.append(room, msg);
+        }
         let conn = self.lock();
         conn.execute(
             "INSERT INTO chat (room, participant_id, identity, name, text, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -90,11 +122,15 @@ impl ChatStore {
             name: name.to_string(),
             text: text.to_string(),
             ts,
+            extra: Default::default(),
         })
     }
 
     /// The last `limit` messages of a room, oldest first.
     pub fn history(&self, room: &str, limit: usize) -> Result<Vec<ChatMessage>, SignalingError> {
+        if let Some(pg) = &self.pg {
+            return pg.history(room, limit);
+        }
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, participant_id, identity, name, text, ts FROM chat WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
@@ -107,6 +143,7 @@ impl ChatStore {
                 name: r.get(3)?,
                 text: r.get(4)?,
                 ts: r.get(5)?,
+                extra: Default::default(),
             })
         })?;
         let mut out = rows.collect::<Result<Vec<_>, _>>()?;

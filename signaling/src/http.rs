@@ -1,7 +1,7 @@
 //! HTTP routes: the WebSocket, guest tokens, the web client and health.
 
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +21,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/token", post(token))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ops::routes())
+        .merge(crate::api::router())
+        .merge(crate::files::routes())
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
@@ -61,8 +63,11 @@ struct WsQuery {
 async fn ws(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    use crate::limits::{client_ip, origin_allowed, Limit};
     if state.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,14 +75,61 @@ async fn ws(
             "the server is shutting down; join again on another node or in a moment",
         );
     }
-    let hard_cap = state.inner.config.max_message_bytes.saturating_mul(16);
+    let inner = &state.inner;
+    let cfg = &inner.config;
+    let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    if !origin_allowed(
+        text(header::ORIGIN),
+        text(header::HOST),
+        &cfg.allowed_origins,
+    ) {
+        inner.counters.hit(Limit::Origin);
+        tracing::debug!(origin = ?text(header::ORIGIN), "WebSocket origin refused");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open the signaling socket",
+        );
+    }
+    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = connect_info {
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = client_ip(peer.ip(), &forwarded, &cfg.trusted_proxies);
+        if !inner.joins_per_ip.allow(ip, std::time::Instant::now()) {
+            inner.counters.hit(Limit::JoinsPerIp);
+            tracing::debug!(%ip, "too many joins from one address");
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many connections from this address; try again in a minute",
+            );
+        }
+    }
+    let Ok(permit) = inner.connections.clone().try_acquire_owned() else {
+        inner.counters.hit(Limit::Connections);
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the server has as many connections as it is configured for",
+        );
+    };
+    let hard_cap = cfg.max_message_bytes.saturating_mul(16);
     // The session logs in this request's span (its request id).
     let span = tracing::Span::current();
     upgrade
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| {
-            tracing::Instrument::instrument(crate::session::run(socket, state, q.room), span)
+            tracing::Instrument::instrument(
+                async move {
+                    crate::session::run(socket, state, q.room).await;
+                    drop(permit);
+                },
+                span,
+            )
         })
 }
 

@@ -16,14 +16,23 @@
 //! gets per-participant [`huddle_media::PeerEvent`]s back.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod chat;
+mod chat_pg;
+pub mod cluster;
+pub mod files;
 mod http;
+pub mod limits;
 mod metrics;
+mod moderation;
 mod ops;
 pub mod protocol;
+mod resume;
+mod richchat;
 mod rooms;
 mod session;
 pub mod token;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +49,21 @@ pub enum SignalingError {
     /// The chat database failed.
     #[error("chat database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The PostgreSQL chat store failed.
+    #[error("chat store: {0}")]
+    Chat(String),
+    /// Redis (cluster mode) failed.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// A token could not be signed.
     #[error("token signing: {0}")]
     Token(String),
     /// Media refused a command.
     #[error(transparent)]
     Media(#[from] huddle_media::MediaError),
+    /// A blocking task panicked or was cancelled.
+    #[error("background task: {0}")]
+    Task(String),
 }
 
 /// Signaling settings. Defaults suit one machine serving its own web client.
@@ -61,12 +79,50 @@ pub struct SignalingConfig {
     pub max_message_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,
-    /// A socket silent for this long is closed. Default 45 s.
+    /// A socket silent for this long (no frame at all, pongs included) is closed and its
+    /// participant leaves with `disconnected`. Default 15 s.
     pub idle_timeout: Duration,
     /// Time allowed between the upgrade and `join`. Default 10 s.
     pub join_timeout: Duration,
     /// Longest chat message, in characters. Default 2 000.
     pub chat_max_chars: usize,
+    /// How long a participant whose socket closed (without `leave`) stays in its room, its
+    /// media kept, waiting for a `resume` on a new socket. Zero: it leaves at once. Default 20 s.
+    pub resume_window: Duration,
+    /// The server sends a WebSocket ping this often; any frame (a pong too) counts as traffic
+    /// for `idle_timeout`. Default 5 s.
+    pub ping_interval: Duration,
+    /// Rooms on this node; a join that would open one more gets `too_many_rooms`. Default 1 000.
+    pub max_rooms: usize,
+    /// Signaling messages per second per connection (token bucket refill). 0 = no limit.
+    /// Default 20.
+    pub messages_per_sec: u32,
+    /// Messages a connection may send at once before the rate applies. Default 50.
+    pub message_burst: u32,
+    /// A connection that goes over its rate in this many separate seconds (within 30 s of
+    /// each other) is closed. Default 3.
+    pub rate_limit_strikes: u32,
+    /// Chat messages per minute per participant (bursts of up to 5). 0 = no limit. Default 30.
+    pub chat_per_minute: u32,
+    /// Concurrent WebSocket connections; over it, `/ws` answers 503. Default 1 000.
+    pub max_connections: usize,
+    /// WebSocket upgrades per client address per minute; over it, `/ws` answers 429.
+    /// 0 = no limit. Default 120.
+    pub joins_per_ip_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (for the per-address limit).
+    /// Default: none (the TCP peer is the client).
+    pub trusted_proxies: Vec<limits::IpNet>,
+    /// Origins allowed to open `/ws` (`https://meet.example.org`, or `*`). Default: none
+    /// listed, which allows the origin that matches the request's `Host`, and clients that
+    /// send no `Origin` (non-browser clients).
+    pub allowed_origins: Vec<String>,
+    /// The room API's key and secret. Default: none (the room API answers 401).
+    pub api: Option<api::ApiCredentials>,
+    /// Webhook URLs and their signing secret. Default: no URLs.
+    pub webhooks: webhooks::WebhookConfig,
+    /// Chat attachments: where they are kept, size cap, type policy, retention. Default: no
+    /// directory (uploads off).
+    pub files: files::FilesConfig,
 }
 
 impl Default for SignalingConfig {
@@ -76,9 +132,23 @@ impl Default for SignalingConfig {
             guest_token_ttl: Duration::from_secs(3600),
             max_message_bytes: 64 * 1024,
             max_participants: 50,
-            idle_timeout: Duration::from_secs(45),
+            idle_timeout: Duration::from_secs(15),
             join_timeout: Duration::from_secs(10),
             chat_max_chars: 2000,
+            ping_interval: Duration::from_secs(5),
+            resume_window: Duration::from_secs(20),
+            max_rooms: 1000,
+            messages_per_sec: 20,
+            message_burst: 50,
+            rate_limit_strikes: 3,
+            chat_per_minute: 30,
+            max_connections: 1000,
+            joins_per_ip_per_minute: 120,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            api: None,
+            webhooks: webhooks::WebhookConfig::default(),
+            files: files::FilesConfig::default(),
         }
     }
 }
@@ -99,7 +169,16 @@ struct Inner {
     media: MediaHandle,
     rooms: Rooms,
     ice: IceServerProvider,
+    moderation: moderation::Moderation,
+    webhooks: webhooks::Webhooks,
     ops: ops::Ops,
+    counters: limits::LimitCounters,
+    connections: Arc<tokio::sync::Semaphore>,
+    joins_per_ip: limits::IpWindow,
+    resumes: resume::Resumes,
+    files: files::Files,
+    /// Cluster mode: placement in Redis (set once at start).
+    cluster: std::sync::OnceLock<cluster::Cluster>,
 }
 
 impl AppState {
@@ -112,6 +191,17 @@ impl AppState {
         ice: IceServerProvider,
     ) -> Self {
         let ops = ops::Ops::new(&media);
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let joins_per_ip = limits::IpWindow::new(config.joins_per_ip_per_minute);
+        let moderation = moderation::Moderation::new(chat.clone()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "room settings could not be loaded: starting without them");
+            moderation::Moderation::empty(chat.clone())
+        });
+        let webhooks = webhooks::Webhooks::start(&config.webhooks);
+        if let Err(e) = richchat::init(&chat) {
+            tracing::error!(error = %e, "chat reactions and edits unavailable");
+        }
+        let files = files::Files::start(config.files.clone());
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -120,13 +210,39 @@ impl AppState {
                 media,
                 rooms: Rooms::default(),
                 ice,
+                moderation,
+                webhooks,
                 ops,
+                counters: limits::LimitCounters::default(),
+                connections,
+                joins_per_ip,
+                resumes: resume::Resumes::default(),
+                files,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Joins a cluster: from now on a join for a room another node owns is redirected there,
+    /// and the node reports its load to Redis. Once only (later calls are ignored).
+    pub fn set_cluster(&self, cluster: cluster::Cluster) {
+        if self.inner.cluster.set(cluster.clone()).is_ok() {
+            cluster.spawn_heartbeat(self.clone());
+        }
+    }
+
+    /// The cluster, in cluster mode.
+    pub fn cluster(&self) -> Option<&cluster::Cluster> {
+        self.inner.cluster.get()
     }
 
     /// The room registry.
     pub fn rooms(&self) -> &Rooms {
         &self.inner.rooms
+    }
+
+    /// How often each operator limit was hit (for the metrics endpoint).
+    pub fn limit_counters(&self) -> &limits::LimitCounters {
+        &self.inner.counters
     }
 }

@@ -157,6 +157,7 @@ impl SignalingMetrics {
             None => "invalid",
             Some(m) => match m {
                 ClientMsg::Join { .. } => "join",
+                ClientMsg::Resume { .. } => "resume",
                 ClientMsg::Offer { .. } => "offer",
                 ClientMsg::VideoSizes { .. } => "video_sizes",
                 ClientMsg::Screen { .. } => "screen",
@@ -164,8 +165,16 @@ impl SignalingMetrics {
                 ClientMsg::Candidate { .. } => "candidate",
                 ClientMsg::Mute { .. } => "mute",
                 ClientMsg::Chat { .. } => "chat",
+                ClientMsg::ChatEdit { .. } => "chat_edit",
+                ClientMsg::ChatDelete { .. } => "chat_delete",
+                ClientMsg::React { .. } => "react",
+                ClientMsg::TileReaction { .. } => "tile_reaction",
                 ClientMsg::Leave => "leave",
                 ClientMsg::Ping { .. } => "ping",
+                ClientMsg::Hand { .. } => "hand",
+                ClientMsg::Typing { .. } => "typing",
+                ClientMsg::Admit { .. } => "admit",
+                ClientMsg::Deny { .. } => "deny",
             },
         };
         self.ws_messages.with_label_values(&["in", ty]).inc();
@@ -175,6 +184,7 @@ impl SignalingMetrics {
     pub(crate) fn message_out(&self, msg: &ServerMsg) {
         let ty = match msg {
             ServerMsg::Joined { .. } => "joined",
+            ServerMsg::Resumed { .. } => "resumed",
             ServerMsg::Answer { .. } => "answer",
             ServerMsg::Offer { .. } => "offer",
             ServerMsg::ParticipantJoined { .. } => "participant_joined",
@@ -183,12 +193,20 @@ impl SignalingMetrics {
             ServerMsg::TrackUnpublished { .. } => "track_unpublished",
             ServerMsg::Mute { .. } => "mute",
             ServerMsg::Chat { .. } => "chat",
+            ServerMsg::ChatUpdate { .. } => "chat_update",
+            ServerMsg::TileReaction { .. } => "tile_reaction",
             ServerMsg::Layers { .. } => "layers",
             ServerMsg::Speakers { .. } => "speakers",
             ServerMsg::Quality { .. } => "quality",
             ServerMsg::Screen { .. } => "screen",
             ServerMsg::Pong { .. } => "pong",
             ServerMsg::Leave { .. } => "leave",
+            ServerMsg::Redirect { .. } => "redirect",
+            ServerMsg::Hand { .. } => "hand",
+            ServerMsg::Typing { .. } => "typing",
+            ServerMsg::Lobby { .. } => "lobby",
+            ServerMsg::Knock { .. } => "knock",
+            ServerMsg::KnockEnded { .. } => "knock_ended",
             ServerMsg::Error { code, .. } => {
                 self.errors.with_label_values(&[error_code(*code)]).inc();
                 "error"

@@ -28,6 +28,19 @@ pub enum ClientMsg {
         protocol: u32,
         /// Access token (JWT).
         token: String,
+        /// The room's password, for a room created with one.
+        #[serde(default)]
+        password: Option<String>,
+    },
+    /// First message on a new socket of a participant whose socket dropped: takes the
+    /// participant back within the resume window, without leaving the room.
+    Resume {
+        /// Must be [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The same access token as the `join` (it must still be valid).
+        token: String,
+        /// `joined.resume_token`.
+        resume_token: String,
     },
     /// The client's one offer, right after `joined`.
     Offer {
@@ -76,6 +89,61 @@ pub enum ClientMsg {
     Chat {
         /// The text.
         text: String,
+        /// An id the client chose (up to 64 characters); the sender's echo carries it back.
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        /// A file uploaded to this room (`POST /api/rooms/{room}/files`) to attach; the text
+        /// may then be empty.
+        #[serde(default)]
+        attachment_id: Option<String>,
+    },
+    /// Change the text of one's own chat message.
+    ChatEdit {
+        /// The message's `id`.
+        message_id: i64,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one's own chat message (its text and attachment are removed).
+    ChatDelete {
+        /// The message's `id`.
+        message_id: i64,
+    },
+    /// Add (or, with `active: false`, take back) one's reaction to a chat message.
+    React {
+        /// The message's `id`.
+        message_id: i64,
+        /// One emoji (1 to 32 bytes, no spaces or control characters).
+        emoji: String,
+        /// `false` removes the reaction.
+        #[serde(default = "yes")]
+        active: bool,
+    },
+    /// A quick emoji reaction on one's own video tile: shown briefly to everyone, not stored.
+    TileReaction {
+        /// One emoji (1 to 32 bytes, no spaces or control characters).
+        emoji: String,
+    },
+    /// Raise or lower one's hand.
+    Hand {
+        /// New state.
+        raised: bool,
+    },
+    /// The user is typing in the chat box (send at most every 3 s while typing), or stopped.
+    Typing {
+        /// `true` while typing, `false` when the box was cleared or the message sent.
+        #[serde(default = "yes")]
+        active: bool,
+    },
+    /// Admit someone waiting in the lobby (admins; anyone when no admin is in the room).
+    Admit {
+        /// The waiting participant's id, from `knock`.
+        participant_id: String,
+    },
+    /// Turn away someone waiting in the lobby.
+    Deny {
+        /// The waiting participant's id, from `knock`.
+        participant_id: String,
     },
     /// Leaving.
     Leave,
@@ -164,9 +232,20 @@ pub struct ParticipantInfo {
     pub video_muted: bool,
     /// Published tracks.
     pub tracks: Vec<TrackInfo>,
+    /// Hand raised.
+    #[serde(default)]
+    pub hand_raised: bool,
     /// Sharing a screen.
     #[serde(default)]
     pub screen_sharing: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A published track.
@@ -179,6 +258,49 @@ pub struct TrackInfo {
     /// Camera, microphone or screen.
     #[serde(default)]
     pub source: Source,
+}
+
+/// A file attached to a chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file's id (`GET /api/rooms/{room}/files/{id}` downloads it).
+    pub id: String,
+    /// The uploader's file name.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// The type sniffed from the content by the server.
+    pub mime: String,
+    /// Where its thumbnail is (`GET`, same authorization), for pictures; `null` otherwise.
+    pub thumb: Option<String>,
+}
+
+/// How many participants reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many reacted with it.
+    pub count: u32,
+    /// Their identities.
+    pub identities: Vec<String>,
+}
+
+/// What happened to a chat message after it was sent: its attachment, reactions, edits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatExtra {
+    /// The attached file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+    /// Reactions, in the order first given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// When the text was last edited (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<i64>,
+    /// The sender deleted it (its text is empty and its attachment gone).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
 }
 
 /// A stored chat message.
@@ -196,6 +318,9 @@ pub struct ChatMessage {
     pub text: String,
     /// Milliseconds since the Unix epoch (server clock).
     pub ts: i64,
+    /// Attachment, reactions, edits.
+    #[serde(flatten)]
+    pub extra: ChatExtra,
 }
 
 /// An ICE server for `RTCPeerConnection`.
@@ -225,6 +350,22 @@ pub enum LeaveReason {
     ServerShutdown,
     /// The same identity joined again elsewhere.
     DuplicateIdentity,
+    /// The room was ended through the room API.
+    RoomEnded,
+    /// Turned away from the lobby.
+    Denied,
+}
+
+/// How a lobby knock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnockOutcome {
+    /// Let in.
+    Admitted,
+    /// Turned away.
+    Denied,
+    /// The waiter left (or the room was ended).
+    Left,
 }
 
 /// Error codes sent in `error` messages.
@@ -255,6 +396,23 @@ pub enum ErrorCode {
     InvalidCandidate,
     /// Room at capacity.
     RoomFull,
+    /// The node has its configured number of rooms; this join would open another.
+    TooManyRooms,
+    /// Messages (or chat messages) faster than the configured rate; the message was dropped.
+    RateLimited,
+    /// A published track over `max_tracks_per_participant`; it is not forwarded.
+    TooManyTracks,
+    /// The room has a password and `join` had none.
+    PasswordRequired,
+    /// The room has a password and `join` had another one.
+    WrongPassword,
+    /// `admit`/`deny` for someone who is not waiting in the lobby.
+    NotWaiting,
+    /// `resume` with an unknown or expired resume token, or for another participant: send `join`.
+    ResumeFailed,
+    /// Cluster mode: no node could be chosen for the room (Redis unreachable, or every node
+    /// at its room limit). Try again shortly.
+    Unavailable,
     /// Server fault.
     Internal,
 }
@@ -283,6 +441,16 @@ pub enum ServerMsg {
         ice_servers: Vec<IceServer>,
         /// Recent chat, oldest first.
         chat_history: Vec<ChatMessage>,
+        /// Secret for `resume` after a dropped socket.
+        resume_token: String,
+    },
+    /// Reply to a good `resume`: the participant is back on this socket. Messages the server
+    /// queued while the socket was down follow.
+    Resumed {
+        /// This session's id (unchanged).
+        participant_id: String,
+        /// Everyone else in the room now (replaces the client's list).
+        participants: Vec<ParticipantInfo>,
     },
     /// Answer to the client's offer.
     Answer {
@@ -328,11 +496,64 @@ pub enum ServerMsg {
         kind: Kind,
         /// New state.
         muted: bool,
+        /// The room API muted it (sent to the muted participant too, who should disable the
+        /// track; they may unmute themselves).
+        #[serde(default, skip_serializing_if = "is_false")]
+        by_server: bool,
     },
     /// A chat message.
     Chat {
         /// The stored message.
         message: ChatMessage,
+        /// The sender's `client_msg_id`, on the sender's own echo only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// A chat message was edited, deleted or reacted to: the whole message as it is now (to
+    /// everyone, the sender included).
+    ChatUpdate {
+        /// The message.
+        message: ChatMessage,
+    },
+    /// Someone's quick emoji reaction on their tile (to everyone, the sender included).
+    TileReaction {
+        /// Who.
+        participant_id: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// Someone raised or lowered their hand (sent to everyone, the sender included).
+    Hand {
+        /// Who.
+        participant_id: String,
+        /// New state.
+        raised: bool,
+    },
+    /// Someone is typing in the chat, or stopped (not sent back to the typist).
+    Typing {
+        /// Who.
+        participant_id: String,
+        /// Typing or stopped.
+        active: bool,
+    },
+    /// The room has a lobby: wait here until someone admits (then `joined`) or denies (then
+    /// `leave` with `denied`).
+    Lobby {},
+    /// Someone is waiting in the lobby (to admins; to everyone when no admin is in the room).
+    Knock {
+        /// The waiting participant's id (for `admit`/`deny`).
+        participant_id: String,
+        /// Identity from their token.
+        identity: String,
+        /// Display name from their token.
+        name: String,
+    },
+    /// A knock was answered, or the waiter gave up (to everyone who may have seen the knock).
+    KnockEnded {
+        /// The waiter.
+        participant_id: String,
+        /// `admitted`, `denied`, `left`.
+        outcome: KnockOutcome,
     },
     /// Dynacast: keep these simulcast layers of your track active, pause the others.
     Layers {
@@ -362,6 +583,14 @@ pub enum ServerMsg {
     Pong {
         /// Echoed.
         ts: serde_json::Value,
+    },
+    /// Instead of `joined` (cluster mode): the room lives on another node. Open a WebSocket to
+    /// that node (`url` with `/ws`) and send the same `join` there.
+    Redirect {
+        /// The room's node, e.g. `https://node2.example.org` (no trailing slash).
+        url: String,
+        /// The room.
+        room: String,
     },
     /// The server ends this session.
     Leave {
@@ -452,6 +681,12 @@ mod tests {
             r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdp_mid":"0","sdp_m_line_index":0}"#,
             r#"{"type":"mute","kind":"audio","muted":true}"#,
             r#"{"type":"chat","text":"hi"}"#,
+            r#"{"type":"chat","text":"hi","client_msg_id":"c1"}"#,
+            r#"{"type":"join","protocol":1,"token":"t","password":"p"}"#,
+            r#"{"type":"hand","raised":true}"#,
+            r#"{"type":"typing"}"#,
+            r#"{"type":"admit","participant_id":"PA_1"}"#,
+            r#"{"type":"deny","participant_id":"PA_1"}"#,
             r#"{"type":"leave"}"#,
             r#"{"type":"ping","ts":5}"#,
         ];
@@ -497,5 +732,78 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["type"], "participant_left");
         assert_eq!(v["reason"], "left");
+    }
+}
+
+/// Bounded random and mutated input for [`decode_client_msg`], run as an ordinary test on the
+/// stable compiler (the cargo-fuzz target `signaling_decode` explores further).
+#[cfg(test)]
+mod fuzz_smoke {
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure names its iteration.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    const SEEDS: &[&str] = &[
+        r#"{"type":"join","protocol":1,"token":"t","request_id":"r"}"#,
+        r#"{"type":"resume","protocol":1,"token":"t","resume_token":"x"}"#,
+        r#"{"type":"offer","sdp":"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"}"#,
+        r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdp_mid":"0","sdp_m_line_index":0}"#,
+        r#"{"type":"mute","kind":"audio","muted":true}"#,
+        r#"{"type":"chat","text":"hi \u00e9\ud83d\ude00"}"#,
+        r#"{"type":"ping","ts":[1,{"a":null}]}"#,
+    ];
+
+    #[test]
+    fn the_decoder_survives_random_and_mutated_frames() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let alphabet = br#"{}[]":,\0123456789.-+eEtrufalsn typejoinrequest_id "#;
+        for i in 0..20_000 {
+            let mut bytes = SEEDS[i % SEEDS.len()].as_bytes().to_vec();
+            for _ in 0..1 + rng.below(8) {
+                match rng.below(5) {
+                    0 if !bytes.is_empty() => {
+                        let at = rng.below(bytes.len());
+                        bytes[at] = alphabet[rng.below(alphabet.len())];
+                    }
+                    1 if !bytes.is_empty() => {
+                        bytes.truncate(rng.below(bytes.len()));
+                    }
+                    2 => {
+                        let at = rng.below(bytes.len() + 1);
+                        bytes.insert(at, alphabet[rng.below(alphabet.len())]);
+                    }
+                    3 => bytes.push(rng.next() as u8),
+                    _ => {
+                        // Deep nesting and long request ids.
+                        let depth = rng.below(200);
+                        let at = rng.below(bytes.len() + 1);
+                        let nest: Vec<u8> = std::iter::repeat_n(b'[', depth).collect();
+                        bytes.splice(at..at, nest);
+                    }
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            let rid = match decode_client_msg(text) {
+                Ok((_, rid)) => rid,
+                Err(e) => e.request_id,
+            };
+            assert!(rid.is_none_or(|r| r.len() <= 64), "iteration {i}: {text}");
+        }
+        let long_id = format!(r#"{{"type":"leave","request_id":"{}"}}"#, "x".repeat(65));
+        assert_eq!(decode_client_msg(&long_id).map(|(_, r)| r), Ok(None));
     }
 }

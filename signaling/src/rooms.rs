@@ -23,7 +23,10 @@ struct Room {
 
 /// Why a join was refused.
 pub(crate) enum JoinRefused {
+    /// The room has `max_participants`.
     Full,
+    /// The room does not exist and the node has `max_rooms`.
+    TooManyRooms,
 }
 
 /// All rooms of this node. The lock is held only to change membership or copy a member list,
@@ -41,6 +44,11 @@ impl Rooms {
     /// Number of rooms with at least one participant.
     pub fn room_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The names of the open rooms.
+    pub fn room_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     /// Number of participants over all rooms.
@@ -65,8 +73,12 @@ impl Rooms {
         info: ParticipantInfo,
         inbox: Inbox,
         max_participants: usize,
+        max_rooms: usize,
     ) -> Result<Vec<ParticipantInfo>, JoinRefused> {
         let mut rooms = self.lock();
+        if !rooms.contains_key(room) && rooms.len() >= max_rooms {
+            return Err(JoinRefused::TooManyRooms);
+        }
         let r = rooms.entry(room.to_string()).or_default();
         for m in r.members.values() {
             if m.info.identity == info.identity {
@@ -109,12 +121,15 @@ impl Rooms {
         n
     }
 
-    /// Removes a participant and tells the others.
-    pub(crate) fn leave(&self, room: &str, id: ParticipantId, reason: LeaveReason) {
+    /// Removes a participant and tells the others. Returns whether that closed the room (it was
+    /// the last one).
+    pub(crate) fn leave(&self, room: &str, id: ParticipantId, reason: LeaveReason) -> bool {
         let mut rooms = self.lock();
-        let Some(r) = rooms.get_mut(room) else { return };
+        let Some(r) = rooms.get_mut(room) else {
+            return false;
+        };
         if r.members.remove(&id).is_none() {
-            return;
+            return false;
         }
         let msg = ServerMsg::ParticipantLeft {
             participant_id: id.to_string(),
@@ -125,7 +140,40 @@ impl Rooms {
         }
         if r.members.is_empty() {
             rooms.remove(room);
+            return true;
         }
+        false
+    }
+
+    /// Open rooms with their participant counts.
+    pub(crate) fn counts(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.members.len()))
+            .collect()
+    }
+
+    /// The member of `room` with this identity.
+    pub(crate) fn find_identity(&self, room: &str, identity: &str) -> Option<ParticipantId> {
+        self.lock()
+            .get(room)?
+            .members
+            .iter()
+            .find(|(_, m)| m.info.identity == identity)
+            .map(|(id, _)| *id)
+    }
+
+    /// Sends `msg` to some members of a room (`None`: all). Returns how many got it.
+    pub(crate) fn send(&self, room: &str, to: Option<&[ParticipantId]>, msg: &ServerMsg) -> usize {
+        let rooms = self.lock();
+        let Some(r) = rooms.get(room) else { return 0 };
+        let mut n = 0;
+        for (id, m) in &r.members {
+            if to.is_none_or(|to| to.contains(id)) && m.inbox.send(msg.clone()).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Changes a member's public state with `f`, then sends `msg` to everyone but the member

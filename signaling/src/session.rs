@@ -9,17 +9,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
 use crate::protocol::{
     decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, ParticipantInfo, QualityInfo,
     ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
 };
-
-/// Entries of one `video_sizes` message that are applied (more than any screen shows).
-const MAX_VIDEO_SIZES: usize = 64;
 use crate::rooms::JoinRefused;
 use crate::token::{Claims, TokenError};
 use crate::AppState;
+
+mod door;
+mod rich;
+pub(crate) use door::server_mute;
 
 /// What ends a session, and whether the client is told to leave.
 enum End {
@@ -31,12 +33,15 @@ enum End {
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
     let _open = state.inner.ops.connection();
-    let mut conn = Conn {
-        socket,
-        max_bytes: state.inner.config.max_message_bytes,
-        metrics: state.inner.ops.metrics.clone(),
-    };
-    let Some((claims, pid)) = handshake(&mut conn, &state, room_hint).await else {
+    let mut conn = Conn::new(socket, &state);
+    let Some((claims, pid, password)) = handshake(&mut conn, &state, room_hint).await else {
+        if let Some(session) = conn.handoff.take() {
+            // A good `resume`: the socket now belongs to the waiting session.
+            if let Err(e) = session.try_send(conn.socket) {
+                let _ = e.into_inner().close().await;
+            }
+            return;
+        }
         let _ = conn.socket.close().await;
         return;
     };
@@ -52,24 +57,43 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
         let _ = conn.socket.close().await;
         return;
     }
+    // Cluster mode: a room another node owns is joined there.
+    if let Some(msg) = crate::cluster::instead_of_join(&state, &claims.room).await {
+        let _ = conn.send(&msg).await;
+        let _ = conn.socket.close().await;
+        return;
+    }
     let span = tracing::info_span!("participant", id = %pid, room = %claims.room);
     async move {
+        if door::pass(&mut conn, &state, &claims, pid, password.as_deref())
+            .await
+            .is_err()
+        {
+            let _ = conn.socket.close().await;
+            return;
+        }
         info!(identity = %claims.sub, "joined");
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
         let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let (resume_token, resume_rx) =
+            state.inner.resumes.register(pid, &claims.room, &claims.sub);
         let mut s = Session {
+            resume_token,
+            resume_rx,
             state: state.clone(),
             conn,
             claims,
             pid,
             offered: false,
             media_tx,
+            chat_bucket: chat_bucket(&state),
             join_started: Some(join_started),
         };
         let end = match s.enter(inbox_tx).await {
             Ok(()) => s.run(inbox, media_rx).await,
             Err(end) => end,
         };
+        s.state.inner.resumes.remove(&s.resume_token);
         let reason = match end {
             End::Gone(r) => r,
             End::Kick(r) => {
@@ -77,7 +101,8 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
                 r
             }
         };
-        s.state.inner.rooms.leave(&s.claims.room, pid, reason);
+        let closed = s.state.inner.rooms.leave(&s.claims.room, pid, reason);
+        s.left(reason, closed);
         s.state.inner.media.remove(&s.claims.room, pid);
         let _ = s.conn.socket.close().await;
         info!(?reason, "left");
@@ -88,8 +113,16 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
 
 struct Conn {
     socket: WebSocket,
-    max_bytes: usize,
-    metrics: crate::metrics::SignalingMetrics,
+    /// Since when the socket is lost (the session waits for a `resume`); messages for the
+    /// client are kept in `backlog` meanwhile.
+    detached: Option<Instant>,
+    backlog: Vec<String>,
+    /// Set by a good `resume` in the handshake: the session that takes this socket.
+    handoff: Option<mpsc::Sender<WebSocket>>,
+    state: AppState,
+    /// The connection's message rate; `None` without a limit.
+    bucket: Option<TokenBucket>,
+    strikes: Strikes,
 }
 
 /// What one read from the socket gave.
@@ -100,16 +133,135 @@ enum Read {
     /// Pings, pongs, binary frames: nothing to do.
     Nothing,
     Closed,
+    /// Over the message rate too often: already told, close the connection.
+    Abuse,
 }
 
 impl Conn {
+    fn new(socket: WebSocket, state: &AppState) -> Self {
+        let cfg = &state.inner.config;
+        let bucket = (cfg.messages_per_sec > 0).then(|| {
+            TokenBucket::new(
+                f64::from(cfg.messages_per_sec),
+                cfg.message_burst.max(cfg.messages_per_sec),
+                std::time::Instant::now(),
+            )
+        });
+        Conn {
+            socket,
+            detached: None,
+            backlog: Vec::new(),
+            handoff: None,
+            state: state.clone(),
+            bucket,
+            strikes: Strikes::default(),
+        }
+    }
+
     async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
-        self.metrics.message_out(msg);
+        self.state.inner.ops.metrics.message_out(msg);
         let text = serde_json::to_string(msg).map_err(|_| ())?;
-        self.socket
-            .send(Message::Text(Utf8Bytes::from(text)))
-            .await
-            .map_err(|_| ())
+        if self.detached.is_some() {
+            return self.keep(text);
+        }
+        let sent = self
+            .send_frame(Message::Text(Utf8Bytes::from(text.clone())))
+            .await;
+        if sent.is_err() && self.detach() {
+            return self.keep(text);
+        }
+        sent
+    }
+
+    /// Keeps a message for a client that is away; too many and the session ends.
+    fn keep(&mut self, text: String) -> Result<(), ()> {
+        if self.backlog.len() >= MAX_BACKLOG {
+            return Err(());
+        }
+        self.backlog.push(text);
+        Ok(())
+    }
+
+    /// The socket is lost: wait for a `resume` when the configuration allows it (returns
+    /// whether the session is now waiting).
+    fn detach(&mut self) -> bool {
+        if self.state.inner.config.resume_window.is_zero() {
+            return false;
+        }
+        if self.detached.is_none() {
+            info!("socket lost; waiting for resume");
+            self.detached = Some(Instant::now());
+        }
+        true
+    }
+
+    /// A resumed client's new socket; the old one is dropped.
+    fn attach(&mut self, socket: WebSocket) {
+        self.socket = socket;
+        self.detached = None;
+    }
+
+    /// Sends what was kept while the client was away.
+    async fn flush_backlog(&mut self) -> Result<(), ()> {
+        let kept = std::mem::take(&mut self.backlog);
+        let mut rest = kept.into_iter();
+        for text in rest.by_ref() {
+            if self
+                .send_frame(Message::Text(Utf8Bytes::from(text.clone())))
+                .await
+                .is_err()
+            {
+                self.backlog.push(text);
+                self.backlog.extend(rest);
+                return if self.detach() { Ok(()) } else { Err(()) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a frame; a peer that does not take it within the idle timeout counts as gone
+    /// (a client that stops reading must not stall its session).
+    async fn send_frame(&mut self, frame: Message) -> Result<(), ()> {
+        let limit = self.state.inner.config.idle_timeout;
+        match tokio::time::timeout(limit, self.socket.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Takes a token for one client message. Over the rate: the message is dropped, the client
+    /// is told once per strike, and the connection is closed at the configured strike count.
+    async fn admit(&mut self) -> Option<Read> {
+        let now = std::time::Instant::now();
+        let bucket = self.bucket.as_mut()?;
+        if bucket.take(now) {
+            return None;
+        }
+        let counters = &self.state.inner.counters;
+        counters.hit(Limit::MessageRate);
+        let cfg = &self.state.inner.config;
+        let (rate, max) = (cfg.messages_per_sec, cfg.rate_limit_strikes.max(1));
+        let Some(n) = self.strikes.overflow(now) else {
+            return Some(Read::Bad);
+        };
+        if n >= max {
+            counters.hit(Limit::MessageRateClose);
+            warn!("closing a connection that keeps going over the message rate");
+            self.error(
+                ErrorCode::RateLimited,
+                format!("over {rate} messages per second again: closing the connection"),
+                None,
+            )
+            .await;
+            return Some(Read::Abuse);
+        }
+        self.error(
+            ErrorCode::RateLimited,
+            format!("over {rate} messages per second: messages dropped (strike {n} of {max})"),
+            None,
+        )
+        .await;
+        Some(Read::Bad)
     }
 
     async fn error(
@@ -124,15 +276,24 @@ impl Conn {
     }
 
     async fn read(&mut self) -> Read {
+        if self.detached.is_some() {
+            // Nothing to read until a resume brings a new socket.
+            return std::future::pending().await;
+        }
         let frame = match self.socket.next().await {
             None | Some(Err(_)) => return Read::Closed,
             Some(Ok(f)) => f,
         };
+        if matches!(frame, Message::Text(_) | Message::Binary(_)) {
+            if let Some(r) = self.admit().await {
+                return r;
+            }
+        }
         let text = match frame {
             Message::Text(t) => t,
             Message::Close(_) => return Read::Closed,
             Message::Binary(_) => {
-                self.metrics.message_in(None);
+                self.state.inner.ops.metrics.message_in(None);
                 self.error(
                     ErrorCode::BadMessage,
                     "binary frames are not part of the protocol",
@@ -143,14 +304,16 @@ impl Conn {
             }
             Message::Ping(_) | Message::Pong(_) => return Read::Nothing,
         };
-        if text.len() > self.max_bytes {
-            self.metrics.message_in(None);
+        let max_bytes = self.state.inner.config.max_message_bytes;
+        if text.len() > max_bytes {
+            self.state.inner.ops.metrics.message_in(None);
+            self.state.inner.counters.hit(Limit::MessageSize);
             self.error(
                 ErrorCode::MessageTooLarge,
                 format!(
                     "message of {} bytes is over the {}-byte limit",
                     text.len(),
-                    self.max_bytes
+                    max_bytes
                 ),
                 None,
             )
@@ -158,8 +321,8 @@ impl Conn {
             return Read::Bad;
         }
         let decoded = decode_client_msg(text.as_str());
-        self.metrics
-            .message_in(decoded.as_ref().ok().map(|(m, _)| m));
+        let metrics = &self.state.inner.ops.metrics;
+        metrics.message_in(decoded.as_ref().ok().map(|(m, _)| m));
         match decoded {
             Ok((m, rid)) => Read::Msg(m, rid),
             Err(e) => {
@@ -175,7 +338,7 @@ async fn handshake(
     conn: &mut Conn,
     state: &AppState,
     room_hint: Option<String>,
-) -> Option<(Claims, ParticipantId)> {
+) -> Option<(Claims, ParticipantId, Option<String>)> {
     let deadline = Instant::now() + state.inner.config.join_timeout;
     let metrics = &state.inner.ops.metrics;
     loop {
@@ -184,11 +347,27 @@ async fn handshake(
             return None;
         };
         let (msg, rid) = match read {
-            Read::Closed => return None,
+            Read::Closed | Read::Abuse => return None,
             Read::Bad | Read::Nothing => continue,
             Read::Msg(m, rid) => (m, rid),
         };
-        let ClientMsg::Join { protocol, token } = msg else {
+        if let ClientMsg::Resume {
+            protocol,
+            token,
+            resume_token,
+        } = &msg
+        {
+            if resume_allowed(conn, state, *protocol, token, resume_token, rid).await {
+                return None;
+            }
+            continue;
+        }
+        let ClientMsg::Join {
+            protocol,
+            token,
+            password,
+        } = msg
+        else {
             conn.error(ErrorCode::NotJoined, "send join first", rid)
                 .await;
             continue;
@@ -232,19 +411,91 @@ async fn handshake(
             return None;
         }
         let pid = ParticipantId(rand::random::<u64>() & 0xffff_ffff_ffff);
-        return Some((claims, pid));
+        return Some((claims, pid, password));
     }
 }
 
+/// Checks a `resume`; on success `conn.handoff` names the session that takes the socket.
+/// On failure the client is told (`resume_failed` and the like) and may send `join`.
+async fn resume_allowed(
+    conn: &mut Conn,
+    state: &AppState,
+    protocol: u32,
+    token: &str,
+    resume_token: &str,
+    rid: Option<String>,
+) -> bool {
+    if protocol != PROTOCOL_VERSION {
+        let msg = format!("this server speaks protocol {PROTOCOL_VERSION}");
+        conn.error(ErrorCode::UnsupportedProtocol, msg, rid).await;
+        return false;
+    }
+    let claims = match state.inner.keys.verify(token) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e {
+                TokenError::Expired => ErrorCode::TokenExpired,
+                TokenError::Invalid => ErrorCode::InvalidToken,
+            };
+            conn.error(code, e.to_string(), rid).await;
+            return false;
+        }
+    };
+    match state
+        .inner
+        .resumes
+        .find(resume_token, &claims.room, &claims.sub)
+    {
+        Some((pid, session)) if !session.is_closed() && session.capacity() > 0 => {
+            info!(participant = %pid, "resume accepted");
+            conn.handoff = Some(session);
+            true
+        }
+        _ => {
+            conn.error(
+                ErrorCode::ResumeFailed,
+                "nothing to resume (the window passed or the token is not yours): send join",
+                rid,
+            )
+            .await;
+            false
+        }
+    }
+}
+
+/// m-lines in the client's one offer, at most: its own tracks and a data channel need a few;
+/// thousands would only cost the media worker time.
+const MAX_OFFER_M_LINES: usize = 16;
+/// Entries of one `video_sizes` message that are applied (more than any screen shows).
+const MAX_VIDEO_SIZES: usize = 64;
+
+/// Messages kept for a client that is away, at most.
+const MAX_BACKLOG: usize = 2000;
+
 struct Session {
+    resume_token: String,
+    resume_rx: mpsc::Receiver<WebSocket>,
     state: AppState,
     conn: Conn,
     claims: Claims,
     pid: ParticipantId,
     offered: bool,
     media_tx: mpsc::UnboundedSender<PeerEvent>,
+    chat_bucket: Option<TokenBucket>,
     /// When `join` arrived, until media connects (for the join duration).
     join_started: Option<Instant>,
+}
+
+/// The chat rate: `chat_per_minute`, in bursts of up to 5.
+fn chat_bucket(state: &AppState) -> Option<TokenBucket> {
+    let per_minute = state.inner.config.chat_per_minute;
+    (per_minute > 0).then(|| {
+        TokenBucket::new(
+            f64::from(per_minute) / 60.0,
+            per_minute.min(5),
+            std::time::Instant::now(),
+        )
+    })
 }
 
 fn now_ms() -> i64 {
@@ -268,44 +519,68 @@ impl Session {
             audio_muted: false,
             video_muted: false,
             tracks: Vec::new(),
+            hand_raised: false,
             screen_sharing: false,
         };
         let cfg = &self.state.inner.config;
+        let max_participants = self
+            .state
+            .inner
+            .moderation
+            .max_participants(&self.claims.room, cfg.max_participants);
         let others = match self.state.inner.rooms.join(
             &self.claims.room,
             self.pid,
             info,
             inbox,
-            cfg.max_participants,
+            max_participants,
+            cfg.max_rooms,
         ) {
             Ok(o) => o,
+            Err(JoinRefused::TooManyRooms) => {
+                self.state.inner.counters.hit(Limit::Rooms);
+                self.conn
+                    .error(
+                        ErrorCode::TooManyRooms,
+                        format!("this server has its limit of {} rooms", cfg.max_rooms),
+                        None,
+                    )
+                    .await;
+                return Err(End::Gone(LeaveReason::Left));
+            }
             Err(JoinRefused::Full) => {
                 self.state
                     .inner
                     .ops
                     .metrics
                     .join_failed(JoinFailure::RoomFull);
+                self.state.inner.counters.hit(Limit::Participants);
                 self.conn
                     .error(
                         ErrorCode::RoomFull,
-                        format!("the room is full ({} participants)", cfg.max_participants),
+                        format!("the room is full ({max_participants} participants)"),
                         None,
                     )
                     .await;
                 return Err(End::Gone(LeaveReason::Left));
             }
         };
+        let first = others.is_empty();
+        self.entered(first);
         let chat = self.state.inner.chat.clone();
         let room = self.claims.room.clone();
-        let history =
-            tokio::task::spawn_blocking(move || chat.history(&room, crate::chat::HISTORY_ON_JOIN))
-                .await
+        let history = tokio::task::spawn_blocking(move || {
+            let mut h = chat.history(&room, crate::chat::HISTORY_ON_JOIN)?;
+            crate::richchat::decorate(&chat, &mut h)?;
+            Ok::<_, crate::SignalingError>(h)
+        })
+        .await
+        .ok()
+        .and_then(|r| {
+            r.map_err(|e| warn!(error = %e, "chat history unavailable"))
                 .ok()
-                .and_then(|r| {
-                    r.map_err(|e| warn!(error = %e, "chat history unavailable"))
-                        .ok()
-                })
-                .unwrap_or_default();
+        })
+        .unwrap_or_default();
         let joined = ServerMsg::Joined {
             protocol: PROTOCOL_VERSION,
             room: self.claims.room.clone(),
@@ -316,12 +591,14 @@ impl Session {
             participants: others,
             ice_servers: (self.state.inner.ice)(&self.claims.sub),
             chat_history: history,
+            resume_token: self.resume_token.clone(),
         };
         self.conn
             .send(&joined)
             .await
             .map_err(|_| End::Gone(LeaveReason::Disconnected))?;
         self.state.inner.ops.metrics.joined.inc();
+        self.send_knocks().await;
         Ok(())
     }
 
@@ -331,13 +608,23 @@ impl Session {
         mut media: mpsc::UnboundedReceiver<PeerEvent>,
     ) -> End {
         let idle = self.state.inner.config.idle_timeout;
+        let ping_every = self.state.inner.config.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let window = self.state.inner.config.resume_window;
         let mut last_heard = Instant::now();
         loop {
+            let attached = self.conn.detached.is_none();
+            let resume_by = self.conn.detached.map(|t| t + window);
             tokio::select! {
                 read = self.conn.read() => {
                     last_heard = Instant::now();
                     match read {
-                        Read::Closed => return End::Gone(LeaveReason::Disconnected),
+                        Read::Closed => {
+                            if !self.conn.detach() {
+                                return End::Gone(LeaveReason::Disconnected);
+                            }
+                        }
+                        Read::Abuse => return End::Gone(LeaveReason::Removed),
                         Read::Bad | Read::Nothing => {}
                         Read::Msg(m, rid) => {
                             if let Some(end) = self.on_client(m, rid).await {
@@ -363,19 +650,79 @@ impl Session {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(last_heard + idle) => {
+                _ = ping.tick(), if attached => {
+                    let ping = self.conn.send_frame(Message::Ping(Default::default())).await;
+                    if ping.is_err() && !self.conn.detach() {
+                        return End::Gone(LeaveReason::Disconnected);
+                    }
+                }
+                _ = tokio::time::sleep_until(last_heard + idle), if attached => {
+                    // Silence is a dead network: no resume window on top of the idle timeout.
                     info!("idle timeout");
                     return End::Kick(LeaveReason::Disconnected);
                 }
+                _ = tokio::time::sleep_until(resume_by.unwrap_or(last_heard)), if resume_by.is_some() => {
+                    info!("no resume within the window");
+                    return End::Gone(LeaveReason::Disconnected);
+                }
+                socket = self.resume_rx.recv() => {
+                    // The session holds the slot's sender's registry entry; None cannot happen
+                    // while it runs, but is harmless.
+                    let Some(socket) = socket else { continue };
+                    last_heard = Instant::now();
+                    if self.resumed(socket).await.is_err() {
+                        return End::Gone(LeaveReason::Disconnected);
+                    }
+                }
             }
         }
+    }
+
+    /// A `resume` brought a new socket: answer `resumed`, deliver what was kept, and have media
+    /// restart ICE (the client's addresses may have changed with its network).
+    async fn resumed(&mut self, socket: WebSocket) -> Result<(), ()> {
+        let away = self.conn.detached.map(|t| t.elapsed());
+        self.conn.attach(socket);
+        info!(?away, kept = self.conn.backlog.len(), "resumed");
+        let me = self.pid.to_string();
+        let participants = self
+            .state
+            .inner
+            .rooms
+            .participants(self.room())
+            .into_iter()
+            .filter(|p| p.participant_id != me)
+            .collect();
+        let msg = ServerMsg::Resumed {
+            participant_id: me,
+            participants,
+        };
+        // Sent before the backlog, straight to the socket.
+        let text = serde_json::to_string(&msg).map_err(|_| ())?;
+        self.state.inner.ops.metrics.message_out(&msg);
+        if self
+            .conn
+            .send_frame(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .is_err()
+        {
+            return if self.conn.detach() { Ok(()) } else { Err(()) };
+        }
+        self.conn.flush_backlog().await?;
+        if self.offered {
+            let room = self.claims.room.clone();
+            if let Err(e) = self.state.inner.media.ice_restart(&room, self.pid) {
+                warn!(error = %e, "media refused the ICE restart");
+            }
+        }
+        Ok(())
     }
 
     async fn on_client(&mut self, msg: ClientMsg, rid: Option<String>) -> Option<End> {
         let media = &self.state.inner.media;
         let room = self.claims.room.clone();
         match msg {
-            ClientMsg::Join { .. } => {
+            ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
                 self.conn
                     .error(ErrorCode::AlreadyJoined, "already joined", rid)
                     .await
@@ -386,6 +733,14 @@ impl Session {
                         .error(
                             ErrorCode::InvalidSdp,
                             "the client offers once; answer the server's offers instead",
+                            rid,
+                        )
+                        .await;
+                } else if sdp.lines().filter(|l| l.starts_with("m=")).count() > MAX_OFFER_M_LINES {
+                    self.conn
+                        .error(
+                            ErrorCode::InvalidSdp,
+                            format!("an offer has at most {MAX_OFFER_M_LINES} m-lines"),
                             rid,
                         )
                         .await;
@@ -469,7 +824,12 @@ impl Session {
                     participant_id: self.pid.to_string(),
                     kind,
                     muted,
+                    by_server: false,
                 };
+                if !muted {
+                    // Undo a moderator's mute, if there was one: the participant may unmute.
+                    door::resume_forwarding(&self.state, &room, self.pid, kind);
+                }
                 self.state.inner.rooms.update_and_broadcast(
                     &room,
                     self.pid,
@@ -481,7 +841,23 @@ impl Session {
                     false,
                 );
             }
-            ClientMsg::Chat { text } => self.chat(text, rid).await,
+            ClientMsg::Chat {
+                text,
+                client_msg_id,
+                attachment_id,
+            } => self.chat(text, client_msg_id, attachment_id, rid).await,
+            m @ (ClientMsg::ChatEdit { .. }
+            | ClientMsg::ChatDelete { .. }
+            | ClientMsg::React { .. }
+            | ClientMsg::TileReaction { .. }) => self.on_rich_chat(m, rid).await,
+            m @ (ClientMsg::Hand { .. }
+            | ClientMsg::Typing { .. }
+            | ClientMsg::Admit { .. }
+            | ClientMsg::Deny { .. }) => {
+                if self.on_participant_msg(m, rid).await.is_err() {
+                    return Some(End::Gone(LeaveReason::Disconnected));
+                }
+            }
             ClientMsg::Leave => return Some(End::Gone(LeaveReason::Left)),
             ClientMsg::Ping { ts } => {
                 if self.conn.send(&ServerMsg::Pong { ts }).await.is_err() {
@@ -492,16 +868,48 @@ impl Session {
         None
     }
 
-    async fn chat(&mut self, text: String, rid: Option<String>) {
+    async fn chat(
+        &mut self,
+        text: String,
+        client_msg_id: Option<String>,
+        attachment_id: Option<String>,
+        rid: Option<String>,
+    ) {
         if !self.claims.grants.chat {
             return self
                 .conn
                 .error(ErrorCode::Forbidden, "this token may not chat", rid)
                 .await;
         }
+        if let Some(b) = &mut self.chat_bucket {
+            if !b.take(std::time::Instant::now()) {
+                self.state.inner.counters.hit(Limit::ChatRate);
+                let per_minute = self.state.inner.config.chat_per_minute;
+                return self
+                    .conn
+                    .error(
+                        ErrorCode::RateLimited,
+                        format!("at most {per_minute} chat messages a minute: not sent"),
+                        rid,
+                    )
+                    .await;
+            }
+        }
         let text = text.trim().to_string();
         let max = self.state.inner.config.chat_max_chars;
-        if text.is_empty() || text.chars().count() > max {
+        let attachment = match attachment_id {
+            Some(id) => match self.find_attachment(id).await {
+                Some(a) => Some(a),
+                None => {
+                    return self
+                        .conn
+                        .error(ErrorCode::BadMessage, "no such file in this room", rid)
+                        .await
+                }
+            },
+            None => None,
+        };
+        if (text.is_empty() && attachment.is_none()) || text.chars().count() > max {
             return self
                 .conn
                 .error(
@@ -519,19 +927,37 @@ impl Session {
             self.claims.name.clone(),
         );
         let stored = tokio::task::spawn_blocking(move || {
-            chat.append(&room, &pid, &identity, &name, &text, now_ms())
+            let mut m = chat.append(&room, &pid, &identity, &name, &text, now_ms())?;
+            if let Some(a) = attachment {
+                crate::richchat::attach(&chat, m.id, &a)?;
+                m.extra.attachment = Some(a);
+            }
+            Ok::<_, crate::SignalingError>(m)
         })
         .await;
         match stored {
             Ok(Ok(message)) => {
                 self.state.inner.ops.metrics.chat_messages.inc();
+                // Others get the message; the sender's echo also carries its client_msg_id
+                // (the delivery acknowledgement).
                 self.state.inner.rooms.update_and_broadcast(
                     self.room(),
                     self.pid,
                     |_| {},
-                    ServerMsg::Chat { message },
-                    true,
+                    ServerMsg::Chat {
+                        message: message.clone(),
+                        client_msg_id: None,
+                    },
+                    false,
                 );
+                let client_msg_id = client_msg_id.filter(|c| c.len() <= 64);
+                let _ = self
+                    .conn
+                    .send(&ServerMsg::Chat {
+                        message,
+                        client_msg_id,
+                    })
+                    .await;
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "chat message not stored");
@@ -628,6 +1054,7 @@ impl Session {
                     }
                     "invalid_sdp" => ErrorCode::InvalidSdp,
                     "invalid_candidate" => ErrorCode::InvalidCandidate,
+                    "too_many_tracks" => ErrorCode::TooManyTracks,
                     _ => ErrorCode::Internal,
                 };
                 self.conn.send(&ServerMsg::error(code, message, None)).await

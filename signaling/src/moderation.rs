@@ -1,0 +1,478 @@
+//! Room settings, passwords and the knock-to-enter lobby.
+//!
+//! A room created through the room API keeps its settings (in memory, and in the `rooms` table of
+//! the chat database so they survive a restart) until it is ended through the API. A room that
+//! someone simply joins gets the defaults: no password, no lobby, the node's participant cap.
+//!
+//! Who may let people in: participants whose token has the `admin` grant. When no admin is in the
+//! room, every participant may (otherwise a lobby room without a host would be a dead end);
+//! knocks then go to everyone. Admins skip the password and the lobby.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use huddle_media::ParticipantId;
+use ring::pbkdf2;
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::chat::ChatStore;
+use crate::protocol::ErrorCode;
+use crate::SignalingError;
+
+const PBKDF2_ITERATIONS: u32 = 20_000;
+
+/// The settings of a room created through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSettings {
+    /// Participant cap for this room (at most the node's `max_participants`).
+    pub max_participants: Option<usize>,
+    /// PBKDF2-SHA256 hash of the password (`pbkdf2-sha256$ITER$SALT$HASH`, hex).
+    #[serde(skip_serializing)]
+    pub password_hash: Option<String>,
+    /// Joiners wait in the lobby until admitted.
+    pub lobby: bool,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// What a joiner meets at the door.
+pub(crate) enum Gate {
+    /// Straight in.
+    Open,
+    /// Wait in the lobby.
+    Lobby,
+    /// Refused: `error` with this code, then the socket closes.
+    Refused(ErrorCode, &'static str),
+}
+
+/// How a lobby wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LobbyOutcome {
+    Admitted,
+    Denied,
+    RoomEnded,
+}
+
+struct Waiter {
+    identity: String,
+    name: String,
+    decide: oneshot::Sender<LobbyOutcome>,
+}
+
+#[derive(Default)]
+struct State {
+    settings: HashMap<String, RoomSettings>,
+    lobbies: HashMap<String, HashMap<ParticipantId, Waiter>>,
+    /// Members per room, with whether they have the admin grant.
+    members: HashMap<String, HashMap<ParticipantId, bool>>,
+}
+
+/// Room settings and lobbies of this node.
+pub(crate) struct Moderation {
+    state: Mutex<State>,
+    db: ChatStore,
+}
+
+impl Moderation {
+    /// Loads the saved room settings.
+    pub(crate) fn new(db: ChatStore) -> Result<Self, SignalingError> {
+        let settings = db.with_conn(|c| -> Result<_, rusqlite::Error> {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS rooms (
+                     name TEXT PRIMARY KEY,
+                     max_participants INTEGER,
+                     password_hash TEXT,
+                     lobby INTEGER NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );",
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT name, max_participants, password_hash, lobby, created_at FROM rooms",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    RoomSettings {
+                        max_participants: r.get::<_, Option<i64>>(1)?.map(|n| n.max(0) as usize),
+                        password_hash: r.get(2)?,
+                        lobby: r.get(3)?,
+                        created_at: r.get::<_, i64>(4)?.max(0) as u64,
+                    },
+                ))
+            })?;
+            rows.collect::<Result<HashMap<_, _>, _>>()
+        })?;
+        Ok(Moderation {
+            state: Mutex::new(State {
+                settings,
+                ..State::default()
+            }),
+            db,
+        })
+    }
+
+    /// No saved settings (when loading them failed).
+    pub(crate) fn empty(db: ChatStore) -> Self {
+        Moderation {
+            state: Mutex::new(State::default()),
+            db,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a room or replaces its settings. Returns whether it was new. Blocking (SQLite).
+    pub(crate) fn save(&self, room: &str, s: RoomSettings) -> Result<bool, SignalingError> {
+        self.db.with_conn(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO rooms (name, max_participants, password_hash, lobby, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    room,
+                    s.max_participants.map(|n| n as i64),
+                    s.password_hash,
+                    s.lobby,
+                    s.created_at as i64
+                ],
+            )
+        })?;
+        Ok(self.lock().settings.insert(room.to_string(), s).is_none())
+    }
+
+    /// A room's settings, when it was created through the API.
+    pub(crate) fn settings(&self, room: &str) -> Option<RoomSettings> {
+        self.lock().settings.get(room).cloned()
+    }
+
+    /// Every API-created room with its settings.
+    pub(crate) fn all_settings(&self) -> Vec<(String, RoomSettings)> {
+        let st = self.lock();
+        st.settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// How many people wait in a room's lobby.
+    pub(crate) fn waiting_count(&self, room: &str) -> usize {
+        self.lock().lobbies.get(room).map_or(0, |l| l.len())
+    }
+
+    /// Forgets a room's settings and turns its lobby away. Returns whether it had settings.
+    /// Blocking (SQLite).
+    pub(crate) fn end(&self, room: &str) -> Result<bool, SignalingError> {
+        self.db
+            .with_conn(|c| c.execute("DELETE FROM rooms WHERE name = ?1", params![room]))?;
+        let mut st = self.lock();
+        if let Some(waiters) = st.lobbies.remove(room) {
+            for w in waiters.into_values() {
+                let _ = w.decide.send(LobbyOutcome::RoomEnded);
+            }
+        }
+        Ok(st.settings.remove(room).is_some())
+    }
+
+    /// The participant cap of a room: its own, never above the node's.
+    pub(crate) fn max_participants(&self, room: &str, node_max: usize) -> usize {
+        self.lock()
+            .settings
+            .get(room)
+            .and_then(|s| s.max_participants)
+            .map_or(node_max, |n| n.min(node_max))
+    }
+
+    /// Checks a joiner against the room's password and lobby. Admins pass both. May block
+    /// for a few milliseconds (password hashing): call it from a blocking task.
+    pub(crate) fn gate(&self, room: &str, admin: bool, password: Option<&str>) -> Gate {
+        let Some(s) = self.settings(room) else {
+            return Gate::Open;
+        };
+        if admin {
+            return Gate::Open;
+        }
+        if let Some(hash) = &s.password_hash {
+            match password.filter(|p| !p.is_empty()) {
+                None => {
+                    return Gate::Refused(ErrorCode::PasswordRequired, "this room needs a password")
+                }
+                Some(p) if !verify_password(hash, p) => {
+                    return Gate::Refused(ErrorCode::WrongPassword, "wrong room password")
+                }
+                Some(_) => {}
+            }
+        }
+        if s.lobby {
+            Gate::Lobby
+        } else {
+            Gate::Open
+        }
+    }
+
+    /// Puts a joiner in the lobby; the receiver yields the decision.
+    pub(crate) fn knock(
+        &self,
+        room: &str,
+        pid: ParticipantId,
+        identity: &str,
+        name: &str,
+    ) -> oneshot::Receiver<LobbyOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.lock()
+            .lobbies
+            .entry(room.to_string())
+            .or_default()
+            .insert(
+                pid,
+                Waiter {
+                    identity: identity.to_string(),
+                    name: name.to_string(),
+                    decide: tx,
+                },
+            );
+        rx
+    }
+
+    /// The waiter gave up. Returns whether it was still waiting.
+    pub(crate) fn cancel_knock(&self, room: &str, pid: ParticipantId) -> bool {
+        let mut st = self.lock();
+        let Some(l) = st.lobbies.get_mut(room) else {
+            return false;
+        };
+        let was = l.remove(&pid).is_some();
+        if l.is_empty() {
+            st.lobbies.remove(room);
+        }
+        was
+    }
+
+    /// Whether `pid` may admit and deny in `room`: an admin, or anyone when no admin is in.
+    pub(crate) fn may_decide(&self, room: &str, pid: ParticipantId, admin: bool) -> bool {
+        let st = self.lock();
+        let Some(m) = st.members.get(room) else {
+            return false;
+        };
+        m.contains_key(&pid) && (admin || !m.values().any(|a| *a))
+    }
+
+    /// The admins in a room, or `None` when there are none (then everyone decides).
+    pub(crate) fn deciders(&self, room: &str) -> Option<Vec<ParticipantId>> {
+        let st = self.lock();
+        let admins: Vec<ParticipantId> = st
+            .members
+            .get(room)?
+            .iter()
+            .filter(|(_, a)| **a)
+            .map(|(p, _)| *p)
+            .collect();
+        (!admins.is_empty()).then_some(admins)
+    }
+
+    /// Answers a knock. `false` when nobody with that id waits in that room.
+    pub(crate) fn decide(&self, room: &str, pid: ParticipantId, admit: bool) -> bool {
+        let mut st = self.lock();
+        let Some(l) = st.lobbies.get_mut(room) else {
+            return false;
+        };
+        let Some(w) = l.remove(&pid) else {
+            return false;
+        };
+        if l.is_empty() {
+            st.lobbies.remove(room);
+        }
+        let outcome = if admit {
+            LobbyOutcome::Admitted
+        } else {
+            LobbyOutcome::Denied
+        };
+        // The waiter may have just closed its socket: then it is simply gone.
+        w.decide.send(outcome).is_ok()
+    }
+
+    /// Who waits in a room's lobby: `(participant_id, identity, name)`.
+    pub(crate) fn waiting(&self, room: &str) -> Vec<(ParticipantId, String, String)> {
+        self.lock().lobbies.get(room).map_or_else(Vec::new, |l| {
+            l.iter()
+                .map(|(p, w)| (*p, w.identity.clone(), w.name.clone()))
+                .collect()
+        })
+    }
+
+    /// A member entered the room.
+    pub(crate) fn entered(&self, room: &str, pid: ParticipantId, admin: bool) {
+        self.lock()
+            .members
+            .entry(room.to_string())
+            .or_default()
+            .insert(pid, admin);
+    }
+
+    /// A member left the room. Returns whether it had entered.
+    pub(crate) fn left(&self, room: &str, pid: ParticipantId) -> bool {
+        let mut st = self.lock();
+        let Some(m) = st.members.get_mut(room) else {
+            return false;
+        };
+        let was = m.remove(&pid).is_some();
+        if m.is_empty() {
+            st.members.remove(room);
+        }
+        was
+    }
+}
+
+/// Hashes a room password for storage (PBKDF2-HMAC-SHA256, random salt).
+pub(crate) fn hash_password(password: &str) -> String {
+    let salt: [u8; 16] = rand::random();
+    let mut out = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations(PBKDF2_ITERATIONS),
+        &salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    format!(
+        "pbkdf2-sha256${PBKDF2_ITERATIONS}${}${}",
+        hex(&salt),
+        hex(&out)
+    )
+}
+
+fn iterations(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Checks a password against a stored hash, in constant time.
+pub(crate) fn verify_password(stored: &str, password: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some("pbkdf2-sha256"), Some(iter), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Ok(iter), Some(salt), Some(hash)) = (iter.parse::<u32>(), unhex(salt), unhex(hash)) else {
+        return false;
+    };
+    pbkdf2::verify(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations(iter),
+        &salt,
+        password.as_bytes(),
+        &hash,
+    )
+    .is_ok()
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moderation() -> Moderation {
+        Moderation::new(ChatStore::in_memory().unwrap()).unwrap()
+    }
+
+    fn settings(password: Option<&str>, lobby: bool) -> RoomSettings {
+        RoomSettings {
+            max_participants: Some(3),
+            password_hash: password.map(hash_password),
+            lobby,
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn passwords_verify_only_themselves() {
+        let h = hash_password("sesame");
+        assert!(verify_password(&h, "sesame"));
+        assert!(!verify_password(&h, "Sesame"));
+        assert!(!verify_password("garbage", "sesame"));
+        assert!(!verify_password("pbkdf2-sha256$1$zz$00", "sesame"));
+    }
+
+    #[test]
+    fn the_gate_checks_password_then_lobby_and_admins_pass() {
+        let m = moderation();
+        assert!(matches!(m.gate("free", false, None), Gate::Open));
+        m.save("locked", settings(Some("pw"), true)).unwrap();
+        assert!(matches!(
+            m.gate("locked", false, None),
+            Gate::Refused(ErrorCode::PasswordRequired, _)
+        ));
+        assert!(matches!(
+            m.gate("locked", false, Some("no")),
+            Gate::Refused(ErrorCode::WrongPassword, _)
+        ));
+        assert!(matches!(m.gate("locked", false, Some("pw")), Gate::Lobby));
+        assert!(matches!(m.gate("locked", true, None), Gate::Open));
+        assert_eq!(m.max_participants("locked", 50), 3);
+        assert_eq!(m.max_participants("locked", 2), 2);
+        assert_eq!(m.max_participants("free", 50), 50);
+    }
+
+    #[test]
+    fn knocks_are_decided_once() {
+        let m = moderation();
+        let pid = ParticipantId(7);
+        let mut rx = m.knock("r", pid, "bob", "Bob");
+        assert_eq!(m.waiting("r").len(), 1);
+        assert!(m.decide("r", pid, true));
+        assert!(!m.decide("r", pid, false));
+        assert_eq!(rx.try_recv().unwrap(), LobbyOutcome::Admitted);
+        assert_eq!(m.waiting_count("r"), 0);
+    }
+
+    #[test]
+    fn deciders_are_admins_or_everyone() {
+        let m = moderation();
+        let (a, b) = (ParticipantId(1), ParticipantId(2));
+        assert!(!m.may_decide("r", b, false), "not a member");
+        m.entered("r", b, false);
+        assert!(m.may_decide("r", b, false));
+        m.entered("r", a, true);
+        assert!(m.may_decide("r", a, true));
+        assert!(!m.may_decide("r", b, false));
+        assert_eq!(m.deciders("r"), Some(vec![a]));
+        m.left("r", a);
+        assert!(m.may_decide("r", b, false));
+        assert_eq!(m.deciders("r"), None);
+    }
+
+    #[test]
+    fn ending_a_room_forgets_it_and_empties_its_lobby() {
+        let m = moderation();
+        m.save("r", settings(None, true)).unwrap();
+        let mut rx = m.knock("r", ParticipantId(3), "c", "C");
+        assert!(m.end("r").unwrap());
+        assert_eq!(rx.try_recv().unwrap(), LobbyOutcome::RoomEnded);
+        assert!(m.settings("r").is_none());
+        assert!(!m.end("r").unwrap());
+    }
+}
