@@ -4,6 +4,7 @@ import { fillIcons } from './icons.js';
 import { openLocalMedia, getTrack, listDevices, LevelMeter } from './devices.js';
 import { Call } from './call.js';
 import { RoomView } from './room.js';
+import { ModerationUI, showLobby, askPassword } from './moderation.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
 
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -320,12 +321,14 @@ class JoinScreen {
 
 // ---------------------------------------------------------------- meeting
 
-function startCall({ room, token, stream, join, name }) {
+function startCall({ room, token, stream, join, name, password }) {
   let view = null;
+  let mod = null;
   const call = new Call({
     room,
     token,
     stream,
+    password,
     relay: params.get('relay') === '1',
     log: (...a) => console.warn('[huddle]', ...a),
     on: {
@@ -350,7 +353,7 @@ function startCall({ room, token, stream, join, name }) {
           onToggleCamera: () => toggleLocal('video'),
           onInvite: () => invite(room),
           onLeave: () => leave(),
-          onSendChat: (text) => call.sendChat(text),
+          onSendChat: (text) => (mod ? mod.sendChat(text) : !!call.sendChat(text)),
           onRemoteFrame: () => {
             if (huddle.firstRemoteFrameAt === null) {
               huddle.firstRemoteFrameAt = performance.now();
@@ -361,7 +364,12 @@ function startCall({ room, token, stream, join, name }) {
           getPeer: () => huddle.pc,
         });
         huddle.view = view;
-        for (const p of msg.participants || []) view.participantJoined(p);
+        mod = new ModerationUI({ view, call, selfId: msg.participant_id, selfName: msg.name || name, canChat: !msg.grants || msg.grants.chat !== false });
+        huddle.mod = mod;
+        for (const p of msg.participants || []) {
+          view.participantJoined(p);
+          if (p.hand_raised) mod.setHand(p.participant_id, true);
+        }
         showScreen('room');
         view.chatHistory(msg.chat_history);
         view.layout();
@@ -387,22 +395,51 @@ function startCall({ room, token, stream, join, name }) {
       participantJoined(p) {
         if (!view || !p) return;
         view.participantJoined(p);
+        if (p.hand_raised) mod?.setHand(p.participant_id, true);
+        mod?.renderPeople();
         toast(t('toast.joined', { name: p.name || '?' }));
       },
       participantLeft(id) {
         if (!view) return;
         const tile = view.tiles.get(id);
         view.participantLeft(id);
+        mod?.participantLeft(id);
         if (tile) toast(t('toast.left', { name: tile.name }));
       },
       trackPublished: (id, track) => view?.trackPublished(id, track),
       trackUnpublished: (id, trackId) => view?.trackUnpublished(id, trackId),
-      mute: (id, kind, muted) => view?.setRemoteMute(id, kind, muted),
-      chat: (m) => view?.addChat(m),
+      mute(id, kind, muted, byServer) {
+        if (id === huddle.participantId) {
+          if (byServer && muted) forcedMute(kind);
+          return;
+        }
+        view?.setRemoteMute(id, kind, muted);
+        mod?.renderPeople();
+      },
+      hand: (id, raised) => mod?.setHand(id, raised),
+      typing: (id, active) => mod?.typing(id, active),
+      lobby() {
+        huddle.state = 'lobby';
+        showLobby(room, () => {
+          call.leave();
+          for (const tr of stream.getTracks()) tr.stop();
+          huddle.state = 'left';
+          showLeft(t('left.title'), t('leave_reason.left'));
+        });
+      },
+      knock: (msg) => mod?.knock(msg),
+      knockEnded: (id) => mod?.knockEnded(id),
+      chat(m, clientMsgId) {
+        mod?.typing(m && m.participant_id, false);
+        if (clientMsgId && mod?.delivered(clientMsgId, m)) return;
+        view?.addChat(m);
+      },
       rtt(ms) {
         huddle.rtt = ms;
       },
       error(msg, fatal) {
+        // A password room: the prompt says it.
+        if (!call.joined && (msg.code === 'password_required' || msg.code === 'wrong_password')) return;
         reportError(msg.code, msg.message, { sticky: fatal });
       },
       failure(type, err) {
@@ -410,6 +447,21 @@ function startCall({ room, token, stream, join, name }) {
       },
       closed(info) {
         if (!info.joined) {
+          const code = info.lastError && info.lastError.code;
+          if (code === 'password_required' || code === 'wrong_password') {
+            askPassword(room, code === 'wrong_password').then((pw) => {
+              if (pw === null) join.failed();
+              else startCall({ room, token, stream, join, name, password: pw });
+            });
+            return;
+          }
+          if (info.serverLeaveReason) {
+            // Turned away from the lobby, or the room ended while waiting.
+            for (const tr of stream.getTracks()) tr.stop();
+            huddle.state = 'left';
+            showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`));
+            return;
+          }
           if (!info.lastError) reportError('connect_failed', null, { sticky: true });
           join.failed();
           return;
@@ -440,7 +492,24 @@ function startCall({ room, token, stream, join, name }) {
     }
   }
 
+  // The room API muted us: the track goes off here too; the user may turn it back on.
+  function forcedMute(kind) {
+    const tracks = kind === 'audio' ? stream.getAudioTracks() : stream.getVideoTracks();
+    for (const tr of tracks) tr.enabled = false;
+    if (kind === 'audio') {
+      huddle.audioMuted = true;
+      view?.renderMic(true, false);
+    } else {
+      huddle.videoMuted = true;
+      view?.renderCamera(true, false);
+    }
+    toast(t(kind === 'audio' ? 'toast.muted_by_host' : 'toast.camera_off_by_host'), 5000);
+  }
+
   function endMeeting() {
+    if (mod) mod.destroy();
+    mod = null;
+    huddle.mod = null;
     if (view) view.destroy();
     for (const tr of stream.getTracks()) tr.stop();
     huddle.state = 'left';

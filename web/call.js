@@ -5,7 +5,7 @@ export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 15000;
 
 // Error codes after which the server closes the socket.
-export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full']);
+export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full', 'password_required', 'wrong_password']);
 
 function iceServersFrom(list) {
   if (!Array.isArray(list)) return [];
@@ -25,6 +25,7 @@ export class Call {
   constructor(opts) {
     this.room = opts.room;
     this.token = opts.token;
+    this.password = opts.password || null; // for a room with a password
     this.stream = opts.stream || new MediaStream();
     this.relay = !!opts.relay;
     this.on = opts.on;
@@ -51,7 +52,9 @@ export class Call {
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => {
-      this.send({ type: 'join', protocol: PROTOCOL_VERSION, token: this.token });
+      const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this.token };
+      if (this.password) join.password = this.password;
+      this.send(join);
     };
     ws.onmessage = (ev) => {
       if (typeof ev.data !== 'string') return;
@@ -140,9 +143,19 @@ export class Call {
       case 'track_unpublished':
         return this.on.trackUnpublished?.(msg.participant_id, msg.track_id);
       case 'mute':
-        return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted);
+        return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted, !!msg.by_server);
       case 'chat':
-        return this.on.chat?.(msg.message);
+        return this.on.chat?.(msg.message, typeof msg.client_msg_id === 'string' ? msg.client_msg_id : null);
+      case 'hand':
+        return this.on.hand?.(msg.participant_id, !!msg.raised);
+      case 'typing':
+        return this.on.typing?.(msg.participant_id, msg.active !== false);
+      case 'lobby':
+        return this.on.lobby?.();
+      case 'knock':
+        return this.on.knock?.(msg);
+      case 'knock_ended':
+        return this.on.knockEnded?.(msg.participant_id, msg.outcome);
       case 'pong':
         if (typeof msg.ts === 'number') this.on.rtt?.(Date.now() - msg.ts);
         return;
@@ -229,8 +242,10 @@ export class Call {
     if (this.joined) this.send({ type: 'mute', kind, muted });
   }
 
+  // Returns the message's client_msg_id (the server's echo carries it back), or false.
   sendChat(text) {
-    return this.send({ type: 'chat', text });
+    const id = `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+    return this.send({ type: 'chat', text, client_msg_id: id }) ? id : false;
   }
 
   stopTimers() {
