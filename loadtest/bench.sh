@@ -134,7 +134,9 @@ run() {
   local cmd=(taskset -c "$TESTER_CPU" "$LOADTEST" "$@" --duration "$DURATION" --server-pid "$SERVER_PID"
     --label "$name" --report "$OUT/$name.json" --plot "$OUT/$name.svg" --no-progress)
   echo "${cmd[*]}" >"$OUT/$name.cmd"
+  echo "$name start $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
   "${cmd[@]}" | tee "$OUT/$name.txt"
+  echo "$name end $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
   stop_server
 }
 
@@ -193,6 +195,7 @@ done
   echo
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ); nproc: $(nproc); CPU: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
   echo "server on CPU $SERVER_CPU, tester on CPU $TESTER_CPU, $DURATION s per run"
+  echo "1-minute load average around the runs (other work on the machine): $(awk '{print $3}' "$OUT/loadavg.txt" | sort -n | sed -n '1p;$p' | paste -sd'-' -)"
 } >>"$OUT/figures.md"
 cat "$OUT/figures.md"
 echo "reports, plots and commands in $OUT"
