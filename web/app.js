@@ -5,6 +5,8 @@ import { openLocalMedia, getTrack, listDevices, LevelMeter } from './devices.js'
 import { Call } from './call.js';
 import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
+import { RichChat } from './richchat.js';
+import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
 
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -142,6 +144,7 @@ class JoinScreen {
     showScreen('join');
     document.title = `${this.room} · ${t('app.name')}`;
     $('#join-room-name').textContent = this.room;
+    $('#e2ee-field').hidden = !e2eeRequested();
 
     const claims = this.token ? decodeJwtClaims(this.token) : null;
     $('#join-token-note').hidden = !this.token;
@@ -301,6 +304,25 @@ class JoinScreen {
       }
     }
 
+    if (e2eeRequested()) {
+      // The passphrase never leaves this page: only a key derived from it is used, here.
+      const passphrase = $('#e2ee-passphrase').value;
+      if (!passphrase) {
+        reportError('e2ee_passphrase_required');
+        this.setBusy(false);
+        $('#e2ee-passphrase').focus();
+        return;
+      }
+      try {
+        huddle.e2ee?.close();
+        huddle.e2ee = await E2EE.create(passphrase, this.room);
+      } catch (err) {
+        reportError('e2ee_unavailable', String(err && err.message), { sticky: true });
+        this.setBusy(false);
+        return;
+      }
+    }
+
     const stream = await this.mediaReady;
     huddle.state = 'connecting';
     startCall({ room: this.room, token, stream, join: this, name });
@@ -321,13 +343,66 @@ class JoinScreen {
 
 // ---------------------------------------------------------------- meeting
 
+// Starts or stops sharing the screen on the m-line negotiated at join (no new offer).
+async function toggleScreen(call) {
+  const view = huddle.view;
+  if (call.screenTrack) {
+    await call.stopScreen();
+    view?.setLocalScreen(null);
+    return;
+  }
+  let track;
+  try {
+    const display = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
+    track = display.getVideoTracks()[0];
+    if (!track) return;
+    await call.startScreen(track);
+  } catch (err) {
+    if (track) track.stop();
+    // The user closing the picker is not an error.
+    if (err && err.name !== 'NotAllowedError' && err.name !== 'AbortError') reportError('screen_failed', String(err && err.message));
+    return;
+  }
+  track.addEventListener('ended', () => {
+    if (call.screenTrack !== track) return;
+    call.stopScreen();
+    huddle.view?.setLocalScreen(null);
+  });
+  view?.setLocalScreen(track);
+}
+
+// The header pill of an end-to-end encrypted room, and the warning when what arrives does not
+// decrypt (another passphrase).
+function setupE2eeIndicators(e2ee) {
+  const pill = $('#e2ee-pill');
+  pill.hidden = !e2ee;
+  if (!e2ee) return;
+  delete pill.dataset.state;
+  $('span', pill).textContent = t('e2ee.badge');
+  huddle.e2eeWarned = false;
+  e2ee.onStats = (s) => {
+    huddle.e2eeStats = { ...s };
+    // Nothing decrypted while frames (Opus: 50 a second) or chat keep failing: another
+    // passphrase. One participant with a wrong passphrase does not warn the others.
+    const wrong = s.decrypted === 0 && (s.failed >= 100 || s.chatFailed > 0);
+    if (wrong && !huddle.e2eeWarned) {
+      huddle.e2eeWarned = true;
+      pill.dataset.state = 'wrong';
+      $('span', pill).textContent = t('e2ee.badge_wrong');
+      showBanner(t('e2ee.wrong_passphrase'), { sticky: true, kind: 'warning' });
+    }
+  };
+}
+
 function startCall({ room, token, stream, join, name, password }) {
   let view = null;
   let mod = null;
+  let rich = null;
   const call = new Call({
     room,
     token,
     stream,
+    e2ee: huddle.e2ee || null,
     password,
     relay: params.get('relay') === '1',
     log: (...a) => console.warn('[huddle]', ...a),
@@ -354,6 +429,9 @@ function startCall({ room, token, stream, join, name, password }) {
           onInvite: () => invite(room),
           onLeave: () => leave(),
           onSendChat: (text) => (mod ? mod.sendChat(text) : !!call.sendChat(text)),
+          onVideoSizes: (tracks) => call.sendVideoSizes(tracks),
+          onToggleScreen: () => toggleScreen(call),
+          canShareScreen: canPublish && !!navigator.mediaDevices && typeof navigator.mediaDevices.getDisplayMedia === 'function',
           onRemoteFrame: () => {
             if (huddle.firstRemoteFrameAt === null) {
               huddle.firstRemoteFrameAt = performance.now();
@@ -366,6 +444,10 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.view = view;
         mod = new ModerationUI({ view, call, selfId: msg.participant_id, selfName: msg.name || name, canChat: !msg.grants || msg.grants.chat !== false });
         huddle.mod = mod;
+        rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
+        huddle.rich = rich;
+        view.opts.decorateChat = (item, m) => rich.decorate(item, m);
+        setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
           view.participantJoined(p);
           if (p.hand_raised) mod.setHand(p.participant_id, true);
@@ -429,6 +511,11 @@ function startCall({ room, token, stream, join, name, password }) {
       },
       knock: (msg) => mod?.knock(msg),
       knockEnded: (id) => mod?.knockEnded(id),
+      speakers: (list) => view?.setSpeakers(list),
+      quality: (list) => view?.setQuality(list),
+      screen: (id, sharing) => view?.setScreenSharing(id, sharing),
+      chatUpdate: (m) => view?.updateChat(m),
+      tileReaction: (id, emoji) => rich?.showTileReaction(id, emoji),
       chat(m, clientMsgId) {
         mod?.typing(m && m.participant_id, false);
         if (clientMsgId && mod?.delivered(clientMsgId, m)) return;

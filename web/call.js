@@ -4,6 +4,16 @@
 export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 15000;
 
+// Camera simulcast: three layers, lowest first (the server ranks them in this order). Always
+// offered: the client offers once, at join, and the server pauses the layers nobody watches
+// (dynacast, the `layers` message), so a small meeting costs little more than one layer.
+// Browsers send only the layers the capture size allows.
+export const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
+
 // Error codes after which the server closes the socket.
 export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full', 'password_required', 'wrong_password']);
 
@@ -28,6 +38,7 @@ export class Call {
     this.password = opts.password || null; // for a room with a password
     this.stream = opts.stream || new MediaStream();
     this.relay = !!opts.relay;
+    this.e2ee = opts.e2ee || null; // E2EE (web/e2ee.js) in an end-to-end encrypted room
     this.on = opts.on;
     this.log = opts.log || (() => {});
     this.ws = null;
@@ -43,12 +54,17 @@ export class Call {
     this.pendingCandidates = [];
     this.endOfCandidatesSent = false;
     this.pingTimer = 0;
-    this.publishing = { audio: null, video: null };
+    this.publishing = { audio: null, video: null, screen: null };
+    this.screenTrack = null;
   }
 
   connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = `${proto}//${location.host}/ws?room=${encodeURIComponent(this.room)}`;
+    // Cluster mode: a `redirect` names the room's node; it is used for this one connection
+    // (a later reconnect goes through the front address again and is placed afresh).
+    const base = this.redirectBase ? this.redirectBase.replace(/^http/, 'ws') : `${proto}//${location.host}`;
+    this.redirectBase = null;
+    const url = `${base}/ws?room=${encodeURIComponent(this.room)}`;
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => {
@@ -134,6 +150,14 @@ export class Call {
         this.send({ type: 'answer', sdp: this.pc.localDescription.sdp });
         return;
       }
+      case 'layers':
+        return this.setLayers(msg.track_id, Array.isArray(msg.active) ? msg.active : []);
+      case 'speakers':
+        return this.on.speakers?.(Array.isArray(msg.speakers) ? msg.speakers : []);
+      case 'quality':
+        return this.on.quality?.(Array.isArray(msg.participants) ? msg.participants : []);
+      case 'screen':
+        return this.on.screen?.(msg.participant_id, !!msg.sharing);
       case 'participant_joined':
         return this.on.participantJoined?.(msg.participant);
       case 'participant_left':
@@ -145,7 +169,13 @@ export class Call {
       case 'mute':
         return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted, !!msg.by_server);
       case 'chat':
+        if (this.e2ee) msg.message = await this.e2ee.openMessage(msg.message);
         return this.on.chat?.(msg.message, typeof msg.client_msg_id === 'string' ? msg.client_msg_id : null);
+      case 'chat_update':
+        if (this.e2ee) msg.message = await this.e2ee.openMessage(msg.message);
+        return this.on.chatUpdate?.(msg.message);
+      case 'tile_reaction':
+        return this.on.tileReaction?.(msg.participant_id, msg.emoji);
       case 'hand':
         return this.on.hand?.(msg.participant_id, !!msg.raised);
       case 'typing':
@@ -162,6 +192,8 @@ export class Call {
       case 'leave':
         this.serverLeaveReason = msg.reason || 'removed';
         return;
+      case 'redirect':
+        return this.followRedirect(msg);
       case 'error':
         this.lastError = msg;
         return this.on.error?.(msg, FATAL_ERRORS.has(msg.code));
@@ -170,14 +202,35 @@ export class Call {
     }
   }
 
+  // Cluster mode: the room lives on another node; join there (at most 3 hops per connect).
+  followRedirect(msg) {
+    this.redirects = (this.redirects || 0) + 1;
+    if (this.joined || this.redirects > 3 || typeof msg.url !== 'string' || !/^https?:\/\/[^/]+/.test(msg.url)) {
+      this.log('redirect ignored', msg.url);
+      return;
+    }
+    const old = this.ws;
+    old.onclose = null;
+    old.onmessage = null;
+    old.onerror = null;
+    old.close(1000, 'redirected');
+    this.redirectBase = msg.url.replace(/\/+$/, '');
+    this.connect();
+  }
+
   async onJoined(msg) {
+    this.redirects = 0;
     this.joined = true;
     this.participantId = msg.participant_id;
+    if (this.e2ee && Array.isArray(msg.chat_history)) {
+      msg.chat_history = await Promise.all(msg.chat_history.map((m) => this.e2ee.openMessage(m)));
+    }
     this.on.joined?.(msg);
     this.pingTimer = setInterval(() => this.send({ type: 'ping', ts: Date.now() }), PING_INTERVAL_MS);
 
     const config = { iceServers: iceServersFrom(msg.ice_servers), bundlePolicy: 'max-bundle' };
     if (this.relay) config.iceTransportPolicy = 'relay';
+    if (this.e2ee) this.e2ee.peerConfig(config);
     const pc = new RTCPeerConnection(config);
     this.pc = pc;
     this.on.peer?.(pc);
@@ -189,6 +242,7 @@ export class Call {
         this.log('remote track without a stream id; cannot tell whose it is');
         return;
       }
+      if (this.e2ee) this.e2ee.setupReceiver(e.receiver, e.track.kind);
       this.on.track?.(stream.id, e.track, e.receiver, stream);
     };
     pc.onconnectionstatechange = () => {
@@ -197,19 +251,40 @@ export class Call {
     };
 
     const mayPublish = !msg.grants || msg.grants.publish !== false;
+    const transceivers = [];
     if (mayPublish) {
       for (const kind of ['audio', 'video']) {
         const track = kind === 'audio' ? this.stream.getAudioTracks()[0] : this.stream.getVideoTracks()[0];
         if (!track) continue;
-        const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [this.stream] });
+        const init = { direction: 'sendonly', streams: [this.stream] };
+        if (kind === 'video') init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        const tr = pc.addTransceiver(track, init);
+        if (this.e2ee) {
+          if (kind === 'video') this.e2ee.preferVp8(tr);
+          this.e2ee.setupSender(tr.sender, kind);
+        }
         this.publishing[kind] = tr.sender;
+        transceivers.push([tr, kind === 'audio' ? 'microphone' : 'camera']);
+      }
+      // The screen m-line is negotiated now, without a track: sharing later is a
+      // replaceTrack, with no new offer (the client offers only once).
+      if (navigator.mediaDevices && typeof navigator.mediaDevices.getDisplayMedia === 'function') {
+        const tr = pc.addTransceiver('video', { direction: 'sendonly', streams: [this.stream] });
+        if (this.e2ee) {
+          this.e2ee.preferVp8(tr);
+          this.e2ee.setupSender(tr.sender, 'video');
+        }
+        this.publishing.screen = tr.sender;
+        transceivers.push([tr, 'screen']);
       }
     }
     this.dc = pc.createDataChannel('huddle');
 
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    const sources = {};
+    for (const [tr, source] of transceivers) if (tr.mid != null) sources[tr.mid] = source;
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources });
     this.offerSent = true;
     for (const c of this.pendingCandidates.splice(0)) this.send(c);
     this.on.offered?.();
@@ -242,10 +317,75 @@ export class Call {
     if (this.joined) this.send({ type: 'mute', kind, muted });
   }
 
+  // Dynacast: keep only the camera layers someone watches.
+  async setLayers(trackId, active) {
+    const sender = this.publishing.video;
+    if (!sender) return;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    let changed = false;
+    for (const enc of params.encodings) {
+      if (!enc.rid) continue;
+      const want = active.includes(enc.rid);
+      if (enc.active !== want) {
+        enc.active = want;
+        changed = true;
+      }
+    }
+    this.activeLayers = active.slice();
+    if (changed) await sender.setParameters(params);
+  }
+
+  // Sizes (device pixels) at which remote video tracks are shown; 0 x 0 = hidden.
+  sendVideoSizes(tracks) {
+    return this.send({ type: 'video_sizes', tracks });
+  }
+
+  canShareScreen() {
+    return !!this.publishing.screen;
+  }
+
+  async startScreen(track) {
+    if (!this.publishing.screen) throw new Error('screen sharing was not negotiated');
+    if ('contentHint' in track) track.contentHint = 'detail';
+    await this.publishing.screen.replaceTrack(track);
+    this.screenTrack = track;
+    this.send({ type: 'screen', sharing: true });
+  }
+
+  async stopScreen() {
+    const track = this.screenTrack;
+    this.screenTrack = null;
+    if (track) track.stop();
+    if (this.publishing.screen) await this.publishing.screen.replaceTrack(null).catch(() => {});
+    this.send({ type: 'screen', sharing: false });
+  }
+
   // Returns the message's client_msg_id (the server's echo carries it back), or false.
-  sendChat(text) {
+  // `extra`: more fields, e.g. {attachment_id}. In an end-to-end encrypted room the text is
+  // encrypted first (in order: one chain of sends).
+  sendChat(text, extra = {}) {
     const id = `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
-    return this.send({ type: 'chat', text, client_msg_id: id }) ? id : false;
+    const msg = { type: 'chat', text, client_msg_id: id, ...extra };
+    if (!this.e2ee) return this.send(msg) ? id : false;
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.sendSealed(msg);
+    return id;
+  }
+
+  sendChatEdit(messageId, text) {
+    const msg = { type: 'chat_edit', message_id: messageId, text };
+    if (this.e2ee) this.sendSealed(msg);
+    else this.send(msg);
+  }
+
+  sendSealed(msg) {
+    this.sealChain = (this.sealChain || Promise.resolve())
+      .then(async () => {
+        if (msg.text) msg.text = await this.e2ee.sealText(msg.text);
+        this.send(msg);
+      })
+      .catch((err) => this.log('chat encryption failed', err));
   }
 
   stopTimers() {

@@ -5,6 +5,17 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 // 24x24 stroke icons. Each entry is a list of shapes: a string is a <path d>,
 // an object is any other element with its attributes.
 const ICONS = {
+  screen: [
+    { tag: 'rect', x: 2.5, y: 4, width: 19, height: 13, rx: 2 },
+    'M8 21h8',
+    'M12 17v4',
+  ],
+  layout: [
+    { tag: 'rect', x: 2.5, y: 3.5, width: 19, height: 11, rx: 2 },
+    { tag: 'rect', x: 2.5, y: 16.5, width: 5, height: 4, rx: 1 },
+    { tag: 'rect', x: 9.5, y: 16.5, width: 5, height: 4, rx: 1 },
+    { tag: 'rect', x: 16.5, y: 16.5, width: 5, height: 4, rx: 1 },
+  ],
   mic: [
     'M12 2.5a3 3 0 0 0-3 3v6.5a3 3 0 0 0 6 0V5.5a3 3 0 0 0-3-3Z',
     'M19 10.5v1.5a7 7 0 0 1-14 0v-1.5',

@@ -63,13 +63,21 @@ export class RoomView {
 
     this.resizeObserver = new ResizeObserver(() => this.layout());
     this.resizeObserver.observe(this.stage);
-    this.levelTimer = setInterval(() => this.updateSpeaking(), 250);
+    this.screens = new Map(); // participant id -> screen tile
+    this.trackSources = new Map(); // track_id -> 'camera' | 'microphone' | 'screen'
+    this.parkedTracks = new Map(); // track_id -> {streamId, track, receiver}: source not known yet
+    this.speakerView = false;
+    this.focusId = null;
+    this.lastSizes = '';
+    this.sizeTimer = setInterval(() => this.reportSizes(), 500);
     this.updateCount();
   }
 
   destroy() {
     this.resizeObserver.disconnect();
-    clearInterval(this.levelTimer);
+    clearInterval(this.sizeTimer);
+    for (const s of this.screens.values()) s.video.srcObject = null;
+    this.screens.clear();
     for (const tile of this.tiles.values()) this.stopTileMedia(tile);
     this.tiles.clear();
   }
@@ -84,11 +92,12 @@ export class RoomView {
     const micBadge = el('span', { class: 'tile-badge mic-badge', hidden: true, title: t('tile.muted') }, icon('mic-off'));
     const camBadge = el('span', { class: 'tile-badge cam-badge', hidden: true, title: t('tile.camera_off') }, icon('video-off'));
     const nameEl = el('span', { class: 'tile-name', text: self ? t('tile.you', { name }) : name });
-    const label = el('div', { class: 'tile-label' }, micBadge, camBadge, nameEl);
+    const qualityEl = el('span', { class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
+    const label = el('div', { class: 'tile-label' }, qualityEl, micBadge, camBadge, nameEl);
     const root = el('div', { class: self ? 'tile self' : 'tile', dataset: { participantId: id } }, video, avatar, label);
     micBadge.setAttribute('aria-label', t('tile.muted'));
     camBadge.setAttribute('aria-label', t('tile.camera_off'));
-    return { id, el: root, video, avatar, micBadge, camBadge, nameEl, name, audioMuted: false, videoMuted: false };
+    return { id, el: root, video, avatar, micBadge, camBadge, nameEl, qualityEl, name, audioMuted: false, videoMuted: false };
   }
 
   makeSelfTile(opts) {
@@ -134,7 +143,8 @@ export class RoomView {
       }
       if (typeof info.audio_muted === 'boolean') tile.audioMuted = info.audio_muted;
       if (typeof info.video_muted === 'boolean') tile.videoMuted = info.video_muted;
-      if (Array.isArray(info.tracks)) for (const tr of info.tracks) if (tr && tr.track_id) tile.tracks.set(tr.track_id, tr.kind);
+      if (Array.isArray(info.tracks)) for (const tr of info.tracks) if (tr && tr.track_id) this.noteTrack(tile, tr);
+      if (typeof info.screen_sharing === 'boolean') this.setScreenSharing(id, info.screen_sharing);
       this.renderTile(tile);
     }
     return tile;
@@ -200,7 +210,25 @@ export class RoomView {
 
   trackPublished(id, track) {
     const tile = this.ensureTile(id);
-    if (tile && track && track.track_id) tile.tracks.set(track.track_id, track.kind);
+    if (tile && track && track.track_id) this.noteTrack(tile, track);
+  }
+
+  noteTrack(tile, track) {
+    tile.tracks.set(track.track_id, track.kind);
+    if (track.source) this.trackSources.set(track.track_id, track.source);
+    // A video track that arrived before its track_published (the offer and the event race):
+    // now its source is known, put it where it belongs.
+    const parked = this.parkedTracks.get(track.track_id);
+    if (parked) {
+      this.parkedTracks.delete(track.track_id);
+      this.attachTrack(parked.streamId, parked.track, parked.receiver);
+    } else if (track.source === 'screen' && tile.videoTrack && tile.videoTrack.id === track.track_id) {
+      const screen = tile.videoTrack;
+      const camera = tile.prevVideoTrack;
+      this.detachKind(tile, 'video');
+      if (camera && camera.readyState === 'live') this.attachTrack(tile.id, camera);
+      this.attachScreen(tile.id, screen);
+    }
   }
 
   trackUnpublished(id, trackId) {
@@ -220,6 +248,19 @@ export class RoomView {
       if (track.kind === 'video' && tile.videoTrack === track) this.detachKind(tile, 'video');
       if (track.kind === 'audio' && tile.audioTrack === track) this.detachKind(tile, 'audio');
     };
+    if (track.kind === 'video' && this.trackSources.get(track.id) === 'screen') {
+      this.attachScreen(streamId, track);
+      return;
+    }
+    if (track.kind === 'video' && !this.trackSources.has(track.id)) {
+      const cur = tile.videoTrack;
+      if (cur && cur !== track && this.trackSources.get(cur.id) === 'camera') {
+        // Keep the camera until track_published says what this one is (often a screen).
+        this.parkedTracks.set(track.id, { streamId, track, receiver });
+        return;
+      }
+    }
+    if (track.kind === 'video' && tile.videoTrack && tile.videoTrack !== track) tile.prevVideoTrack = tile.videoTrack;
     track.addEventListener('ended', onGone);
     track.addEventListener('mute', () => this.renderTile(tile));
     track.addEventListener('unmute', () => this.renderTile(tile));
@@ -240,6 +281,8 @@ export class RoomView {
 
   // Removes a remote track whose m-line was stopped.
   removeTrack(streamId, track) {
+    const screen = this.screens.get(streamId);
+    if (screen && screen.track === track) this.removeScreen(streamId);
     const tile = this.tiles.get(streamId);
     if (!tile) return;
     if (tile.videoTrack === track) this.detachKind(tile, 'video');
@@ -264,35 +307,140 @@ export class RoomView {
     }
   }
 
-  // Speaking ring from the received audio level (getStats inbound-rtp audioLevel,
-  // or the RTP audio-level extension where the server forwards it).
-  async updateSpeaking() {
-    if (this.levelBusy) return;
-    this.levelBusy = true;
-    try {
-      const levels = new Map();
-      const pc = this.opts.getPeer?.();
-      if (pc && pc.connectionState !== 'closed') {
-        const stats = await pc.getStats();
-        stats.forEach((r) => {
-          if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.trackIdentifier) levels.set(r.trackIdentifier, r.audioLevel || 0);
-        });
-      }
-      const now = performance.now();
-      for (const tile of this.tiles.values()) {
-        let level = tile.audioTrack ? levels.get(tile.audioTrack.id) || 0 : 0;
-        if (!level && tile.audioReceiver) {
-          const src = tile.audioReceiver.getSynchronizationSources();
-          if (src.length && typeof src[0].audioLevel === 'number') level = src[0].audioLevel;
-        }
-        if (level > 0.05 && !tile.audioMuted) tile.speakingUntil = now + 700;
-        tile.el.classList.toggle('speaking', (tile.speakingUntil || 0) > now);
-      }
-    } catch {
-      /* closed meanwhile */
-    } finally {
-      this.levelBusy = false;
+  // ---- server-driven quality: speakers, connection quality, screens, layer sizes ----
+
+  // The server's speaker list (loudest first), from the RTP audio-level extension.
+  setSpeakers(list) {
+    const ids = new Set(list.map((x) => x && x.participant_id));
+    for (const tile of [...this.tiles.values(), this.selfTile]) tile.el.classList.toggle('speaking', ids.has(tile.id));
+    const top = list.find((x) => x && x.participant_id !== this.selfId && this.tiles.has(x.participant_id));
+    if (top && this.speakerView && this.focusId !== top.participant_id) {
+      this.focusId = top.participant_id;
+      this.layout();
     }
+  }
+
+  setQuality(list) {
+    for (const q of list) {
+      if (!q || !q.participant_id) continue;
+      const tile = q.participant_id === this.selfId ? this.selfTile : this.tiles.get(q.participant_id);
+      if (!tile || !['good', 'fair', 'poor'].includes(q.quality)) continue;
+      tile.qualityEl.hidden = false;
+      tile.qualityEl.dataset.quality = q.quality;
+      tile.qualityEl.title = t(`quality.${q.quality}`);
+      tile.qualityEl.setAttribute('aria-label', t(`quality.${q.quality}`));
+    }
+  }
+
+  screenTile(id) {
+    let s = this.screens.get(id);
+    if (!s) {
+      const owner = id === this.selfId ? this.selfTile : this.tiles.get(id);
+      const name = owner ? owner.name : '…';
+      const video = el('video', { class: 'tile-video', autoplay: true, playsInline: true, muted: true });
+      video.muted = true;
+      const label = el('div', { class: 'tile-label' }, el('span', { class: 'tile-name', text: t('tile.screen', { name }) }));
+      const root = el('div', { class: 'tile screen video-on', hidden: true, dataset: { participantId: id, testid: 'screen-tile' } }, video, label);
+      s = { id, el: root, video, track: null, sharing: false };
+      this.screens.set(id, s);
+      this.grid.prepend(root);
+    }
+    return s;
+  }
+
+  attachScreen(id, track) {
+    const s = this.screenTile(id);
+    s.track = track;
+    s.video.srcObject = new MediaStream([track]);
+    s.video.play().catch(() => {});
+    track.addEventListener('ended', () => this.removeScreen(id));
+    this.renderScreen(s);
+  }
+
+  // Our own share, shown to ourselves too.
+  setLocalScreen(track) {
+    if (track) {
+      this.attachScreen(this.selfId, track);
+      this.setScreenSharing(this.selfId, true);
+    } else {
+      this.removeScreen(this.selfId);
+    }
+    this.renderScreenButton(!!track);
+  }
+
+  setScreenSharing(id, sharing) {
+    const s = this.screenTile(id);
+    s.sharing = sharing;
+    this.renderScreen(s);
+  }
+
+  removeScreen(id) {
+    const s = this.screens.get(id);
+    if (!s) return;
+    s.video.srcObject = null;
+    s.el.remove();
+    this.screens.delete(id);
+    this.layout();
+  }
+
+  renderScreen(s) {
+    const show = s.sharing && !!s.track;
+    if (s.el.hidden === !show) return;
+    s.el.hidden = !show;
+    s.el.classList.toggle('focused', show);
+    this.layout();
+  }
+
+  toggleSpeakerView() {
+    this.speakerView = !this.speakerView;
+    if (this.speakerView && !this.tiles.has(this.focusId)) this.focusId = this.tiles.keys().next().value || null;
+    this.renderViewButton();
+    this.layout();
+  }
+
+  renderViewButton() {
+    const b = $('#view-button');
+    if (!b) return;
+    b.setAttribute('aria-pressed', String(this.speakerView));
+    setLabel(b, this.speakerView ? t('controls.grid_view') : t('controls.speaker_view'));
+  }
+
+  renderScreenButton(sharing) {
+    const b = $('#screen-button');
+    if (!b) return;
+    b.setAttribute('aria-pressed', String(!!sharing));
+    b.classList.toggle('active', !!sharing);
+    setLabel(b, sharing ? t('controls.screen_stop') : t('controls.screen_share'));
+  }
+
+  // Tells the server the size (device pixels) of each remote video, 0 x 0 when it is not
+  // shown, so that it forwards the simulcast layer that fits, or nothing.
+  reportSizes() {
+    const send = this.opts.onVideoSizes;
+    if (!send) return;
+    const dpr = window.devicePixelRatio || 1;
+    const stage = this.stage.getBoundingClientRect();
+    const visible = (elem) => {
+      if (document.hidden || elem.hidden || !elem.isConnected) return false;
+      const r = elem.getBoundingClientRect();
+      return r.width > 0 && r.right > stage.left && r.left < stage.right && r.bottom > stage.top && r.top < stage.bottom;
+    };
+    const tracks = [];
+    const add = (track, elem, shown) => {
+      if (!track || !track.id) return;
+      const ok = shown && visible(elem);
+      tracks.push({
+        track_id: track.id,
+        width: ok ? Math.round(elem.clientWidth * dpr) : 0,
+        height: ok ? Math.round(elem.clientHeight * dpr) : 0,
+      });
+    };
+    for (const tile of this.tiles.values()) add(tile.videoTrack, tile.el, !tile.videoMuted);
+    for (const s of this.screens.values()) if (s.id !== this.selfId) add(s.track, s.el, s.sharing);
+    const key = JSON.stringify(tracks);
+    if (key === this.lastSizes || !tracks.length) return;
+    this.lastSizes = key;
+    send(tracks);
   }
 
   updateCount() {
@@ -302,7 +450,11 @@ export class RoomView {
   }
 
   layout() {
-    const tiles = [...this.grid.children];
+    for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', this.speakerView && tile.id === this.focusId);
+    const focused = [...this.grid.children].filter((c) => !c.hidden && c.classList.contains('focused'));
+    this.grid.classList.toggle('focus', focused.length > 0);
+    if (focused.length) return this.layoutFocus(focused);
+    const tiles = [...this.grid.children].filter((c) => !c.hidden);
     const n = tiles.length;
     const rect = this.stage.getBoundingClientRect();
     const style = getComputedStyle(this.stage);
@@ -321,6 +473,22 @@ export class RoomView {
     tiles.forEach((tile, i) => {
       tile.style.gridColumn = rest && i === n - rest ? `${cols - rest + 1} / span 2` : '';
     });
+  }
+
+  // Screens and the speaker big, side by side; everyone else in a strip below.
+  layoutFocus(focused) {
+    const rect = this.stage.getBoundingClientRect();
+    const style = getComputedStyle(this.stage);
+    const W = rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const H = rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    const others = [...this.grid.children].filter((c) => !c.hidden).length - focused.length;
+    const stripH = others ? Math.max(60, Math.min(140, H * 0.2)) : 0;
+    const gs = this.grid.style;
+    gs.setProperty('--strip-h', `${Math.floor(stripH)}px`);
+    gs.setProperty('--strip-w', `${Math.floor((stripH * 16) / 9)}px`);
+    gs.setProperty('--focus-w', `${Math.floor((W - GAP * (focused.length - 1)) / focused.length)}px`);
+    gs.setProperty('--focus-h', `${Math.floor(H - stripH - (others ? GAP : 0))}px`);
+    for (const c of this.grid.children) c.style.gridColumn = '';
   }
 
   // ---- local state ----
@@ -347,7 +515,7 @@ export class RoomView {
 
   wireControls() {
     // Replace the buttons' listeners from an earlier session in this page.
-    for (const id of ['mic-button', 'camera-button', 'invite-button', 'chat-button', 'leave-button', 'chat-close']) {
+    for (const id of ['mic-button', 'camera-button', 'screen-button', 'view-button', 'invite-button', 'chat-button', 'leave-button', 'chat-close']) {
       const old = $(`#${id}`);
       const fresh = old.cloneNode(true);
       old.replaceWith(fresh);
@@ -358,6 +526,12 @@ export class RoomView {
 
     $('#mic-button').addEventListener('click', () => this.opts.onToggleMic());
     $('#camera-button').addEventListener('click', () => this.opts.onToggleCamera());
+    $('#screen-button')?.addEventListener('click', () => this.opts.onToggleScreen?.());
+    $('#view-button')?.addEventListener('click', () => this.toggleSpeakerView());
+    const screenButton = $('#screen-button');
+    if (screenButton) screenButton.hidden = !this.opts.canShareScreen;
+    this.renderScreenButton(false);
+    this.renderViewButton();
     $('#invite-button').addEventListener('click', () => this.opts.onInvite());
     $('#leave-button').addEventListener('click', () => this.opts.onLeave());
     $('#chat-button').addEventListener('click', () => this.setChatOpen(!this.chatOpen));
@@ -416,7 +590,14 @@ export class RoomView {
     this.scrollChat(true);
   }
 
-  addChat(m, { history = false } = {}) {
+  // A message changed (chat_update): rebuild its item in place.
+  updateChat(m) {
+    if (!m || m.id === undefined) return;
+    const old = this.chatLog.querySelector(`.chat-message[data-id="${CSS.escape(String(m.id))}"]`);
+    if (old) this.addChat(m, { history: true, replaceEl: old });
+  }
+
+  addChat(m, { history = false, replaceEl = null } = {}) {
     if (!m || typeof m.text !== 'string') return;
     const empty = $('#chat-empty');
     if (empty) empty.remove();
@@ -445,6 +626,13 @@ export class RoomView {
     item.dataset.testid = 'chat-message';
     if (m.id !== undefined) item.dataset.id = String(m.id);
     item.title = timeText;
+    this.opts.decorateChat?.(item, m);
+    if (replaceEl) {
+      if (replaceEl.classList.contains('continued')) item.classList.add('continued');
+      else item.classList.remove('continued');
+      replaceEl.replaceWith(item);
+      return;
+    }
     log.append(item);
     this.lastChat = { participant_id: m.participant_id, ts };
     if (!history && !this.chatOpen && !own) {
