@@ -614,7 +614,8 @@ function startCall({ room, token, stream, join, name, password }) {
 }
 
 async function invite(room) {
-  const url = `${location.origin}/r/${encodeURIComponent(room)}`;
+  // An end-to-end encrypted room's link keeps #e2ee (the passphrase is shared separately).
+  const url = `${location.origin}/r/${encodeURIComponent(room)}${e2eeRequested() ? '#e2ee' : ''}`;
   if (await copyText(url)) toast(t('toast.link_copied'));
   else toast(t('toast.copy_failed', { url }), 6000);
 }

@@ -44,7 +44,9 @@ export class RichChat {
 
   wireComposer() {
     const form = $('#chat-form');
-    if (!form || $('#chat-attach')) return;
+    if (!form) return;
+    // A rejoin in the same page: the old controls belong to the old session.
+    for (const id of ['chat-attach', 'chat-file', 'chat-upload']) $(`#${id}`)?.remove();
     const input = el('input', { type: 'file', id: 'chat-file', hidden: true, dataset: { testid: 'chat-file' } });
     const button = el('button', { type: 'button', id: 'chat-attach', class: 'icon-button ghost', title: t('chat.attach'), dataset: { testid: 'chat-attach' }, text: '📎' });
     button.setAttribute('aria-label', t('chat.attach'));
@@ -257,7 +259,8 @@ export class RichChat {
 
   wireTileReactions() {
     const group = $('.controls-group');
-    if (!group || $('#react-button')) return;
+    if (!group) return;
+    $('#react-button')?.closest('.react-wrap')?.remove();
     const button = el('button', { type: 'button', id: 'react-button', class: 'control-button', dataset: { testid: 'tile-react' }, text: '😊' });
     button.setAttribute('aria-label', t('controls.react'));
     button.title = t('controls.react');
