@@ -1,0 +1,121 @@
+// Browser end-to-end test of meeting quality: simulcast layer choice by tile size, the
+// server's active-speaker highlight, connection quality, and a screen share shown large.
+//
+//   HUDDLE_BIN=target/release/huddle node --test tests/e2e/quality.test.mjs
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying,
+  cleanup, serverLogTail,
+} from './harness.mjs';
+
+// getDisplayMedia without a picker: Chromium captures the (virtual) screen by itself.
+CHROMIUM_ARGS.push('--auto-select-desktop-capture-source=Entire screen', '--enable-usermedia-screen-capturing');
+
+after(cleanup);
+
+// The decoded size of the remote camera video with the most frames (getStats inbound-rtp).
+async function inboundVideo(p) {
+  return p.page.evaluate(async () => {
+    const pc = window.huddle && window.huddle.pc;
+    if (!pc) return null;
+    let best = null;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== 'inbound-rtp' || r.kind !== 'video' || !r.framesDecoded) return;
+      if (!best || r.framesDecoded > best.framesDecoded) best = { frameWidth: r.frameWidth, frameHeight: r.frameHeight, framesDecoded: r.framesDecoded, trackIdentifier: r.trackIdentifier };
+    });
+    return best;
+  });
+}
+
+const traced = (p, type) => p.page.evaluate((ty) => (window.huddle.trace || []).filter((e) => e.type === ty && e.dir === 'in'), type);
+
+test('simulcast follows the tile size; speakers, quality and a screen share show', { timeout: 150_000 }, async () => {
+  try {
+    const base = await startServer();
+    note(`server ready at ${base}`);
+    const room = `q-${Math.random().toString(36).slice(2, 10)}`;
+    const people = await Promise.all(['Alice', 'Bob'].map((n) => openParticipant(n)));
+    for (const p of people) {
+      await p.page.goto(`${base}/r/${room}`, { waitUntil: 'load', timeout: 15_000 });
+      await p.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+      await p.page.fill('[data-testid="name"]', p.name);
+      await p.page.click('[data-testid="join"]');
+      const s = await waitFor(`${p.name} to join`, () => p.page.evaluate(() => ({ state: window.huddle?.state, id: window.huddle?.participantId })), (s) => s.state === 'joined' && !!s.id, { timeout: 15_000 });
+      p.participantId = s.id;
+    }
+    const [alice, bob] = people;
+    await waitFor("Bob to play Alice's video", () => remoteVideos(bob), (vs) => vs.filter(isPlaying).length === 1, { timeout: MEDIA_TIMEOUT_MS, interval: 200 });
+
+    // 1. Simulcast: a large tile gets the top layer, a small one a lower layer.
+    const big = await waitFor(
+      "Bob's large tile to receive Alice's top layer (inbound-rtp frameWidth >= 640)",
+      () => inboundVideo(bob),
+      (v) => v && v.frameWidth >= 640,
+      { timeout: 30_000, interval: 500 },
+    );
+    note(`large tile: Alice's video arrives at ${big.frameWidth}x${big.frameHeight}`);
+    await bob.page.setViewportSize({ width: 420, height: 320 });
+    const small = await waitFor(
+      "Bob's small tile to receive a lower layer (frameWidth < 640)",
+      () => inboundVideo(bob),
+      (v) => v && v.frameWidth > 0 && v.frameWidth < big.frameWidth,
+      { timeout: 20_000, interval: 500 },
+    );
+    note(`small tile: ${small.frameWidth}x${small.frameHeight}`);
+    const sizes = await bob.page.evaluate(() => (window.huddle.trace || []).filter((e) => e.type === 'video_sizes').length);
+    assert.ok(sizes > 0, 'Bob reported no video_sizes');
+    const layers = await traced(alice, 'layers');
+    assert.ok(layers.length > 0, 'Alice was never told which layers to send (dynacast)');
+    note(`Alice got ${layers.length} layers messages`);
+    await bob.page.setViewportSize({ width: 1280, height: 720 });
+    const back = await waitFor("Bob's tile, large again, to get the top layer back", () => inboundVideo(bob), (v) => v && v.frameWidth >= big.frameWidth, { timeout: 20_000, interval: 500 });
+    note(`large again: ${back.frameWidth}x${back.frameHeight}`);
+
+    // 2. Active speaker: the fake microphone beeps; the server names Alice, Bob rings her tile.
+    await waitFor(
+      "Bob to highlight Alice's tile as speaking (server 'speakers')",
+      () => bob.page.evaluate((id) => !!document.querySelector(`.tile.speaking[data-participant-id="${id}"]`), alice.participantId),
+      Boolean,
+      { timeout: 15_000, interval: 100 },
+    );
+    note('speaker highlight shown');
+
+    // 3. Connection quality indicator on Alice's tile at Bob.
+    const q = await waitFor(
+      "a connection quality dot on Alice's tile at Bob",
+      () => bob.page.evaluate((id) => document.querySelector(`[data-participant-id="${id}"] [data-testid="quality"]`)?.dataset.quality || null, alice.participantId),
+      Boolean,
+      { timeout: 30_000, interval: 500 },
+    );
+    note(`Alice's quality at Bob: ${q}`);
+
+    // 4. Alice shares her screen; Bob shows it large, next to a strip with Alice's camera.
+    await alice.page.click('[data-testid="screen-share"]');
+    const how = await waitFor('Alice to be sharing', () => alice.page.evaluate(() => ({ sharing: !!window.huddle.call?.screenTrack, errors: window.huddle.errors })), (s) => s.sharing || s.errors.length > 0, { timeout: 10_000 });
+    assert.ok(how.sharing, `screen share did not start: ${JSON.stringify(how.errors)}`);
+    const shown = await waitFor(
+      "Bob to show Alice's screen large and playing",
+      () =>
+        bob.page.evaluate((id) => {
+          const s = document.querySelector(`[data-testid="screen-tile"][data-participant-id="${id}"]`);
+          const cam = document.querySelector(`[data-testid="tile"][data-participant-id="${id}"]`);
+          if (!s || s.hidden) return { present: !!s };
+          const v = s.querySelector('video');
+          return { present: true, width: v.videoWidth, screenBox: s.getBoundingClientRect().width, camBox: cam ? cam.getBoundingClientRect().width : 0, focused: s.classList.contains('focused') };
+        }, alice.participantId),
+      (r) => r.width > 0 && r.focused && r.screenBox > 2 * r.camBox,
+      { timeout: MEDIA_TIMEOUT_MS, interval: 250 },
+    );
+    note(`screen at Bob: ${shown.width}px wide video, tile ${Math.round(shown.screenBox)}px vs camera ${Math.round(shown.camBox)}px`);
+
+    for (const p of people) {
+      const errors = await p.page.evaluate(() => window.huddle.errors);
+      assert.deepEqual(errors, [], `${p.name} reported errors`);
+      assert.deepEqual(p.pageErrors, [], `${p.name} had page errors`);
+    }
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
