@@ -34,4 +34,6 @@ HUDDLE_BIN="$PWD/target/debug/huddle" bash deploy/check.sh
 
 step "browser end-to-end (headless Chromium, release binary)"
 cargo build --release --bin huddle
-HUDDLE_BIN="$PWD/target/release/huddle" node --test tests/e2e/
+# One browser test file at a time: each starts its own server and several Chromium processes,
+# which is all two cores can carry without timing out.
+HUDDLE_BIN="$PWD/target/release/huddle" node --test --test-concurrency=1 tests/e2e/
