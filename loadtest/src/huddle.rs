@@ -152,7 +152,8 @@ pub async fn run(
     tx.send(send(json!({"type": "offer", "sdp": offer})))
         .await?;
     p.stage("offer sent");
-    peer::start_publishing(&ctx, published, stop.clone());
+    let switch = Arc::new(peer::LayerSwitch::default());
+    peer::start_publishing(&ctx, published, switch.clone(), stop.clone());
 
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
@@ -172,6 +173,14 @@ pub async fn run(
                     Some("offer") => {
                         let sdp = peer::answer_offer(&pc, m["sdp"].as_str().unwrap_or_default().to_string(), false).await?;
                         tx.send(send(json!({"type": "answer", "sdp": sdp}))).await?;
+                    }
+                    Some("layers") => {
+                        // Dynacast: one video track per participant here, so its track_id is ours.
+                        let active: Vec<String> = m["active"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+                            .unwrap_or_default();
+                        switch.set_active(&active);
                     }
                     Some("error") => tracing::warn!(participant = %p.name, message = %m, "server error"),
                     Some("leave") => break Err(anyhow::anyhow!("the server ended the session: {m}")),

@@ -265,7 +265,12 @@ pub async fn run(
         s.end_of_candidates().await?;
         peer::apply_answer(&pc, answer.to_string()).await?;
         p.stage("answer applied: ICE/DTLS");
-        peer::start_publishing(&ctx, published, stop.clone());
+        peer::start_publishing(
+            &ctx,
+            published,
+            Arc::new(peer::LayerSwitch::default()),
+            stop.clone(),
+        );
         // Janus lists a feed for subscribers only once its media is up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while p.connected_us.load(Ordering::Relaxed) == 0 {

@@ -148,10 +148,12 @@ pub fn opus_stamp(payload: &[u8]) -> Option<Stamp> {
 }
 
 /// Generates VP8-framed RTP payloads: a valid payload descriptor (RFC 7741) on every packet and a
-/// plausible VP8 frame header (key frames with the start code and a 1280x720 size) at the start
-/// of every frame. The rest is filler; no decoder could show it, but every SFU only reads the
+/// plausible VP8 frame header (key frames with the start code and the frame size, which SFUs
+/// read to tell simulcast layers apart) at the start of every frame. The rest is filler; no decoder could show it, but every SFU only reads the
 /// headers.
 pub struct Vp8Source {
+    width: u16,
+    height: u16,
     picture_id: u16,
     filler: Vec<u8>,
     offset: usize,
@@ -159,15 +161,17 @@ pub struct Vp8Source {
 
 impl Default for Vp8Source {
     fn default() -> Self {
-        Self::new()
+        Self::new(1280, 720)
     }
 }
 
 impl Vp8Source {
-    /// A source starting at a random picture id.
-    pub fn new() -> Self {
+    /// A `width` x `height` source starting at a random picture id.
+    pub fn new(width: u16, height: u16) -> Self {
         let filler: Vec<u8> = (0..64 * 1024).map(|_| rand::random::<u8>()).collect();
         Vp8Source {
+            width,
+            height,
             picture_id: rand::random::<u16>() & 0x7fff,
             filler,
             offset: 0,
@@ -203,8 +207,8 @@ impl Vp8Source {
                 body_len -= 3;
                 if keyframe {
                     p.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-                    p.extend_from_slice(&1280u16.to_le_bytes());
-                    p.extend_from_slice(&720u16.to_le_bytes());
+                    p.extend_from_slice(&self.width.to_le_bytes());
+                    p.extend_from_slice(&self.height.to_le_bytes());
                     body_len -= 7;
                 }
             }
@@ -300,7 +304,7 @@ mod tests {
 
     #[test]
     fn vp8_frames_split_under_the_mtu_and_mark_key_frames() {
-        let mut src = Vp8Source::new();
+        let mut src = Vp8Source::default();
         let stamp = |n| Stamp { n, ts_us: 42 };
         let key = src.frame(5000, true, stamp(7));
         assert!(key.len() >= 5);

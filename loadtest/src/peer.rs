@@ -214,6 +214,31 @@ pub struct Published {
     sender: Arc<RTCRtpSender>,
 }
 
+/// Which simulcast layers of a participant's video the server wants (dynacast: Huddle's `layers`
+/// message). Paused layers send nothing; a resumed layer starts with a key frame.
+#[derive(Default)]
+pub struct LayerSwitch {
+    paused: Mutex<Vec<&'static str>>,
+}
+
+impl LayerSwitch {
+    /// Keeps the layers in `active` (rids) and pauses the others.
+    pub fn set_active(&self, active: &[String]) {
+        let mut paused = self.paused.lock().expect("layers lock");
+        paused.clear();
+        paused.extend(
+            LAYERS
+                .iter()
+                .map(|(rid, _)| *rid)
+                .filter(|rid| !active.iter().any(|a| a == rid)),
+        );
+    }
+
+    fn is_paused(&self, rid: &str) -> bool {
+        !rid.is_empty() && self.paused.lock().expect("layers lock").contains(&rid)
+    }
+}
+
 /// Creates a peer connection with the participant's send-only tracks (and a data channel named
 /// `huddle` when `data_channel`), and starts recording every track it receives.
 pub async fn new_peer(
@@ -441,7 +466,12 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
 }
 
 /// Starts one sending loop per published track; they end when `stop` turns true.
-pub fn start_publishing(ctx: &Ctx, published: Vec<Published>, stop: watch::Receiver<bool>) {
+pub fn start_publishing(
+    ctx: &Ctx,
+    published: Vec<Published>,
+    switch: Arc<LayerSwitch>,
+    stop: watch::Receiver<bool>,
+) {
     for p in published {
         match p.kind {
             Kind::Audio => {
@@ -464,9 +494,16 @@ pub fn start_publishing(ctx: &Ctx, published: Vec<Published>, stop: watch::Recei
                     ));
                     let mut opts = ctx.media.clone();
                     opts.video_bitrate /= div;
+                    let size = match rid {
+                        "q" => (320, 180),
+                        "h" => (640, 360),
+                        _ => (1280, 720),
+                    };
                     tokio::spawn(send_video(
                         track,
                         opts,
+                        Vp8Source::new(size.0, size.1),
+                        (rid, switch.clone()),
                         keyframe_wanted,
                         ctx.totals.clone(),
                         stop.clone(),
@@ -524,12 +561,14 @@ async fn send_audio(
 async fn send_video(
     track: Arc<TrackLocalStaticRTP>,
     opts: MediaOpts,
+    mut src: Vp8Source,
+    (rid, switch): (&'static str, Arc<LayerSwitch>),
     keyframe_wanted: Arc<AtomicBool>,
     totals: Arc<Totals>,
     stop: watch::Receiver<bool>,
 ) {
     let fps = opts.fps.max(1);
-    let mut src = Vp8Source::new();
+    let mut was_paused = false;
     let mut seq: u16 = rand::random();
     let mut ts: u32 = rand::random();
     let frame_bytes = (opts.video_bitrate / 8 / fps) as usize;
@@ -540,7 +579,18 @@ async fn send_video(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while !*stop.borrow() {
         tick.tick().await;
-        let key = n.is_multiple_of(key_every) || keyframe_wanted.swap(false, Ordering::Relaxed);
+        if switch.is_paused(rid) {
+            // Time and frame numbers run on, so that the layers' stamps stay aligned and a
+            // subscriber moved between layers sees no gap.
+            was_paused = true;
+            ts = ts.wrapping_add(90_000 / fps);
+            n += 1;
+            continue;
+        }
+        let resumed = std::mem::take(&mut was_paused);
+        let key = resumed
+            || n.is_multiple_of(key_every)
+            || keyframe_wanted.swap(false, Ordering::Relaxed);
         let size = if key { frame_bytes * 3 } else { frame_bytes };
         let stamp = Stamp {
             n: n as u32,
