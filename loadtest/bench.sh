@@ -9,7 +9,8 @@
 # meeting scenario has no Janus driver). Writes one JSON report and one SVG plot per run and a
 # figures table (figures.md) that BENCHMARKS.md quotes.
 #
-# Knobs (environment): DURATION (s, default 30), REPEAT (3), SERVER_CPU (1), TESTER_CPU (0),
+# Knobs (environment): DURATION (s, default 30), REPEAT (3; 0 only redoes figures.md from the
+# reports already in OUT_DIR), SERVER_CPU (1), TESTER_CPU (0),
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
 # VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
@@ -63,6 +64,7 @@ trap cleanup EXIT
 start_huddle() {
   HUDDLE_DATA=$OUT/huddle-data-$1
   rm -rf "$HUDDLE_DATA"; mkdir -p "$HUDDLE_DATA"
+  : >"$OUT/huddle-$1.log" # exists before the server's redirect does (the loop below reads it)
   # Room size and per-address join limits off: every participant comes from 127.0.0.1.
   HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 HUDDLE_LIMITS__JOINS_PER_IP_PER_MINUTE=0 \
     HUDDLE_LIMITS__MAX_CONNECTIONS=100000 RUST_LOG=warn \
@@ -70,7 +72,7 @@ start_huddle() {
     --no-turn --data-dir "$HUDDLE_DATA" >"$OUT/huddle-$1.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
-    HUDDLE_URL=$(sed -n 's|.*Huddle is ready at \(http://[0-9.:]*\).*|\1|p' "$OUT/huddle-$1.log")
+    HUDDLE_URL=$(sed -n 's|.*Huddle is ready at \(http://[0-9.:]*\).*|\1|p' "$OUT/huddle-$1.log" || true)
     [ -n "$HUDDLE_URL" ] && return 0
     sleep 0.1
   done
