@@ -14,7 +14,8 @@
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
 # VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
-# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1.
+# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, HUDDLE_BIN and
+# LOADTEST_BIN (other builds).
 # Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,8 +52,8 @@ fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release -p huddle -p huddle-loadtest
 fi
-HUDDLE=$ROOT/target/release/huddle
-LOADTEST=$ROOT/target/release/huddle-loadtest
+HUDDLE=${HUDDLE_BIN:-$ROOT/target/release/huddle}
+LOADTEST=${LOADTEST_BIN:-$ROOT/target/release/huddle-loadtest}
 
 SERVER_PID=
 cleanup() {
