@@ -14,8 +14,9 @@
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
 # VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
-# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, HUDDLE_BIN and
-# LOADTEST_BIN (other builds).
+# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
+# (for builds older than the [limits] section).
 # Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ fi
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release -p huddle -p huddle-loadtest
 fi
-HUDDLE=${HUDDLE_BIN:-$ROOT/target/release/huddle}
+HUDDLE=${SERVER_BIN:-$ROOT/target/release/huddle}
 LOADTEST=${LOADTEST_BIN:-$ROOT/target/release/huddle-loadtest}
 
 SERVER_PID=
@@ -67,8 +68,9 @@ start_huddle() {
   rm -rf "$HUDDLE_DATA"; mkdir -p "$HUDDLE_DATA"
   : >"$OUT/huddle-$1.log" # exists before the server's redirect does (the loop below reads it)
   # Room size and per-address join limits off: every participant comes from 127.0.0.1.
-  HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 HUDDLE_LIMITS__JOINS_PER_IP_PER_MINUTE=0 \
-    HUDDLE_LIMITS__MAX_CONNECTIONS=100000 RUST_LOG=warn \
+  local limits=(HUDDLE_LIMITS__JOINS_PER_IP_PER_MINUTE=0 HUDDLE_LIMITS__MAX_CONNECTIONS=100000)
+  [ -z "${NO_LIMIT_ENV:-}" ] || limits=()
+  env HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 "${limits[@]}" RUST_LOG=warn \
     taskset -c "$SERVER_CPU" "$HUDDLE" serve --bind 127.0.0.1:0 --media-port 0 --turn-port 0 \
     --no-turn --data-dir "$HUDDLE_DATA" >"$OUT/huddle-$1.log" 2>&1 &
   SERVER_PID=$!
