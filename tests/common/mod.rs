@@ -321,9 +321,11 @@ impl Peer {
 
         let received: Received = Arc::default();
         let rec = received.clone();
+        // The webrtc crate holds its on_track handler's lock until the returned future finishes:
+        // read each track in a task of its own and return at once, or later tracks never fire.
         pc.on_track(Box::new(move |track, _, _| {
             let rec = rec.clone();
-            Box::pin(async move {
+            tokio::spawn(async move {
                 let from = track.stream_id();
                 while let Ok((pkt, _)) = track.read_rtp().await {
                     rec.lock()
@@ -332,7 +334,8 @@ impl Peer {
                         .or_default()
                         .push(pkt.payload.to_vec());
                 }
-            })
+            });
+            Box::pin(async {})
         }));
 
         let offer = pc.create_offer(None).await.unwrap();
