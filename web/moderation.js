@@ -4,6 +4,7 @@
 // markup stays as it is.
 
 import { $, el, showScreen } from './ui.js';
+import { icon } from './icons.js';
 import { t, setLabel } from './i18n.js';
 
 const TYPING_SEND_MS = 3000; // at most one `typing` per this while typing
@@ -86,8 +87,8 @@ export class ModerationUI {
     // Controls: raise hand and the participant list, before the chat button.
     for (const id of ['hand-button', 'people-button', 'people-panel', 'typing-indicator', 'knocks']) $(`#${id}`)?.remove();
     const chatButton = $('#chat-button');
-    this.handButton = el('button', { type: 'button', id: 'hand-button', class: 'control-button', 'aria-pressed': 'false', dataset: { testid: 'hand-raise' } }, el('span', { class: 'emoji-icon', 'aria-hidden': 'true', text: '✋' }));
-    this.peopleButton = el('button', { type: 'button', id: 'people-button', class: 'control-button', 'aria-pressed': 'false', dataset: { testid: 'people-toggle' } }, el('span', { class: 'emoji-icon', 'aria-hidden': 'true', text: '👥' }));
+    this.handButton = el('button', { type: 'button', id: 'hand-button', class: 'control-button', 'aria-pressed': 'false', dataset: { testid: 'hand-raise' } }, icon('hand'));
+    this.peopleButton = el('button', { type: 'button', id: 'people-button', class: 'control-button', 'aria-pressed': 'false', dataset: { testid: 'people-toggle' } }, icon('users'));
     chatButton.before(this.handButton, this.peopleButton);
     this.handButton.addEventListener('click', () => this.toggleHand());
     this.peopleButton.addEventListener('click', () => this.setPeopleOpen(!this.peopleOpen));

@@ -3,6 +3,7 @@
 // Peer text is only ever inserted with textContent; images are shown from blob: URLs fetched
 // with the access token (img tags cannot send it, and tokens stay out of URLs).
 import { t } from './i18n.js';
+import { icon } from './icons.js';
 import { $, el, showBanner, toast } from './ui.js';
 
 export const QUICK_EMOJIS = ['👍', '❤️', '😂', '🎉', '👏', '😮'];
@@ -48,7 +49,7 @@ export class RichChat {
     // A rejoin in the same page: the old controls belong to the old session.
     for (const id of ['chat-attach', 'chat-file', 'chat-upload']) $(`#${id}`)?.remove();
     const input = el('input', { type: 'file', id: 'chat-file', hidden: true, dataset: { testid: 'chat-file' } });
-    const button = el('button', { type: 'button', id: 'chat-attach', class: 'icon-button ghost', title: t('chat.attach'), dataset: { testid: 'chat-attach' }, text: '📎' });
+    const button = el('button', { type: 'button', id: 'chat-attach', class: 'icon-button ghost', title: t('chat.attach'), dataset: { testid: 'chat-attach' } }, icon('paperclip'));
     button.setAttribute('aria-label', t('chat.attach'));
     button.addEventListener('click', () => input.click());
     input.addEventListener('change', () => {
