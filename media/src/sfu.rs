@@ -250,6 +250,10 @@ struct Layer {
     active: bool,
     resumed_at: Option<Instant>,
     last_keyframe_request: Option<Instant>,
+    /// A request that came inside [`KEYFRAME_MIN_INTERVAL`] of the last one: sent when the
+    /// interval ends rather than dropped, so a second subscriber is not left waiting for the
+    /// publisher's next periodic keyframe.
+    keyframe_pending: Option<KeyframeRequestKind>,
 }
 
 impl Layer {
@@ -264,7 +268,15 @@ impl Layer {
             active: true,
             resumed_at: None,
             last_keyframe_request: None,
+            keyframe_pending: None,
         }
+    }
+
+    /// When a postponed keyframe request is due.
+    fn keyframe_due(&self) -> Option<Instant> {
+        self.keyframe_pending?;
+        self.last_keyframe_request
+            .map(|t| t + KEYFRAME_MIN_INTERVAL)
     }
 
     /// Whether a subscriber can be switched to it: it is arriving, or it was seen before and
@@ -770,8 +782,28 @@ impl Sfu {
                 self.mark_dirty(pid);
             }
         }
+        self.send_postponed_keyframe_requests(now);
         self.room_ticks(now);
         self.drive(now);
+    }
+
+    /// Sends the keyframe requests that were held back by [`KEYFRAME_MIN_INTERVAL`] and are due.
+    fn send_postponed_keyframe_requests(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (pid, peer) in &self.peers {
+            for producer in &peer.producers {
+                for layer in &producer.layers {
+                    if let (Some(kind), Some(at)) = (layer.keyframe_pending, layer.keyframe_due()) {
+                        if at <= now {
+                            due.push((*pid, producer.mid, layer.rid, kind));
+                        }
+                    }
+                }
+            }
+        }
+        for (pid, mid, rid, kind) in due {
+            self.request_keyframe(now, pid, mid, rid, kind);
+        }
     }
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
@@ -782,8 +814,15 @@ impl Sfu {
             .values()
             .map(|r| r.speakers.next_tick().min(r.next_quality))
             .min();
+        let keyframes = self
+            .peers
+            .values()
+            .flat_map(|p| &p.producers)
+            .flat_map(|p| &p.layers)
+            .filter_map(Layer::keyframe_due)
+            .min();
         Some(
-            [Some(peers), rooms, self.next_allocation]
+            [Some(peers), rooms, self.next_allocation, keyframes]
                 .into_iter()
                 .flatten()
                 .min()
@@ -1175,9 +1214,11 @@ impl Sfu {
             .last_keyframe_request
             .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_MIN_INTERVAL)
         {
+            layer.keyframe_pending = Some(kind);
             return;
         }
         layer.last_keyframe_request = Some(now);
+        layer.keyframe_pending = None;
         if let Some(mut writer) = peer.rtc.writer(mid) {
             if let Err(e) = writer.request_keyframe(rid, kind) {
                 tracing::debug!(participant = %publisher, error = %e, "keyframe request failed");

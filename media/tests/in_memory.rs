@@ -23,17 +23,19 @@ struct Client {
     /// Payloads received, by the msid stream id (the publisher's participant id).
     received: HashMap<Mid, Vec<Vec<u8>>>,
     inbox: VecDeque<Vec<u8>>,
+    /// Keyframe requests (PLI/FIR) the SFU sent this client as a publisher.
+    keyframe_requests: usize,
 }
 
 impl Client {
-    fn new(n: u8, now: Instant, publish: bool) -> Client {
+    fn with_kind(n: u8, now: Instant, publish: Option<MediaKind>) -> Client {
         huddle_media::init_crypto();
         let addr: SocketAddr = format!("10.0.0.{}:6000", n + 1).parse().unwrap();
         let mut rtc = Rtc::builder().build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut change = rtc.sdp_api();
-        let send_mid = publish
-            .then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        let send_mid =
+            publish.map(|kind| change.add_media(kind, Direction::SendOnly, None, None, None));
         change.add_channel("huddle".into());
         let (offer, pending) = change.apply().unwrap();
         let mut c = Client {
@@ -45,6 +47,7 @@ impl Client {
             connected: false,
             received: HashMap::new(),
             inbox: VecDeque::new(),
+            keyframe_requests: 0,
         };
         c.inbox.push_back(offer.to_sdp_string().into_bytes());
         c
@@ -79,8 +82,12 @@ impl Net {
     }
 
     fn join(&mut self, publish: bool) -> usize {
+        self.join_with(publish.then_some(MediaKind::Audio))
+    }
+
+    fn join_with(&mut self, publish: Option<MediaKind>) -> usize {
         let n = self.clients.len() as u8 + 1;
-        let mut c = Client::new(n, self.now, publish);
+        let mut c = Client::with_kind(n, self.now, publish);
         let offer = String::from_utf8(c.inbox.pop_front().unwrap()).unwrap();
         let grants = Grants {
             publish: true,
@@ -154,6 +161,7 @@ impl Net {
                     str0m::Output::Timeout(_) => break,
                     str0m::Output::Transmit(t) => to_sfu.push((c.addr, Vec::from(t.contents))),
                     str0m::Output::Event(Event::Connected) => c.connected = true,
+                    str0m::Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
                     str0m::Output::Event(Event::MediaData(d)) => {
                         c.received.entry(d.mid).or_default().push(d.data.to_vec());
                     }
@@ -323,4 +331,51 @@ fn mdns_candidates_are_ignored_and_garbage_is_refused() {
     assert_eq!(net.sfu.unrouted_datagrams, before + 1);
     net.run(Duration::from_secs(1));
     assert!(net.clients[alice].connected);
+}
+
+/// Runs for `d`, client `i` writing a 30 fps video frame every 33 ms (VP8 delta frames: the
+/// first byte's low bit set).
+fn run_with_video(net: &mut Net, i: usize, d: Duration) {
+    let end = net.now + d;
+    let mut n: u32 = 0;
+    while net.now < end {
+        let now = net.now;
+        let c = &mut net.clients[i];
+        // Nothing to write to until the SFU's answer is applied.
+        if let Some(w) = c.rtc.writer(c.send_mid.unwrap()) {
+            let pt = w.payload_params().next().unwrap().pt();
+            let mut frame = vec![0x31, 0x00, 0x00];
+            frame.extend((0..200u32).map(|b| (b ^ n) as u8));
+            w.write(pt, now, MediaTime::from_90khz(u64::from(n) * 3000), frame)
+                .unwrap();
+            n += 1;
+        }
+        for _ in 0..6 {
+            net.step(Duration::from_micros(5500));
+        }
+    }
+}
+
+#[test]
+fn a_keyframe_request_inside_the_throttle_is_postponed_not_dropped() {
+    let mut net = Net::new();
+    let alice = net.join_with(Some(MediaKind::Video));
+    run_with_video(&mut net, alice, Duration::from_secs(1));
+    let before = net.clients[alice].keyframe_requests;
+    // Two subscribers arrive together: each new video consumer asks Alice for a keyframe, the
+    // second inside KEYFRAME_MIN_INTERVAL of the first.
+    net.join(false);
+    net.join(false);
+    run_with_video(&mut net, alice, Duration::from_millis(300));
+    let early = net.clients[alice].keyframe_requests - before;
+    assert!(
+        early >= 1,
+        "the first subscriber's request goes out at once"
+    );
+    run_with_video(&mut net, alice, Duration::from_millis(700));
+    let total = net.clients[alice].keyframe_requests - before;
+    assert!(
+        total >= 2,
+        "the second subscriber's request follows when the throttle ends ({early} then {total})"
+    );
 }
