@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -233,48 +233,13 @@ async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("huddle.toml");
     std::fs::write(&config, "[server]\ndrain_secs = 3\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-            "--turn-port",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("huddle starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("huddle printed its URL").unwrap();
-        if let Some(rest) = line.split("Huddle is ready at ").nth(1) {
-            break rest.trim().trim_end_matches('/').to_string();
-        }
-    };
-    let ws = format!("{}/ws", url.replacen("http://", "ws://", 1));
-    let token: serde_json::Value = reqwest::Client::new()
-        .post(format!("{url}/api/token"))
-        .json(&json!({"room": "drain", "name": "Alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut server = Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let url = server.url.clone();
+    let ws = server.ws_url();
+    let token = server.guest_token("drain", "Alice").await;
     let mut alice = Signal::connect(&ws).await;
     alice
-        .send(json!({"type": "join", "protocol": 1, "token": token["token"]}))
+        .send(json!({"type": "join", "protocol": 1, "token": token}))
         .await;
     assert_eq!(alice.recv().await["type"], "joined");
     alice.send(json!({"type": "chat", "text": "kept"})).await;
@@ -285,7 +250,7 @@ async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_
 
     let sent = Instant::now();
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.process().id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
@@ -314,7 +279,7 @@ async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_
     }
 
     let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = server.process().try_wait().expect("wait") {
             break s;
         }
         assert!(

@@ -22,6 +22,38 @@ fn uclient() -> &'static str {
     "turnutils_uclient"
 }
 
+/// Runs coturn's client in client-to-client mode (`-y`): it allocates two relays and asks for
+/// permissions towards each other. Returns whether it exited 0 and everything it printed.
+fn client_to_client(host: &str, port: u16, user: &str, pass: &str) -> (bool, String) {
+    let out = Command::new(uclient())
+        .args([
+            "-y",
+            "-u",
+            user,
+            "-w",
+            pass,
+            "-e",
+            "127.0.0.1",
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-l",
+            "100",
+            "-p",
+        ])
+        .arg(port.to_string())
+        .arg(host)
+        .output()
+        .expect("turnutils_uclient runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The TURN UDP URL and credentials handed to a participant at join.
 async fn credentials(server: &Server) -> (String, u16, String, String) {
     let mut s = Signal::connect(&server.ws_url()).await;
@@ -73,32 +105,7 @@ async fn joined_credentials_allocate_but_media_only_mode_refuses_other_peers() {
 
     // Client-to-client mode makes uclient ask for permissions towards its own relay addresses:
     // not this node's media sockets, so they must be refused with 403.
-    let out = Command::new(uclient())
-        .args([
-            "-y",
-            "-u",
-            &user,
-            "-w",
-            &pass,
-            "-e",
-            "127.0.0.1",
-            "-n",
-            "5",
-            "-m",
-            "1",
-            "-l",
-            "100",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .arg(&host)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = client_to_client(&host, port, &user, &pass);
     assert!(
         text.contains("403"),
         "a permission to a non-media peer is refused with 403:\n{text}"
@@ -109,33 +116,8 @@ async fn joined_credentials_allocate_but_media_only_mode_refuses_other_peers() {
     );
 
     // A wrong password does not even allocate.
-    let out = Command::new(uclient())
-        .args([
-            "-y",
-            "-u",
-            &user,
-            "-w",
-            "wrong-password",
-            "-e",
-            "127.0.0.1",
-            "-n",
-            "5",
-            "-m",
-            "1",
-            "-l",
-            "100",
-            "-p",
-        ])
-        .arg(port.to_string())
-        .arg(&host)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "wrong credentials fail:\n{text}");
+    let (ok, text) = client_to_client(&host, port, &user, "wrong-password");
+    assert!(!ok, "wrong credentials fail:\n{text}");
     assert!(
         text.contains("Cannot complete Allocation") || text.contains("401"),
         "refused at allocation:\n{text}"

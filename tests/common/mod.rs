@@ -95,6 +95,11 @@ impl Server {
         }
     }
 
+    /// The server's process, for tests that signal it and wait for its exit.
+    pub fn process(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
     pub fn ws_url(&self) -> String {
         format!("{}/ws", self.url.replacen("http://", "ws://", 1))
     }
