@@ -4,6 +4,8 @@
 # Chromium against the release binary. Needs what .ci/run installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo puts binaries (CARGO_TARGET_DIR when set).
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -30,10 +32,10 @@ for target in signaling_decode sdp_offer turn_input; do
 done
 
 step "deploy checks (promtool check config/rules, manifests and dashboard parse)"
-HUDDLE_BIN="$PWD/target/debug/huddle" bash deploy/check.sh
+HUDDLE_BIN="$target_dir/debug/huddle" bash deploy/check.sh
 
 step "browser end-to-end (headless Chromium, release binary)"
 cargo build --release --bin huddle
 # One browser test file at a time: each starts its own server and several Chromium processes,
 # which is all two cores can carry without timing out.
-HUDDLE_BIN="$PWD/target/release/huddle" node --test --test-concurrency=1 tests/e2e/
+HUDDLE_BIN="$target_dir/release/huddle" node --test --test-concurrency=1 tests/e2e/
