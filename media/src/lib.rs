@@ -27,6 +27,7 @@
 //! [str0m]: https://docs.rs/str0m
 #![deny(missing_docs)]
 
+pub mod capture;
 mod error;
 mod ids;
 mod layers;

@@ -62,6 +62,7 @@ pub struct MediaMetrics {
     pub(crate) rtp_bytes: InOut<ByKind<IntCounter>>,
     pub(crate) packets_lost: InOut<IntCounter>,
     pub(crate) nacks: InOut<IntCounter>,
+    pub(crate) retransmissions: InOut<IntCounter>,
     pub(crate) plis: InOut<IntCounter>,
     pub(crate) firs: InOut<IntCounter>,
     pub(crate) jitter: InOut<ByKind<Histogram>>,
@@ -85,6 +86,7 @@ struct Families {
     rtp_bytes: IntCounterVec,
     packets_lost: IntCounterVec,
     nacks: IntCounterVec,
+    retransmissions: IntCounterVec,
     plis: IntCounterVec,
     firs: IntCounterVec,
     jitter: HistogramVec,
@@ -174,6 +176,11 @@ impl MediaMetrics {
                 "RTCP NACKs received from subscribers (direction=in) and sent to publishers (direction=out).",
                 &["direction"],
             ),
+            retransmissions: counter_vec(
+                "huddle_rtp_retransmissions_total",
+                "RTX retransmissions (RFC 4588; padding-only bandwidth probes excluded) received from publishers (direction=in, answering the SFU's NACKs) and sent to subscribers (direction=out, answering theirs).",
+                &["direction"],
+            ),
             plis: counter_vec(
                 "huddle_rtcp_plis_total",
                 "RTCP picture loss indications received from subscribers (direction=in) and sent to publishers (direction=out).",
@@ -245,6 +252,7 @@ impl MediaMetrics {
             rtp_bytes: in_out_kind(&|l: &[&str]| f.rtp_bytes.with_label_values(l)),
             packets_lost: in_out(&f.packets_lost),
             nacks: in_out(&f.nacks),
+            retransmissions: in_out(&f.retransmissions),
             plis: in_out(&f.plis),
             firs: in_out(&f.firs),
             jitter: in_out_kind(&|l: &[&str]| f.jitter.with_label_values(l)),
@@ -279,6 +287,7 @@ impl MediaMetrics {
         registry.register(Box::new(f.rtp_bytes))?;
         registry.register(Box::new(f.packets_lost))?;
         registry.register(Box::new(f.nacks))?;
+        registry.register(Box::new(f.retransmissions))?;
         registry.register(Box::new(f.plis))?;
         registry.register(Box::new(f.firs))?;
         registry.register(Box::new(f.jitter))?;

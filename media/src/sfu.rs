@@ -377,6 +377,10 @@ struct Peer {
     ice_restart: bool,
     /// Source addresses this peer's datagrams came from (for demultiplexing).
     addrs: Vec<SocketAddr>,
+    /// The RTX SSRCs of its incoming and outgoing streams, learnt from the stats tick, to count
+    /// retransmissions by a look at the (unencrypted) SSRC of each SRTP packet.
+    rtx_in: Vec<u32>,
+    rtx_out: Vec<u32>,
     next_timeout: Instant,
     dirty: bool,
     connected: bool,
@@ -393,6 +397,12 @@ struct Peer {
     max_bitrate: Option<u64>,
     /// The last (minimum, desired) handed to str0m's estimator.
     bwe_target: (u64, u64),
+    /// No video layer goes up before this (see `allocate_all`).
+    upgrade_hold: Option<Instant>,
+    /// The length of the last hold.
+    upgrade_backoff: Duration,
+    /// When a layer last went up.
+    last_upgrade: Option<Instant>,
     /// Worst figures since the last quality evaluation.
     quality_loss: f32,
     quality_jitter: f64,
@@ -447,9 +457,17 @@ pub struct Sfu {
     next_allocation: Option<Instant>,
     /// Layers must be chosen again before the next output.
     realloc: bool,
+    /// Debug capture of published frames (`media.capture_path`).
+    capture: Option<crate::capture::FrameCapture>,
 }
 
 impl Sfu {
+    /// Records every published frame into `capture` from now on (a debugging aid, see
+    /// [`crate::capture`]).
+    pub fn set_capture(&mut self, capture: crate::capture::FrameCapture) {
+        self.capture = Some(capture);
+    }
+
     /// A worker core with no participants, counting into metrics of its own.
     pub fn new(config: SfuConfig) -> Self {
         Self::with_metrics(config, MediaMetrics::new())
@@ -472,6 +490,7 @@ impl Sfu {
             use_bandwidth_estimate: true,
             next_allocation: None,
             realloc: false,
+            capture: None,
         }
     }
 
@@ -570,6 +589,8 @@ impl Sfu {
                 pending_sdp: None,
                 ice_restart: false,
                 addrs: Vec::new(),
+                rtx_in: Vec::new(),
+                rtx_out: Vec::new(),
                 next_timeout: now,
                 dirty: false,
                 connected: false,
@@ -583,6 +604,9 @@ impl Sfu {
                 estimate: None,
                 max_bitrate: None,
                 bwe_target: (0, 0),
+                upgrade_hold: None,
+                upgrade_backoff: Duration::ZERO,
+                last_upgrade: None,
                 quality_loss: 0.0,
                 quality_jitter: 0.0,
                 quality_rtt: 0.0,
@@ -731,7 +755,15 @@ impl Sfu {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.config.local_addr,
+                // The address the peer sent to: the advertised candidate (equal to the socket's
+                // address unless a public IP is mapped onto it), which ICE matches the request
+                // against.
+                destination: self
+                    .config
+                    .candidates
+                    .first()
+                    .copied()
+                    .unwrap_or(self.config.local_addr),
                 contents,
             },
         );
@@ -751,6 +783,9 @@ impl Sfu {
             }
         };
         if let Some(peer) = self.peers.get_mut(&pid) {
+            if !peer.rtx_in.is_empty() && is_rtx(data, &peer.rtx_in) {
+                self.metrics.retransmissions.r#in.inc();
+            }
             if let Err(e) = peer.rtc.handle_input(input) {
                 tracing::debug!(participant = %pid, error = %e, "input refused");
             }
@@ -866,6 +901,9 @@ impl Sfu {
                         break;
                     }
                     Ok(str0m::Output::Transmit(t)) => {
+                        if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
+                            self.metrics.retransmissions.out.inc();
+                        }
                         self.out.push_back(Output::Transmit {
                             destination: t.destination,
                             contents: t.contents.into(),
@@ -892,7 +930,12 @@ impl Sfu {
                 }
                 self.out.push_back(Output::Event(pid, PeerEvent::Connected));
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            // Before the first connection ICE may pass through "disconnected" (no pair possible
+            // yet: candidates still trickling in) and recover when a check arrives;
+            // CONNECT_TIMEOUT ends a connection that never comes up.
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                if self.peers.get(&pid).is_some_and(|p| p.connected) =>
+            {
                 self.close(pid, CloseReason::IceDisconnected);
             }
             Event::MediaAdded(added) => {
@@ -912,6 +955,7 @@ impl Sfu {
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if let Some(p) = self.peers.get_mut(&pid) {
                     let new = estimate.as_u64();
+                    tracing::debug!(participant = %pid, estimate = new, "downlink estimate");
                     // A sharp drop is acted on at once; the rest waits for the next round.
                     if p.estimate.is_some_and(|old| new < old / 10 * 8) {
                         self.realloc = true;
@@ -1016,6 +1060,10 @@ impl Sfu {
         let Some(room) = self.note_layer(now, publisher, &data, is_keyframe) else {
             return;
         };
+        if let Some(capture) = &self.capture {
+            let codec = data.params.spec().codec.to_string().to_ascii_lowercase();
+            capture.record(&room, publisher, &codec, data.rid.as_deref(), &data.data);
+        }
         let Some(router) = self.routers.get_mut(&room) else {
             return;
         };
@@ -1083,6 +1131,17 @@ impl Sfu {
                 None => return,
             },
         };
+        if let Some(rtx) = peer
+            .rtc
+            .direct_api()
+            .stream_rx_by_mid(s.mid, s.rid)
+            .and_then(|r| r.rtx())
+        {
+            let rtx = *rtx;
+            if !peer.rtx_in.contains(&rtx) {
+                peer.rtx_in.push(rtx);
+            }
+        }
         let mark = peer.ingress_marks.entry(s.mid).or_default();
         let packets = s.packets.saturating_sub(mark.packets);
         let m = &self.metrics;
@@ -1131,6 +1190,17 @@ impl Sfu {
                 None => return,
             },
         };
+        if let Some(rtx) = peer
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(s.mid, s.rid)
+            .and_then(|t| t.rtx())
+        {
+            let rtx = *rtx;
+            if !peer.rtx_out.contains(&rtx) {
+                peer.rtx_out.push(rtx);
+            }
+        }
         let mark = peer.egress_marks.entry(s.mid).or_default();
         let m = &self.metrics;
         m.rtp_packets
@@ -1377,4 +1447,20 @@ fn clock_rate(kind: TrackKind) -> f64 {
         TrackKind::Audio => 48_000.0,
         TrackKind::Video => 90_000.0,
     }
+}
+
+/// Whether `datagram` is an (S)RTP retransmission: a packet on one of the `rtx` SSRCs without
+/// the padding bit (padding-only packets on the RTX SSRC are bandwidth probes, not repairs).
+/// The RTP header, SSRC included, is not encrypted by SRTP; RTCP (second byte 192–223) is not
+/// RTP.
+fn is_rtx(datagram: &[u8], rtx: &[u32]) -> bool {
+    if datagram.len() < 12
+        || datagram[0] >> 6 != 2
+        || datagram[0] & 0x20 != 0
+        || (192..=223).contains(&datagram[1])
+    {
+        return false;
+    }
+    let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+    rtx.contains(&ssrc)
 }

@@ -29,6 +29,8 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// Tracks one participant may publish. Default 4.
     pub max_tracks_per_participant: usize,
+    /// Debug capture of published frames (see [`crate::capture`]). Default: none.
+    pub capture: Option<crate::capture::FrameCapture>,
 }
 
 impl Default for MediaConfig {
@@ -41,6 +43,7 @@ impl Default for MediaConfig {
                 .unwrap_or(1),
             public_ip: None,
             max_tracks_per_participant: 4,
+            capture: None,
         }
     }
 }
@@ -133,7 +136,7 @@ impl MediaHandle {
                 )));
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let sfu = Sfu::with_metrics(
+            let mut sfu = Sfu::with_metrics(
                 SfuConfig {
                     candidates: vec![advertised],
                     local_addr,
@@ -142,6 +145,9 @@ impl MediaHandle {
                 },
                 metrics.clone(),
             );
+            if let Some(c) = &config.capture {
+                sfu.set_capture(c.clone());
+            }
             let running = RunningGuard::new(metrics.workers.clone());
             std::thread::Builder::new()
                 .name(format!("media-{i}"))

@@ -546,3 +546,37 @@ fn the_talking_participant_is_announced_to_the_room() {
     net.run(None, Duration::from_secs(2));
     assert_eq!(net.clients[bob].speakers.last(), Some(&vec![]));
 }
+
+#[test]
+fn after_a_congestion_downgrade_layers_go_up_again_only_after_a_hold() {
+    let (mut net, alice, bob, _carol, track) = room();
+    net.sizes(bob, track, 1280, 720);
+    net.run(Some(alice), Duration::from_secs(2));
+    assert_eq!(last_layer(&net.clients[bob]), Some('f'));
+    let (now, bob_pid) = (net.now, net.clients[bob].pid);
+    net.sfu
+        .set_max_bitrate(now, bob_pid, Some(150_000))
+        .unwrap();
+    net.run(Some(alice), Duration::from_secs(2));
+    assert_eq!(last_layer(&net.clients[bob]), Some('q'));
+
+    // The bandwidth comes back at once (an estimate bouncing up): the layer stays down for the
+    // hold (8 s from the downgrade) instead of flapping up and down.
+    let now = net.now;
+    net.sfu.set_max_bitrate(now, bob_pid, None).unwrap();
+    let t = net.now;
+    net.run(Some(alice), Duration::from_secs(4));
+    let held = net.clients[bob].layers_since(t);
+    assert!(
+        held.len() >= 100 && held.iter().all(|&l| l == b'q'),
+        "bob went up during the hold: {:?}",
+        String::from_utf8_lossy(&held)
+    );
+    net.run(Some(alice), Duration::from_secs(5));
+    assert_eq!(
+        last_layer(&net.clients[bob]),
+        Some('f'),
+        "bob is back up after the hold"
+    );
+    assert_switches_only_at_keyframes(&net.clients[bob].video, "bob");
+}

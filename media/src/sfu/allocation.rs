@@ -17,6 +17,12 @@ use crate::{MediaError, ParticipantId, TrackId};
 
 /// A layer silent for longer than this was paused: its bitrate window starts again.
 const LAYER_GAP: Duration = Duration::from_millis(500);
+/// After a downgrade for lack of bandwidth, how long no layer goes up (doubling, up to the
+/// maximum, while upgrades keep failing).
+const UPGRADE_HOLD_MIN: Duration = Duration::from_secs(8);
+const UPGRADE_HOLD_MAX: Duration = Duration::from_secs(60);
+/// A downgrade this soon after an upgrade means the upgrade failed.
+const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
 
 /// What one subscriber's allocation decided for one of its consumers.
 struct Decision {
@@ -258,7 +264,39 @@ impl Sfu {
             let budget = estimate
                 .unwrap_or(u64::MAX)
                 .min(sub.max_bitrate.unwrap_or(u64::MAX));
-            let chosen = allocate(budget, audio, &wants);
+            let mut chosen = allocate(budget, audio, &wants);
+            // Hysteresis against a bouncing estimate: after a downgrade for lack of bandwidth,
+            // no consumer goes up a layer until the hold ends; an upgrade undone by congestion
+            // within UPGRADE_TRIAL doubles the next hold (LiveKit's stream allocator backs off
+            // the same way). Resuming a paused or new consumer is never held.
+            let held = sub.upgrade_hold.is_some_and(|t| now < t);
+            let (mut congested, mut upgraded) = (false, false);
+            for (k, pick) in chosen.iter_mut().enumerate() {
+                let prev = sub.consumers[video_idx[k]]
+                    .target
+                    .and_then(|t| layer_rids[k].iter().position(|r| *r == t));
+                let Some(prev) = prev else { continue };
+                match *pick {
+                    Some(n) if n > prev && held => *pick = Some(prev),
+                    Some(n) if n > prev => upgraded = true,
+                    Some(n) if n < prev => congested = true,
+                    None => congested = true,
+                    Some(_) => {}
+                }
+            }
+            let hold = if congested {
+                let failed = sub
+                    .last_upgrade
+                    .is_some_and(|t| now.saturating_duration_since(t) < UPGRADE_TRIAL);
+                let backoff = if failed {
+                    (sub.upgrade_backoff * 2).clamp(UPGRADE_HOLD_MIN, UPGRADE_HOLD_MAX)
+                } else {
+                    UPGRADE_HOLD_MIN
+                };
+                Some(backoff)
+            } else {
+                None
+            };
             let desired = audio
                 + wants
                     .iter()
@@ -281,6 +319,13 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&sid) else {
                 continue;
             };
+            if let Some(backoff) = hold {
+                sub.upgrade_backoff = backoff;
+                sub.upgrade_hold = Some(now + backoff);
+            }
+            if upgraded {
+                sub.last_upgrade = Some(now);
+            }
             for d in decisions {
                 let c = &mut sub.consumers[d.consumer];
                 c.target = d.target;
