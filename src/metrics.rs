@@ -19,7 +19,41 @@ pub fn register(
     if let Some(stats) = turn {
         registry.register(Box::new(TurnCollector::new(stats)?))?;
     }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        registry.register(Box::new(TasksCollector::new(handle)?))?;
+    }
     Ok(())
+}
+
+/// `huddle_runtime_tasks_alive`: tasks alive on the main tokio runtime (one per signaling
+/// connection and a few per room and node), read when scraped, so that a leak shows.
+struct TasksCollector {
+    handle: tokio::runtime::Handle,
+    gauge: IntGauge,
+}
+
+impl TasksCollector {
+    fn new(handle: tokio::runtime::Handle) -> prometheus::Result<Self> {
+        Ok(TasksCollector {
+            handle,
+            gauge: IntGauge::new(
+                "huddle_runtime_tasks_alive",
+                "Tasks alive on the server's main tokio runtime (the media workers run their own).",
+            )?,
+        })
+    }
+}
+
+impl Collector for TasksCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge
+            .set(self.handle.metrics().num_alive_tasks() as i64);
+        self.gauge.collect()
+    }
 }
 
 /// Reads [`huddle_turn::TurnStats`] when scraped: the TURN relay counts with plain atomics and

@@ -157,6 +157,12 @@ async fn connections_over_the_cap_get_503_before_the_upgrade() {
     let (mut alice, _) = joined(&server, "cap", "Alice").await;
     let (mut bob, _) = joined(&server, "cap", "Bob").await;
     assert_eq!(upgrade_status(&server.ws_url(), None).await, Some(503));
+    assert_eq!(
+        server
+            .metric("huddle_limit_hits_total{limit=\"connections\"}")
+            .await,
+        Some(1.0)
+    );
     ping_pong(&mut alice, 1).await;
     // The slot is released when the session ends (a dropped socket keeps it for the resume
     // window: the participant is still there).
@@ -188,6 +194,12 @@ async fn joins_from_one_address_over_the_per_minute_limit_get_429() {
         tokio_tungstenite::connect_async(req).await,
         Err(tungstenite::Error::Http(r)) if r.status() == 429
     ));
+    assert_eq!(
+        server
+            .metric("huddle_limit_hits_total{limit=\"joins_per_ip\"}")
+            .await,
+        Some(2.0)
+    );
     ping_pong(&mut alice, 1).await;
 }
 
@@ -248,6 +260,12 @@ async fn websocket_origins_must_match_the_host_unless_configured() {
         Some(403)
     );
     assert_eq!(upgrade_status(&url, Some("null")).await, Some(403));
+    assert_eq!(
+        server
+            .metric("huddle_limit_hits_total{limit=\"origin\"}")
+            .await,
+        Some(2.0)
+    );
     assert_eq!(
         upgrade_status(&url, Some(&format!("http://{host}"))).await,
         None

@@ -191,6 +191,10 @@ impl AppState {
         ice: IceServerProvider,
     ) -> Self {
         let ops = ops::Ops::new(&media);
+        let counters = limits::LimitCounters::default();
+        if let Err(e) = counters.register(ops.registry()) {
+            tracing::error!(error = %e, "limit metrics registration failed");
+        }
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let joins_per_ip = limits::IpWindow::new(config.joins_per_ip_per_minute);
         let moderation = moderation::Moderation::new(chat.clone()).unwrap_or_else(|e| {
@@ -213,7 +217,7 @@ impl AppState {
                 moderation,
                 webhooks,
                 ops,
-                counters: limits::LimitCounters::default(),
+                counters,
                 connections,
                 joins_per_ip,
                 resumes: resume::Resumes::default(),

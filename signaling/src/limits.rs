@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -285,21 +284,48 @@ impl Limit {
     }
 }
 
-/// How often each limit was hit since start. The metrics endpoint reads [`LimitCounters::get`].
-#[derive(Debug, Default)]
+/// How often each limit was hit since start: the `huddle_limit_hits_total{limit}` counter
+/// family (every limit present from the start, at 0), registered with the node's metrics.
+#[derive(Debug, Clone)]
 pub struct LimitCounters {
-    counts: [AtomicU64; Limit::ALL.len()],
+    family: prometheus::IntCounterVec,
+    counts: Vec<prometheus::IntCounter>,
+}
+
+impl Default for LimitCounters {
+    fn default() -> Self {
+        let family = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "huddle_limit_hits_total",
+                "Requests refused or cut by an operator limit, by limit (before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric definition");
+        let counts = Limit::ALL
+            .iter()
+            .map(|l| family.with_label_values(&[l.as_str()]))
+            .collect();
+        LimitCounters { family, counts }
+    }
 }
 
 impl LimitCounters {
     /// Counts one hit.
     pub fn hit(&self, limit: Limit) {
-        self.counts[Self::index(limit)].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.counts.get(Self::index(limit)) {
+            c.inc();
+        }
     }
 
     /// Hits so far.
     pub fn get(&self, limit: Limit) -> u64 {
-        self.counts[Self::index(limit)].load(Ordering::Relaxed)
+        self.counts.get(Self::index(limit)).map_or(0, |c| c.get())
+    }
+
+    /// Adds the counters to `registry`.
+    pub fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.family.clone()))
     }
 
     fn index(limit: Limit) -> usize {

@@ -40,6 +40,11 @@ impl Ops {
         }
     }
 
+    /// The node's metrics registry.
+    pub(crate) fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
     /// Counts an open signaling socket until the guard drops.
     pub(crate) fn connection(&self) -> ConnectionGuard {
         self.metrics.ws_connections.inc();

@@ -117,6 +117,19 @@ impl Server {
             .expect("token JSON");
         res["token"].as_str().expect("a token").to_string()
     }
+
+    /// The value of one sample in `/metrics`, named exactly as exposed (`name{label="v"}`).
+    #[allow(dead_code)] // not every test binary reads metrics
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
 }
 
 impl Server {
