@@ -259,6 +259,11 @@ pub struct MediaSection {
     pub workers: usize,
     /// Address advertised to clients when it differs from `bind_ip` (1:1 NAT, or bind 0.0.0.0).
     pub public_ip: Option<IpAddr>,
+    /// Debugging: write the frames publishers send (as the SFU sees them) to this file, one JSON
+    /// line each. It records people's media: leave unset in production. Default: unset.
+    pub capture_path: Option<PathBuf>,
+    /// Frames written to `capture_path` before it stops. Default 2000.
+    pub capture_frames: usize,
 }
 
 impl Default for MediaSection {
@@ -268,6 +273,8 @@ impl Default for MediaSection {
             port: 50000,
             workers: 0,
             public_ip: None,
+            capture_path: None,
+            capture_frames: 2000,
         }
     }
 }

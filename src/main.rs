@@ -432,6 +432,17 @@ async fn run(cfg: Config) -> Result<()> {
         },
         public_ip: cfg.media.public_ip,
         max_tracks_per_participant: cfg.limits.max_tracks_per_participant,
+        capture: match &cfg.media.capture_path {
+            Some(path) => {
+                tracing::warn!(path = %path.display(), frames = cfg.media.capture_frames,
+                    "media.capture_path is set: published frames are written to disk (debugging only)");
+                Some(
+                    huddle_media::capture::FrameCapture::create(path, cfg.media.capture_frames)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                )
+            }
+            None => None,
+        },
     };
     let media =
         huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;

@@ -7,13 +7,47 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, openChatIfClosed, cleanup, serverLogTail, participants, server,
 } from './harness.mjs';
 
-after(cleanup);
+// The server writes every published frame it sees to this file (media.capture_path, a
+// debugging option): what an operator could see.
+const CAPTURE = path.join(tmpdir(), `huddle-e2ee-capture-${process.pid}.jsonl`);
+process.env.HUDDLE_MEDIA__CAPTURE_PATH = CAPTURE;
+process.env.HUDDLE_MEDIA__CAPTURE_FRAMES = '5000';
+
+after(async () => {
+  await cleanup();
+  rmSync(CAPTURE, { force: true });
+});
+
+// The media key a passphrase gives in a room, derived as web/e2ee.js does.
+async function mediaKey(passphrase, room) {
+  const enc = new TextEncoder();
+  const base = await crypto.subtle.importKey('raw', enc.encode(passphrase), 'PBKDF2', false, ['deriveBits']);
+  const bits = new Uint8Array(
+    await crypto.subtle.deriveBits({ name: 'PBKDF2', hash: 'SHA-256', salt: enc.encode(`huddle-e2ee/v1/${room}`), iterations: 200000 }, base, 512),
+  );
+  return crypto.subtle.importKey('raw', bits.slice(0, 32), 'AES-GCM', false, ['decrypt']);
+}
+
+// Decrypts one captured frame (clear prefix ‖ ciphertext+tag ‖ IV(12) ‖ key id; see
+// web/e2ee-worker.js), or returns null when it does not decrypt under `key`.
+async function openFrame(key, codec, bytes) {
+  const clear = codec === 'opus' ? 1 : (bytes[0] & 1) === 0 ? 10 : 3;
+  if (bytes.length < clear + 16 + 13 || bytes[bytes.length - 1] !== 1) return null;
+  const iv = bytes.subarray(bytes.length - 13, bytes.length - 1);
+  try {
+    const pt = await crypto.subtle.decrypt({ name: 'AES-GCM', iv, additionalData: bytes.subarray(0, clear) }, key, bytes.subarray(clear, bytes.length - 13));
+    return { clear, plain: new Uint8Array(pt), sealed: bytes.subarray(clear, bytes.length - 13) };
+  } catch {
+    return null;
+  }
+}
 
 const SECRET_TEXT = 'the launch code is 4711';
 
@@ -100,6 +134,25 @@ test('same passphrase: decrypted video and chat; another passphrase: nothing, an
     assert.equal(c.e2ee.decrypted, 0, `Carol decrypts nothing: ${JSON.stringify(c)}`);
     const carolVideos = await remoteVideos(carol);
     assert.ok(!carolVideos.some(isPlaying), `no video plays for Carol: ${JSON.stringify(carolVideos)}`);
+
+    // What the server saw of Alice's and Bob's media: every frame is sealed under their room
+    // key (it opens with it, and not with Carol's), and no plaintext frame went through it.
+    const frames = readFileSync(CAPTURE, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+      .filter((f) => f.room === room && [alice.participantId, bob.participantId].includes(f.participant) && !f.truncated);
+    const right = await mediaKey(passphrases.Alice, room);
+    const wrong = await mediaKey(passphrases.Carol, room);
+    const seen = { opus: 0, vp8: 0 };
+    for (const f of frames) {
+      if (!(f.codec in seen) || seen[f.codec] >= 40) continue;
+      const bytes = Uint8Array.from(Buffer.from(f.data, 'hex'));
+      const opened = await openFrame(right, f.codec, bytes);
+      assert.ok(opened, `a ${f.codec} frame the server forwarded (${f.len} bytes) is not sealed under the room key: ${f.data.slice(0, 80)}`);
+      assert.ok(!Buffer.from(opened.sealed).includes(Buffer.from(opened.plain.subarray(0, 16))), 'the server saw ciphertext, not the frame');
+      assert.equal(await openFrame(wrong, f.codec, bytes), null, 'another passphrase does not open it');
+      seen[f.codec] += 1;
+    }
+    note(`server capture: ${frames.length} frames of Alice and Bob; checked ${seen.opus} Opus and ${seen.vp8} VP8 frames: all sealed under the room key`);
+    assert.ok(seen.opus >= 20 && seen.vp8 >= 20, `enough captured frames to check: ${JSON.stringify(seen)}`);
 
     // Chat: Alice to Bob is readable; Carol sees an undecryptable message; the server has
     // only ciphertext.
