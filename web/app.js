@@ -29,6 +29,10 @@ const huddle = {
   audioMuted: false,
   videoMuted: false,
   connectionState: 'new',
+  reconnecting: false, // the signaling socket dropped and is being resumed
+  reconnects: 0, // times it dropped
+  resumes: 0, // times the server took us back without a rejoin
+  speakers: [], // participant ids the server last named as speaking, loudest first
   rtt: null,
   lang: null,
   joinClickedAt: null,
@@ -464,6 +468,36 @@ function startCall({ room, token, stream, join, name, password }) {
       peer(pc) {
         huddle.pc = pc;
       },
+      reconnecting() {
+        huddle.reconnecting = true;
+        huddle.reconnects += 1;
+        showBanner(t('banner.reconnecting'), { sticky: true, kind: 'warning' });
+      },
+      resumed(msg) {
+        huddle.reconnecting = false;
+        huddle.resumes += 1;
+        hideBanner();
+        toast(t('toast.reconnected'));
+        // The participant list now replaces ours: who left or came while we were away.
+        if (view && Array.isArray(msg.participants)) {
+          const present = new Set(msg.participants.map((p) => p && p.participant_id));
+          for (const id of [...view.tiles.keys()]) {
+            if (id !== huddle.participantId && !present.has(id)) {
+              view.participantLeft(id);
+              mod?.participantLeft(id);
+            }
+          }
+          for (const p of msg.participants) if (p && !view.tiles.has(p.participant_id)) view.participantJoined(p);
+          mod?.renderPeople();
+        }
+      },
+      rejoin() {
+        // Too late to resume: the same person joins afresh with the same camera and mic.
+        huddle.reconnecting = false;
+        teardown();
+        huddle.state = 'connecting';
+        startCall({ room, token, stream, join, name, password });
+      },
       connectionState(state) {
         huddle.connectionState = state;
         if (state === 'failed') reportError('media_failed', null, { sticky: true });
@@ -511,7 +545,10 @@ function startCall({ room, token, stream, join, name, password }) {
       },
       knock: (msg) => mod?.knock(msg),
       knockEnded: (id) => mod?.knockEnded(id),
-      speakers: (list) => view?.setSpeakers(list),
+      speakers(list) {
+        huddle.speakers = list.map((s) => s && s.participant_id).filter(Boolean);
+        view?.setSpeakers(list);
+      },
       quality: (list) => view?.setQuality(list),
       screen: (id, sharing) => view?.setScreenSharing(id, sharing),
       chatUpdate: (m) => view?.updateChat(m),
@@ -593,11 +630,17 @@ function startCall({ room, token, stream, join, name, password }) {
     toast(t(kind === 'audio' ? 'toast.muted_by_host' : 'toast.camera_off_by_host'), 5000);
   }
 
-  function endMeeting() {
+  function teardown() {
     if (mod) mod.destroy();
     mod = null;
     huddle.mod = null;
     if (view) view.destroy();
+    view = null;
+    huddle.view = null;
+  }
+
+  function endMeeting() {
+    teardown();
     for (const tr of stream.getTracks()) tr.stop();
     huddle.state = 'left';
   }

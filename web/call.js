@@ -2,7 +2,15 @@
 // WebSocket /ws, join -> joined, one client offer, then only server offers.
 
 export const PROTOCOL_VERSION = 1;
-const PING_INTERVAL_MS = 15000;
+// The client pings every 5 s; with no server message (pongs included) for 15 s the socket is
+// taken for dead and replaced (docs/protocol.md, "Reconnecting").
+const PING_INTERVAL_MS = 5000;
+const SILENCE_MS = 15000;
+// Reconnect backoff (each delay ±25 %), and when to give up: the server keeps a dropped
+// participant for 20 s (signaling.resume_window_secs); after that a resume fails and the client
+// joins afresh, which it keeps trying for a minute.
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000, 5000];
+const RECONNECT_GIVE_UP_MS = 60000;
 
 // Camera simulcast: three layers, lowest first (the server ranks them in this order). Always
 // offered: the client offers once, at join, and the server pauses the layers nobody watches
@@ -56,6 +64,12 @@ export class Call {
     this.pingTimer = 0;
     this.publishing = { audio: null, video: null, screen: null };
     this.screenTrack = null;
+    this.resumeToken = null;
+    this.reconnecting = false;
+    this.reconnectAttempt = 0;
+    this.reconnectStarted = 0;
+    this.reconnectTimer = 0;
+    this.lastHeard = 0;
   }
 
   connect() {
@@ -68,11 +82,18 @@ export class Call {
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => {
+      this.lastHeard = Date.now();
+      if (this.reconnecting && this.resumeToken) {
+        this.send({ type: 'resume', protocol: PROTOCOL_VERSION, token: this.token, resume_token: this.resumeToken });
+        return;
+      }
       const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this.token };
       if (this.password) join.password = this.password;
       this.send(join);
     };
     ws.onmessage = (ev) => {
+      if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
       if (typeof ev.data !== 'string') return;
       let msg;
       try {
@@ -92,26 +113,104 @@ export class Call {
           this.on.failure?.(msg.type, err);
         });
     };
-    ws.onclose = (ev) => {
-      this.stopTimers();
-      if (this.ended) return; // we left: nothing to report
-      // Report after the messages that arrived before the close are handled.
-      this.queue = this.queue.then(() => {
-        if (this.ended) return;
-        this.ended = true;
-        this.closePeer();
-        this.on.closed?.({
-          code: ev.code,
-          reason: ev.reason,
-          joined: this.joined,
-          lastError: this.lastError,
-          serverLeaveReason: this.serverLeaveReason,
-        });
-      });
-    };
+    ws.onclose = (ev) => this.socketLost(ws, ev);
     ws.onerror = () => {
       /* onclose follows and reports */
     };
+  }
+
+  // The socket closed (or was taken for dead): resume when the session may be resumed,
+  // otherwise report the end.
+  socketLost(ws, ev) {
+    if (ws !== this.ws) return; // an old socket
+    this.stopTimers();
+    if (this.ended) return; // we left: nothing to report
+    // Decide after the messages that arrived before the close are handled.
+    this.queue = this.queue.then(() => {
+      if (this.ended || ws !== this.ws) return;
+      if (this.mayResume()) {
+        this.scheduleReconnect();
+        return;
+      }
+      this.ended = true;
+      this.closePeer();
+      this.on.closed?.({
+        code: ev.code,
+        reason: ev.reason,
+        joined: this.joined,
+        lastError: this.lastError,
+        serverLeaveReason: this.serverLeaveReason,
+        reconnecting: this.reconnecting,
+      });
+    });
+  }
+
+  // A dropped socket is resumed unless the server ended the session or refused us for good.
+  mayResume() {
+    if (!this.joined || !this.resumeToken || this.serverLeaveReason) return false;
+    const code = this.lastError && this.lastError.code;
+    if (code && (FATAL_ERRORS.has(code) || code === 'rate_limited')) return false;
+    return !this.reconnecting || Date.now() - this.reconnectStarted < RECONNECT_GIVE_UP_MS;
+  }
+
+  scheduleReconnect() {
+    if (!this.reconnecting) {
+      this.reconnecting = true;
+      this.reconnectStarted = Date.now();
+      this.reconnectAttempt = 0;
+      this.trace('local', { type: 'reconnecting' });
+      this.on.reconnecting?.();
+    }
+    const base = RECONNECT_DELAYS_MS[Math.min(this.reconnectAttempt, RECONNECT_DELAYS_MS.length - 1)];
+    this.reconnectAttempt += 1;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      if (!this.ended) this.connect();
+    }, base * (0.75 + Math.random() * 0.5));
+  }
+
+  // No word from the server for too long: the network is gone even if the socket says open.
+  checkSilence() {
+    if (!this.ws || Date.now() - this.lastHeard < SILENCE_MS) return;
+    const ws = this.ws;
+    ws.onclose = null;
+    ws.onmessage = null;
+    ws.onerror = null;
+    try {
+      ws.close(4000, 'silent');
+    } catch {
+      /* closing anyway */
+    }
+    this.socketLost(ws, { code: 4000, reason: 'silent' });
+  }
+
+  startPinging() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => {
+      this.checkSilence();
+      this.send({ type: 'ping', ts: Date.now() });
+    }, PING_INTERVAL_MS);
+  }
+
+  // The server took us back: same participant, same media; an ICE-restart offer follows.
+  onResumed(msg) {
+    this.reconnecting = false;
+    this.lastError = null;
+    this.startPinging();
+    this.on.resumed?.(msg);
+  }
+
+  // The resume window had passed (or the server restarted): join afresh.
+  rejoin() {
+    this.ended = true;
+    this.stopTimers();
+    this.closePeer();
+    try {
+      this.ws.close(1000, 'rejoining');
+    } catch {
+      /* closing anyway */
+    }
+    this.on.rejoin?.();
   }
 
   send(obj) {
@@ -138,6 +237,8 @@ export class Call {
     switch (msg.type) {
       case 'joined':
         return this.onJoined(msg);
+      case 'resumed':
+        return this.onResumed(msg);
       case 'answer':
         if (!this.pc) throw new Error('answer before our offer');
         await this.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
@@ -195,6 +296,7 @@ export class Call {
       case 'redirect':
         return this.followRedirect(msg);
       case 'error':
+        if (msg.code === 'resume_failed' && this.reconnecting) return this.rejoin();
         this.lastError = msg;
         return this.on.error?.(msg, FATAL_ERRORS.has(msg.code));
       default:
@@ -222,11 +324,12 @@ export class Call {
     this.redirects = 0;
     this.joined = true;
     this.participantId = msg.participant_id;
+    this.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
     if (this.e2ee && Array.isArray(msg.chat_history)) {
       msg.chat_history = await Promise.all(msg.chat_history.map((m) => this.e2ee.openMessage(m)));
     }
     this.on.joined?.(msg);
-    this.pingTimer = setInterval(() => this.send({ type: 'ping', ts: Date.now() }), PING_INTERVAL_MS);
+    this.startPinging();
 
     const config = { iceServers: iceServersFrom(msg.ice_servers), bundlePolicy: 'max-bundle' };
     if (this.relay) config.iceTransportPolicy = 'relay';
@@ -391,6 +494,8 @@ export class Call {
   stopTimers() {
     clearInterval(this.pingTimer);
     this.pingTimer = 0;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = 0;
   }
 
   closePeer() {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -95,6 +95,8 @@ export async function startServer(extraArgs = []) {
     const onLine = (stream) => (line) => {
       const clean = line.replace(/\x1b\[[0-9;]*m/g, '');
       server.log.push(`[${stream}] ${clean}`);
+      // For debugging a passing run too: E2E_SERVER_LOG=/tmp/server.log keeps every line.
+      if (process.env.E2E_SERVER_LOG) appendFileSync(process.env.E2E_SERVER_LOG, `[${stream}] ${clean}\n`);
       const m = clean.match(/Huddle is ready at (https?:\/\/[^\s]+)/);
       if (m && stream === 'stdout' && !server.url) {
         server.url = m[1].replace(/\/+$/, '');
@@ -139,11 +141,13 @@ process.on('exit', () => {
 
 export const participants = [];
 
-export async function openParticipant(name) {
+// `origin`: where the page will be loaded from when not the server itself (e.g. a lane of the
+// impairment proxy).
+export async function openParticipant(name, { origin = server.url } = {}) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30_000 });
   const context = await browser.newContext({ viewport: VIEWPORT, locale: 'en-US' });
   context.setDefaultTimeout(10_000);
-  await context.grantPermissions(['camera', 'microphone'], { origin: server.url });
+  await context.grantPermissions(['camera', 'microphone'], { origin });
   const page = await context.newPage();
   const p = { name, browser, page, pageErrors: [], consoleErrors: [], participantId: null };
   page.on('pageerror', (err) => p.pageErrors.push(String(err && err.stack ? err.stack : err)));
@@ -201,9 +205,142 @@ export async function openChatIfClosed(p) {
   await p.page.waitForSelector('[data-testid="chat-input"]', { state: 'visible', timeout: 5000 });
 }
 
+// Closes one participant's browser (to free the two CPU cores for the next test).
+export async function closeParticipant(p) {
+  await p.browser.close().catch(() => {});
+  const i = participants.indexOf(p);
+  if (i >= 0) participants.splice(i, 1);
+}
+
+// Types the name, clicks Join and waits until the page says it joined; sets p.participantId.
+export async function joinRoom(p, url) {
+  await p.page.goto(url, { waitUntil: 'load', timeout: 15_000 });
+  await p.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+  await p.page.fill('[data-testid="name"]', p.name);
+  await p.page.click('[data-testid="join"]');
+  const s = await waitFor(
+    `${p.name} to join`,
+    () => p.page.evaluate(() => ({ state: window.huddle?.state, id: window.huddle?.participantId })),
+    (s) => s.state === 'joined' && !!s.id,
+    { timeout: 15_000 },
+  );
+  p.participantId = s.id;
+  return s.id;
+}
+
+// The local UDP ports of the page's ICE candidates, the media-carrying one first. A network cut
+// must cover them all: Chromium moves to another candidate pair when one stops answering.
+export async function localMediaPorts(p) {
+  return p.page.evaluate(async () => {
+    const pc = window.huddle && window.huddle.pc;
+    if (!pc) return [];
+    const stats = await pc.getStats();
+    let best = null;
+    stats.forEach((r) => {
+      if (r.type === 'candidate-pair' && r.nominated && (!best || r.bytesSent > best.bytesSent)) best = r;
+    });
+    const first = best && stats.get(best.localCandidateId);
+    const ports = first ? [first.port] : [];
+    stats.forEach((r) => {
+      if (r.type === 'local-candidate' && r.protocol === 'udp' && r.port > 9 && !ports.includes(r.port)) ports.push(r.port);
+    });
+    return ports;
+  });
+}
+
+// The value of one Prometheus sample (sum over the series matching `name{labels...}`).
+export async function metricValue(name, labels = {}) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  let sum = 0;
+  let found = false;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const m = line.match(/^([a-z_]+)(\{([^}]*)\})? ([0-9.eE+-]+)$/);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[3] || '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) {
+      sum += Number(m[4]);
+      found = true;
+    }
+  }
+  if (!found) throw new Error(`metric ${name}${JSON.stringify(labels)} not in /metrics`);
+  return sum;
+}
+
+// ------------------------------------------------------------------ impairment proxy
+
+export const IMPAIR_BIN = path.resolve(process.env.IMPAIR_BIN || path.join(path.dirname(HUDDLE_BIN), 'huddle-impair'));
+export const impairs = [];
+
+// The media socket ports of the running server, from its "media worker started" log lines.
+export function mediaPorts() {
+  const ports = [];
+  for (const line of server.log) {
+    const m = line.match(/media worker started.*addr=127\.0\.0\.1:(\d+)/);
+    if (m) ports.push(Number(m[1]));
+  }
+  return ports;
+}
+
+// Starts huddle-impair (loadtest/src/bin/huddle-impair.rs) in front of the server's media
+// sockets on `udpIp` (start the server with `--public-ip <udpIp>` so that it advertises the
+// proxy) and with `tcpLanes` TCP forwards to its HTTP port. Returns {bound, lanes (URLs),
+// cmd(line)}: cmd resolves with the proxy's `ok ...` reply and rejects on `error ...`.
+export async function startImpair({ udpIp = '127.0.0.2', tcpLanes = 0 } = {}) {
+  assert.ok(existsSync(IMPAIR_BIN), `huddle-impair not found at ${IMPAIR_BIN}. Build it (cargo build --release --bin huddle-impair) or set IMPAIR_BIN.`);
+  // The log lines come on stderr, the ready line on stdout: give stderr a moment.
+  for (let i = 0; i < 50 && mediaPorts().length === 0; i++) await sleep(100);
+  const ports = mediaPorts();
+  assert.ok(ports.length > 0, `no "media worker started" line in the server log:\n${serverLogTail()}`);
+  const http = new URL(server.url).host;
+  const args = [];
+  for (const p of ports) args.push('--udp', `${udpIp}:${p}=127.0.0.1:${p}`);
+  for (let i = 0; i < tcpLanes; i++) args.push('--tcp', `127.0.0.1:0=${http}`);
+  const proc = spawn(IMPAIR_BIN, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const stderr = [];
+  createInterface({ input: proc.stderr }).on('line', (l) => stderr.push(l));
+  const lines = createInterface({ input: proc.stdout });
+  const waiting = [];
+  let onFirst;
+  const first = new Promise((resolve, reject) => {
+    onFirst = resolve;
+    proc.on('exit', (code) => reject(new Error(`huddle-impair exited (${code}): ${stderr.join('\n')}`)));
+    setTimeout(() => reject(new Error('huddle-impair printed nothing within 10 s')), 10_000);
+  });
+  lines.on('line', (line) => {
+    if (onFirst) {
+      const f = onFirst;
+      onFirst = null;
+      f(line);
+      return;
+    }
+    const w = waiting.shift();
+    if (w) w(line);
+  });
+  const bound = JSON.parse(await first);
+  const impair = {
+    proc,
+    bound,
+    lanes: bound.tcp.map((t) => `http://${t.listen}`),
+    cmd(line) {
+      return new Promise((resolve, reject) => {
+        waiting.push((reply) => (reply.startsWith('ok') ? resolve(reply) : reject(new Error(`huddle-impair: ${line} -> ${reply}`))));
+        proc.stdin.write(`${line}\n`);
+      });
+    },
+  };
+  impairs.push(impair);
+  return impair;
+}
+
+process.on('exit', () => {
+  for (const i of impairs) if (i.proc.exitCode === null) i.proc.kill('SIGKILL');
+});
+
 // Closes every browser, stops the server and removes its data directory.
 export async function cleanup() {
   await Promise.allSettled(participants.map((p) => p.browser.close()));
+  for (const i of impairs) if (i.proc.exitCode === null) i.proc.kill('SIGTERM');
   await stopServer();
   if (server.dataDir) rmSync(server.dataDir, { recursive: true, force: true });
 }

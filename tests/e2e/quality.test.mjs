@@ -5,7 +5,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying,
+  CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, remoteVideos, isPlaying,
   cleanup, serverLogTail,
 } from './harness.mjs';
 
@@ -72,7 +72,19 @@ test('simulcast follows the tile size; speakers, quality and a screen share show
     const back = await waitFor("Bob's tile, large again, to get the top layer back", () => inboundVideo(bob), (v) => v && v.frameWidth >= big.frameWidth, { timeout: 20_000, interval: 500 });
     note(`large again: ${back.frameWidth}x${back.frameHeight}`);
 
-    // 2. Active speaker: the fake microphone beeps; the server names Alice, Bob rings her tile.
+    // 2. Active speaker: both fake microphones beep; Bob mutes his. The server names Alice,
+    //    Bob rings her tile, and Bob, muted, is never named.
+    await bob.page.click('[data-testid="mic"]');
+    await waitFor('Bob to be muted', () => bob.page.evaluate(() => window.huddle.audioMuted), Boolean, { timeout: 5000 });
+    await sleep(1500); // speaker updates already on their way
+    const heard = new Set();
+    const listenUntil = Date.now() + 4000;
+    while (Date.now() < listenUntil) {
+      for (const id of await alice.page.evaluate(() => window.huddle.speakers)) heard.add(id);
+      await sleep(100);
+    }
+    assert.ok(heard.has(alice.participantId), `Alice (beeping) should be named speaking: ${[...heard]}`);
+    assert.ok(!heard.has(bob.participantId), `Bob (muted) must not be named speaking: ${[...heard]}`);
     await waitFor(
       "Bob to highlight Alice's tile as speaking (server 'speakers')",
       () => bob.page.evaluate((id) => !!document.querySelector(`.tile.speaking[data-participant-id="${id}"]`), alice.participantId),

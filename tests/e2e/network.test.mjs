@@ -1,0 +1,197 @@
+// Browser tests on a bad network, through the user-space impairment proxy
+// (loadtest/src/bin/huddle-impair.rs; the CI kernel has no netem). The server advertises the
+// proxy (127.0.0.2) as its media address, so every browser's media crosses it.
+//
+// 1. Loss, delay and jitter: video keeps decoding, audio keeps flowing, NACKs and
+//    retransmissions show in /metrics.
+// 2. Reconnection: one of three participants loses its network (its signaling lane and its
+//    media flow are cut) for 5 s; it comes back by itself, its video resumes for the others,
+//    and nobody saw it leave.
+// 3. A capped downlink: the subscriber gets a lower simulcast layer and keeps playing; when the
+//    cap lifts it returns to the top layer.
+//
+//   HUDDLE_BIN=target/release/huddle node --test tests/e2e/network.test.mjs
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, closeParticipant, joinRoom,
+  remoteVideos, isPlaying, inboundAudio, risingAudio, localMediaPorts, metricValue, startImpair,
+  cleanup, serverLogTail,
+} from './harness.mjs';
+
+let base;
+let impair;
+
+before(async () => {
+  base = await startServer(['--public-ip', '127.0.0.2', '--no-turn']);
+  impair = await startImpair({ udpIp: '127.0.0.2', tcpLanes: 1 });
+  note(`server ${base}, proxy ${JSON.stringify(impair.bound)}`);
+});
+after(cleanup);
+
+const newRoom = (prefix) => `${prefix}-${Math.random().toString(36).slice(2, 10)}`;
+
+// Inbound camera video on the page: the stream with the most decoded frames.
+async function inboundVideo(p) {
+  return p.page.evaluate(async () => {
+    const pc = window.huddle && window.huddle.pc;
+    if (!pc) return null;
+    let best = null;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== 'inbound-rtp' || r.kind !== 'video' || !r.framesDecoded) return;
+      if (!best || r.framesDecoded > best.framesDecoded) {
+        best = { frameWidth: r.frameWidth, framesDecoded: r.framesDecoded, nackCount: r.nackCount, packetsLost: r.packetsLost };
+      }
+    });
+    return best;
+  });
+}
+
+// Frames decoded so far of one participant's camera video on the page (getStats inbound-rtp of
+// the track its tile shows).
+async function framesFrom(p, participantId) {
+  return p.page.evaluate(async (id) => {
+    const video = document.querySelector(`[data-participant-id="${id}"] video[data-remote="1"]`);
+    const track = video && video.srcObject && video.srcObject.getVideoTracks()[0];
+    if (!track) return null;
+    let frames = null;
+    (await window.huddle.pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video' && r.trackIdentifier === track.id) frames = r.framesDecoded || 0;
+    });
+    return frames;
+  }, participantId);
+}
+
+const traceOf = (p, type) => p.page.evaluate((ty) => (window.huddle.trace || []).filter((e) => e.type === ty && e.dir === 'in'), type);
+
+async function withLog(fn) {
+  try {
+    await fn();
+  } catch (err) {
+    err.message += `\n--- server log (tail) ---\n${serverLogTail()}`;
+    throw err;
+  }
+}
+
+test('5 % loss, 100 ms delay and jitter: video decodes, audio flows, NACK and RTX counted', { timeout: 120_000 }, () => withLog(async () => {
+  const room = newRoom('loss');
+  const [alice, bob] = await Promise.all(['Alice', 'Bob'].map((n) => openParticipant(n)));
+  for (const p of [alice, bob]) await joinRoom(p, `${base}/r/${room}`);
+  await waitFor("Bob to play Alice's video", () => remoteVideos(bob), (vs) => vs.filter(isPlaying).length === 1, { timeout: MEDIA_TIMEOUT_MS });
+  const before = {
+    nacksIn: await metricValue('huddle_rtcp_nacks_total', { direction: 'in' }),
+    nacksOut: await metricValue('huddle_rtcp_nacks_total', { direction: 'out' }),
+    rtxOut: await metricValue('huddle_rtp_retransmissions_total', { direction: 'out' }),
+    rtxIn: await metricValue('huddle_rtp_retransmissions_total', { direction: 'in' }),
+  };
+  await impair.cmd('set all both loss=0.05 delay=100 jitter=20');
+  note('impairment on: 5 % loss, 100 ms ± 20 ms each way, both directions');
+  const v0 = await inboundVideo(bob);
+  await sleep(15_000);
+  const v1 = await inboundVideo(bob);
+  note(`Bob decoded ${v1.framesDecoded - v0.framesDecoded} frames in 15 s (${v1.frameWidth} wide), NACKs sent ${v1.nackCount}, lost ${v1.packetsLost}`);
+  assert.ok(v1.framesDecoded - v0.framesDecoded > 15 * 10, `video should keep decoding (over 10 fps) under loss: ${JSON.stringify({ v0, v1 })}`);
+  const vs = await remoteVideos(bob);
+  assert.equal(vs.filter(isPlaying).length, 1, `Alice's video should still play at Bob: ${JSON.stringify(vs)}`);
+  const audio = await inboundAudio(bob);
+  assert.equal(risingAudio(audio).length, 1, `Alice's audio should keep arriving at Bob: ${JSON.stringify(audio)}`);
+  const after = {
+    nacksIn: await metricValue('huddle_rtcp_nacks_total', { direction: 'in' }),
+    nacksOut: await metricValue('huddle_rtcp_nacks_total', { direction: 'out' }),
+    rtxOut: await metricValue('huddle_rtp_retransmissions_total', { direction: 'out' }),
+    rtxIn: await metricValue('huddle_rtp_retransmissions_total', { direction: 'in' }),
+  };
+  note(`metrics before ${JSON.stringify(before)} after ${JSON.stringify(after)}`);
+  assert.ok(after.nacksIn > before.nacksIn, 'subscribers NACKed lost packets (huddle_rtcp_nacks_total{direction="in"})');
+  assert.ok(after.rtxOut > before.rtxOut, 'the SFU retransmitted to subscribers (huddle_rtp_retransmissions_total{direction="out"})');
+  assert.ok(after.nacksOut > before.nacksOut, 'the SFU NACKed the publisher (huddle_rtcp_nacks_total{direction="out"})');
+  assert.ok(after.rtxIn > before.rtxIn, 'the publisher retransmitted to the SFU (huddle_rtp_retransmissions_total{direction="in"})');
+  const stats = JSON.parse((await impair.cmd('stats')).slice(3));
+  const dropped = stats.reduce((n, f) => n + f.up.dropped_loss + f.down.dropped_loss, 0);
+  assert.ok(dropped > 0, `the proxy dropped packets: ${JSON.stringify(stats)}`);
+  await impair.cmd('set all both loss=0 delay=0 jitter=0');
+  await Promise.all([alice, bob].map(closeParticipant));
+}));
+
+test('a participant whose network drops for 5 s comes back by itself; nobody sees it leave', { timeout: 150_000 }, () => withLog(async () => {
+  const room = newRoom('blip');
+  const lane = impair.lanes[0];
+  const alice = await openParticipant('Alice');
+  const bob = await openParticipant('Bob');
+  // Carol's page and signaling go through the proxy's TCP lane, which the test can cut.
+  const carol = await openParticipant('Carol', { origin: lane });
+  await joinRoom(alice, `${base}/r/${room}`);
+  await joinRoom(bob, `${base}/r/${room}`);
+  await joinRoom(carol, `${lane}/r/${room}`);
+  const all = [alice, bob, carol];
+  for (const p of all) {
+    await waitFor(`${p.name} to play both others`, () => remoteVideos(p), (vs) => vs.filter(isPlaying).length === 2, { timeout: MEDIA_TIMEOUT_MS });
+  }
+  const carolVideoAt = async (p) => (await remoteVideos(p)).find((v) => v.participantId === carol.participantId);
+  const ports = await localMediaPorts(carol);
+  assert.ok(ports.length > 0, "Carol's ICE candidates have local ports");
+  const carolId = carol.participantId;
+
+  for (const port of ports) await impair.cmd(`set port=${port} both blocked=1`);
+  await impair.cmd('tcp-block 0');
+  note(`Carol's network is down (media from ports ${ports.join(', ')}, signaling lane 0)`);
+  const down = Date.now();
+  await waitFor('Carol to show the reconnecting banner', () => carol.page.evaluate(() => ({ reconnecting: window.huddle.reconnecting, banner: !document.querySelector('#banner').hidden, text: document.querySelector('#banner .banner-text').textContent })), (s) => s.reconnecting && s.banner, { timeout: 4000, interval: 100 });
+  await sleep(Math.max(0, 2000 - (Date.now() - down)));
+  const f0 = await framesFrom(alice, carol.participantId);
+  await sleep(1500);
+  const f1 = await framesFrom(alice, carol.participantId);
+  assert.ok(f0 !== null && f1 - f0 <= 2, `the cut should stop Carol's video at Alice (frames decoded ${f0} -> ${f1})`);
+  await sleep(Math.max(0, 5000 - (Date.now() - down)));
+  for (const port of ports) await impair.cmd(`clear port=${port}`);
+  await impair.cmd('tcp-unblock 0');
+  const up = Date.now();
+  note('Carol\'s network is back');
+
+  const resumed = await waitFor('Carol to resume (same participant, banner gone)', () => carol.page.evaluate(() => ({ resumes: window.huddle.resumes, reconnecting: window.huddle.reconnecting, id: window.huddle.participantId, banner: !document.querySelector('#banner').hidden })), (s) => s.resumes >= 1 && !s.reconnecting && !s.banner, { timeout: 15_000, interval: 200 });
+  assert.equal(resumed.id, carolId, 'Carol keeps her participant id');
+  note(`Carol resumed ${Date.now() - up} ms after the network came back`);
+  for (const p of [alice, bob]) {
+    const g0 = await framesFrom(p, carol.participantId);
+    await waitFor(`${p.name} to decode Carol's video again`, () => framesFrom(p, carol.participantId), (n) => n - g0 > 20, { timeout: 20_000, interval: 250 });
+    await waitFor(`${p.name} to play Carol's video again`, () => carolVideoAt(p), (v) => v && isPlaying(v), { timeout: 5000 });
+  }
+  await waitFor('Carol to play both others again', () => remoteVideos(carol), (vs) => vs.filter(isPlaying).length === 2, { timeout: 20_000 });
+  note(`media back everywhere ${Date.now() - up} ms after the network came back`);
+  for (const p of [alice, bob]) {
+    const left = await traceOf(p, 'participant_left');
+    assert.deepEqual(left, [], `${p.name} must not have seen anyone leave`);
+    const joined = (await traceOf(p, 'participant_joined')).filter((e) => e.participant_id === carolId);
+    assert.ok(joined.length <= 1, `${p.name} saw Carol join only once: ${JSON.stringify(joined)}`);
+  }
+  await Promise.all(all.map(closeParticipant));
+}));
+
+test('a capped downlink gets a lower simulcast layer and keeps playing; the top layer returns when the cap lifts', { timeout: 180_000 }, () => withLog(async () => {
+  const room = newRoom('cap');
+  const [alice, bob] = await Promise.all(['Alice', 'Bob'].map((n) => openParticipant(n)));
+  for (const p of [alice, bob]) await joinRoom(p, `${base}/r/${room}`);
+  const top = await waitFor("Bob's large tile to receive Alice's top layer (frameWidth >= 640)", () => inboundVideo(bob), (v) => v && v.frameWidth >= 640, { timeout: 30_000, interval: 500 });
+  note(`uncapped: ${top.frameWidth} wide`);
+  const ports = await localMediaPorts(bob);
+  for (const port of ports) await impair.cmd(`set port=${port} down rate=250 queue=300`);
+  note(`Bob's downlink capped at 250 kbit/s (ports ${ports.join(', ')})`);
+  const capped = Date.now();
+  const low = await waitFor('Bob to receive a lower layer (frameWidth < 640)', () => inboundVideo(bob), (v) => v && v.frameWidth < 640, { timeout: 45_000, interval: 500 });
+  note(`capped: ${low.frameWidth} wide after ${Date.now() - capped} ms`);
+  const d0 = (await inboundVideo(bob)).framesDecoded;
+  await sleep(5000);
+  const d1 = await inboundVideo(bob);
+  assert.ok(d1.framesDecoded - d0 > 5 * 10, `video keeps playing under the cap (over 10 fps): ${d0} -> ${JSON.stringify(d1)}`);
+  assert.ok(d1.frameWidth < 640, `still the lower layer under the cap: ${JSON.stringify(d1)}`);
+  const audio = await inboundAudio(bob);
+  assert.equal(risingAudio(audio).length, 1, `audio keeps arriving under the cap: ${JSON.stringify(audio)}`);
+  const stats = JSON.parse((await impair.cmd('stats')).slice(3));
+  note(`proxy: ${JSON.stringify(stats.filter((f) => ports.includes(Number(f.client.split(':').pop()))).map((f) => f.down))}`);
+
+  for (const port of ports) await impair.cmd(`clear port=${port}`);
+  const lifted = Date.now();
+  const back = await waitFor('Bob to return to the top layer (frameWidth >= 640)', () => inboundVideo(bob), (v) => v && v.frameWidth >= 640, { timeout: 90_000, interval: 500 });
+  note(`cap lifted: back to ${back.frameWidth} wide after ${Date.now() - lifted} ms`);
+  await Promise.all([alice, bob].map(closeParticipant));
+}));
