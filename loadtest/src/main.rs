@@ -144,6 +144,15 @@ struct Cli {
     /// No progress bar (logs only).
     #[arg(long)]
     no_progress: bool,
+    /// Churn: extra participants joining per minute (spread over the rooms, round robin), each
+    /// publishing what the scenario's first participant publishes and subscribing, and leaving
+    /// after --churn-stay seconds. They are counted apart from the measured participants (the
+    /// last line of the output), for soak runs.
+    #[arg(long, default_value_t = 0.0)]
+    churn_per_minute: f64,
+    /// How long each churning participant stays, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    churn_stay: f64,
 }
 
 impl Cli {
@@ -396,6 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
             "the ramp-up takes most of the run: raise --duration or --ramp-rate"
         );
     }
+    let (churn_target, churn_http) = (target.clone(), http.clone());
     let mut handles = Vec::new();
     {
         let participants: Vec<_> = plan.iter().map(|(p, id)| (p.clone(), *id)).collect();
@@ -457,6 +467,31 @@ async fn run(cli: Cli) -> Result<()> {
             v
         });
         handles.push(collector);
+    }
+
+    let churn = Arc::new(Churn::default());
+    if cli.churn_per_minute > 0.0 && cli.target == Target::Huddle {
+        let rooms: Vec<String> = (0..cli.rooms).map(|r| format!("lt-{run_id}-{r}")).collect();
+        let role = roles.first().cloned().map(|r| Role {
+            subscribe: true,
+            ..r
+        });
+        tokio::spawn(churn_loop(
+            ctx.clone(),
+            churn_target,
+            churn_http,
+            rooms,
+            role.unwrap_or(Role {
+                audio: true,
+                video: false,
+                subscribe: true,
+            }),
+            Duration::from_secs_f64(60.0 / cli.churn_per_minute),
+            Duration::from_secs_f64(cli.churn_stay.max(1.0)),
+            Duration::from_secs_f64((cli.duration - cli.churn_stay).max(0.0)),
+            churn.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     // Sample once a second until the duration is over.
@@ -595,5 +630,80 @@ async fn run(cli: Cli) -> Result<()> {
         let _ =
             tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(hs)).await;
     }
+    if cli.churn_per_minute > 0.0 {
+        // The churners still in a room leave on the stop signal; give them a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while churn.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "churn: started={} joined={} failed={} still_active={}",
+            churn.started.load(Ordering::Relaxed),
+            churn.joined.load(Ordering::Relaxed),
+            churn.failed.load(Ordering::Relaxed),
+            churn.active.load(Ordering::Relaxed),
+        );
+    }
     Ok(())
+}
+
+/// Counts of the churning participants.
+#[derive(Default)]
+struct Churn {
+    started: std::sync::atomic::AtomicU64,
+    joined: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    active: std::sync::atomic::AtomicU64,
+}
+
+/// Starts a participant every `every` until `until`, each staying `stay` and then leaving.
+#[allow(clippy::too_many_arguments)]
+async fn churn_loop(
+    ctx: Arc<Ctx>,
+    target: Arc<HuddleTarget>,
+    http: reqwest::Client,
+    rooms: Vec<String>,
+    role: Role,
+    every: Duration,
+    stay: Duration,
+    until: Duration,
+    churn: Arc<Churn>,
+    stop: watch::Receiver<bool>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut n = 0usize;
+    loop {
+        tokio::time::sleep_until(start + every * (n as u32 + 1)).await;
+        if *stop.borrow() || start.elapsed() > until || rooms.is_empty() {
+            return;
+        }
+        let p = Arc::new(Participant::new(
+            format!("churn-{n}"),
+            rooms[n % rooms.len()].clone(),
+            role.clone(),
+        ));
+        n += 1;
+        churn.started.fetch_add(1, Ordering::Relaxed);
+        churn.active.fetch_add(1, Ordering::Relaxed);
+        let (leave_tx, leave_rx) = watch::channel(false);
+        let mut outer = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(stay, outer.wait_for(|s| *s)).await;
+            let _ = leave_tx.send(true);
+        });
+        let (ctx, target, http, churn) = (ctx.clone(), target.clone(), http.clone(), churn.clone());
+        tokio::spawn(async move {
+            let result = huddle::run(ctx, target, http, p.clone(), leave_rx).await;
+            let connected = p.connected_us.load(Ordering::Relaxed) != 0;
+            match result {
+                Ok(()) if connected => churn.joined.fetch_add(1, Ordering::Relaxed),
+                Ok(()) => churn.failed.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "churning participant failed");
+                    churn.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            churn.active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
 }
