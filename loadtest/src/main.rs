@@ -6,6 +6,7 @@
 //! See `BENCHMARKS.md` at the repository root for the figures and `loadtest/bench.sh` for the
 //! comparison run.
 
+mod floor;
 mod huddle;
 mod janus;
 mod media;
@@ -59,6 +60,11 @@ enum Target {
     about = "Load tester for Huddle and Janus VideoRoom"
 )]
 struct Cli {
+    /// Another measurement instead of a load test (`floor`: the kernel and cipher cost an SFU
+    /// cannot go below).
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
     /// The load shape.
     #[arg(long, value_enum, default_value = "audio")]
     scenario: Scenario,
@@ -155,6 +161,14 @@ struct Cli {
     churn_stay: f64,
 }
 
+/// Measurements other than the load test.
+#[derive(clap::Subcommand, Debug, Clone)]
+enum Command {
+    /// A minimal forwarder on this machine: recvmmsg, one AES-128-GCM open, N seals, sendmmsg,
+    /// nothing else; prints its CPU-µs per outgoing and incoming packet (see BENCHMARKS.md).
+    Floor(floor::FloorArgs),
+}
+
 impl Cli {
     /// The participants of one room, publishers first.
     fn room_roles(&self) -> Vec<Role> {
@@ -227,6 +241,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Floor(args)) = cli.command {
+        return floor::main(args);
+    }
     if cli.duration <= 0.0 || cli.ramp_rate <= 0.0 {
         bail!("--duration and --ramp-rate must be positive");
     }
