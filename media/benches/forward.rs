@@ -2,21 +2,24 @@
 //! one SRTP-protected copy out per subscriber, through the real [`Sfu`] core.
 //!
 //! The call is set up outside the measurement, over an in-memory network on virtual time (the
-//! approach of `tests/in_memory.rs`): one publisher, N subscribers, all str0m client peers that
-//! did real ICE, DTLS and SDP with the core. Each iteration then:
+//! approach of `tests/in_memory.rs`): P publishers, N subscribers, all str0m client peers that
+//! did real ICE, DTLS and SDP with the core. Group `forward_audio_packet` has P = 1 and N = 1,
+//! 10, 40; group `audio_room_tick` is the load tester's audio scenario, P = 10 and N = 40.
+//! Each iteration then:
 //!
-//! * (not timed) the publisher's `Rtc` writes one 20 ms Opus-sized frame and seals it; every
+//! * (not timed) each publisher's `Rtc` writes one 20 ms Opus-sized frame and seals it; every
 //!   client's pending datagrams (the media packet, and now and then RTCP: receiver reports,
 //!   TWCC feedback, STUN consent checks from the subscribers) are collected;
-//! * (timed) the core takes those datagrams (`Sfu::handle_receive`), runs its timers when due
-//!   (`Sfu::handle_timeout`: str0m's pacer, BWE, stats, the room's ticks) and every datagram it
-//!   produces is drained (`Sfu::poll_output`);
+//! * (timed) the core takes those datagrams (`Sfu::handle_receive`), then runs its timers up to
+//!   the next tick, each when the core asks for it (rounded up to a whole millisecond, as the
+//!   driver's tokio timer does; `Sfu::handle_timeout`: str0m's pacer, BWE, stats, the room's
+//!   ticks), and every datagram it produces is drained (`Sfu::poll_output`);
 //! * (not timed) the subscribers receive and decrypt the copies, and virtual time moves 20 ms.
 //!
 //! So the figure is the core's CPU time per forwarded packet, its share of RTCP and timers
-//! included, at one audio stream of 50 packets per second; the socket calls are not in it
-//! (`huddle-loadtest floor` measures those). Throughput is N elements per iteration: criterion
-//! reports time per forwarded packet.
+//! included, at P audio streams of 50 packets per second; the socket calls are not in it
+//! (`huddle-loadtest floor` measures those). Throughput is P × N elements per iteration:
+//! criterion's "thrpt" is forwarded packets per second of the core's time.
 //!
 //!     cargo bench -p huddle-media --bench forward
 
@@ -46,7 +49,8 @@ struct Client {
     frames: u64,
 }
 
-/// One room: client 0 publishes audio, the others subscribe.
+/// One room: the first `publishers` clients publish audio (and subscribe to nothing, like the
+/// load tester's audio scenario), the others subscribe.
 struct Call {
     now: Instant,
     sfu: Sfu,
@@ -57,13 +61,16 @@ struct Call {
     to_sfu: Vec<(SocketAddr, Vec<u8>)>,
     /// The core's output of the last iteration, waiting for the clients.
     from_sfu: Vec<Output>,
+    publishers: usize,
     frame_no: u64,
+    /// `Sfu::handle_timeout` calls in the measured ticks.
+    timeouts: u64,
     /// RTP/RTCP datagrams the core sent (first byte 128..=191), for the sanity check.
     srtp_out: u64,
 }
 
 impl Call {
-    fn new(subscribers: usize) -> Call {
+    fn new(publishers: usize, subscribers: usize) -> Call {
         huddle_media::init_crypto();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
         let mut call = Call {
@@ -79,17 +86,25 @@ impl Call {
             by_addr: HashMap::new(),
             to_sfu: Vec::new(),
             from_sfu: Vec::new(),
+            publishers,
             frame_no: 0,
+            timeouts: 0,
             srtp_out: 0,
         };
-        call.join(true);
+        for _ in 0..publishers {
+            call.join(true);
+        }
         for _ in 0..subscribers {
             call.join(false);
         }
         // ICE, DTLS, the answers and the SFU's renegotiations for the consumers.
         for _ in 0..600 {
             call.step_setup(Duration::from_millis(5));
-            if call.clients.iter().all(|c| c.connected) && call.clients[0].writer_ready() {
+            if call.clients.iter().all(|c| c.connected)
+                && call.clients[..publishers]
+                    .iter_mut()
+                    .all(Client::writer_ready)
+            {
                 break;
             }
         }
@@ -114,8 +129,8 @@ impl Call {
         let (offer, pending) = change.apply().unwrap();
         let pid = ParticipantId(u64::from(n));
         let grants = Grants {
-            publish: true,
-            subscribe: true,
+            publish,
+            subscribe: !publish,
         };
         self.sfu
             .offer(self.now, pid, "room", grants, &offer.to_sdp_string())
@@ -217,33 +232,54 @@ impl Call {
         self.sfu.handle_timeout(self.now);
     }
 
-    /// The publisher writes the next 20 ms frame (an Opus-sized payload).
+    /// Every publisher writes its next 20 ms frame (an Opus-sized payload).
     fn speak(&mut self) {
         let n = self.frame_no;
         self.frame_no += 1;
         let now = self.now;
-        let c = &mut self.clients[0];
-        let w = c.rtc.writer(c.send_mid.unwrap()).unwrap();
-        let pt = w.payload_params().next().unwrap().pt();
-        let mut frame = vec![0xfc];
-        frame.extend((0..79u64).map(|i| (i ^ n) as u8));
-        w.write(pt, now, MediaTime::from_90khz(n * 1800), frame)
-            .unwrap();
+        for c in &mut self.clients[..self.publishers] {
+            let w = c.rtc.writer(c.send_mid.unwrap()).unwrap();
+            let pt = w.payload_params().next().unwrap().pt();
+            let mut frame = vec![0xfc];
+            frame.extend((0..79u64).map(|i| (i ^ n) as u8));
+            w.write(pt, now, MediaTime::from_90khz(n * 1800), frame)
+                .unwrap();
+        }
     }
 
-    /// One iteration: returns the time the core spent.
-    fn forward_one(&mut self) -> Duration {
+    /// One iteration (one 20 ms tick: a packet from every publisher): returns the time the
+    /// core spent.
+    fn tick(&mut self) -> Duration {
         self.speak();
         self.collect();
         let start = Instant::now();
         for (from, data) in self.to_sfu.drain(..) {
             self.sfu.handle_receive(self.now, from, &data);
         }
-        if self.sfu.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.sfu.handle_timeout(self.now);
-        }
-        while let Some(o) = self.sfu.poll_output() {
-            self.from_sfu.push(o);
+        // The core's timers until the next tick, as the driver would fire them: tokio's timer
+        // wakes at whole milliseconds, so a deadline is rounded up to one, and one wake-up
+        // handles everything due by then.
+        let end = self.now + FRAME;
+        let mut t = self.now;
+        loop {
+            while let Some(o) = self.sfu.poll_output() {
+                self.from_sfu.push(o);
+            }
+            let Some(due) = self.sfu.poll_timeout() else {
+                break;
+            };
+            let wake = self.now
+                + Duration::from_millis(
+                    due.saturating_duration_since(self.now)
+                        .as_micros()
+                        .div_ceil(1000) as u64,
+                );
+            t = wake.max(t + Duration::from_millis(1));
+            if t >= end {
+                break;
+            }
+            self.sfu.handle_timeout(t);
+            self.timeouts += 1;
         }
         let spent = start.elapsed();
         self.srtp_out += self
@@ -263,41 +299,67 @@ impl Client {
     }
 }
 
+/// Measures `publishers` × `subscribers` (one iteration: one packet from each publisher, a copy
+/// to each subscriber) and checks afterwards that the copies arrived.
+fn measure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    publishers: usize,
+    subscribers: usize,
+) {
+    let mut call = Call::new(publishers, subscribers);
+    // A second of audio first: consumers open, keyframe and allocation rounds settle.
+    for _ in 0..50 {
+        call.tick();
+    }
+    let received =
+        |call: &Call| -> u64 { call.clients[publishers..].iter().map(|c| c.frames).sum() };
+    let timeouts_before = call.timeouts;
+    let (frames_before, srtp_before, ticks_before) =
+        (received(&call), call.srtp_out, call.frame_no);
+    let copies = (publishers * subscribers) as u64;
+    group.throughput(Throughput::Elements(copies));
+    let id = if publishers == 1 {
+        BenchmarkId::from_parameter(subscribers)
+    } else {
+        BenchmarkId::from_parameter(format!("{publishers}x{subscribers}"))
+    };
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| call.tick()).sum())
+    });
+    // The copies really went out and arrived: otherwise the figure would be meaningless.
+    call.collect();
+    let ticks = call.frame_no - ticks_before;
+    let frames = received(&call) - frames_before;
+    let per_packet = (call.srtp_out - srtp_before) as f64 / (ticks * publishers as u64) as f64;
+    eprintln!(
+        "{publishers} publisher(s) x {subscribers} subscribers: {ticks} ticks, {:.1} timer \
+         wake-ups per tick, {per_packet:.2} SRTP/SRTCP datagrams out per packet in, \
+         subscribers received {:.1}% of the frames",
+        (call.timeouts - timeouts_before) as f64 / ticks as f64,
+        100.0 * frames as f64 / (ticks * copies) as f64
+    );
+    assert!(
+        frames as f64 >= 0.99 * (ticks * copies) as f64,
+        "subscribers got {frames} of {} frames",
+        ticks * copies
+    );
+}
+
 fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward_audio_packet");
     group.sample_size(20);
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(5));
-    for subscribers in [1usize, 10, 40] {
-        let mut call = Call::new(subscribers);
-        // A second of audio first: consumers open, keyframe and allocation rounds settle.
-        for _ in 0..50 {
-            call.forward_one();
-        }
-        let frames_before: u64 = call.clients[1..].iter().map(|c| c.frames).sum();
-        let (srtp_before, iters_before) = (call.srtp_out, call.frame_no);
-        group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(
-            BenchmarkId::from_parameter(subscribers),
-            &subscribers,
-            |b, _| b.iter_custom(|iters| (0..iters).map(|_| call.forward_one()).sum()),
-        );
-        // The copies really went out and arrived: otherwise the figure would be meaningless.
-        call.collect();
-        let iters = call.frame_no - iters_before;
-        let frames: u64 = call.clients[1..].iter().map(|c| c.frames).sum::<u64>() - frames_before;
-        let per_packet = (call.srtp_out - srtp_before) as f64 / iters as f64;
-        eprintln!(
-            "fanout {subscribers}: {iters} packets in, {per_packet:.2} SRTP/SRTCP datagrams out per packet, \
-             subscribers received {:.1}% of the frames",
-            100.0 * frames as f64 / (iters * subscribers as u64) as f64
-        );
-        assert!(
-            frames as f64 >= 0.99 * (iters * subscribers as u64) as f64,
-            "subscribers got {frames} of {} frames",
-            iters * subscribers as u64
-        );
+    for subscribers in [1, 10, 40] {
+        measure(&mut group, 1, subscribers);
     }
+    group.finish();
+    // The load tester's audio scenario (BENCHMARKS.md): ten publishers on one tick, 40 listeners.
+    let mut group = c.benchmark_group("audio_room_tick");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(8));
+    measure(&mut group, 10, 40);
     group.finish();
 }
 
