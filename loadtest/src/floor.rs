@@ -465,8 +465,8 @@ fn send_packets(
         let due = (((elapsed * pps) as u64 / burst + 1) * burst).min(total);
         while sent < due {
             write_header(&mut buf, sent as u16, (sent * 960) as u32, INGRESS_SSRC);
-            for i in HEADER..size - TAG {
-                buf[i] = payload_byte(sent, i);
+            for (i, b) in buf[..size - TAG].iter_mut().enumerate().skip(HEADER) {
+                *b = payload_byte(sent, i);
             }
             seal(&key, &mut buf);
             if sock.send_to(&buf, to).is_ok() {
