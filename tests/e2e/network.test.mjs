@@ -3,7 +3,7 @@
 // proxy (127.0.0.2) as its media address, so every browser's media crosses it.
 //
 // 1. Loss, delay and jitter: video keeps decoding, audio keeps flowing, NACKs and
-//    retransmissions show in /metrics.
+//    retransmissions show in /metrics; after 3 s of total loss a PLI brings a keyframe.
 // 2. Reconnection: one of three participants loses its network (its signaling lane and its
 //    media flow are cut) for 5 s; it comes back by itself, its video resumes for the others,
 //    and nobody saw it leave.
@@ -73,7 +73,7 @@ async function withLog(fn) {
   }
 }
 
-test('5 % loss, 100 ms delay and jitter: video decodes, audio flows, NACK and RTX counted', { timeout: 120_000 }, () => withLog(async () => {
+test('5 % loss, 100 ms delay and jitter: video decodes, audio flows, NACK and RTX counted; after a 3 s outage a keyframe (PLI) restarts the video', { timeout: 120_000 }, () => withLog(async () => {
   const room = newRoom('loss');
   const [alice, bob] = await Promise.all(['Alice', 'Bob'].map((n) => openParticipant(n)));
   for (const p of [alice, bob]) await joinRoom(p, `${base}/r/${room}`);
@@ -109,9 +109,36 @@ test('5 % loss, 100 ms delay and jitter: video decodes, audio flows, NACK and RT
   const stats = JSON.parse((await impair.cmd('stats')).slice(3));
   const dropped = stats.reduce((n, f) => n + f.up.dropped_loss + f.down.dropped_loss, 0);
   assert.ok(dropped > 0, `the proxy dropped packets: ${JSON.stringify(stats)}`);
+
+  // Heavy loss: 3 s of nothing at all. NACKs cannot repair that; Bob's decoder asks for a
+  // keyframe, the SFU asks Alice (PLI), and the video resumes from a new keyframe.
   await impair.cmd('set all both loss=0 delay=0 jitter=0');
+  const k0 = await keyframesAt(bob);
+  const plis0 = await metricValue('huddle_rtcp_plis_total', { direction: 'out' });
+  await impair.cmd('set all both loss=1');
+  await sleep(3000);
+  await impair.cmd('set all both loss=0');
+  const k1 = await waitFor('Bob to decode a new keyframe after the outage', () => keyframesAt(bob), (k) => k > k0, { timeout: 15_000, interval: 250 });
+  const f0 = (await inboundVideo(bob)).framesDecoded;
+  await waitFor("Bob's video to play on after the outage", () => inboundVideo(bob), (v) => v.framesDecoded - f0 > 30, { timeout: 10_000, interval: 250 });
+  const plis1 = await metricValue('huddle_rtcp_plis_total', { direction: 'out' });
+  note(`after a 3 s outage: keyframes decoded ${k0} -> ${k1}, PLIs to publishers ${plis0} -> ${plis1}`);
+  assert.ok(plis1 > plis0, 'the SFU asked the publisher for a keyframe (huddle_rtcp_plis_total{direction="out"})');
+  const audio2 = await inboundAudio(bob);
+  assert.equal(risingAudio(audio2).length, 1, `audio flows again after the outage: ${JSON.stringify(audio2)}`);
   await Promise.all([alice, bob].map(closeParticipant));
 }));
+
+// Keyframes decoded, all inbound video on the page.
+async function keyframesAt(p) {
+  return p.page.evaluate(async () => {
+    let n = 0;
+    (await window.huddle.pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.keyFramesDecoded || 0;
+    });
+    return n;
+  });
+}
 
 test('a participant whose network drops for 5 s comes back by itself; nobody sees it leave', { timeout: 150_000 }, () => withLog(async () => {
   const room = newRoom('blip');
