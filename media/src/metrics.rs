@@ -77,6 +77,7 @@ pub struct MediaMetrics {
     connections_closed: [IntCounter; 4],
     pub(crate) unrouted: IntCounter,
     pub(crate) workers: IntGauge,
+    pub(crate) keyframe_requests_suppressed: IntCounter,
 }
 
 /// The registrable families (the children above share their atomics).
@@ -101,6 +102,7 @@ struct Families {
     connections_closed: IntCounterVec,
     unrouted: IntCounter,
     workers: IntGauge,
+    keyframe_requests_suppressed: IntCounter,
 }
 
 // The definitions below are constants: building them fails only on an invalid name or label,
@@ -246,6 +248,10 @@ impl MediaMetrics {
                 "huddle_media_workers",
                 "Media worker threads running.",
             ),
+            keyframe_requests_suppressed: counter(
+                "huddle_keyframe_requests_suppressed_total",
+                "Subscribers' keyframe requests (PLI/FIR) not passed on to the publisher because that subscriber kept asking (over 5 in 10 s; a decoder that cannot decode).",
+            ),
         };
         MediaMetrics {
             rtp_packets: in_out_kind(&|l: &[&str]| f.rtp_packets.with_label_values(l)),
@@ -276,6 +282,7 @@ impl MediaMetrics {
             ],
             unrouted: f.unrouted.clone(),
             workers: f.workers.clone(),
+            keyframe_requests_suppressed: f.keyframe_requests_suppressed.clone(),
             families: f,
         }
     }
@@ -302,6 +309,7 @@ impl MediaMetrics {
         registry.register(Box::new(f.connections_closed))?;
         registry.register(Box::new(f.unrouted))?;
         registry.register(Box::new(f.workers))?;
+        registry.register(Box::new(f.keyframe_requests_suppressed))?;
         Ok(())
     }
 

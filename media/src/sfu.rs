@@ -319,6 +319,52 @@ struct Consumer {
     current: Option<Option<Rid>>,
     /// The layer chosen for it; `current` becomes this at the layer's next keyframe.
     target: Option<Option<Rid>>,
+    /// How many keyframes the subscriber may still ask for (see [`KeyframeBudget`]).
+    keyframes: KeyframeBudget,
+}
+
+/// A subscriber's keyframe requests for one consumer. A decoder that works asks for a keyframe
+/// now and then and is satisfied by it; one that can never decode (an end-to-end encrypted
+/// room entered with a wrong passphrase, a broken client) asks again and again, and every
+/// keyframe it gets costs the publisher and all the other subscribers bandwidth. Over
+/// `KF_BURST` requests in `KF_WINDOW`, its requests are passed on at most once per backoff
+/// (doubling from `KF_BACKOFF_MIN` to `KF_BACKOFF_MAX`); a quiet window ends the backoff. Other
+/// subscribers' requests are not affected.
+#[derive(Debug, Clone, Default)]
+struct KeyframeBudget {
+    window_start: Option<Instant>,
+    count: u32,
+    backoff: Duration,
+    next_allowed: Option<Instant>,
+}
+
+const KF_WINDOW: Duration = Duration::from_secs(10);
+const KF_BURST: u32 = 5;
+const KF_BACKOFF_MIN: Duration = Duration::from_secs(2);
+const KF_BACKOFF_MAX: Duration = Duration::from_secs(16);
+
+impl KeyframeBudget {
+    /// Whether a request arriving now is passed on.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.next_allowed.is_some_and(|t| now < t) {
+            return false;
+        }
+        match self.window_start {
+            Some(t) if now.saturating_duration_since(t) < KF_WINDOW => self.count += 1,
+            _ => {
+                if self.count <= KF_BURST {
+                    self.backoff = Duration::ZERO;
+                }
+                self.window_start = Some(now);
+                self.count = 1;
+            }
+        }
+        if self.count > KF_BURST {
+            self.backoff = (self.backoff * 2).clamp(KF_BACKOFF_MIN, KF_BACKOFF_MAX);
+            self.next_allowed = Some(now + self.backoff);
+        }
+        true
+    }
 }
 
 impl Consumer {
@@ -332,6 +378,7 @@ impl Consumer {
             size: None,
             current: None,
             target: None,
+            keyframes: KeyframeBudget::default(),
         }
     }
 }
@@ -1247,14 +1294,21 @@ impl Sfu {
         subscriber: ParticipantId,
         req: KeyframeRequest,
     ) {
-        let Some(target) = self.peers.get(&subscriber).and_then(|p| {
+        let Some(target) = self.peers.get_mut(&subscriber).and_then(|p| {
             p.consumers
-                .iter()
+                .iter_mut()
                 .find(|c| c.state.mid() == Some(req.mid))
-                .map(|c| (c.publisher, c.producer_mid, c.current.or(c.target)))
+                .map(|c| {
+                    let allowed = c.keyframes.allow(now);
+                    (c.publisher, c.producer_mid, c.current.or(c.target), allowed)
+                })
         }) else {
             return;
         };
+        if !target.3 {
+            self.metrics.keyframe_requests_suppressed.inc();
+            return;
+        }
         // Paused: nothing to refresh.
         let Some(rid) = target.2 else {
             return;

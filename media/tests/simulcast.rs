@@ -13,7 +13,9 @@ use huddle_media::{
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Rtc};
 
@@ -51,6 +53,10 @@ struct Client {
     tracks: Vec<(TrackId, TrackKind, Source)>,
     speakers: Vec<Vec<ParticipantId>>,
     inbox: VecDeque<String>,
+    /// Keyframe requests the publisher received.
+    keyframe_requests: usize,
+    /// The subscriber's receiving video m-lines.
+    recv_video: Vec<Mid>,
 }
 
 impl Client {
@@ -95,6 +101,8 @@ impl Client {
             tracks: Vec::new(),
             speakers: Vec::new(),
             inbox: VecDeque::new(),
+            keyframe_requests: 0,
+            recv_video: Vec::new(),
         };
         c.inbox.push_back(offer.to_sdp_string());
         c
@@ -246,7 +254,13 @@ impl Net {
                             c.audio_frames += 1;
                         }
                     }
+                    str0m::Output::Event(Event::MediaAdded(m)) => {
+                        if m.kind == MediaKind::Video && m.direction == Direction::RecvOnly {
+                            c.recv_video.push(m.mid);
+                        }
+                    }
                     str0m::Output::Event(Event::KeyframeRequest(r)) => {
+                        c.keyframe_requests += 1;
                         if let Some(rid) = r.rid {
                             c.owe_keyframe.insert(rid.to_string());
                         }
@@ -579,4 +593,43 @@ fn after_a_congestion_downgrade_layers_go_up_again_only_after_a_hold() {
         "bob is back up after the hold"
     );
     assert_switches_only_at_keyframes(&net.clients[bob].video, "bob");
+}
+
+#[test]
+fn a_subscriber_that_keeps_asking_for_keyframes_is_slowed_down_alone() {
+    let (mut net, alice, bob, carol, track) = room();
+    net.sizes(bob, track, 1280, 720);
+    net.sizes(carol, track, 1280, 720);
+    net.run(Some(alice), Duration::from_secs(2));
+    let ask = |net: &mut Net, who: usize| {
+        let mid = net.clients[who].recv_video[0];
+        let mut w = net.clients[who]
+            .rtc
+            .writer(mid)
+            .expect("a receiving writer");
+        w.request_keyframe(None, KeyframeRequestKind::Pli)
+            .expect("request a keyframe");
+    };
+    assert!(!net.clients[bob].recv_video.is_empty());
+    // Bob's decoder never gets going (another passphrase, say): a PLI every 100 ms for 10 s.
+    let before = net.clients[alice].keyframe_requests;
+    for _ in 0..100 {
+        ask(&mut net, bob);
+        net.run(Some(alice), Duration::from_millis(100));
+    }
+    let passed = net.clients[alice].keyframe_requests - before;
+    // Without the budget the 500 ms throttle alone would pass ~20.
+    assert!(
+        (1..=9).contains(&passed),
+        "alice was asked for {passed} keyframes in 10 s of bob's storm"
+    );
+    // Carol asks once: she is not held back by bob's storm.
+    net.run(Some(alice), Duration::from_millis(600));
+    let before = net.clients[alice].keyframe_requests;
+    ask(&mut net, carol);
+    net.run(Some(alice), Duration::from_millis(600));
+    assert!(
+        net.clients[alice].keyframe_requests > before,
+        "carol's single request reached alice"
+    );
 }

@@ -11,7 +11,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, openChatIfClosed, cleanup, serverLogTail, participants, server,
+  MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, openChatIfClosed, cleanup, serverLogTail, participants, server, metricValue,
 } from './harness.mjs';
 
 // The server writes every published frame it sees to this file (media.capture_path, a
@@ -188,6 +188,15 @@ test('same passphrase: decrypted video and chat; another passphrase: nothing, an
       assert.ok(raw.includes('e2ee1:'), 'the server stores ciphertext');
     }
 
+    // Carol's decoder, fed nothing it can decode, keeps asking for keyframes; the SFU stops
+    // passing her requests on, so Alice and Bob are not flooded with keyframes.
+    const held = await waitFor(
+      "the SFU to hold back Carol's repeated keyframe requests",
+      () => metricValue('huddle_keyframe_requests_suppressed_total'),
+      (n) => n > 0,
+      { timeout: 30_000, interval: 1000 },
+    );
+    note(`keyframe requests held back: ${held}`);
     for (const p of participants) assert.deepEqual(p.pageErrors, [], `${p.name}: uncaught errors in the page`);
   } catch (err) {
     console.log(`--- server log ---\n${serverLogTail()}`);
