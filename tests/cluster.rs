@@ -226,6 +226,8 @@ impl Cluster {
                     &[],
                     &[
                         ("HUDDLE_AUTH__SECRET", SECRET),
+                        ("HUDDLE_API__KEY", API_KEY),
+                        ("HUDDLE_API__SECRET", API_SECRET),
                         ("HUDDLE_CLUSTER__REDIS_URL", &redis_url),
                         ("HUDDLE_CLUSTER__POSTGRES_URL", &pg_url),
                         ("HUDDLE_CLUSTER__NODE_ID", &id),
@@ -268,6 +270,15 @@ impl Cluster {
 /// One join without panicking on a dead node: follows redirects; the URL that answered
 /// `joined`, with its `joined` message.
 async fn try_join(ws_url: &str, token: &str) -> Result<(String, Value), String> {
+    try_join_with(ws_url, token, None).await
+}
+
+/// [`try_join`] with a room password.
+async fn try_join_with(
+    ws_url: &str,
+    token: &str,
+    password: Option<&str>,
+) -> Result<(String, Value), String> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let mut url = ws_url.to_string();
@@ -279,7 +290,11 @@ async fn try_join(ws_url: &str, token: &str) -> Result<(String, Value), String> 
         .await
         .map_err(|_| format!("{url}: connect timed out"))?
         .map_err(|e| format!("{url}: {e}"))?;
-        let join = json!({"type": "join", "protocol": 1, "token": token}).to_string();
+        let mut join = json!({"type": "join", "protocol": 1, "token": token});
+        if let Some(p) = password {
+            join["password"] = json!(p);
+        }
+        let join = join.to_string();
         ws.send(Message::Text(join.into()))
             .await
             .map_err(|e| e.to_string())?;
@@ -305,6 +320,25 @@ async fn try_join(ws_url: &str, token: &str) -> Result<(String, Value), String> 
         }
     }
     Err("too many redirects".into())
+}
+
+const API_KEY: &str = "cluster-api-key";
+const API_SECRET: &str = "cluster-api-secret-0123456789abcdef";
+
+/// An admin token for the room API (every node has the same API key and secret).
+fn admin_token() -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    encode(
+        &Header::default(),
+        &json!({"iss": API_KEY, "exp": exp, "grants": {"admin": true}}),
+        &EncodingKey::from_secret(API_SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn token(room: &str, identity: &str) -> String {
@@ -513,4 +547,123 @@ fn a_cluster_node_refuses_to_start_without_a_configured_secret() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("auth.secret"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_room_api_answers_for_the_whole_cluster_on_every_node() {
+    tokio::time::timeout(Duration::from_secs(55), async {
+        let c = Cluster::start(2);
+        c.wait_registered().await;
+        let http = reqwest::Client::new();
+        let auth = format!("Bearer {}", admin_token());
+        let api = |node: &str, path: &str| format!("{}/api/rooms{path}", c.node(node).url);
+
+        // A password room created through n2 keeps its password whichever node holds it.
+        let res = http
+            .post(api("n2", ""))
+            .header("authorization", &auth)
+            .json(&json!({"name": "locked", "password": "s3cret", "max_participants": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        let refused = try_join(&c.node("n1").ws_url(), &token("locked", "eve")).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("password_required")),
+            "a join without the password: {refused:?}"
+        );
+        try_join_with(
+            &c.node("n1").ws_url(),
+            &token("locked", "dan"),
+            Some("s3cret"),
+        )
+        .await
+        .expect("the password admits, through either node");
+
+        // An open room with Alice in it, placed wherever; asked about through the other node.
+        let alice = Peer::join(c.node("n1"), "open", "Alice", true).await;
+        let owner = c.owner("open").expect("placed");
+        let other = if owner == "n1" { "n2" } else { "n1" };
+        for node in ["n1", "n2"] {
+            let list: Value = http
+                .get(api(node, ""))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let rooms = list["rooms"].as_array().expect("rooms");
+            let open = rooms.iter().find(|r| r["name"] == "open");
+            assert_eq!(
+                open.map(|r| r["participants"].clone()),
+                Some(json!(1)),
+                "{node} lists the open room with Alice: {list}"
+            );
+            assert!(
+                rooms
+                    .iter()
+                    .any(|r| r["name"] == "locked" && r["password_protected"] == true),
+                "{node} lists the locked room: {list}"
+            );
+        }
+        let people: Value = http
+            .get(api(other, "/open/participants"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            people["participants"][0]["name"], "Alice",
+            "participants through the node that does not hold the room: {people}"
+        );
+        let identity = people["participants"][0]["identity"]
+            .as_str()
+            .expect("an identity")
+            .to_string();
+        let res = http
+            .post(api(other, &format!("/open/participants/{identity}/mute")))
+            .header("authorization", &auth)
+            .json(&json!({"kind": "audio"}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert_eq!(status, 200, "{}", res.text().await.unwrap());
+        common::eventually(
+            Duration::from_secs(5),
+            "alice is told she was muted",
+            || alice.saw(|m| m["type"] == "mute" && m["by_server"] == true),
+        )
+        .await;
+        // Without credentials the forwarded call is refused like a local one.
+        let res = http
+            .get(api(other, "/open/participants"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+
+        // Ending the locked room through n1 forgets its password everywhere.
+        let res = http
+            .delete(api("n1", "/locked"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        assert!(c.redis.get("huddle:settings:locked").is_none());
+        try_join(&c.node("n2").ws_url(), &token("locked", "eve"))
+            .await
+            .expect("no password once the room was ended");
+        alice.close().await;
+    })
+    .await
+    .expect("test finished within 55 s");
 }

@@ -13,7 +13,7 @@
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -181,10 +181,10 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// The room API routes.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/rooms", get(list_rooms).post(create_room))
+/// The room API routes. In cluster mode a call about one room that another node owns is
+/// forwarded there (see [`to_owner`]).
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    let per_room = Router::new()
         .route("/api/rooms/{room}", get(get_room).delete(end_room))
         .route("/api/rooms/{room}/participants", get(participants))
         .route(
@@ -195,6 +195,96 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/rooms/{room}/participants/{identity}/mute",
             post(mute_participant),
         )
+        .route_layer(axum::middleware::from_fn_with_state(state, to_owner));
+    Router::new()
+        .route("/api/rooms", get(list_rooms).post(create_room))
+        .merge(per_room)
+}
+
+/// Marks a call forwarded by another node (forwarded at most once).
+const FORWARDED: &str = "x-huddle-forwarded";
+
+/// Cluster mode: a call about a room that lives on another node is made there, by this node,
+/// with the caller's credentials, and its answer returned; otherwise this node's copy of the
+/// room's settings is refreshed from Redis and the call is handled here. (A redirect would do
+/// too, but HTTP clients drop the Authorization header on a redirect to another host.)
+async fn to_owner(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(cluster) = state.cluster().cloned() else {
+        return next.run(req).await;
+    };
+    let room = req
+        .uri()
+        .path()
+        .strip_prefix("/api/rooms/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    if room.is_empty() || req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    match cluster.remote_owner(&room).await {
+        Ok(None) => {
+            crate::cluster::refresh_settings(&state, &cluster, &room).await;
+            next.run(req).await
+        }
+        Ok(Some(url)) => forward(&url, req).await,
+        Err(e) => {
+            tracing::warn!(error = %e, %room, "room API: the room's node could not be looked up");
+            unavailable()
+        }
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"error": "unavailable", "message": "the cluster's state could not be read; try again shortly"})),
+    )
+        .into_response()
+}
+
+/// Makes `req` on the node at `base` and returns its answer.
+async fn forward(base: &str, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return ApiFailure::BadRequest("request body too large".into()).into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let mut out = client
+        .request(parts.method.clone(), &url)
+        .header(FORWARDED, "1")
+        .timeout(std::time::Duration::from_secs(10))
+        .body(body);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v.clone());
+        }
+    }
+    match out.send().await {
+        Ok(res) => {
+            let status = res.status();
+            let ctype = res.headers().get(header::CONTENT_TYPE).cloned();
+            let bytes = res.bytes().await.unwrap_or_default();
+            let mut r = (status, bytes).into_response();
+            if let Some(c) = ctype {
+                r.headers_mut().insert(header::CONTENT_TYPE, c);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %url, "room API: forwarding to the room's node failed");
+            unavailable()
+        }
+    }
 }
 
 /// A room as the API shows it.
@@ -236,18 +326,90 @@ fn room_view(state: &AppState, name: &str) -> Option<RoomView> {
     (n > 0 || state.inner.moderation.settings(name).is_some()).then(|| view(state, name, n))
 }
 
-async fn list_rooms(admin: Admin, State(state): State<AppState>) -> Result<Response, ApiFailure> {
+async fn list_rooms(
+    admin: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiFailure> {
     if admin.room.is_some() {
         return Err(ApiFailure::Forbidden(
             "a room-scoped token cannot list rooms",
         ));
     }
-    let mut counts: std::collections::BTreeMap<String, usize> =
-        state.inner.rooms.counts().into_iter().collect();
-    for (name, _) in state.inner.moderation.all_settings() {
-        counts.entry(name).or_insert(0);
+    let local = || {
+        let mut counts: std::collections::BTreeMap<String, usize> =
+            state.inner.rooms.counts().into_iter().collect();
+        for (name, _) in state.inner.moderation.all_settings() {
+            counts.entry(name).or_insert(0);
+        }
+        counts
+            .iter()
+            .map(|(n, c)| serde_json::to_value(view(&state, n, *c)).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let cluster = match state.cluster() {
+        Some(c) if !headers.contains_key(FORWARDED) => c.clone(),
+        _ => return Ok(Json(serde_json::json!({ "rooms": local() })).into_response()),
+    };
+    // Cluster mode: every live node's rooms, and the rooms created through the API that no
+    // node holds now.
+    for (room, s) in cluster.all_settings().await.unwrap_or_default() {
+        state.inner.moderation.set_cached(&room, Some(s));
     }
-    let rooms: Vec<RoomView> = counts.iter().map(|(n, c)| view(&state, n, *c)).collect();
+    let mut rooms: std::collections::BTreeMap<String, serde_json::Value> = local()
+        .into_iter()
+        .filter_map(|v| Some((v.get("name")?.as_str()?.to_string(), v)))
+        .collect();
+    let nodes = cluster.nodes().await.map_err(|e| {
+        tracing::warn!(error = %e, "room list: nodes unknown");
+        ApiFailure::Internal(SignalingError::Task(e.to_string()))
+    })?;
+    let client = reqwest::Client::new();
+    for node in nodes.iter().filter(|n| n.id != cluster.node_id()) {
+        let mut req = client
+            .get(format!("{}/api/rooms", node.url.trim_end_matches('/')))
+            .header(FORWARDED, "1")
+            .timeout(std::time::Duration::from_secs(5));
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION, v.clone());
+        }
+        let listed: Option<serde_json::Value> = match req.send().await {
+            Ok(r) if r.status().is_success() => r
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+            Ok(r) => {
+                tracing::warn!(node = %node.id, status = %r.status(), "room list: a node refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "room list: a node did not answer");
+                None
+            }
+        };
+        let Some(list) = listed
+            .as_ref()
+            .and_then(|v| v.get("rooms")?.as_array().cloned())
+        else {
+            continue;
+        };
+        for v in list {
+            let Some(name) = v.get("name").and_then(|n| n.as_str()).map(str::to_string) else {
+                continue;
+            };
+            let theirs = v.get("participants").and_then(|p| p.as_u64()).unwrap_or(0);
+            let ours = rooms
+                .get(&name)
+                .and_then(|o| o.get("participants")?.as_u64())
+                .unwrap_or(0);
+            // The node holding the participants describes the room best.
+            if !rooms.contains_key(&name) || theirs > ours {
+                rooms.insert(name, v);
+            }
+        }
+    }
+    let rooms: Vec<serde_json::Value> = rooms.into_values().collect();
     Ok(Json(serde_json::json!({ "rooms": rooms })).into_response())
 }
 
@@ -302,6 +464,14 @@ async fn create_room(
     })
     .await
     .map_err(|e| SignalingError::Task(e.to_string()))??;
+    if let Some(cluster) = state.cluster() {
+        if let Some(settings) = state.inner.moderation.settings(&req.name) {
+            if let Err(e) = cluster.put_settings(&req.name, &settings).await {
+                tracing::warn!(error = %e, room = %req.name, "room settings not shared through redis");
+                return Ok(unavailable());
+            }
+        }
+    }
     tracing::info!(room = %req.name, created, "room settings saved through the API");
     let n = state.inner.rooms.participants(&req.name).len();
     let status = if created {
@@ -334,6 +504,11 @@ async fn end_room(
     let had_settings = tokio::task::spawn_blocking(move || s.inner.moderation.end(&r))
         .await
         .map_err(|e| SignalingError::Task(e.to_string()))??;
+    if let Some(cluster) = state.cluster() {
+        if let Err(e) = cluster.delete_settings(&room).await {
+            tracing::warn!(error = %e, %room, "room settings not removed from redis");
+        }
+    }
     let told = state.inner.rooms.send(
         &room,
         None,

@@ -28,6 +28,9 @@ const NODES: &str = "huddle:nodes";
 const PLACED: &str = "huddle:placed";
 const NODE_PREFIX: &str = "huddle:node:";
 const ROOM_PREFIX: &str = "huddle:room:";
+const SETTINGS_PREFIX: &str = "huddle:settings:";
+/// The rooms with settings in Redis.
+const SETTINGS_SET: &str = "huddle:settings";
 
 /// Keeps a live owner, or makes the candidate the owner. KEYS[1] the room key; ARGV[1] the
 /// candidate node id, ARGV[2] the TTL in ms, ARGV[3] the node key prefix.
@@ -116,6 +119,27 @@ pub struct NodeInfo {
     pub tracks: usize,
     /// The most rooms it takes.
     pub max_rooms: usize,
+}
+
+/// [`crate::moderation::RoomSettings`] as Redis keeps them (with the password hash, which the
+/// API never shows).
+#[derive(Serialize, Deserialize)]
+struct StoredSettings {
+    max_participants: Option<usize>,
+    password_hash: Option<String>,
+    lobby: bool,
+    created_at: u64,
+}
+
+impl StoredSettings {
+    fn into_settings(self) -> crate::moderation::RoomSettings {
+        crate::moderation::RoomSettings {
+            max_participants: self.max_participants,
+            password_hash: self.password_hash,
+            lobby: self.lobby,
+            created_at: self.created_at,
+        }
+    }
 }
 
 /// Where a join goes.
@@ -269,6 +293,100 @@ impl Cluster {
             .and_then(|j| serde_json::from_str::<NodeInfo>(&j).ok())
             .ok_or(ClusterError::NoNode)?;
         Ok(Route::Remote(info.url))
+    }
+
+    /// The public URL of the live node that owns `room`, when that is another node. `None`:
+    /// this node owns it, or nobody does (nothing is claimed).
+    pub async fn remote_owner(&self, room: &str) -> Result<Option<String>, ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        let owner: Option<String> = self
+            .inner
+            .lookup
+            .key(format!("{ROOM_PREFIX}{room}"))
+            .arg(NODE_PREFIX)
+            .invoke_async(&mut conn)
+            .await?;
+        let Some(owner) = owner.filter(|o| *o != self.inner.cfg.node_id) else {
+            return Ok(None);
+        };
+        let info: Option<String> = conn.get(format!("{NODE_PREFIX}{owner}")).await?;
+        Ok(info
+            .and_then(|j| serde_json::from_str::<NodeInfo>(&j).ok())
+            .map(|n| n.url))
+    }
+
+    /// Stores a room's settings (room API) where every node reads them; kept until the room is
+    /// ended. The password is stored as its PBKDF2 hash, as on disk.
+    pub async fn put_settings(
+        &self,
+        room: &str,
+        s: &crate::moderation::RoomSettings,
+    ) -> Result<(), ClusterError> {
+        let stored = StoredSettings {
+            max_participants: s.max_participants,
+            password_hash: s.password_hash.clone(),
+            lobby: s.lobby,
+            created_at: s.created_at,
+        };
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| ClusterError::Config(format!("settings: {e}")))?;
+        let mut conn = self.inner.conn.clone();
+        let () = redis::pipe()
+            .atomic()
+            .set(format!("{SETTINGS_PREFIX}{room}"), json)
+            .ignore()
+            .sadd(SETTINGS_SET, room)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A room's settings from Redis, if it was created through the room API.
+    pub async fn settings(
+        &self,
+        room: &str,
+    ) -> Result<Option<crate::moderation::RoomSettings>, ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        let json: Option<String> = conn.get(format!("{SETTINGS_PREFIX}{room}")).await?;
+        Ok(json
+            .and_then(|j| serde_json::from_str::<StoredSettings>(&j).ok())
+            .map(StoredSettings::into_settings))
+    }
+
+    /// Every room with settings in Redis.
+    pub async fn all_settings(
+        &self,
+    ) -> Result<Vec<(String, crate::moderation::RoomSettings)>, ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        let rooms: Vec<String> = conn.smembers(SETTINGS_SET).await?;
+        let keys: Vec<String> = rooms
+            .iter()
+            .map(|r| format!("{SETTINGS_PREFIX}{r}"))
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let json: Option<String> = conn.get(&key).await?;
+            if let Some(s) = json.and_then(|j| serde_json::from_str::<StoredSettings>(&j).ok()) {
+                let room = key.trim_start_matches(SETTINGS_PREFIX).to_string();
+                out.push((room, s.into_settings()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a room's settings (the room was ended).
+    pub async fn delete_settings(&self, room: &str) -> Result<(), ClusterError> {
+        let mut conn = self.inner.conn.clone();
+        let () = redis::pipe()
+            .atomic()
+            .del(format!("{SETTINGS_PREFIX}{room}"))
+            .ignore()
+            .srem(SETTINGS_SET, room)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// The live nodes (from their heartbeat keys), with the rooms placed on each since its last
@@ -438,7 +556,11 @@ pub(crate) async fn instead_of_join(
     use crate::protocol::{ErrorCode, ServerMsg};
     let cluster = state.cluster()?;
     match cluster.route(room).await {
-        Ok(Route::Local) => None,
+        Ok(Route::Local) => {
+            // The room's settings may have been made through another node's room API.
+            refresh_settings(state, cluster, room).await;
+            None
+        }
         Ok(Route::Remote(url)) => {
             tracing::debug!(%room, %url, "join redirected to the room's node");
             Some(ServerMsg::Redirect {
@@ -526,6 +648,16 @@ fn cpu_seconds() -> Option<f64> {
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// Copies a room's settings from Redis into this node's moderation state (Redis is the truth in
+/// cluster mode: a room ended elsewhere loses its settings here too). Redis errors keep what
+/// the node has.
+pub(crate) async fn refresh_settings(state: &crate::AppState, cluster: &Cluster, room: &str) {
+    match cluster.settings(room).await {
+        Ok(s) => state.inner.moderation.set_cached(room, s),
+        Err(e) => tracing::warn!(error = %e, %room, "room settings could not be read from redis"),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/token", post(token))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ops::routes())
-        .merge(crate::api::router())
+        .merge(crate::api::router(state.clone()))
         .merge(crate::files::routes())
         .route("/", get(index))
         .route("/r/{room}", get(room_page))

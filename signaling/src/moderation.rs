@@ -144,6 +144,20 @@ impl Moderation {
         Ok(self.lock().settings.insert(room.to_string(), s).is_none())
     }
 
+    /// Replaces (or, with `None`, forgets) a room's settings in memory only: cluster mode keeps
+    /// them in Redis and refreshes this copy when the room is used here.
+    pub(crate) fn set_cached(&self, room: &str, s: Option<RoomSettings>) {
+        let mut st = self.lock();
+        match s {
+            Some(s) => {
+                st.settings.insert(room.to_string(), s);
+            }
+            None => {
+                st.settings.remove(room);
+            }
+        }
+    }
+
     /// A room's settings, when it was created through the API.
     pub(crate) fn settings(&self, room: &str) -> Option<RoomSettings> {
         self.lock().settings.get(room).cloned()
