@@ -63,10 +63,14 @@ export const server = { proc: null, dataDir: null, log: [], url: null };
 
 // The server's last lines, without Rust backtrace frames (they hide the cause).
 export function serverLogTail(n = 60) {
+  return logTail(server.log, n);
+}
+
+export function logTail(log, n = 60) {
   const frame = /^\[std(out|err)\]\s+(\d+: |at )/;
   let inBacktrace = false;
   const kept = [];
-  for (const line of server.log) {
+  for (const line of log) {
     if (line.includes('Stack backtrace:')) inBacktrace = true;
     else if (!frame.test(line)) inBacktrace = false;
     if (!(inBacktrace && frame.test(line))) kept.push(line);
@@ -75,33 +79,44 @@ export function serverLogTail(n = 60) {
 }
 
 export async function startServer(extraArgs = []) {
+  const started = await spawnHuddle(['--bind', '127.0.0.1:0', ...extraArgs], {}, server);
+  return started.url;
+}
+
+// Starts `huddle serve` (media and TURN on free ports, a fresh data directory) and resolves
+// with `into` (a new object unless given) once it prints its ready line: {proc, dataDir, log,
+// url}. `args` must include --bind; `env` is added to the environment.
+export async function spawnHuddle(args, env = {}, into = { proc: null, dataDir: null, log: [], url: null }) {
   assert.ok(
     existsSync(HUDDLE_BIN),
     `Huddle server binary not found at ${HUDDLE_BIN}. Build it (cargo build --release) or set HUDDLE_BIN.`,
   );
-  server.dataDir = mkdtempSync(path.join(tmpdir(), 'huddle-e2e-'));
+  const s = into;
+  s.dataDir = mkdtempSync(path.join(tmpdir(), 'huddle-e2e-'));
   // HUDDLE_BIN is this test's own setting; the server reads HUDDLE_* as its configuration.
-  const env = { ...process.env, NO_COLOR: '1' };
-  delete env.HUDDLE_BIN;
-  const proc = spawn(HUDDLE_BIN, ['serve', '--bind', '127.0.0.1:0', '--media-port', '0', '--turn-port', '0', '--data-dir', server.dataDir, ...extraArgs], {
+  const fullEnv = { ...process.env, NO_COLOR: '1', ...env };
+  delete fullEnv.HUDDLE_BIN;
+  const proc = spawn(HUDDLE_BIN, ['serve', '--media-port', '0', '--turn-port', '0', '--data-dir', s.dataDir, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env,
+    env: fullEnv,
   });
-  server.proc = proc;
+  s.proc = proc;
+  spawned.push(s);
+  const tail = () => logTail(s.log);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new Error(`Server did not print "Huddle is ready at http://..." within 30 s. Its output:\n${serverLogTail()}`));
+      reject(new Error(`Server did not print "Huddle is ready at http://..." within 30 s. Its output:\n${tail()}`));
     }, 30_000);
     const onLine = (stream) => (line) => {
       const clean = line.replace(/\x1b\[[0-9;]*m/g, '');
-      server.log.push(`[${stream}] ${clean}`);
+      s.log.push(`[${stream}] ${clean}`);
       // For debugging a passing run too: E2E_SERVER_LOG=/tmp/server.log keeps every line.
       if (process.env.E2E_SERVER_LOG) appendFileSync(process.env.E2E_SERVER_LOG, `[${stream}] ${clean}\n`);
       const m = clean.match(/Huddle is ready at (https?:\/\/[^\s]+)/);
-      if (m && stream === 'stdout' && !server.url) {
-        server.url = m[1].replace(/\/+$/, '');
+      if (m && stream === 'stdout' && !s.url) {
+        s.url = m[1].replace(/\/+$/, '');
         clearTimeout(timer);
-        resolve(server.url);
+        resolve(s);
       }
     };
     createInterface({ input: proc.stdout }).on('line', onLine('stdout'));
@@ -111,17 +126,20 @@ export async function startServer(extraArgs = []) {
       reject(new Error(`Could not start ${HUDDLE_BIN}: ${err.message}`));
     });
     proc.on('exit', (code, signal) => {
-      server.log.push(`[exit] code=${code} signal=${signal}`);
-      if (!server.url) {
+      s.log.push(`[exit] code=${code} signal=${signal}`);
+      if (!s.url) {
         clearTimeout(timer);
-        reject(new Error(`Server exited (code ${code}, signal ${signal}) before it was ready. Its output:\n${serverLogTail()}`));
+        reject(new Error(`Server exited (code ${code}, signal ${signal}) before it was ready. Its output:\n${tail()}`));
       }
     });
   });
 }
 
-export async function stopServer() {
-  const proc = server.proc;
+// Every server this file started (killed on exit).
+const spawned = [];
+
+export async function stopServer(s = server) {
+  const proc = s.proc;
   if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
   const exited = new Promise((r) => proc.once('exit', r));
   proc.kill('SIGTERM');
@@ -132,9 +150,9 @@ export async function stopServer() {
   }
 }
 
-// Never leave the server behind, even when the runner is interrupted.
+// Never leave a server behind, even when the runner is interrupted.
 process.on('exit', () => {
-  if (server.proc && server.proc.exitCode === null && server.proc.signalCode === null) server.proc.kill('SIGKILL');
+  for (const s of spawned) if (s.proc && s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
 });
 
 // ------------------------------------------------------------------ participants
@@ -341,6 +359,8 @@ process.on('exit', () => {
 export async function cleanup() {
   await Promise.allSettled(participants.map((p) => p.browser.close()));
   for (const i of impairs) if (i.proc.exitCode === null) i.proc.kill('SIGTERM');
-  await stopServer();
-  if (server.dataDir) rmSync(server.dataDir, { recursive: true, force: true });
+  for (const s of spawned) {
+    await stopServer(s);
+    if (s.dataDir) rmSync(s.dataDir, { recursive: true, force: true });
+  }
 }
