@@ -14,7 +14,7 @@
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
 # VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
-# huddle-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# huddle-meeting janus-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
 # Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
@@ -153,7 +153,7 @@ MEET=(--scenario meeting --participants "$MEETING" --video-kbps "$VIDEO_KBPS" --
 # Runs alternate between the servers, REPEAT times, so that a disturbance of the machine hits
 # both; the figures are medians over the repetitions.
 for rep in $(seq "$REPEAT"); do
-  for r in ${RUNS:-huddle-audio janus-audio huddle-livestream janus-livestream huddle-meeting huddle-audio-large janus-audio-large}; do
+  for r in ${RUNS:-huddle-audio janus-audio huddle-livestream janus-livestream huddle-meeting janus-meeting huddle-audio-large janus-audio-large}; do
     case $r in
       huddle-audio-large) run "$r-$rep" huddle "${AUDIO_LARGE[@]}" ;;
       janus-audio-large) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${AUDIO_LARGE[@]}" ;;
@@ -162,6 +162,7 @@ for rep in $(seq "$REPEAT"); do
       huddle-livestream) run "$r-$rep" huddle "${LIVE[@]}" ;;
       janus-livestream) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${LIVE[@]}" ;;
       huddle-meeting) run "$r-$rep" huddle "${MEET[@]}" ;;
+      janus-meeting) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${MEET[@]}" ;;
       *) echo "unknown run $r" >&2; exit 1 ;;
     esac
   done

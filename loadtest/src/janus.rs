@@ -4,8 +4,10 @@
 //! measurements as on Huddle.
 //!
 //! Publishers join first and publish; subscribers then join one multistream subscription to
-//! every publisher of their room, so only scenarios where the publishers are known before the
-//! subscribers join (`audio`, `livestream`) run on Janus.
+//! every publisher of their room. In the `meeting` scenario everyone is both: each participant
+//! publishes on one handle and, once every publisher of the room is up, subscribes to all the
+//! others on a second session (Janus's VideoRoom separates the two roles; the browser's
+//! equivalent is two peer connections).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -280,28 +282,68 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         feeds.add(feed);
+        if p.role.subscribe {
+            // Meeting: subscribe to every other publisher of the room on a second session.
+            let ids = feeds
+                .wait_for(publishers, Duration::from_secs(60))
+                .await
+                .context("waiting for the room's other publishers")?;
+            let others: Vec<u64> = ids.into_iter().filter(|id| *id != feed).collect();
+            let (sub, sub_pc) = subscribe(&ctx, &url, room, &others, &p).await?;
+            let (a, b) = tokio::join!(s.idle(&pc, stop.clone()), sub.idle(&sub_pc, stop));
+            let ((), ()) = (a, b);
+            let _ = pc.close().await;
+            let _ = sub_pc.close().await;
+            return Ok(());
+        }
     } else {
         let ids = feeds.wait_for(publishers, Duration::from_secs(5)).await?;
-        let streams: Vec<Value> = ids.iter().map(|id| json!({"feed": id})).collect();
-        let attached = s
-            .message(
-                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
-                None,
-            )
-            .await?;
-        let offer = attached["jsep"]["sdp"]
-            .as_str()
-            .context("no JSEP offer for the subscriber")?;
-        let answer = peer::answer_offer(&pc, offer.to_string(), true).await?;
-        s.message(
-            json!({"request": "start"}),
-            Some(json!({"type": "answer", "sdp": answer})),
-        )
-        .await?;
-        s.end_of_candidates().await?;
+        join_subscriber(&mut s, &pc, room, &ids).await?;
         p.stage("answer sent: ICE/DTLS");
     }
     s.idle(&pc, stop).await;
     let _ = pc.close().await;
     Ok(())
+}
+
+/// Joins `s` as a subscriber to `feeds` (one multistream subscription) and answers Janus's offer
+/// on `pc`.
+async fn join_subscriber(
+    s: &mut Session,
+    pc: &RTCPeerConnection,
+    room: u64,
+    feeds: &[u64],
+) -> Result<()> {
+    let streams: Vec<Value> = feeds.iter().map(|id| json!({"feed": id})).collect();
+    let attached = s
+        .message(
+            json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
+            None,
+        )
+        .await?;
+    let offer = attached["jsep"]["sdp"]
+        .as_str()
+        .context("no JSEP offer for the subscriber")?;
+    let answer = peer::answer_offer(pc, offer.to_string(), true).await?;
+    s.message(
+        json!({"request": "start"}),
+        Some(json!({"type": "answer", "sdp": answer})),
+    )
+    .await?;
+    s.end_of_candidates().await?;
+    Ok(())
+}
+
+/// A second session and peer connection for `p`, subscribed to `feeds` (the meeting scenario).
+async fn subscribe(
+    ctx: &Ctx,
+    url: &str,
+    room: u64,
+    feeds: &[u64],
+    p: &Arc<Participant>,
+) -> Result<(Session, Arc<RTCPeerConnection>)> {
+    let mut s = Session::open(url).await?;
+    let pc = peer::new_receiving_peer(ctx, p, &format!("{}-sub", p.name)).await?;
+    join_subscriber(&mut s, &pc, room, feeds).await?;
+    Ok((s, pc))
 }

@@ -247,9 +247,6 @@ fn main() -> Result<()> {
     if cli.duration <= 0.0 || cli.ramp_rate <= 0.0 {
         bail!("--duration and --ramp-rate must be positive");
     }
-    if cli.target == Target::Janus && cli.scenario == Scenario::Meeting {
-        bail!("the meeting scenario is not implemented for Janus (publishers must be known before subscribers join)");
-    }
     if cli.target == Target::Janus && cli.publishers_subscribe {
         bail!("--publishers-subscribe is not implemented for Janus");
     }

@@ -247,6 +247,28 @@ pub async fn new_peer(
     stream_id: &str,
     data_channel: bool,
 ) -> Result<(Arc<RTCPeerConnection>, Vec<Published>)> {
+    new_peer_with(ctx, participant, stream_id, data_channel, true).await
+}
+
+/// [`new_peer`] that only receives, whatever the participant publishes elsewhere (Janus's
+/// separate subscriber connection in the meeting scenario).
+pub async fn new_receiving_peer(
+    ctx: &Ctx,
+    participant: &Arc<Participant>,
+    stream_id: &str,
+) -> Result<Arc<RTCPeerConnection>> {
+    Ok(new_peer_with(ctx, participant, stream_id, false, false)
+        .await?
+        .0)
+}
+
+async fn new_peer_with(
+    ctx: &Ctx,
+    participant: &Arc<Participant>,
+    stream_id: &str,
+    data_channel: bool,
+    publish: bool,
+) -> Result<(Arc<RTCPeerConnection>, Vec<Published>)> {
     let pc = Arc::new(
         ctx.api
             .new_peer_connection(RTCConfiguration::default())
@@ -259,7 +281,7 @@ pub async fn new_peer(
         (participant.role.video, Kind::Video),
     ];
     for (on, kind) in kinds {
-        if !on {
+        if !on || !publish {
             continue;
         }
         let (mime, clock_rate, channels, id) = match kind {
