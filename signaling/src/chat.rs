@@ -65,6 +65,11 @@ impl ChatStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The PostgreSQL store, in cluster mode.
+    pub(crate) fn pg(&self) -> Option<&crate::chat_pg::PgChat> {
+        self.pg.as_ref()
+    }
+
     /// Runs `f` on the connection (other tables of the same database, e.g. room settings).
     /// Blocking.
     pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {

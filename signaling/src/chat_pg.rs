@@ -5,15 +5,22 @@
 //! lives on a thread of its own with a current-thread runtime; calls go to it over a channel and
 //! wait for the answer with a timeout. Nothing here can panic a caller that happens to be on an
 //! async thread. A lost connection is re-opened at the next call.
+//!
+//! Besides the fixed jobs below, [`PgChat::run`] runs any async function on the connection: rich
+//! chat and uploaded files (`richchat_pg`) use it.
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio_postgres::Client;
 
 use crate::protocol::ChatMessage;
 use crate::SignalingError;
 
+/// The chat table; the rich chat and file tables follow it (`richchat_pg::SCHEMA`). Run in one
+/// transaction under an advisory lock, so nodes starting together do not race creating them.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     id BIGSERIAL PRIMARY KEY,
     room TEXT NOT NULL,
@@ -26,9 +33,29 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
 CREATE INDEX IF NOT EXISTS chat_room_id ON chat (room, id)";
 
 /// How long a call waits for PostgreSQL.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A job for [`PgChat::run`]: gets the connection, answers through the channel it captured.
+type RunJob = Box<dyn for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, ()> + Send>;
+
+fn run_job<F>(f: F) -> RunJob
+where
+    F: for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, ()> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// An error as text, with the server's message for database errors.
+pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {}", db.message()),
+        None => e.to_string(),
+    }
+}
 
 enum Job {
+    /// Any work on the connection (dropped unrun, which the caller sees, when not connected).
+    Run(RunJob),
     Append {
         room: String,
         msg: Box<ChatMessage>,
@@ -48,6 +75,12 @@ enum Job {
 #[derive(Clone)]
 pub(crate) struct PgChat {
     jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for PgChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgChat")
+    }
 }
 
 impl PgChat {
@@ -100,6 +133,35 @@ impl PgChat {
         }
     }
 
+    /// Runs `f` on the connection and waits up to `timeout` for its result. Blocking.
+    pub(crate) fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, SignalingError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let job = run_job(move |c| {
+            Box::pin(async move {
+                let r = f(c).await.map_err(|e| pg_error(&e));
+                let _ = tx.send(r);
+            })
+        });
+        self.jobs
+            .send(Job::Run(job))
+            .map_err(|_| SignalingError::Chat("the chat thread stopped".into()))?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r.map_err(|e| SignalingError::Chat(format!("postgres: {e}"))),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(SignalingError::Chat("postgres: not connected".into()))
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::Chat(
+                "postgres did not answer in time".into(),
+            )),
+        }
+    }
+
     pub(crate) fn append(
         &self,
         room: &str,
@@ -141,10 +203,14 @@ async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
             tracing::warn!(error = %e, "postgres connection lost");
         }
     });
+    let schema = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {}; COMMIT;",
+        crate::richchat_pg::SCHEMA
+    );
     client
-        .batch_execute(SCHEMA)
+        .batch_execute(&schema)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pg_error(&e))?;
     Ok(client)
 }
 
@@ -173,8 +239,15 @@ async fn worker(
                 }
             };
         }
+        if let Job::Run(f) = job {
+            if let Some(c) = client.as_mut() {
+                f(c).await;
+            }
+            continue;
+        }
         let c = client.as_ref();
         match job {
+            Job::Run(_) => {}
             Job::Append { room, msg, reply } => {
                 let r = match c {
                     None => Err("not connected".to_string()),

@@ -29,6 +29,7 @@ mod ops;
 pub mod protocol;
 mod resume;
 mod richchat;
+mod richchat_pg;
 mod rooms;
 mod session;
 pub mod token;

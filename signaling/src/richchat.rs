@@ -1,12 +1,14 @@
 //! Chat beyond plain text: attachments, reactions, edits and deletions.
 //!
-//! They live in their own tables beside the chat table (same database, through
-//! [`ChatStore::with_conn`]), and [`decorate`] lays them over messages read from the store.
-//! Every call blocks: async code runs them in `spawn_blocking`.
+//! They live in their own tables beside the chat table: in SQLite through
+//! [`ChatStore::with_conn`], or, when the store is in PostgreSQL (cluster mode), in PostgreSQL
+//! (`richchat_pg`), so that every node sees them. [`decorate`] lays them over messages read
+//! from the store. Every call blocks: async code runs them in `spawn_blocking`.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::chat::ChatStore;
+use crate::chat_pg::CALL_TIMEOUT;
 use crate::protocol::{Attachment, ChatMessage, Reaction};
 use crate::SignalingError;
 
@@ -24,7 +26,7 @@ pub(crate) enum Refused {
     TooManyEmojis,
 }
 
-/// Creates the tables (idempotent).
+/// Creates the SQLite tables (idempotent). The PostgreSQL ones are created with the chat table.
 pub(crate) fn init(store: &ChatStore) -> Result<(), SignalingError> {
     store.with_conn(|c| {
         c.execute_batch(
@@ -55,6 +57,11 @@ pub(crate) fn attach(
     attachment: &Attachment,
 ) -> Result<(), SignalingError> {
     let json = serde_json::to_string(attachment).unwrap_or_default();
+    if let Some(pg) = store.pg() {
+        return pg.run(CALL_TIMEOUT, move |c| {
+            Box::pin(crate::richchat_pg::attach(c, message_id, json))
+        });
+    }
     store.with_conn(|c| {
         c.execute(
             "INSERT OR REPLACE INTO chat_attachment (message_id, json) VALUES (?1, ?2)",
@@ -69,6 +76,20 @@ pub(crate) fn decorate(
     store: &ChatStore,
     messages: &mut [ChatMessage],
 ) -> Result<(), SignalingError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    if let Some(pg) = store.pg() {
+        let mut owned = messages.to_vec();
+        let decorated = pg.run(CALL_TIMEOUT, move |c| {
+            Box::pin(async move {
+                crate::richchat_pg::decorate(&*c, &mut owned).await?;
+                Ok(owned)
+            })
+        })?;
+        messages.clone_from_slice(&decorated);
+        return Ok(());
+    }
     store.with_conn(|c| {
         for m in messages.iter_mut() {
             decorate_one(c, m)?;
@@ -93,17 +114,7 @@ fn decorate_one(c: &Connection, m: &mut ChatMessage) -> Result<(), rusqlite::Err
     let mut reactions: Vec<Reaction> = Vec::new();
     for row in rows {
         let (emoji, identity) = row?;
-        match reactions.iter_mut().find(|r| r.emoji == emoji) {
-            Some(r) => {
-                r.count += 1;
-                r.identities.push(identity);
-            }
-            None => reactions.push(Reaction {
-                emoji,
-                count: 1,
-                identities: vec![identity],
-            }),
-        }
+        add_reaction(&mut reactions, emoji, identity);
     }
     m.extra.reactions = reactions;
     let edit: Option<(Option<i64>, bool)> = c
@@ -115,6 +126,21 @@ fn decorate_one(c: &Connection, m: &mut ChatMessage) -> Result<(), rusqlite::Err
         m.extra.deleted = deleted;
     }
     Ok(())
+}
+
+/// Counts `identity`'s `emoji` into `reactions` (in the order emojis were first given).
+pub(crate) fn add_reaction(reactions: &mut Vec<Reaction>, emoji: String, identity: String) {
+    match reactions.iter_mut().find(|r| r.emoji == emoji) {
+        Some(r) => {
+            r.count += 1;
+            r.identities.push(identity);
+        }
+        None => reactions.push(Reaction {
+            emoji,
+            count: 1,
+            identities: vec![identity],
+        }),
+    }
 }
 
 /// One message of a room, decorated; `None` if there is none with this id.
@@ -148,12 +174,17 @@ fn owned(
     id: i64,
     owner: Option<&str>,
 ) -> Result<Result<ChatMessage, Refused>, rusqlite::Error> {
-    Ok(match load(c, room, id)? {
+    Ok(check(load(c, room, id)?, owner))
+}
+
+/// `m` if it exists, is not deleted and (with `owner`) was sent by that identity.
+pub(crate) fn check(m: Option<ChatMessage>, owner: Option<&str>) -> Result<ChatMessage, Refused> {
+    match m {
         None => Err(Refused::NotFound),
         Some(m) if m.extra.deleted => Err(Refused::NotFound),
         Some(m) if owner.is_some_and(|o| o != m.identity) => Err(Refused::NotYours),
         Some(m) => Ok(m),
-    })
+    }
 }
 
 /// Replaces the text of `identity`'s message `id`.
@@ -165,6 +196,14 @@ pub(crate) fn edit(
     text: &str,
     now_ms: i64,
 ) -> Result<Result<ChatMessage, Refused>, SignalingError> {
+    if let Some(pg) = store.pg() {
+        let (room, identity, text) = (room.to_string(), identity.to_string(), text.to_string());
+        return pg.run(CALL_TIMEOUT, move |c| {
+            Box::pin(crate::richchat_pg::edit(
+                c, room, identity, id, text, now_ms,
+            ))
+        });
+    }
     Ok(store.with_conn(|c| {
         if let Err(r) = owned(c, room, id, Some(identity))? {
             return Ok(Err(r));
@@ -187,6 +226,12 @@ pub(crate) fn delete(
     identity: &str,
     id: i64,
 ) -> Result<Result<(ChatMessage, Option<Attachment>), Refused>, SignalingError> {
+    if let Some(pg) = store.pg() {
+        let (room, identity) = (room.to_string(), identity.to_string());
+        return pg.run(CALL_TIMEOUT, move |c| {
+            Box::pin(crate::richchat_pg::delete(c, room, identity, id))
+        });
+    }
     Ok(store.with_conn(|c| {
         let before = match owned(c, room, id, Some(identity))? {
             Ok(m) => m,
@@ -222,14 +267,21 @@ pub(crate) fn react(
     emoji: &str,
     active: bool,
 ) -> Result<Result<ChatMessage, Refused>, SignalingError> {
+    if let Some(pg) = store.pg() {
+        let (room, identity, emoji) = (room.to_string(), identity.to_string(), emoji.to_string());
+        return pg.run(CALL_TIMEOUT, move |c| {
+            Box::pin(crate::richchat_pg::react(
+                c, room, identity, id, emoji, active,
+            ))
+        });
+    }
     Ok(store.with_conn(|c| {
         let m = match owned(c, room, id, None)? {
             Ok(m) => m,
             Err(r) => return Ok(Err(r)),
         };
         if active {
-            let known = m.extra.reactions.iter().any(|r| r.emoji == emoji);
-            if !known && m.extra.reactions.len() >= MAX_EMOJIS_PER_MESSAGE {
+            if too_many_emojis(&m, emoji) {
                 return Ok(Err(Refused::TooManyEmojis));
             }
             c.execute(
@@ -244,6 +296,12 @@ pub(crate) fn react(
         }
         load(c, room, id).map(|m| m.ok_or(Refused::NotFound))
     })?)
+}
+
+/// Whether adding `emoji` to `m` would give it more distinct emojis than it may have.
+pub(crate) fn too_many_emojis(m: &ChatMessage, emoji: &str) -> bool {
+    let known = m.extra.reactions.iter().any(|r| r.emoji == emoji);
+    !known && m.extra.reactions.len() >= MAX_EMOJIS_PER_MESSAGE
 }
 
 /// Whether `s` is acceptable as one reaction emoji: 1 to 32 bytes, no whitespace or control

@@ -1,0 +1,244 @@
+//! Rich chat (attachments, reactions, edits, deletions) in PostgreSQL, for
+//! cluster mode: every node reads and writes them, so they follow a room that restarts on
+//! another node.
+//!
+//! The functions here run on the PostgreSQL chat thread through [`PgChat::run`]
+//! (`crate::chat_pg::PgChat::run`); `richchat` calls them when the chat store is in
+//! PostgreSQL. Message ids are the `chat` table's ids. A change to a message runs in one
+//! transaction that locks the message's row first, so two nodes changing the same message take
+//! turns (and the emoji cap holds).
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, Error, GenericClient, Row};
+
+use crate::protocol::{Attachment, ChatMessage};
+use crate::richchat::{add_reaction, check, too_many_emojis, Refused};
+
+/// The rich chat tables, created with the chat table (`chat_pg`).
+pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_attachment (
+    message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chat_reaction (
+    message_id BIGINT NOT NULL REFERENCES chat (id) ON DELETE CASCADE,
+    identity TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    seq BIGSERIAL,
+    PRIMARY KEY (message_id, identity, emoji)
+);
+CREATE TABLE IF NOT EXISTS chat_edit (
+    message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
+    edited_ts BIGINT,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE
+)";
+
+fn message(r: &Row) -> Result<ChatMessage, Error> {
+    Ok(ChatMessage {
+        id: r.try_get(0)?,
+        participant_id: r.try_get(1)?,
+        identity: r.try_get(2)?,
+        name: r.try_get(3)?,
+        text: r.try_get(4)?,
+        ts: r.try_get(5)?,
+        extra: Default::default(),
+    })
+}
+
+/// Records that `message_id` carries the attachment `json`.
+pub(crate) async fn attach(c: &mut Client, message_id: i64, json: String) -> Result<(), Error> {
+    c.execute(
+        "INSERT INTO chat_attachment (message_id, json) VALUES ($1, $2)
+         ON CONFLICT (message_id) DO UPDATE SET json = excluded.json",
+        &[&message_id, &json],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Fills in the attachment, reactions and edit state of each message (three queries for all).
+pub(crate) async fn decorate<C: GenericClient + Sync>(
+    c: &C,
+    messages: &mut [ChatMessage],
+) -> Result<(), Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for m in messages.iter_mut() {
+        m.extra.attachment = None;
+        m.extra.reactions.clear();
+    }
+    for r in c
+        .query(
+            "SELECT message_id, json FROM chat_attachment WHERE message_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            messages[i].extra.attachment = serde_json::from_str(r.try_get(1)?).ok();
+        }
+    }
+    for r in c
+        .query(
+            "SELECT message_id, emoji, identity FROM chat_reaction WHERE message_id = ANY($1)
+             ORDER BY seq",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            add_reaction(
+                &mut messages[i].extra.reactions,
+                r.try_get(1)?,
+                r.try_get(2)?,
+            );
+        }
+    }
+    for r in c
+        .query(
+            "SELECT message_id, edited_ts, deleted FROM chat_edit WHERE message_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            messages[i].extra.edited_ts = r.try_get(1)?;
+            messages[i].extra.deleted = r.try_get(2)?;
+        }
+    }
+    Ok(())
+}
+
+/// One message of a room, decorated; `None` if there is none with this id.
+async fn load<C: GenericClient + Sync>(
+    c: &C,
+    room: &str,
+    id: i64,
+) -> Result<Option<ChatMessage>, Error> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT id, participant_id, identity, name, text, ts FROM chat
+             WHERE id = $1 AND room = $2",
+            &[&id, &room],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut m = [message(&row)?];
+    decorate(c, &mut m).await?;
+    let [m] = m;
+    Ok(Some(m))
+}
+
+/// Locks message `id` of `room` for the rest of the transaction and checks it as
+/// [`check`] does.
+async fn lock_owned<C: GenericClient + Sync>(
+    c: &C,
+    room: &str,
+    id: i64,
+    owner: Option<&str>,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    c.execute(
+        "SELECT 1 FROM chat WHERE id = $1 AND room = $2 FOR UPDATE",
+        &[&id, &room],
+    )
+    .await?;
+    Ok(check(load(c, room, id).await?, owner))
+}
+
+/// Replaces the text of `identity`'s message `id`.
+pub(crate) async fn edit(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+    text: String,
+    now_ms: i64,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    let tx = c.transaction().await?;
+    if let Err(r) = lock_owned(&tx, &room, id, Some(&identity)).await? {
+        return Ok(Err(r));
+    }
+    tx.execute("UPDATE chat SET text = $1 WHERE id = $2", &[&text, &id])
+        .await?;
+    tx.execute(
+        "INSERT INTO chat_edit (message_id, edited_ts, deleted) VALUES ($1, $2, FALSE)
+         ON CONFLICT (message_id) DO UPDATE SET edited_ts = excluded.edited_ts",
+        &[&id, &now_ms],
+    )
+    .await?;
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound))
+}
+
+/// Deletes `identity`'s message `id`: its text, attachment and reactions are removed. Returns
+/// the message as it is now and the attachment it had.
+pub(crate) async fn delete(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+) -> Result<Result<(ChatMessage, Option<Attachment>), Refused>, Error> {
+    let tx = c.transaction().await?;
+    let before = match lock_owned(&tx, &room, id, Some(&identity)).await? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
+    };
+    tx.execute("UPDATE chat SET text = '' WHERE id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM chat_attachment WHERE message_id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM chat_reaction WHERE message_id = $1", &[&id])
+        .await?;
+    tx.execute(
+        "INSERT INTO chat_edit (message_id, edited_ts, deleted) VALUES ($1, NULL, TRUE)
+         ON CONFLICT (message_id) DO UPDATE SET deleted = TRUE",
+        &[&id],
+    )
+    .await?;
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound)
+        .map(|m| (m, before.extra.attachment)))
+}
+
+/// Adds (or removes) `identity`'s `emoji` reaction to message `id` of `room`.
+pub(crate) async fn react(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+    emoji: String,
+    active: bool,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    let tx = c.transaction().await?;
+    let m = match lock_owned(&tx, &room, id, None).await? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
+    };
+    if active {
+        if too_many_emojis(&m, &emoji) {
+            return Ok(Err(Refused::TooManyEmojis));
+        }
+        tx.execute(
+            "INSERT INTO chat_reaction (message_id, identity, emoji) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&id, &identity, &emoji],
+        )
+        .await?;
+    } else {
+        tx.execute(
+            "DELETE FROM chat_reaction WHERE message_id = $1 AND identity = $2 AND emoji = $3",
+            &[&id, &identity, &emoji],
+        )
+        .await?;
+    }
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound))
+}
