@@ -13,6 +13,10 @@
 //! grant). A file is stored as `<dir>/<room>/<id>` with `<id>.thumb` and `<id>.json` (its
 //! metadata, written last: a file without it does not exist). A sweep removes files older than
 //! the retention period.
+//!
+//! When the chat store is in PostgreSQL (cluster mode), files are kept there instead (table
+//! `chat_file`, see `richchat_pg`), so that an upload made through one node downloads through
+//! any other and outlives the node; the data directory then only holds uploads in progress.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
+use crate::chat_pg::{PgChat, CALL_TIMEOUT};
 use crate::protocol::Attachment;
 use crate::token::{valid_room_name, Claims};
 use crate::AppState;
@@ -90,17 +95,17 @@ impl Default for FilesConfig {
     }
 }
 
-/// What is known of a stored file (its `<id>.json`).
+/// What is known of a stored file (its `<id>.json`, or its row in PostgreSQL).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredFile {
-    id: String,
-    room: String,
-    identity: String,
-    name: String,
-    size: u64,
-    mime: String,
-    thumb: bool,
-    created_ms: i64,
+pub(crate) struct StoredFile {
+    pub(crate) id: String,
+    pub(crate) room: String,
+    pub(crate) identity: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) mime: String,
+    pub(crate) thumb: bool,
+    pub(crate) created_ms: i64,
 }
 
 impl StoredFile {
@@ -121,6 +126,13 @@ impl StoredFile {
 #[derive(Debug, Clone)]
 pub(crate) struct Files {
     cfg: FilesConfig,
+    /// Cluster mode: files are kept in PostgreSQL (`cfg.dir` only holds uploads in progress).
+    pg: Option<PgChat>,
+}
+
+/// How long a call to PostgreSQL that moves a file of `size` bytes may take.
+fn pg_timeout(size: u64) -> Duration {
+    CALL_TIMEOUT + Duration::from_secs(size / (1024 * 1024))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -132,8 +144,8 @@ fn valid_id(id: &str) -> bool {
 
 impl Files {
     /// The store; starts the retention sweep when there is a runtime to run it on.
-    pub(crate) fn start(cfg: FilesConfig) -> Self {
-        let files = Files { cfg };
+    pub(crate) fn start(cfg: FilesConfig, pg: Option<PgChat>) -> Self {
+        let files = Files { cfg, pg };
         if let (Some(_), Ok(rt)) = (&files.cfg.dir, tokio::runtime::Handle::try_current()) {
             let f = files.clone();
             rt.spawn(async move {
@@ -166,6 +178,16 @@ impl Files {
         if !valid_id(id) || !valid_room_name(room) {
             return None;
         }
+        if let Some(pg) = &self.pg {
+            let (room, id) = (room.to_string(), id.to_string());
+            return pg
+                .run(CALL_TIMEOUT, move |c| {
+                    Box::pin(crate::richchat_pg::file_meta(c, room, id))
+                })
+                .map_err(|e| warn!(error = %e, "chat file lookup failed"))
+                .ok()
+                .flatten();
+        }
         let text = std::fs::read(self.path(room, &format!("{id}.json"))?).ok()?;
         let meta: StoredFile = serde_json::from_slice(&text).ok()?;
         (meta.room == room).then_some(meta)
@@ -176,9 +198,81 @@ impl Files {
         self.meta_blocking(room, id).map(|m| m.attachment())
     }
 
+    /// The file `id` of `room` and its bytes (or its thumbnail's). Blocking.
+    fn fetch_blocking(&self, room: &str, id: &str, thumb: bool) -> Option<(StoredFile, Vec<u8>)> {
+        if let Some(pg) = &self.pg {
+            if !valid_id(id) || !valid_room_name(room) {
+                return None;
+            }
+            let (room, id) = (room.to_string(), id.to_string());
+            return pg
+                .run(pg_timeout(self.cfg.max_upload_bytes), move |c| {
+                    Box::pin(crate::richchat_pg::file_bytes(c, room, id, thumb))
+                })
+                .map_err(|e| warn!(error = %e, "chat file download failed"))
+                .ok()
+                .flatten();
+        }
+        let meta = self.meta_blocking(room, id)?;
+        if thumb && !meta.thumb {
+            return None;
+        }
+        let name = if thumb {
+            format!("{id}.thumb")
+        } else {
+            id.to_string()
+        };
+        let bytes = std::fs::read(self.path(room, &name)?).ok()?;
+        Some((meta, bytes))
+    }
+
+    /// Stores a completed upload (at `tmp`) under `meta.id`, with a thumbnail for pictures.
+    /// Blocking.
+    fn store_blocking(&self, tmp: &Path, mut meta: StoredFile) -> std::io::Result<StoredFile> {
+        let thumb = if meta.mime.starts_with("image/") {
+            make_thumb(tmp)
+        } else {
+            None
+        };
+        meta.thumb = thumb.is_some();
+        if let Some(pg) = &self.pg {
+            let data = std::fs::read(tmp)?;
+            let _ = std::fs::remove_file(tmp);
+            let row = meta.clone();
+            pg.run(pg_timeout(meta.size), move |c| {
+                Box::pin(crate::richchat_pg::put_file(c, row, data, thumb))
+            })
+            .map_err(std::io::Error::other)?;
+            return Ok(meta);
+        }
+        let dir = self.cfg.dir.as_ref().ok_or(std::io::ErrorKind::NotFound)?;
+        let room_dir = dir.join(&meta.room);
+        std::fs::create_dir_all(&room_dir)?;
+        if let Some(t) = thumb {
+            let tt = tmp.with_extension("thumb");
+            std::fs::write(&tt, t)?;
+            std::fs::rename(&tt, room_dir.join(format!("{}.thumb", meta.id)))?;
+        }
+        std::fs::rename(tmp, room_dir.join(&meta.id))?;
+        // The metadata last: until it is in place, the file does not exist.
+        let tj = tmp.with_extension("json");
+        std::fs::write(&tj, serde_json::to_vec(&meta).unwrap_or_default())?;
+        std::fs::rename(&tj, room_dir.join(format!("{}.json", meta.id)))?;
+        Ok(meta)
+    }
+
     /// Removes file `id` of `room` (its metadata first, so it is gone at once). Blocking.
     pub(crate) fn remove(&self, room: &str, id: &str) {
         if !valid_id(id) || !valid_room_name(room) {
+            return;
+        }
+        if let Some(pg) = &self.pg {
+            let (room, id) = (room.to_string(), id.to_string());
+            if let Err(e) = pg.run(CALL_TIMEOUT, move |c| {
+                Box::pin(crate::richchat_pg::remove_file(c, room, id))
+            }) {
+                warn!(error = %e, "chat file not removed");
+            }
             return;
         }
         for suffix in [".json", "", ".thumb"] {
@@ -208,6 +302,21 @@ impl Files {
         }
         if self.cfg.retention.is_zero() {
             return 0;
+        }
+        if let Some(pg) = &self.pg {
+            let before = now
+                .checked_sub(self.cfg.retention)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64);
+            return match pg.run(CALL_TIMEOUT, move |c| {
+                Box::pin(crate::richchat_pg::sweep_files(c, before))
+            }) {
+                Ok(n) => n as usize,
+                Err(e) => {
+                    warn!(error = %e, "chat file retention sweep failed");
+                    0
+                }
+            };
         }
         let mut removed = 0;
         let Ok(rooms) = std::fs::read_dir(dir) else {
@@ -537,26 +646,8 @@ async fn upload(
         thumb: false,
         created_ms: now_ms(),
     };
-    let room_dir = dir.join(&room);
-    let stored = tokio::task::spawn_blocking(move || -> std::io::Result<StoredFile> {
-        let mut meta = meta;
-        std::fs::create_dir_all(&room_dir)?;
-        if meta.mime.starts_with("image/") {
-            if let Some(t) = make_thumb(&tmp) {
-                let tt = tmp.with_extension("thumb");
-                std::fs::write(&tt, t)?;
-                std::fs::rename(&tt, room_dir.join(format!("{}.thumb", meta.id)))?;
-                meta.thumb = true;
-            }
-        }
-        std::fs::rename(&tmp, room_dir.join(&meta.id))?;
-        // The metadata last: until it is in place, the file does not exist.
-        let tj = tmp.with_extension("json");
-        std::fs::write(&tj, serde_json::to_vec(&meta).unwrap_or_default())?;
-        std::fs::rename(&tj, room_dir.join(format!("{}.json", meta.id)))?;
-        Ok(meta)
-    })
-    .await;
+    let store = files.clone();
+    let stored = tokio::task::spawn_blocking(move || store.store_blocking(&tmp, meta)).await;
     match stored {
         Ok(Ok(meta)) => {
             cleanup.0 = None;
@@ -593,22 +684,10 @@ async fn serve(
         return *r;
     }
     let files = state.inner.files.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let meta = files.meta_blocking(&room, &id)?;
-        if thumb && !meta.thumb {
-            return None;
-        }
-        let name = if thumb {
-            format!("{id}.thumb")
-        } else {
-            id.clone()
-        };
-        let bytes = std::fs::read(files.path(&room, &name)?).ok()?;
-        Some((meta, bytes))
-    })
-    .await
-    .ok()
-    .flatten();
+    let found = tokio::task::spawn_blocking(move || files.fetch_blocking(&room, &id, thumb))
+        .await
+        .ok()
+        .flatten();
     let Some((meta, bytes)) = found else {
         return fail(StatusCode::NOT_FOUND, "not_found", "no such file");
     };
@@ -688,6 +767,7 @@ mod tests {
                 allowed_types: vec!["image/*".into(), "application/pdf".into()],
                 ..FilesConfig::default()
             },
+            pg: None,
         };
         assert!(f.allowed("image/png") && f.allowed("application/pdf"));
         assert!(!f.allowed("text/plain") && !f.allowed("imagex/png"));
@@ -707,6 +787,7 @@ mod tests {
                 retention: Duration::from_secs(86_400),
                 ..FilesConfig::default()
             },
+            pg: None,
         };
         assert_eq!(f.sweep(SystemTime::now()), 0);
         let later = SystemTime::now() + Duration::from_secs(2 * 86_400);

@@ -206,7 +206,7 @@ impl AppState {
         if let Err(e) = richchat::init(&chat) {
             tracing::error!(error = %e, "chat reactions and edits unavailable");
         }
-        let files = files::Files::start(config.files.clone());
+        let files = files::Files::start(config.files.clone(), chat.pg().cloned());
         AppState {
             inner: Arc::new(Inner {
                 config,

@@ -1,9 +1,9 @@
-//! Rich chat (attachments, reactions, edits, deletions) in PostgreSQL, for
+//! Rich chat (attachments, reactions, edits, deletions) and uploaded files in PostgreSQL, for
 //! cluster mode: every node reads and writes them, so they follow a room that restarts on
 //! another node.
 //!
 //! The functions here run on the PostgreSQL chat thread through [`PgChat::run`]
-//! (`crate::chat_pg::PgChat::run`); `richchat` calls them when the chat store is in
+//! (`crate::chat_pg::PgChat::run`); `richchat` and `files` call them when the chat store is in
 //! PostgreSQL. Message ids are the `chat` table's ids. A change to a message runs in one
 //! transaction that locks the message's row first, so two nodes changing the same message take
 //! turns (and the emoji cap holds).
@@ -12,10 +12,14 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, Error, GenericClient, Row};
 
+use crate::files::StoredFile;
 use crate::protocol::{Attachment, ChatMessage};
 use crate::richchat::{add_reaction, check, too_many_emojis, Refused};
 
-/// The rich chat tables, created with the chat table (`chat_pg`).
+/// The rich chat and file tables, created with the chat table (`chat_pg`).
+///
+/// Files are kept whole in `chat_file` (`bytea`; the upload cap bounds them), with their
+/// thumbnail; the retention sweep deletes rows by `created_ms`.
 pub(crate) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_attachment (
     message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
     json TEXT NOT NULL
@@ -31,7 +35,20 @@ CREATE TABLE IF NOT EXISTS chat_edit (
     message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
     edited_ts BIGINT,
     deleted BOOLEAN NOT NULL DEFAULT FALSE
-)";
+);
+CREATE TABLE IF NOT EXISTS chat_file (
+    room TEXT NOT NULL,
+    id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    mime TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    thumb BYTEA,
+    PRIMARY KEY (room, id)
+);
+CREATE INDEX IF NOT EXISTS chat_file_created ON chat_file (created_ms)";
 
 fn message(r: &Row) -> Result<ChatMessage, Error> {
     Ok(ChatMessage {
@@ -241,4 +258,98 @@ pub(crate) async fn react(
     let m = load(&tx, &room, id).await?;
     tx.commit().await?;
     Ok(m.ok_or(Refused::NotFound))
+}
+
+/// Stores an uploaded file (and its thumbnail).
+pub(crate) async fn put_file(
+    c: &mut Client,
+    meta: StoredFile,
+    data: Vec<u8>,
+    thumb: Option<Vec<u8>>,
+) -> Result<(), Error> {
+    let size = i64::try_from(meta.size).unwrap_or(i64::MAX);
+    c.execute(
+        "INSERT INTO chat_file (room, id, identity, name, size, mime, created_ms, data, thumb)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &meta.room,
+            &meta.id,
+            &meta.identity,
+            &meta.name,
+            &size,
+            &meta.mime,
+            &meta.created_ms,
+            &data,
+            &thumb,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+const FILE_COLUMNS: &str = "id, room, identity, name, size, mime, thumb IS NOT NULL, created_ms";
+
+fn stored_file(r: &Row) -> Result<StoredFile, Error> {
+    Ok(StoredFile {
+        id: r.try_get(0)?,
+        room: r.try_get(1)?,
+        identity: r.try_get(2)?,
+        name: r.try_get(3)?,
+        size: u64::try_from(r.try_get::<_, i64>(4)?).unwrap_or(0),
+        mime: r.try_get(5)?,
+        thumb: r.try_get(6)?,
+        created_ms: r.try_get(7)?,
+    })
+}
+
+/// What is known of file `id` of `room`, if it exists.
+pub(crate) async fn file_meta(
+    c: &mut Client,
+    room: String,
+    id: String,
+) -> Result<Option<StoredFile>, Error> {
+    c.query_opt(
+        &format!("SELECT {FILE_COLUMNS} FROM chat_file WHERE room = $1 AND id = $2"),
+        &[&room, &id],
+    )
+    .await?
+    .map(|r| stored_file(&r))
+    .transpose()
+}
+
+/// File `id` of `room` and its bytes (or its thumbnail's, with `thumb`; `None` if it has none).
+pub(crate) async fn file_bytes(
+    c: &mut Client,
+    room: String,
+    id: String,
+    thumb: bool,
+) -> Result<Option<(StoredFile, Vec<u8>)>, Error> {
+    let column = if thumb { "thumb" } else { "data" };
+    let Some(r) = c
+        .query_opt(
+            &format!("SELECT {FILE_COLUMNS}, {column} FROM chat_file WHERE room = $1 AND id = $2"),
+            &[&room, &id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let bytes: Option<Vec<u8>> = r.try_get(8)?;
+    bytes.map(|b| stored_file(&r).map(|m| (m, b))).transpose()
+}
+
+/// Removes file `id` of `room`.
+pub(crate) async fn remove_file(c: &mut Client, room: String, id: String) -> Result<(), Error> {
+    c.execute(
+        "DELETE FROM chat_file WHERE room = $1 AND id = $2",
+        &[&room, &id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes files stored before `before_ms`; how many.
+pub(crate) async fn sweep_files(c: &mut Client, before_ms: i64) -> Result<u64, Error> {
+    c.execute("DELETE FROM chat_file WHERE created_ms < $1", &[&before_ms])
+        .await
 }
