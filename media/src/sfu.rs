@@ -586,16 +586,6 @@ impl Sfu {
         }
         let offer =
             SdpOffer::from_sdp_string(sdp).map_err(|e| MediaError::SdpParse(e.to_string()))?;
-        // Bandwidth estimation (and str0m's pacer, which comes with it) serves video layer
-        // choice. A client whose offer has no video m-line at all (an audio-only client, a
-        // listener) does without both: they cost about a quarter of the CPU per forwarded audio
-        // packet (BENCHMARKS.md), and audio never changes layer. Should it receive video later,
-        // its layer follows the tile size alone. The web client always offers video (camera and
-        // screen m-lines), so browsers keep the estimator.
-        let bwe = sdp
-            .lines()
-            .any(|l| l.starts_with("m=video"))
-            .then_some(INITIAL_BITRATE);
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .clear_codecs()
@@ -603,7 +593,7 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .enable_bwe(bwe)
+            .enable_bwe(Some(INITIAL_BITRATE))
             .build(now);
         for addr in &self.config.candidates {
             let candidate = Candidate::host(*addr, "udp")
