@@ -1178,17 +1178,12 @@ impl Sfu {
                 None => return,
             },
         };
-        if let Some(rtx) = peer
+        let rtx = peer
             .rtc
             .direct_api()
             .stream_rx_by_mid(s.mid, s.rid)
-            .and_then(|r| r.rtx())
-        {
-            let rtx = *rtx;
-            if !peer.rtx_in.contains(&rtx) {
-                peer.rtx_in.push(rtx);
-            }
-        }
+            .and_then(|r| r.rtx());
+        remember_ssrc(&mut peer.rtx_in, rtx);
         let mark = peer.ingress_marks.entry(s.mid).or_default();
         let packets = s.packets.saturating_sub(mark.packets);
         let m = &self.metrics;
@@ -1237,17 +1232,12 @@ impl Sfu {
                 None => return,
             },
         };
-        if let Some(rtx) = peer
+        let rtx = peer
             .rtc
             .direct_api()
             .stream_tx_by_mid(s.mid, s.rid)
-            .and_then(|t| t.rtx())
-        {
-            let rtx = *rtx;
-            if !peer.rtx_out.contains(&rtx) {
-                peer.rtx_out.push(rtx);
-            }
-        }
+            .and_then(|t| t.rtx());
+        remember_ssrc(&mut peer.rtx_out, rtx);
         let mark = peer.egress_marks.entry(s.mid).or_default();
         let m = &self.metrics;
         m.rtp_packets
@@ -1500,6 +1490,15 @@ fn clock_rate(kind: TrackKind) -> f64 {
     match kind {
         TrackKind::Audio => 48_000.0,
         TrackKind::Video => 90_000.0,
+    }
+}
+
+/// Adds `ssrc` to `list` once.
+fn remember_ssrc(list: &mut Vec<u32>, ssrc: Option<str0m::rtp::Ssrc>) {
+    if let Some(ssrc) = ssrc.map(|s| *s) {
+        if !list.contains(&ssrc) {
+            list.push(ssrc);
+        }
     }
 }
 

@@ -214,6 +214,30 @@ export async function inboundAudio(p) {
   });
 }
 
+// The inbound camera video on the page with the most decoded frames (getStats inbound-rtp):
+// its decoded size, frame count, NACKs sent and packets lost; null before any frame.
+export async function inboundVideo(p) {
+  return p.page.evaluate(async () => {
+    const pc = window.huddle && window.huddle.pc;
+    if (!pc) return null;
+    let best = null;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== 'inbound-rtp' || r.kind !== 'video' || !r.framesDecoded) return;
+      if (!best || r.framesDecoded > best.framesDecoded) {
+        best = {
+          frameWidth: r.frameWidth,
+          frameHeight: r.frameHeight,
+          framesDecoded: r.framesDecoded,
+          trackIdentifier: r.trackIdentifier,
+          nackCount: r.nackCount,
+          packetsLost: r.packetsLost,
+        };
+      }
+    });
+    return best;
+  });
+}
+
 export function risingAudio(result) {
   return (result.streams || []).filter((s) => s.after > s.before);
 }

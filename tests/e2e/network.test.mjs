@@ -15,7 +15,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, closeParticipant, joinRoom,
-  remoteVideos, isPlaying, inboundAudio, risingAudio, localMediaPorts, metricValue, startImpair,
+  remoteVideos, isPlaying, inboundAudio, inboundVideo, risingAudio, localMediaPorts, metricValue, startImpair,
   cleanup, serverLogTail,
 } from './harness.mjs';
 
@@ -30,22 +30,6 @@ before(async () => {
 after(cleanup);
 
 const newRoom = (prefix) => `${prefix}-${Math.random().toString(36).slice(2, 10)}`;
-
-// Inbound camera video on the page: the stream with the most decoded frames.
-async function inboundVideo(p) {
-  return p.page.evaluate(async () => {
-    const pc = window.huddle && window.huddle.pc;
-    if (!pc) return null;
-    let best = null;
-    (await pc.getStats()).forEach((r) => {
-      if (r.type !== 'inbound-rtp' || r.kind !== 'video' || !r.framesDecoded) return;
-      if (!best || r.framesDecoded > best.framesDecoded) {
-        best = { frameWidth: r.frameWidth, framesDecoded: r.framesDecoded, nackCount: r.nackCount, packetsLost: r.packetsLost };
-      }
-    });
-    return best;
-  });
-}
 
 // Frames decoded so far of one participant's camera video on the page (getStats inbound-rtp of
 // the track its tile shows).

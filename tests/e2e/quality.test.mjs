@@ -6,27 +6,13 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, remoteVideos, isPlaying,
-  cleanup, serverLogTail,
+  inboundVideo, cleanup, serverLogTail,
 } from './harness.mjs';
 
 // getDisplayMedia without a picker: Chromium captures the (virtual) screen by itself.
 CHROMIUM_ARGS.push('--auto-select-desktop-capture-source=Entire screen', '--enable-usermedia-screen-capturing');
 
 after(cleanup);
-
-// The decoded size of the remote camera video with the most frames (getStats inbound-rtp).
-async function inboundVideo(p) {
-  return p.page.evaluate(async () => {
-    const pc = window.huddle && window.huddle.pc;
-    if (!pc) return null;
-    let best = null;
-    (await pc.getStats()).forEach((r) => {
-      if (r.type !== 'inbound-rtp' || r.kind !== 'video' || !r.framesDecoded) return;
-      if (!best || r.framesDecoded > best.framesDecoded) best = { frameWidth: r.frameWidth, frameHeight: r.frameHeight, framesDecoded: r.framesDecoded, trackIdentifier: r.trackIdentifier };
-    });
-    return best;
-  });
-}
 
 const traced = (p, type) => p.page.evaluate((ty) => (window.huddle.trace || []).filter((e) => e.type === ty && e.dir === 'in'), type);
 
