@@ -14,6 +14,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -394,7 +395,20 @@ pub async fn apply_answer(pc: &RTCPeerConnection, sdp: String) -> Result<()> {
 /// Answers a remote offer. The answer is returned only once the new receivers are bound to
 /// their SSRCs, so that media sent right after the answer does not reach the crate's
 /// "undeclared SSRC" path (which gives up on streams it cannot map and closes them).
+///
+/// A server offer that arrives before the crate's ICE transport has started (it starts in a task
+/// the crate spawns when the first answer is applied) would look like an ICE restart to the crate,
+/// which would then answer with new ICE credentials that the server refuses ("ICE restart in
+/// answer without one in the preceding offer"); so this waits for ICE to leave `new` first.
 pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String, gather: bool) -> Result<String> {
+    let renegotiation = pc.remote_description().await.is_some();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while renegotiation
+        && pc.ice_connection_state() == RTCIceConnectionState::New
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
         .await
         .context("applying the offer")?;
