@@ -14,7 +14,8 @@
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
 # VIDEO_KBPS (800),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
-# huddle-meeting janus-meeting huddle-audio-large janus-audio-large), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# huddle-meeting janus-meeting huddle-audio-large janus-audio-large; and, not run by default,
+# huddle-livestream-mix-simulcast3 huddle-livestream-mix-simulcast1), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
 # Needs: cargo, taskset (util-linux), jq, and for the peer the Debian package `janus`.
@@ -150,6 +151,10 @@ LIVE=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS
 AUDIO_LARGE=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS_LARGE")
 # Meetings publish three simulcast layers, as browsers do, and the server picks one per viewer.
 MEET=(--scenario meeting --participants "$MEETING" --video-kbps "$VIDEO_KBPS" --simulcast 3)
+# Livestream viewers with small, medium and large tiles in turn: with three simulcast layers each
+# size gets its own layer (q, h, f); with one layer, everyone gets the full stream.
+LIVE_MIX=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS"
+  --subscriber-mix small,medium,large)
 # Runs alternate between the servers, REPEAT times, so that a disturbance of the machine hits
 # both; the figures are medians over the repetitions.
 for rep in $(seq "$REPEAT"); do
@@ -163,6 +168,8 @@ for rep in $(seq "$REPEAT"); do
       janus-livestream) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${LIVE[@]}" ;;
       huddle-meeting) run "$r-$rep" huddle "${MEET[@]}" ;;
       janus-meeting) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${MEET[@]}" ;;
+      huddle-livestream-mix-simulcast3) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 3 ;;
+      huddle-livestream-mix-simulcast1) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 1 ;;
       *) echo "unknown run $r" >&2; exit 1 ;;
     esac
   done
@@ -196,6 +203,15 @@ done
   for f in "$OUT"/*.json; do
     jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|round/1000) / \($s.loss_pct*1000|round/1000) | \($s.server.cpu_us_per_forwarded_packet*100|round/100) | \($s.server.cores*1000|round/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "–" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "–" end) |"' "$f"
   done
+  if jq -e -s 'map(.summary.tile_classes // [] | length) | add > 0' "$OUT"/*.json >/dev/null; then
+    echo
+    echo "| run | tile class | subscribers | video tracks | kbit/s per track | packets/s per track |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for f in "$OUT"/*.json; do
+      jq -r '.label as $l | .summary.tile_classes[]? |
+        "| \($l) | \(.class) (\(.width)x\(.height)) | \(.subscribers) | \(.video_tracks) | \(.video_kbps_per_track|floor) | \(.video_packets_per_sec_per_track*10|round/10) |"' "$f"
+    done
+  fi
 } >"$OUT/figures.md"
 {
   echo

@@ -22,14 +22,17 @@ pub enum TokenSource {
     Secret(Vec<u8>),
 }
 
-/// The server under test.
+/// The server under test: one node, or the nodes of a cluster that participants reach in turn.
 #[derive(Clone, Debug)]
 pub struct HuddleTarget {
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
+    /// `http://127.0.0.1:PORT`, one per node.
+    pub urls: Vec<String>,
     /// Where tokens come from.
     pub tokens: TokenSource,
 }
+
+/// Redirects followed in a row before a join gives up (as the web client does).
+const MAX_REDIRECTS: u64 = 3;
 
 #[derive(serde::Serialize)]
 struct Claims<'a> {
@@ -79,7 +82,12 @@ pub fn sign_token(
 }
 
 impl HuddleTarget {
-    async fn token(&self, http: &reqwest::Client, p: &Participant) -> Result<String> {
+    /// The entry node for the `n`-th participant (round robin).
+    pub fn url(&self, n: usize) -> &str {
+        &self.urls[n % self.urls.len().max(1)]
+    }
+
+    async fn token(&self, http: &reqwest::Client, url: &str, p: &Participant) -> Result<String> {
         match &self.tokens {
             TokenSource::Secret(s) => sign_token(
                 s,
@@ -90,7 +98,7 @@ impl HuddleTarget {
             ),
             TokenSource::Guest => {
                 let res: Value = http
-                    .post(format!("{}/api/token", self.url))
+                    .post(format!("{url}/api/token"))
                     .json(&json!({"room": p.room, "name": p.name}))
                     .send()
                     .await
@@ -106,44 +114,95 @@ impl HuddleTarget {
             }
         }
     }
+}
 
-    fn ws_url(&self) -> String {
-        format!(
-            "{}/ws",
-            self.url
-                .replacen("https://", "wss://", 1)
-                .replacen("http://", "ws://", 1)
-        )
+/// The signaling WebSocket of the node at `base` (`http://host:port`, `https://…`, or a bare
+/// `host:port`, which is taken as plain HTTP).
+pub fn ws_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}/ws")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}/ws")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
+        format!("{base}/ws")
+    } else {
+        format!("ws://{base}/ws")
     }
 }
 
-/// Joins, publishes and subscribes as `p`'s role says, until `stop`; then leaves.
+/// The ids of the video tracks a server offer sends (`a=msid:<participant> <track>` of every
+/// video m-line that is not stopped).
+pub fn video_track_ids(sdp: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut video = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut f = m.split_whitespace();
+            video = f.next() == Some("video") && f.next() != Some("0");
+        } else if video {
+            if let Some(track) = line
+                .strip_prefix("a=msid:")
+                .and_then(|v| v.split_whitespace().nth(1))
+            {
+                if !ids.iter().any(|t| t == track) {
+                    ids.push(track.to_string());
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Joins through the `node`-th URL of `target` (following redirects to the room's node),
+/// publishes and subscribes as `p`'s role says, until `stop`; then leaves.
 pub async fn run(
     ctx: Arc<Ctx>,
     target: Arc<HuddleTarget>,
     http: reqwest::Client,
     p: Arc<Participant>,
+    node: usize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     p.started_us
         .store(now_us().max(1), std::sync::atomic::Ordering::Relaxed);
     p.stage("token");
-    let token = target.token(&http, &p).await?;
+    let mut url = target.url(node).trim_end_matches('/').to_string();
+    let token = target.token(&http, &url, &p).await?;
     p.stage("signaling connect");
-    let (ws, _) = tokio_tungstenite::connect_async(target.ws_url())
-        .await
-        .context("connecting the signaling WebSocket")?;
-    let (mut tx, mut rx) = ws.split();
+    Participant::mark(&p.signal_start_us);
     let send = |v: Value| Message::Text(v.to_string().into());
-    tx.send(send(json!({"type": "join", "protocol": 1, "token": token})))
-        .await?;
-    p.stage("join sent");
-    let joined = next_json(&mut rx)
-        .await?
-        .context("socket closed before joined")?;
-    if joined["type"] != "joined" {
-        bail!("join answered with {joined}");
-    }
+    let join = json!({"type": "join", "protocol": 1, "token": token});
+    let mut redirects = 0;
+    let (mut tx, mut rx, joined) = loop {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(&url))
+            .await
+            .with_context(|| format!("connecting the signaling WebSocket of {url}"))?;
+        let (mut tx, mut rx) = ws.split();
+        tx.send(send(join.clone())).await?;
+        p.stage("join sent");
+        let answer = next_json(&mut rx)
+            .await?
+            .context("socket closed before joined")?;
+        match answer["type"].as_str() {
+            Some("joined") => break (tx, rx, answer),
+            Some("redirect") if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                p.redirects
+                    .store(redirects, std::sync::atomic::Ordering::Relaxed);
+                url = answer["url"]
+                    .as_str()
+                    .context("redirect without a url")?
+                    .trim_end_matches('/')
+                    .to_string();
+                let _ = tx.close().await;
+                p.stage("redirected");
+            }
+            _ => bail!("join at {url} answered with {answer}"),
+        }
+    };
+    Participant::mark(&p.joined_us);
+    *p.node_url.lock().expect("node lock") = Some(url);
     let pid = joined["participant_id"].as_str().unwrap_or_default();
     p.stage("joined: creating the peer connection");
     let (pc, published) = peer::new_peer(&ctx, &p, pid, true).await?;
@@ -155,6 +214,8 @@ pub async fn run(
     let switch = Arc::new(peer::LayerSwitch::default());
     peer::start_publishing(&ctx, published, switch.clone(), stop.clone());
 
+    // The video tracks whose tile size was reported (with a tile in the role).
+    let mut sized: Vec<String> = Vec::new();
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
     let result: Result<()> = async { loop {
@@ -171,8 +232,24 @@ pub async fn run(
                         p.stage("answer applied: ICE/DTLS");
                     }
                     Some("offer") => {
-                        let sdp = peer::answer_offer(&pc, m["sdp"].as_str().unwrap_or_default().to_string(), false).await?;
+                        let offer = m["sdp"].as_str().unwrap_or_default().to_string();
+                        let sdp = peer::answer_offer(&pc, offer.clone(), false).await?;
                         tx.send(send(json!({"type": "answer", "sdp": sdp}))).await?;
+                        if let Some(tile) = &p.role.tile {
+                            // Every video track it receives is shown at the role's tile size.
+                            let new: Vec<String> = video_track_ids(&offer)
+                                .into_iter()
+                                .filter(|t| !sized.contains(t))
+                                .collect();
+                            if !new.is_empty() {
+                                let tracks: Vec<Value> = new
+                                    .iter()
+                                    .map(|t| json!({"track_id": t, "width": tile.width, "height": tile.height}))
+                                    .collect();
+                                tx.send(send(json!({"type": "video_sizes", "tracks": tracks}))).await?;
+                                sized.extend(new);
+                            }
+                        }
                     }
                     Some("layers") => {
                         // Dynacast: one video track per participant here, so its track_id is ours.
@@ -214,5 +291,31 @@ where
             Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(_)) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_urls_become_websocket_urls() {
+        assert_eq!(ws_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/ws");
+        assert_eq!(
+            ws_url("https://node2.example.org"),
+            "wss://node2.example.org/ws"
+        );
+        assert_eq!(ws_url("127.0.0.1:9000"), "ws://127.0.0.1:9000/ws");
+    }
+
+    #[test]
+    fn video_track_ids_come_from_live_video_m_lines() {
+        let sdp = "v=0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=msid:P_1 TR_1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=msid:P_1 TR_2\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=msid:P_2 TR_3\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=msid:P_3 TR_a\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert_eq!(video_track_ids(sdp), vec!["TR_2", "TR_a"]);
     }
 }

@@ -71,9 +71,12 @@ struct Cli {
     /// The server under test.
     #[arg(long, value_enum, default_value = "huddle")]
     target: Target,
-    /// Huddle's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Huddle's base URL. Repeat it (or separate URLs with commas) for the nodes of a cluster:
+    /// participants then join through the nodes in turn (round robin in join order), follow the
+    /// `redirect` to their room's node, and the summary reports each node's rooms,
+    /// participants and forwarded packets from its /metrics.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    url: Vec<String>,
     /// Janus's WebSocket API URL (with --target janus).
     #[arg(long, default_value = "ws://127.0.0.1:8188")]
     janus_url: String,
@@ -131,8 +134,18 @@ struct Cli {
     simulcast: u8,
     /// PID of the server process, to sample its CPU time and memory from /proc. Without it, a
     /// Huddle target is sampled through its /metrics (process_cpu_seconds_total), if exported.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Repeat it for the nodes of a cluster, in the order of --url: the server figures are then
+    /// the sum over the nodes, and each node's own figures are in the per-node rows.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Tile sizes subscribers report for every video track they receive (Huddle's
+    /// `video_sizes`), assigned in turn to the subscribers of each room: `small` (160x90, the
+    /// lowest of three simulcast layers), `medium` (480x270), `large` (1280x720), `hidden`, or
+    /// `WxH`; e.g. `small,medium,large`. With --simulcast 3 each class gets its own layer; the
+    /// summary gives the received video bitrate per class. Without it, no sizes are reported
+    /// (every subscriber gets the best layer its bandwidth allows).
+    #[arg(long, value_delimiter = ',')]
+    subscriber_mix: Vec<peer::Tile>,
     /// Use all of the `webrtc` crate's default interceptors (adds NACK and sender-side TWCC to
     /// the RTCP reports and TWCC feedback that are always on); off by default because they cost
     /// the tester CPU.
@@ -172,6 +185,27 @@ enum Command {
 impl Cli {
     /// The participants of one room, publishers first.
     fn room_roles(&self) -> Vec<Role> {
+        let mut roles = self.room_roles_untiled();
+        if !self.subscriber_mix.is_empty() {
+            for (i, r) in roles.iter_mut().filter(|r| r.subscribe).enumerate() {
+                r.tile = Some(self.subscriber_mix[i % self.subscriber_mix.len()].clone());
+            }
+        }
+        roles
+    }
+
+    /// The tile classes of --subscriber-mix, each once, in order.
+    fn tile_classes(&self) -> Vec<String> {
+        let mut classes: Vec<String> = Vec::new();
+        for t in &self.subscriber_mix {
+            if !classes.contains(&t.class) {
+                classes.push(t.class.clone());
+            }
+        }
+        classes
+    }
+
+    fn room_roles_untiled(&self) -> Vec<Role> {
         let mut roles = Vec::new();
         match self.scenario {
             Scenario::Audio => {
@@ -180,6 +214,7 @@ impl Cli {
                         audio: true,
                         video: false,
                         subscribe: self.publishers_subscribe,
+                        tile: None,
                     });
                 }
                 for _ in 0..self.subscribers.unwrap_or(40) {
@@ -187,6 +222,7 @@ impl Cli {
                         audio: false,
                         video: false,
                         subscribe: true,
+                        tile: None,
                     });
                 }
             }
@@ -196,6 +232,7 @@ impl Cli {
                         audio: true,
                         video: true,
                         subscribe: true,
+                        tile: None,
                     });
                 }
             }
@@ -204,12 +241,14 @@ impl Cli {
                     audio: true,
                     video: true,
                     subscribe: false,
+                    tile: None,
                 });
                 for _ in 0..self.subscribers.unwrap_or(40) {
                     roles.push(Role {
                         audio: false,
                         video: false,
                         subscribe: true,
+                        tile: None,
                     });
                 }
             }
@@ -249,6 +288,12 @@ fn main() -> Result<()> {
     }
     if cli.target == Target::Janus && cli.publishers_subscribe {
         bail!("--publishers-subscribe is not implemented for Janus");
+    }
+    if cli.target == Target::Janus && !cli.subscriber_mix.is_empty() {
+        bail!("--subscriber-mix is not implemented for Janus");
+    }
+    if cli.url.is_empty() {
+        bail!("--url needs a URL");
     }
     media::init_clock();
     // The tester's runtime uses the cores it may run on (taskset limits them).
@@ -299,6 +344,119 @@ pub struct RunData {
     window: (usize, usize),
     rss_before: Option<u64>,
     sent_packets: u64,
+    /// Each probe's sample (one per --server-pid, or per node's /metrics), per sample.
+    probe_samples: Vec<Vec<Option<ProcSample>>>,
+    /// The tile classes of --subscriber-mix.
+    classes: Vec<String>,
+    /// Per sample, per tile class: (video bytes, video packets) received by its subscribers.
+    class_samples: Vec<Vec<(u64, u64)>>,
+    /// The nodes (--url).
+    urls: Vec<String>,
+    /// Each node's /metrics at the window's first sample, and after its last.
+    scrape_start: Option<Vec<NodeScrape>>,
+    scrape_end: Option<Vec<NodeScrape>>,
+}
+
+/// The figures of one node's /metrics the summary uses (`None`: the node did not answer).
+#[derive(Clone, Debug, Default)]
+pub struct NodeScrape {
+    /// `huddle_node_info{node=…}` (cluster mode).
+    node: Option<String>,
+    rooms: f64,
+    participants: f64,
+    /// `huddle_rtp_packets_total{direction="out"}`, all kinds.
+    packets_out: f64,
+    /// `huddle_rtp_packets_total{direction="in"}`, all kinds.
+    packets_in: f64,
+    /// `huddle_cluster_redirects_total`.
+    redirects: f64,
+    ok: bool,
+}
+
+/// Parses the figures the summary needs out of a Prometheus text page.
+fn parse_node_metrics(text: &str) -> NodeScrape {
+    let mut n = NodeScrape {
+        ok: true,
+        ..NodeScrape::default()
+    };
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let label = |key: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+            })
+        };
+        match name {
+            "huddle_node_info" => n.node = label("node"),
+            "huddle_rooms" => n.rooms += v,
+            "huddle_participants" => n.participants += v,
+            "huddle_cluster_redirects_total" => n.redirects += v,
+            "huddle_rtp_packets_total" => match label("direction").as_deref() {
+                Some("out") => n.packets_out += v,
+                Some("in") => n.packets_in += v,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    n
+}
+
+/// Every node's /metrics, in the order of `urls` (a node that does not answer in 2 s gets an
+/// empty scrape).
+async fn scrape_nodes(urls: &[String]) -> Vec<NodeScrape> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let mut out = Vec::new();
+    for u in urls {
+        let text = async { http.get(format!("{u}/metrics")).send().await?.text().await };
+        out.push(match text.await {
+            Ok(t) => parse_node_metrics(&t),
+            Err(_) => NodeScrape::default(),
+        });
+    }
+    out
+}
+
+/// The sum of the probes' samples (none when a probe has none).
+fn sum_samples(each: &[Option<ProcSample>]) -> Option<ProcSample> {
+    each.iter().try_fold(
+        ProcSample {
+            cpu_seconds: 0.0,
+            rss_bytes: 0,
+        },
+        |acc, s| {
+            s.map(|s| ProcSample {
+                cpu_seconds: acc.cpu_seconds + s.cpu_seconds,
+                rss_bytes: acc.rss_bytes + s.rss_bytes,
+            })
+        },
+    )
+}
+
+/// Video bytes and packets received so far by the subscribers of each tile class.
+fn class_counters(participants: &[Arc<Participant>], classes: &[String]) -> Vec<(u64, u64)> {
+    let mut out = vec![(0, 0); classes.len()];
+    for p in participants {
+        let Some(tile) = &p.role.tile else { continue };
+        if let Some(i) = classes.iter().position(|c| *c == tile.class) {
+            out[i].0 += p.video_bytes.load(Ordering::Relaxed);
+            out[i].1 += p.video_packets.load(Ordering::Relaxed);
+        }
+    }
+    out
 }
 
 /// Cumulative counters at one instant.
@@ -337,20 +495,38 @@ async fn run(cli: Cli) -> Result<()> {
         cli.interceptors,
         cli.ice_ip,
     )?);
-    let probe = match (cli.server_pid, cli.target) {
-        (Some(pid), _) => {
-            let pid = pid.to_string();
-            if proc_sample(&pid).is_none() {
-                bail!("no process {pid} to sample (--server-pid)");
+    let urls: Vec<String> = cli
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    // One probe per server process (or per node's /metrics); the server figures are their sum.
+    let probes: Vec<ServerProbe> = match (cli.server_pid.is_empty(), cli.target) {
+        (false, _) => {
+            let mut probes = Vec::new();
+            for pid in &cli.server_pid {
+                let pid = pid.to_string();
+                if proc_sample(&pid).is_none() {
+                    bail!("no process {pid} to sample (--server-pid)");
+                }
+                probes.push(ServerProbe::Pid(pid));
             }
-            ServerProbe::Pid(pid)
+            probes
         }
-        (None, Target::Huddle) => {
-            ServerProbe::Metrics(format!("{}/metrics", cli.url.trim_end_matches('/')))
-        }
-        (None, Target::Janus) => ServerProbe::None,
+        (true, Target::Huddle) => urls
+            .iter()
+            .map(|u| ServerProbe::Metrics(format!("{u}/metrics")))
+            .collect(),
+        (true, Target::Janus) => vec![ServerProbe::None],
     };
-    let server_now = || probe.sample();
+    let probe_all = || async {
+        let mut each = Vec::new();
+        for p in &probes {
+            each.push(p.sample().await);
+        }
+        each
+    };
+    let classes = cli.tile_classes();
 
     // The participants, room by room, publishers first in each room.
     let run_id: u32 = rand::random::<u32>() % 1_000_000;
@@ -399,11 +575,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
 
-    let rss_before = server_now().await.map(|s| s.rss_bytes);
+    let rss_before = sum_samples(&probe_all().await).map(|s| s.rss_bytes);
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = reqwest::Client::new();
     let target = Arc::new(HuddleTarget {
-        url: cli.url.trim_end_matches('/').to_string(),
+        urls: urls.clone(),
         tokens: match secret {
             Some(s) => TokenSource::Secret(s),
             None => TokenSource::Guest,
@@ -442,7 +618,8 @@ async fn run(cli: Cli) -> Result<()> {
                     Target::Huddle => {
                         let (target, http) = (target.clone(), http.clone());
                         tokio::spawn(async move {
-                            if let Err(e) = huddle::run(ctx, target, http, p.clone(), stop).await {
+                            if let Err(e) = huddle::run(ctx, target, http, p.clone(), i, stop).await
+                            {
                                 tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "participant failed");
                                 p.fail(&e);
                             }
@@ -499,6 +676,7 @@ async fn run(cli: Cli) -> Result<()> {
                 audio: true,
                 video: false,
                 subscribe: true,
+                tile: None,
             }),
             Duration::from_secs_f64(60.0 / cli.churn_per_minute),
             Duration::from_secs_f64(cli.churn_stay.max(1.0)),
@@ -522,14 +700,21 @@ async fn run(cli: Cli) -> Result<()> {
         pb
     };
     let participants: Vec<Arc<Participant>> = plan.iter().map(|(p, _)| p.clone()).collect();
+    let first_probes = probe_all().await;
     let mut samples = vec![Sample {
         t: 0.0,
         packets: 0,
         sent: 0,
         bytes: 0,
-        server: server_now().await,
+        server: sum_samples(&first_probes),
         tester: proc_sample("self"),
     }];
+    let mut probe_samples = vec![first_probes];
+    let class_now = || class_counters(&participants, &classes);
+    let mut class_samples = vec![class_now()];
+    // Each node's /metrics when the measurement window opens (the sample at or after the
+    // warm-up that follows the last join) and when it closes.
+    let mut scrape_start: Option<(usize, Vec<NodeScrape>)> = None;
     let mut seconds = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -537,14 +722,17 @@ async fn run(cli: Cli) -> Result<()> {
     loop {
         tick.tick().await;
         let now = now_us();
+        let each = probe_all().await;
         let s = Sample {
             t: t_of(now),
             packets: ctx.totals.packets.load(Ordering::Relaxed),
             sent: ctx.totals.sent_packets.load(Ordering::Relaxed),
             bytes: ctx.totals.bytes.load(Ordering::Relaxed),
-            server: server_now().await,
+            server: sum_samples(&each),
             tester: proc_sample("self"),
         };
+        probe_samples.push(each);
+        class_samples.push(class_now());
         let prev = *samples.last().expect("a first sample");
         let dt = (s.t - prev.t).max(1e-3);
         let hist = {
@@ -599,12 +787,23 @@ async fn run(cli: Cli) -> Result<()> {
             all_joined_at = Some(s.t);
         }
         samples.push(s);
+        if scrape_start.is_none()
+            && cli.target == Target::Huddle
+            && s.t >= all_joined_at.unwrap_or(ramp_secs) + cli.warmup
+        {
+            scrape_start = Some((samples.len() - 1, scrape_nodes(&urls).await));
+        }
         seconds.push(second);
         if s.t >= cli.duration {
             break;
         }
     }
     progress.finish_and_clear();
+    let scrape_end = if cli.target == Target::Huddle {
+        Some(scrape_nodes(&urls).await)
+    } else {
+        None
+    };
     // Stats are read before anyone leaves: leaving would show as a throughput drop.
     let window_start_t = all_joined_at.unwrap_or(ramp_secs) + cli.warmup;
     let last = samples.len() - 1;
@@ -626,6 +825,13 @@ async fn run(cli: Cli) -> Result<()> {
         window: (first, last),
         rss_before,
         sent_packets: ctx.totals.sent_packets.load(Ordering::Relaxed),
+        probe_samples,
+        classes,
+        class_samples,
+        urls: urls.clone(),
+        // The start scrape counts only when it was taken at the window's first sample.
+        scrape_start: scrape_start.filter(|(i, _)| *i == first).map(|(_, s)| s),
+        scrape_end,
     };
     let summary = report::summarize(&data);
     let _ = stop_tx.send(true);
@@ -707,7 +913,7 @@ async fn churn_loop(
         });
         let (ctx, target, http, churn) = (ctx.clone(), target.clone(), http.clone(), churn.clone());
         tokio::spawn(async move {
-            let result = huddle::run(ctx, target, http, p.clone(), leave_rx).await;
+            let result = huddle::run(ctx, target, http, p.clone(), n, leave_rx).await;
             let connected = p.connected_us.load(Ordering::Relaxed) != 0;
             match result {
                 Ok(()) if connected => churn.joined.fetch_add(1, Ordering::Relaxed),
@@ -719,5 +925,64 @@ async fn churn_loop(
             };
             churn.active.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_metrics_are_summed_over_kinds_with_the_node_label() {
+        let text = "# HELP huddle_rooms Open rooms.\n\
+            huddle_node_info{node=\"n2\",region=\"\"} 1\n\
+            huddle_rooms 2\n\
+            huddle_participants 16\n\
+            huddle_rtp_packets_total{direction=\"out\",kind=\"audio\"} 1200\n\
+            huddle_rtp_packets_total{direction=\"out\",kind=\"video\"} 34\n\
+            huddle_rtp_packets_total{direction=\"in\",kind=\"audio\"} 200\n\
+            huddle_cluster_redirects_total 11\n";
+        let n = parse_node_metrics(text);
+        assert!(n.ok);
+        assert_eq!(n.node.as_deref(), Some("n2"));
+        assert_eq!((n.rooms, n.participants), (2.0, 16.0));
+        assert_eq!((n.packets_out, n.packets_in), (1234.0, 200.0));
+        assert_eq!(n.redirects, 11.0);
+    }
+
+    #[test]
+    fn the_subscriber_mix_cycles_over_each_rooms_subscribers() {
+        let cli = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "livestream",
+            "--subscribers",
+            "5",
+            "--subscriber-mix",
+            "small,large,320x180",
+            "--url",
+            "http://a:1,http://b:2",
+            "--url",
+            "http://c:3",
+        ]);
+        assert_eq!(cli.url.len(), 3);
+        let tiles: Vec<Option<(u32, u32)>> = cli
+            .room_roles()
+            .iter()
+            .map(|r| r.tile.as_ref().map(|t| (t.width, t.height)))
+            .collect();
+        assert_eq!(
+            tiles,
+            vec![
+                None, // the publisher
+                Some((160, 90)),
+                Some((1280, 720)),
+                Some((320, 180)),
+                Some((160, 90)),
+                Some((1280, 720)),
+            ]
+        );
+        assert_eq!(cli.tile_classes(), vec!["small", "large", "320x180"]);
+        assert!("huge".parse::<peer::Tile>().is_err());
     }
 }

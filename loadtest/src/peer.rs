@@ -138,6 +138,49 @@ pub struct Role {
     pub video: bool,
     /// Receives everyone else's tracks.
     pub subscribe: bool,
+    /// The size at which it shows every video track it receives (Huddle's `video_sizes`); none:
+    /// it never reports one (the server then sends the best layer the bandwidth allows).
+    pub tile: Option<Tile>,
+}
+
+/// A tile size a subscriber reports for the video it receives, named by its class.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tile {
+    /// `small`, `medium`, `large`, or `WxH` as given.
+    pub class: String,
+    /// Device pixels.
+    pub width: u32,
+    /// Device pixels.
+    pub height: u32,
+}
+
+impl std::str::FromStr for Tile {
+    type Err = String;
+
+    /// `small` (160x90: the `q` layer of a 1280x720 simulcast), `medium` (480x270: `h`),
+    /// `large` (1280x720: `f`), `hidden` (0x0: no video), or `WxH`.
+    fn from_str(s: &str) -> Result<Tile, String> {
+        let (w, h) = match s {
+            "small" => (160, 90),
+            "medium" => (480, 270),
+            "large" => (1280, 720),
+            "hidden" => (0, 0),
+            _ => {
+                let (w, h) = s.split_once('x').ok_or_else(|| {
+                    format!("{s:?}: expected small, medium, large, hidden or WxH")
+                })?;
+                (
+                    w.parse().map_err(|_| format!("{s:?}: bad width"))?,
+                    h.parse().map_err(|_| format!("{s:?}: bad height"))?,
+                )
+            }
+        };
+        Ok(Tile {
+            class: s.to_string(),
+            width: w,
+            height: h,
+        })
+    }
 }
 
 /// What one participant measured. Times are µs on the tester clock; 0 means "not yet".
@@ -162,6 +205,18 @@ pub struct Participant {
     pub error: Mutex<Option<String>>,
     /// The last step of its join it reached (for participants that never connect).
     pub stage: Mutex<&'static str>,
+    /// Video payload bytes received, all tracks (read while the run goes on).
+    pub video_bytes: AtomicU64,
+    /// Video packets received, all tracks.
+    pub video_packets: AtomicU64,
+    /// When it opened its first signaling WebSocket (after getting its token).
+    pub signal_start_us: AtomicU64,
+    /// When `joined` arrived (after any redirects).
+    pub joined_us: AtomicU64,
+    /// `redirect` messages followed before `joined` (cluster mode).
+    pub redirects: AtomicU64,
+    /// The base URL of the node that answered `joined`.
+    pub node_url: Mutex<Option<String>>,
 }
 
 impl Participant {
@@ -178,6 +233,12 @@ impl Participant {
             tracks: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             stage: Mutex::new("not started"),
+            video_bytes: AtomicU64::new(0),
+            video_packets: AtomicU64::new(0),
+            signal_start_us: AtomicU64::new(0),
+            joined_us: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
+            node_url: Mutex::new(None),
         }
     }
 
@@ -194,8 +255,15 @@ impl Participant {
         }
     }
 
-    fn mark(slot: &AtomicU64) {
+    /// Records the current time in `slot` unless it holds one already.
+    pub fn mark(slot: &AtomicU64) {
         let _ = slot.compare_exchange(0, now_us().max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Time from `from` to `to`, ms, when both happened.
+    pub fn between_ms(from: &AtomicU64, to: &AtomicU64) -> Option<f64> {
+        let (a, b) = (from.load(Ordering::Relaxed), to.load(Ordering::Relaxed));
+        (a != 0 && b != 0).then(|| b.saturating_sub(a) as f64 / 1000.0)
     }
 
     /// Time from start to `slot`, ms.
@@ -463,6 +531,11 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
         let arrival = now_us();
         let payload = &pkt.payload;
         totals.count(payload.len());
+        if kind == Kind::Video {
+            p.video_bytes
+                .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            p.video_packets.fetch_add(1, Ordering::Relaxed);
+        }
         Participant::mark(&p.first_media_us);
         let stamp = match kind {
             Kind::Audio => media::opus_stamp(payload),

@@ -89,6 +89,52 @@ pub struct TesterCost {
     pub cores_per_10k_pps: f64,
 }
 
+/// What the subscribers of one tile class (--subscriber-mix) received in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct TileClassSummary {
+    /// `small`, `medium`, `large` or `WxH`.
+    pub class: String,
+    /// The tile size reported, device pixels.
+    pub width: u32,
+    /// The tile size reported, device pixels.
+    pub height: u32,
+    /// Subscribers of this class.
+    pub subscribers: usize,
+    /// Video tracks they received.
+    pub video_tracks: usize,
+    /// Video payload bitrate per received video track, kbit/s.
+    pub video_kbps_per_track: f64,
+    /// Video packets per second per received video track.
+    pub video_packets_per_sec_per_track: f64,
+}
+
+/// One node (--url) in the window, from its /metrics and from where participants landed.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSummary {
+    /// The URL given.
+    pub url: String,
+    /// Its `huddle_node_info` node label (cluster mode).
+    pub node: Option<String>,
+    /// Open rooms at the end of the window (`huddle_rooms`).
+    pub rooms: f64,
+    /// Participants at the end of the window (`huddle_participants`).
+    pub participants: f64,
+    /// Participants of this run whose join ended on this node (after any redirect).
+    pub landed: usize,
+    /// RTP packets it sent per second in the window (`huddle_rtp_packets_total{direction="out"}`).
+    pub forwarded_packets_per_sec: Option<f64>,
+    /// RTP packets it received per second in the window.
+    pub received_packets_per_sec: Option<f64>,
+    /// RTP packets it sent since it started.
+    pub forwarded_packets_total: f64,
+    /// Joins it redirected since it started (`huddle_cluster_redirects_total`).
+    pub redirects_total: f64,
+    /// Its CPU use in the window, cores (with one --server-pid per --url, or from its /metrics).
+    pub cores: Option<f64>,
+    /// Its CPU time per packet it forwarded in the window, µs.
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+}
+
 /// Everything the summary shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -136,6 +182,21 @@ pub struct Summary {
     pub connect_ms: Option<Dist>,
     /// Start of join to first video key frame, ms.
     pub first_keyframe_ms: Option<Dist>,
+    /// Participants whose join was redirected to another node (cluster mode).
+    pub redirected: usize,
+    /// Signaling join (WebSocket opened to `joined`, redirects included), ms, joins answered by
+    /// the node first reached.
+    pub signal_join_direct_ms: Option<Dist>,
+    /// The same for joins that followed a `redirect`.
+    pub signal_join_redirected_ms: Option<Dist>,
+    /// Start of join to first remote media, subscribers joined directly, ms.
+    pub join_direct_ms: Option<Dist>,
+    /// Start of join to first remote media, subscribers joined through a redirect, ms.
+    pub join_redirected_ms: Option<Dist>,
+    /// Received video per tile class (--subscriber-mix).
+    pub tile_classes: Vec<TileClassSummary>,
+    /// Per node (--url).
+    pub nodes: Vec<NodeSummary>,
     /// Server cost, when its PID was given.
     pub server: Option<ServerCost>,
     /// Tester cost.
@@ -205,10 +266,122 @@ pub fn summarize(d: &RunData) -> Summary {
             .flatten()
     });
     let connect_ms = ms(&|p| p.since_start_ms(&p.connected_us));
+    let redirected = |p: &crate::peer::Participant| p.redirects.load(Ordering::Relaxed) > 0;
+    let signal_ms = |p: &crate::peer::Participant| {
+        crate::peer::Participant::between_ms(&p.signal_start_us, &p.joined_us)
+    };
+    let signal_join_direct_ms = ms(&|p| (!redirected(p)).then(|| signal_ms(p)).flatten());
+    let signal_join_redirected_ms = ms(&|p| redirected(p).then(|| signal_ms(p)).flatten());
+    let first_media = |p: &crate::peer::Participant| {
+        p.role
+            .subscribe
+            .then(|| p.since_start_ms(&p.first_media_us))
+            .flatten()
+    };
+    let join_direct_ms = ms(&|p| (!redirected(p)).then(|| first_media(p)).flatten());
+    let join_redirected_ms = ms(&|p| redirected(p).then(|| first_media(p)).flatten());
     let first_keyframe_ms = ms(&|p| p.since_start_ms(&p.first_keyframe_us));
 
     let (a, b) = (d.samples[d.window.0], d.samples[d.window.1]);
     let dt = (b.t - a.t).max(1e-3);
+    let tile_classes = d
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, class)| {
+            let members: Vec<_> = ps
+                .iter()
+                .filter(|p| p.role.tile.as_ref().is_some_and(|t| t.class == *class))
+                .collect();
+            let tile = members.first().and_then(|p| p.role.tile.clone());
+            let video_tracks: usize = members
+                .iter()
+                .map(|p| {
+                    p.tracks
+                        .lock()
+                        .expect("tracks lock")
+                        .iter()
+                        .filter(|t| t.lock().expect("track lock").kind == Kind::Video)
+                        .count()
+                })
+                .sum();
+            let (ca, cb) = (
+                d.class_samples[d.window.0][i],
+                d.class_samples[d.window.1][i],
+            );
+            let n = video_tracks.max(1) as f64;
+            TileClassSummary {
+                class: class.clone(),
+                width: tile.as_ref().map_or(0, |t| t.width),
+                height: tile.as_ref().map_or(0, |t| t.height),
+                subscribers: members.len(),
+                video_tracks,
+                video_kbps_per_track: (cb.0 - ca.0) as f64 * 8.0 / dt / 1000.0 / n,
+                video_packets_per_sec_per_track: (cb.1 - ca.1) as f64 / dt / n,
+            }
+        })
+        .collect();
+    let nodes = d
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let end = d.scrape_end.as_ref().and_then(|v| v.get(i)).cloned();
+            let start = d.scrape_start.as_ref().and_then(|v| v.get(i)).cloned();
+            let end = end.unwrap_or_default();
+            // The scrapes are taken right after the window's samples: close enough to its span.
+            let rate = |f: fn(&crate::NodeScrape) -> f64| {
+                start
+                    .as_ref()
+                    .filter(|s| s.ok && end.ok)
+                    .map(|s| (f(&end) - f(s)).max(0.0) / dt)
+            };
+            let forwarded = rate(|n| n.packets_out);
+            let cores = if d.probe_samples[0].len() == d.urls.len() {
+                match (
+                    d.probe_samples[d.window.0][i],
+                    d.probe_samples[d.window.1][i],
+                ) {
+                    (Some(sa), Some(sb)) => Some((sb.cpu_seconds - sa.cpu_seconds) / dt),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let key = |u: &str| {
+                u.trim_end_matches('/')
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .to_string()
+            };
+            let landed = ps
+                .iter()
+                .filter(|p| {
+                    p.node_url
+                        .lock()
+                        .expect("node lock")
+                        .as_deref()
+                        .is_some_and(|u| key(u) == key(url))
+                })
+                .count();
+            NodeSummary {
+                url: url.clone(),
+                node: end.node.clone(),
+                rooms: end.rooms,
+                participants: end.participants,
+                landed,
+                forwarded_packets_per_sec: forwarded,
+                received_packets_per_sec: rate(|n| n.packets_in),
+                forwarded_packets_total: end.packets_out,
+                redirects_total: end.redirects,
+                cores,
+                cpu_us_per_forwarded_packet: match (cores, forwarded) {
+                    (Some(c), Some(f)) if f > 0.0 => Some(c * 1e6 / f),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
     let pps = (b.packets - a.packets) as f64 / dt;
     let server = match (a.server, b.server) {
         (Some(sa), Some(sb)) => {
@@ -275,6 +448,13 @@ pub fn summarize(d: &RunData) -> Summary {
         join_ms,
         connect_ms,
         first_keyframe_ms,
+        redirected: ps.iter().filter(|p| redirected(p)).count(),
+        signal_join_direct_ms,
+        signal_join_redirected_ms,
+        join_direct_ms,
+        join_redirected_ms,
+        tile_classes,
+        nodes,
         server,
         tester,
     }
@@ -338,6 +518,54 @@ pub fn table(label: &str, s: &Summary) -> String {
         "join → first key frame".into(),
         Dist::show(&s.first_keyframe_ms),
     ]);
+    if s.redirected > 0 || s.nodes.len() > 1 {
+        t.add_row(vec![
+            "joined directly: WebSocket → joined".into(),
+            Dist::show(&s.signal_join_direct_ms),
+        ]);
+        t.add_row(vec![
+            format!("joined via redirect ({}): WebSocket → joined", s.redirected),
+            Dist::show(&s.signal_join_redirected_ms),
+        ]);
+        t.add_row(vec![
+            "join → first media, direct".into(),
+            Dist::show(&s.join_direct_ms),
+        ]);
+        t.add_row(vec![
+            "join → first media, via redirect".into(),
+            Dist::show(&s.join_redirected_ms),
+        ]);
+    }
+    for c in &s.tile_classes {
+        t.add_row(vec![
+            format!("video to {} tiles ({}x{})", c.class, c.width, c.height),
+            format!(
+                "{:.0} kbit/s, {:.1} packets/s per track ({} subscribers, {} tracks)",
+                c.video_kbps_per_track,
+                c.video_packets_per_sec_per_track,
+                c.subscribers,
+                c.video_tracks
+            ),
+        ]);
+    }
+    for n in &s.nodes {
+        let opt =
+            |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
+        t.add_row(vec![
+            format!("node {}", n.node.as_deref().unwrap_or(&n.url)),
+            format!(
+                "{} rooms, {} participants ({} landed), forwarded {} packets/s (received {}), {} redirects; CPU {}, {} µs per forwarded packet",
+                n.rooms,
+                n.participants,
+                n.landed,
+                opt(n.forwarded_packets_per_sec, &|v| format!("{v:.0}")),
+                opt(n.received_packets_per_sec, &|v| format!("{v:.0}")),
+                n.redirects_total,
+                opt(n.cores, &|v| format!("{:.1} %", v * 100.0)),
+                opt(n.cpu_us_per_forwarded_packet, &|v| format!("{v:.2}")),
+            ),
+        ]);
+    }
     match &s.server {
         Some(c) => {
             t.add_row(vec![
@@ -411,6 +639,10 @@ pub fn write_json(path: &Path, cli: &Cli, s: &Summary, d: &RunData) -> Result<()
                 "room": p.room,
                 "role": p.role,
                 "join_ms": p.since_start_ms(&p.first_media_us),
+                "signal_join_ms": crate::peer::Participant::between_ms(&p.signal_start_us, &p.joined_us),
+                "redirects": p.redirects.load(Ordering::Relaxed),
+                "node_url": p.node_url.lock().expect("node lock").clone(),
+                "video_bytes": p.video_bytes.load(Ordering::Relaxed),
                 "connect_ms": p.since_start_ms(&p.connected_us),
                 "first_keyframe_ms": p.since_start_ms(&p.first_keyframe_us),
                 "error": p.error.lock().expect("error lock").clone(),

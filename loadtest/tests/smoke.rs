@@ -60,3 +60,47 @@ fn an_audio_run_with_two_publishers_and_two_listeners_delivers_everything() {
     assert!(s["latency_audio"]["count"].as_u64().unwrap() > 0, "{s}");
     assert!(s["server"]["rss_mib"].as_f64().unwrap() > 0.0, "{s}");
 }
+
+#[test]
+fn simulcast_viewers_with_small_medium_and_large_tiles_get_three_layers() {
+    let server = start_server(&[]);
+    let report = server.data_dir.join("report-mix.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_huddle-loadtest"))
+        .args(["--scenario", "livestream", "--subscribers", "3"])
+        .args(["--simulcast", "3", "--video-kbps", "400"])
+        .args(["--subscriber-mix", "small,medium,large"])
+        .args(["--duration", "8", "--warmup", "2", "--no-progress"])
+        .args(["--url", &server.url])
+        .arg("--token-secret-file")
+        .arg(server.data_dir.join("secret.key"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("the load tester runs");
+    assert!(
+        out.status.success(),
+        "load tester failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written")).unwrap();
+    let s = &r["summary"];
+    assert_eq!(s["joined"], 4, "{s}");
+    let classes = s["tile_classes"].as_array().expect("tile classes");
+    let kbps: Vec<f64> = ["small", "medium", "large"]
+        .iter()
+        .map(|c| {
+            let class = classes
+                .iter()
+                .find(|x| x["class"] == *c)
+                .unwrap_or_else(|| panic!("class {c} in {s}"));
+            assert_eq!(class["subscribers"], 1, "{class}");
+            class["video_kbps_per_track"].as_f64().unwrap()
+        })
+        .collect();
+    // The layers are sent at 1/16, 1/4 and all of 400 kbit/s: each class gets at least twice
+    // the one below (some slack for key frames and a late layer switch).
+    assert!(kbps[0] > 5.0, "small tiles get video: {kbps:?}");
+    assert!(kbps[1] > 2.0 * kbps[0], "medium > 2x small: {kbps:?}");
+    assert!(kbps[2] > 2.0 * kbps[1], "large > 2x medium: {kbps:?}");
+}
