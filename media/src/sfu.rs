@@ -433,9 +433,10 @@ struct Peer {
     connected: bool,
     created: Instant,
     /// The last cumulative stats of each incoming stream, to turn them into counter deltas.
-    ingress_marks: HashMap<Mid, StatsMark>,
+    /// (Per layer: a simulcast m-line reports one stats entry per rid.)
+    ingress_marks: HashMap<(Mid, Option<Rid>), StatsMark>,
     /// The same for each outgoing stream.
-    egress_marks: HashMap<Mid, StatsMark>,
+    egress_marks: HashMap<(Mid, Option<Rid>), StatsMark>,
     /// Where each of its send m-lines comes from, as its offer said.
     sources: HashMap<Mid, Source>,
     /// str0m's downlink estimate (bits per second).
@@ -1184,7 +1185,7 @@ impl Sfu {
             .stream_rx_by_mid(s.mid, s.rid)
             .and_then(|r| r.rtx());
         remember_ssrc(&mut peer.rtx_in, rtx);
-        let mark = peer.ingress_marks.entry(s.mid).or_default();
+        let mark = peer.ingress_marks.entry((s.mid, s.rid)).or_default();
         let packets = s.packets.saturating_sub(mark.packets);
         let m = &self.metrics;
         m.rtp_packets.r#in.get(kind).inc_by(packets);
@@ -1238,7 +1239,7 @@ impl Sfu {
             .stream_tx_by_mid(s.mid, s.rid)
             .and_then(|t| t.rtx());
         remember_ssrc(&mut peer.rtx_out, rtx);
-        let mark = peer.egress_marks.entry(s.mid).or_default();
+        let mark = peer.egress_marks.entry((s.mid, s.rid)).or_default();
         let m = &self.metrics;
         m.rtp_packets
             .out

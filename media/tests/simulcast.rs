@@ -129,27 +129,37 @@ impl Client {
 struct Net {
     now: Instant,
     sfu: Sfu,
+    metrics: huddle_media::MediaMetrics,
     clients: Vec<Client>,
     frame_no: u32,
+    /// At most how many video RTP packets publishers have written (a frame over 1,100 bytes
+    /// counted as three).
+    video_packets_upper: u64,
 }
 
 impl Net {
     fn new() -> Net {
         let addr: SocketAddr = SFU.parse().unwrap();
-        let mut sfu = Sfu::new(SfuConfig {
-            candidates: vec![addr],
-            local_addr: addr,
-            worker_index: 0,
-            max_tracks_per_participant: 8,
-        });
+        let metrics = huddle_media::MediaMetrics::new();
+        let mut sfu = Sfu::with_metrics(
+            SfuConfig {
+                candidates: vec![addr],
+                local_addr: addr,
+                worker_index: 0,
+                max_tracks_per_participant: 8,
+            },
+            metrics.clone(),
+        );
         // str0m's estimator does not model this zero-delay network (its estimate sinks to
         // what is sent); the tests set the downlink with set_max_bitrate instead.
         sfu.use_bandwidth_estimate = false;
         Net {
             now: Instant::now(),
             sfu,
+            metrics,
             clients: Vec::new(),
             frame_no: 0,
+            video_packets_upper: 0,
         }
     }
 
@@ -329,6 +339,7 @@ impl Net {
                 continue;
             }
             let key = c.owe_keyframe.remove(rid);
+            self.video_packets_upper += if len > 1100 { 3 } else { 1 };
             let frame = vp8_frame(key, rid.as_bytes()[0], len, w, h);
             let writer = c.rtc.writer(mid).unwrap();
             let pt = writer
@@ -631,5 +642,35 @@ fn a_subscriber_that_keeps_asking_for_keyframes_is_slowed_down_alone() {
     assert!(
         net.clients[alice].keyframe_requests > before,
         "carol's single request reached alice"
+    );
+}
+
+#[test]
+fn incoming_simulcast_packets_are_counted_once_per_layer() {
+    let (mut net, alice, bob, _carol, track) = room();
+    net.sizes(bob, track, 1280, 720);
+    net.run(Some(alice), Duration::from_secs(5));
+    let registry = prometheus::Registry::new();
+    net.metrics.register(&registry).unwrap();
+    let counted: u64 = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "huddle_rtp_packets_total")
+        .flat_map(|f| f.get_metric().to_vec())
+        .filter(|m| {
+            let labels: Vec<(&str, &str)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            labels.contains(&("direction", "in")) && labels.contains(&("kind", "video"))
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum();
+    assert!(counted > 0, "video packets in were counted");
+    assert!(
+        counted <= net.video_packets_upper,
+        "counted {counted} incoming video packets; the publisher wrote at most {}",
+        net.video_packets_upper
     );
 }
