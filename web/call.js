@@ -70,13 +70,17 @@ export class Call {
     this.reconnectStarted = 0;
     this.reconnectTimer = 0;
     this.lastHeard = 0;
+    this.roomBase = null; // cluster mode: the room's node, after a redirect
   }
 
   connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    // Cluster mode: a `redirect` names the room's node; it is used for this one connection
-    // (a later reconnect goes through the front address again and is placed afresh).
-    const base = this.redirectBase ? this.redirectBase.replace(/^http/, 'ws') : `${proto}//${location.host}`;
+    // Cluster mode: a `redirect` names the room's node for this connection. A later resume goes
+    // first to that node (the session is there); after three failed tries, to the front
+    // address, which places the room afresh if that node is gone.
+    const resumeBase = this.reconnecting && this.reconnectAttempt <= 3 ? this.roomBase : null;
+    const target = this.redirectBase || resumeBase;
+    const base = target ? target.replace(/^http/, 'ws') : `${proto}//${location.host}`;
     this.redirectBase = null;
     const url = `${base}/ws?room=${encodeURIComponent(this.room)}`;
     const ws = new WebSocket(url);
@@ -317,6 +321,7 @@ export class Call {
     old.onerror = null;
     old.close(1000, 'redirected');
     this.redirectBase = msg.url.replace(/\/+$/, '');
+    this.roomBase = this.redirectBase;
     this.connect();
   }
 

@@ -223,7 +223,12 @@ async fn to_owner(
         .and_then(|r| r.split('/').next())
         .unwrap_or_default()
         .to_string();
-    if room.is_empty() || req.headers().contains_key(FORWARDED) {
+    // Only calls that carry credentials are carried to another node (the others get their 401
+    // here, and nobody can make a node send requests without a token).
+    if room.is_empty()
+        || req.headers().contains_key(FORWARDED)
+        || !req.headers().contains_key(header::AUTHORIZATION)
+    {
         return next.run(req).await;
     }
     match cluster.remote_owner(&room).await {
