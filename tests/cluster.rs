@@ -531,49 +531,6 @@ async fn when_the_rooms_node_dies_the_call_resumes_on_another_node_with_its_chat
     .expect("test finished within 58 s");
 }
 
-/// A 1 × 1 PNG (gets a thumbnail).
-const PNG: [u8; 70] = [
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
-    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f,
-    0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47, 0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
-];
-
-/// `POST /api/rooms/{room}/files` on `server`: the status and the answer.
-async fn upload(
-    server: &Server,
-    room: &str,
-    token: &str,
-    name: &str,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/rooms/{room}/files?name={name}", server.url))
-        .bearer_auth(token)
-        .body(body)
-        .send()
-        .await
-        .expect("upload request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-/// `GET path` on `server` with `token`: the status and the bytes.
-async fn download(server: &Server, path: &str, token: &str) -> (u16, Vec<u8>) {
-    let res = reqwest::Client::new()
-        .get(format!("{}{path}", server.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("download request");
-    let status = res.status().as_u16();
-    (
-        status,
-        res.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reactions_edits_and_files_are_shared_by_the_nodes_and_survive_failover() {
     tokio::time::timeout(Duration::from_secs(58), async {
@@ -590,31 +547,44 @@ async fn reactions_edits_and_files_are_shared_by_the_nodes_and_survive_failover(
         let owner = c.owner(room).expect("an owner");
 
         // A picture and a larger file uploaded through n1, downloaded byte for byte through n2.
-        let (status, att) = upload(c.node("n1"), room, &alice_token, "pic.png", PNG.to_vec()).await;
+        let (status, att) = common::upload(
+            c.node("n1"),
+            room,
+            Some(&alice_token),
+            "pic.png",
+            common::PNG.to_vec(),
+        )
+        .await;
         assert_eq!(status, 201, "{att}");
         let pic = att["id"].as_str().unwrap().to_string();
         let big: Vec<u8> = (0..1_500_000u32)
             .map(|i| b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26)
             .collect();
-        let (status, doc) =
-            upload(c.node("n1"), room, &alice_token, "notes.txt", big.clone()).await;
+        let (status, doc) = common::upload(
+            c.node("n1"),
+            room,
+            Some(&alice_token),
+            "notes.txt",
+            big.clone(),
+        )
+        .await;
         assert_eq!(
             (status, doc["mime"].as_str()),
             (201, Some("text/plain")),
             "{doc}"
         );
         let doc_path = format!("/api/rooms/{room}/files/{}", doc["id"].as_str().unwrap());
-        let (status, bytes) = download(c.node("n2"), &doc_path, &bob_token).await;
+        let (status, bytes) = common::get(c.node("n2"), &doc_path, Some(&bob_token)).await;
         assert_eq!(status, 200);
         assert!(
             bytes == big,
             "the file downloads byte for byte through the other node"
         );
         let pic_path = format!("/api/rooms/{room}/files/{pic}");
-        let (status, bytes) = download(c.node("n2"), &pic_path, &bob_token).await;
-        assert_eq!((status, bytes.as_slice()), (200, PNG.as_slice()));
+        let (status, bytes) = common::get(c.node("n2"), &pic_path, Some(&bob_token)).await;
+        assert_eq!((status, bytes.as_slice()), (200, common::PNG.as_slice()));
         let thumb = att["thumb"].as_str().expect("a picture has a thumbnail");
-        let (status, jpeg) = download(c.node("n2"), thumb, &bob_token).await;
+        let (status, jpeg) = common::get(c.node("n2"), thumb, Some(&bob_token)).await;
         assert_eq!((status, &jpeg[..2]), (200, &[0xff_u8, 0xd8][..]));
 
         // A message with the picture, reacted to by Bob and edited by Alice.
@@ -635,7 +605,14 @@ async fn reactions_edits_and_files_are_shared_by_the_nodes_and_survive_failover(
         let u = bob.recv_type("chat_update").await.0;
         assert_eq!(u["message"]["text"], "look at this", "{u}");
         // A second message, deleted: its file goes for every node.
-        let (_, gone) = upload(c.node("n2"), room, &bob_token, "gone.txt", b"bye".to_vec()).await;
+        let (_, gone) = common::upload(
+            c.node("n2"),
+            room,
+            Some(&bob_token),
+            "gone.txt",
+            b"bye".to_vec(),
+        )
+        .await;
         let gone_path = format!("/api/rooms/{room}/files/{}", gone["id"].as_str().unwrap());
         bob.send(json!({"type": "chat", "text": "oops", "attachment_id": gone["id"]}))
             .await;
@@ -646,8 +623,18 @@ async fn reactions_edits_and_files_are_shared_by_the_nodes_and_survive_failover(
             .await;
         let u = alice.recv_type("chat_update").await.0;
         assert_eq!(u["message"]["deleted"], true, "{u}");
-        assert_eq!(download(c.node("n1"), &gone_path, &bob_token).await.0, 404);
-        assert_eq!(download(c.node("n2"), &gone_path, &bob_token).await.0, 404);
+        assert_eq!(
+            common::get(c.node("n1"), &gone_path, Some(&bob_token))
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            common::get(c.node("n2"), &gone_path, Some(&bob_token))
+                .await
+                .0,
+            404
+        );
 
         // The room's node dies; the room restarts on the other one with all of it.
         drop((alice, bob));
@@ -690,9 +677,9 @@ async fn reactions_edits_and_files_are_shared_by_the_nodes_and_survive_failover(
             (Some(true), Some(""))
         );
         let carol = token(room, "carol");
-        let (status, bytes) = download(c.node(live), &pic_path, &carol).await;
-        assert_eq!((status, bytes.as_slice()), (200, PNG.as_slice()));
-        let (status, bytes) = download(c.node(live), &doc_path, &carol).await;
+        let (status, bytes) = common::get(c.node(live), &pic_path, Some(&carol)).await;
+        assert_eq!((status, bytes.as_slice()), (200, common::PNG.as_slice()));
+        let (status, bytes) = common::get(c.node(live), &doc_path, Some(&carol)).await;
         assert!(
             status == 200 && bytes == big,
             "the large file after failover"
@@ -710,8 +697,10 @@ async fn files_past_their_retention_are_deleted_from_postgresql() {
         c.wait_registered().await;
         let room = "retention";
         let t = token(room, "alice");
-        let (_, old) = upload(c.node("n1"), room, &t, "old.txt", b"old".to_vec()).await;
-        let (_, new) = upload(c.node("n1"), room, &t, "new.txt", b"new".to_vec()).await;
+        let (_, old) =
+            common::upload(c.node("n1"), room, Some(&t), "old.txt", b"old".to_vec()).await;
+        let (_, new) =
+            common::upload(c.node("n1"), room, Some(&t), "new.txt", b"new".to_vec()).await;
         let (old, new) = (old["id"].as_str().unwrap(), new["id"].as_str().unwrap());
         // One file ages past the retention (30 days by default).
         let out = Command::new(tool("psql", "postgresql-client"))
@@ -747,14 +736,14 @@ async fn files_past_their_retention_are_deleted_from_postgresql() {
         );
         let old_path = format!("/api/rooms/{room}/files/{old}");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while download(&n2, &old_path, &t).await.0 != 404 {
+        while common::get(&n2, &old_path, Some(&t)).await.0 != 404 {
             assert!(Instant::now() < deadline, "the old file was not swept");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(download(c.node("n1"), &old_path, &t).await.0, 404);
+        assert_eq!(common::get(c.node("n1"), &old_path, Some(&t)).await.0, 404);
         let new_path = format!("/api/rooms/{room}/files/{new}");
         assert_eq!(
-            download(c.node("n1"), &new_path, &t).await,
+            common::get(c.node("n1"), &new_path, Some(&t)).await,
             (200, b"new".to_vec())
         );
     })

@@ -499,3 +499,50 @@ pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A 1 × 1 PNG (gets a thumbnail).
+#[allow(dead_code)] // for the tests that upload files
+pub const PNG: [u8; 70] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64, 0x60, 0xf8, 0x5f,
+    0x0f, 0x00, 0x02, 0x87, 0x01, 0x80, 0xeb, 0x47, 0xba, 0x92, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// `POST /api/rooms/{room}/files?name=NAME` on `server`, with `token` when given: the status
+/// and the JSON answer. The declared content type is deliberately wrong (the server sniffs).
+#[allow(dead_code)] // for the tests that upload files
+pub async fn upload(
+    server: &Server,
+    room: &str,
+    token: Option<&str>,
+    name: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/api/rooms/{room}/files?name={name}", server.url))
+        .header("content-type", "text/html") // ignored: the server sniffs
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("upload request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET path` on `server`, with `token` when given: the status and the bytes.
+#[allow(dead_code)] // for the tests that download files
+pub async fn get(server: &Server, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", server.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("download request");
+    let status = res.status().as_u16();
+    (
+        status,
+        res.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
+}
