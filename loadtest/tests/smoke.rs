@@ -1,7 +1,6 @@
 //! The load tester against the real server: a short audio run must join everyone, deliver media
 //! with no real loss, and measure join time and the server's cost.
 
-use std::process::Command;
 use std::time::Duration;
 
 mod common;
@@ -12,7 +11,8 @@ fn an_audio_run_with_two_publishers_and_two_listeners_delivers_everything() {
     let server = start_server(&[]);
     let report = server.data_dir.join("report.json");
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_huddle-loadtest"))
+    let out = server
+        .tester(&report)
         .args([
             "--scenario",
             "audio",
@@ -21,14 +21,9 @@ fn an_audio_run_with_two_publishers_and_two_listeners_delivers_everything() {
             "--subscribers",
             "2",
         ])
-        .args(["--duration", "5", "--warmup", "1", "--no-progress"])
-        .args(["--url", &server.url])
-        .arg("--token-secret-file")
-        .arg(server.data_dir.join("secret.key"))
+        .args(["--duration", "5", "--warmup", "1"])
         .arg("--server-pid")
         .arg(server.child.id().to_string())
-        .arg("--report")
-        .arg(&report)
         .output()
         .expect("the load tester runs");
     assert!(
@@ -65,16 +60,12 @@ fn an_audio_run_with_two_publishers_and_two_listeners_delivers_everything() {
 fn simulcast_viewers_with_small_medium_and_large_tiles_get_three_layers() {
     let server = start_server(&[]);
     let report = server.data_dir.join("report-mix.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_huddle-loadtest"))
+    let out = server
+        .tester(&report)
         .args(["--scenario", "livestream", "--subscribers", "3"])
         .args(["--simulcast", "3", "--video-kbps", "400"])
         .args(["--subscriber-mix", "small,medium,large"])
-        .args(["--duration", "8", "--warmup", "2", "--no-progress"])
-        .args(["--url", &server.url])
-        .arg("--token-secret-file")
-        .arg(server.data_dir.join("secret.key"))
-        .arg("--report")
-        .arg(&report)
+        .args(["--duration", "8", "--warmup", "2"])
         .output()
         .expect("the load tester runs");
     assert!(

@@ -12,7 +12,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -57,7 +57,8 @@ async fn ten_minutes_of_churn_leak_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_before = scrape(&server.url).await;
     let report = server.data_dir.join("soak.json");
-    let mut tester = Command::new(env!("CARGO_BIN_EXE_huddle-loadtest"))
+    let mut tester = server
+        .tester(&report)
         .args([
             "--scenario",
             "meeting",
@@ -68,14 +69,9 @@ async fn ten_minutes_of_churn_leak_nothing() {
         ])
         .args(["--video-kbps", "300", "--fps", "15", "--ramp-rate", "4"])
         .args(["--churn-per-minute", "30", "--churn-stay", "20"])
-        .args(["--duration", &seconds.to_string(), "--no-progress"])
-        .args(["--url", &server.url])
-        .arg("--token-secret-file")
-        .arg(server.data_dir.join("secret.key"))
+        .args(["--duration", &seconds.to_string()])
         .arg("--server-pid")
         .arg(server.child.id().to_string())
-        .arg("--report")
-        .arg(&report)
         .stdout(Stdio::piped())
         .spawn()
         .expect("the load tester starts");

@@ -2,7 +2,7 @@
 //! (and its data directory removed) on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The `huddle` binary of this workspace's target directory (built on demand when only this
@@ -88,5 +88,19 @@ pub fn start_server(extra: &[&str]) -> Server {
         child,
         url,
         data_dir,
+    }
+}
+
+impl Server {
+    /// The load tester aimed at this server: tokens signed with its secret, no progress bar, the
+    /// JSON report to `report`. The scenario's flags are the caller's.
+    pub fn tester(&self, report: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_huddle-loadtest"));
+        cmd.args(["--url", &self.url, "--no-progress"])
+            .arg("--token-secret-file")
+            .arg(self.data_dir.join("secret.key"))
+            .arg("--report")
+            .arg(report);
+        cmd
     }
 }
