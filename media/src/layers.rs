@@ -5,6 +5,13 @@
 //! (screen shares first), pausing the videos that do not fit, then raises videos one layer at a
 //! time, round robin, while the budget allows and up to each one's cap (the layer that fits the
 //! size at which the subscriber shows it, see [`layer_for_size`]).
+//!
+//! When the budget is only an estimate, one video is never paused for lack of it: the first
+//! screen share, or else the video shown largest, keeps its lowest layer. A downlink estimate
+//! below one low layer (some 50 to 150 kbit/s) comes far more often from random loss or jitter
+//! fooling the estimator than from a link that cannot carry it, and a frozen picture of the
+//! person talking is worse than a late one (Chrome's own sender does not suspend video
+//! either). An explicit cap ([`crate::Sfu::set_max_bitrate`]) is obeyed to the letter.
 
 /// How the core and the client name where a published track comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,18 +46,32 @@ pub struct Want {
 }
 
 /// For each want, the index of the layer it gets, or `None` (paused). `budget` is the
-/// subscriber's downlink estimate in bits per second; `audio` what its audio consumers take.
-pub fn allocate(budget: u64, audio: u64, wants: &[Want]) -> Vec<Option<usize>> {
+/// subscriber's downlink in bits per second; `audio` what its audio consumers take. With
+/// `keep_one` (the budget is an estimate, not a cap), one video keeps its lowest layer even
+/// when it does not fit (see the module's documentation).
+pub fn allocate(budget: u64, audio: u64, wants: &[Want], keep_one: bool) -> Vec<Option<usize>> {
     let mut left = budget.saturating_sub(audio);
     let mut out = vec![None; wants.len()];
     let mut order: Vec<usize> = (0..wants.len()).collect();
-    order.sort_by_key(|&i| !wants[i].priority);
+    // Screen shares first, then the videos shown largest (the most layers wanted).
+    order.sort_by_key(|&i| {
+        (
+            !wants[i].priority,
+            std::cmp::Reverse(wants[i].bitrates.last().copied().unwrap_or(0)),
+        )
+    });
     for &i in &order {
         if let Some(&low) = wants[i].bitrates.first() {
             if low <= left {
                 left -= low;
                 out[i] = Some(0);
             }
+        }
+    }
+    if keep_one && out.iter().all(Option::is_none) {
+        if let Some(&i) = order.iter().find(|&&i| !wants[i].bitrates.is_empty()) {
+            out[i] = Some(0);
+            left = 0;
         }
     }
     loop {
@@ -158,6 +179,7 @@ mod tests {
             10_000_000,
             100_000,
             &[want(&[150_000, 500_000, 1_500_000]), want(&[150_000])],
+            false,
         );
         assert_eq!(got, vec![Some(2), Some(0)]);
     }
@@ -168,11 +190,41 @@ mod tests {
             want(&[150_000, 500_000, 1_500_000]),
             want(&[150_000, 500_000, 1_500_000]),
         ];
-        assert_eq!(allocate(1_000_000, 100_000, &w), vec![Some(1), Some(0)]);
-        assert_eq!(allocate(450_000, 100_000, &w), vec![Some(0), Some(0)]);
-        assert_eq!(allocate(300_000, 100_000, &w), vec![Some(0), None]);
+        assert_eq!(
+            allocate(1_000_000, 100_000, &w, false),
+            vec![Some(1), Some(0)]
+        );
+        assert_eq!(
+            allocate(450_000, 100_000, &w, false),
+            vec![Some(0), Some(0)]
+        );
+        assert_eq!(allocate(300_000, 100_000, &w, false), vec![Some(0), None]);
         // Less than audio needs: every video paused; audio is not ours to pause.
-        assert_eq!(allocate(50_000, 100_000, &w), vec![None, None]);
+        assert_eq!(allocate(50_000, 100_000, &w, false), vec![None, None]);
+    }
+
+    #[test]
+    fn an_estimate_below_every_layer_still_leaves_the_largest_video_its_lowest_layer() {
+        let w = [
+            want(&[150_000, 500_000]),
+            want(&[150_000, 500_000, 1_500_000]),
+            want(&[]),
+        ];
+        assert_eq!(
+            allocate(50_000, 100_000, &w, true),
+            vec![None, Some(0), None]
+        );
+        // A screen share comes first.
+        let mut screen = want(&[800_000]);
+        screen.priority = true;
+        let w2 = [want(&[150_000, 500_000, 1_500_000]), screen];
+        assert_eq!(allocate(100_000, 40_000, &w2, true), vec![None, Some(0)]);
+        // Nothing is forced once something fits, and nothing for hidden tiles alone.
+        assert_eq!(
+            allocate(300_000, 100_000, &w, true),
+            vec![None, Some(0), None]
+        );
+        assert_eq!(allocate(0, 0, &[want(&[])], true), vec![None]);
     }
 
     #[test]
@@ -180,7 +232,7 @@ mod tests {
         let mut screen = want(&[800_000]);
         screen.priority = true;
         let w = [want(&[150_000, 500_000]), screen, want(&[])];
-        assert_eq!(allocate(900_000, 0, &w), vec![None, Some(0), None]);
+        assert_eq!(allocate(900_000, 0, &w, false), vec![None, Some(0), None]);
     }
 
     #[test]

@@ -261,10 +261,10 @@ impl Sfu {
                 video_idx.push(ci);
             }
             let estimate = sub.estimate.filter(|_| self.use_bandwidth_estimate);
-            let budget = estimate
-                .unwrap_or(u64::MAX)
-                .min(sub.max_bitrate.unwrap_or(u64::MAX));
-            let mut chosen = allocate(budget, audio, &wants);
+            let cap = sub.max_bitrate.unwrap_or(u64::MAX);
+            let budget = estimate.unwrap_or(u64::MAX).min(cap);
+            // Only an estimate (not a cap) below every layer leaves one video running.
+            let mut chosen = allocate(budget, audio, &wants, budget < cap);
             // Hysteresis against a bouncing estimate: after a downgrade for lack of bandwidth,
             // no consumer goes up a layer until the hold ends; an upgrade undone by congestion
             // within UPGRADE_TRIAL doubles the next hold (LiveKit's stream allocator backs off
