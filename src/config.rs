@@ -264,6 +264,9 @@ pub struct MediaSection {
     pub capture_path: Option<PathBuf>,
     /// Frames written to `capture_path` before it stops. Default 2000.
     pub capture_frames: usize,
+    /// Choose each subscriber's simulcast layers within its downlink bandwidth estimate. Off,
+    /// only tile sizes decide (a LAN where every link is fast). Default true.
+    pub bandwidth_estimate: bool,
 }
 
 impl Default for MediaSection {
@@ -275,6 +278,7 @@ impl Default for MediaSection {
             public_ip: None,
             capture_path: None,
             capture_frames: 2000,
+            bandwidth_estimate: true,
         }
     }
 }

@@ -443,6 +443,7 @@ async fn run(cfg: Config) -> Result<()> {
             }
             None => None,
         },
+        bandwidth_estimate: cfg.media.bandwidth_estimate,
     };
     let media =
         huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;

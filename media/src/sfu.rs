@@ -500,7 +500,8 @@ pub struct Sfu {
     metrics: MediaMetrics,
     /// Whether layers are chosen within str0m's downlink estimate (default). Off, only the tile
     /// sizes and [`Sfu::set_max_bitrate`] caps count: an ideal link, for tests on virtual time
-    /// whose zero-delay network the estimator does not model.
+    /// whose zero-delay network the estimator does not model, for browser tests of the tile
+    /// logic on a loaded machine, and for LANs where every link is fast (`media.bandwidth_estimate`).
     pub use_bandwidth_estimate: bool,
     next_allocation: Option<Instant>,
     /// Layers must be chosen again before the next output.

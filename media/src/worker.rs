@@ -31,6 +31,9 @@ pub struct MediaConfig {
     pub max_tracks_per_participant: usize,
     /// Debug capture of published frames (see [`crate::capture`]). Default: none.
     pub capture: Option<crate::capture::FrameCapture>,
+    /// Whether simulcast layers are chosen within each subscriber's downlink estimate (see
+    /// [`Sfu::use_bandwidth_estimate`]). Default `true`.
+    pub bandwidth_estimate: bool,
 }
 
 impl Default for MediaConfig {
@@ -44,6 +47,7 @@ impl Default for MediaConfig {
             public_ip: None,
             max_tracks_per_participant: 4,
             capture: None,
+            bandwidth_estimate: true,
         }
     }
 }
@@ -148,6 +152,7 @@ impl MediaHandle {
             if let Some(c) = &config.capture {
                 sfu.set_capture(c.clone());
             }
+            sfu.use_bandwidth_estimate = config.bandwidth_estimate;
             let running = RunningGuard::new(metrics.workers.clone());
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
