@@ -232,6 +232,7 @@ export class Call {
     for (const k of ['code', 'kind', 'muted', 'participant_id', 'reason', 'track_id']) if (k in msg) entry[k] = msg[k];
     if (msg.type === 'candidate') entry.candidate = String(msg.candidate).slice(0, 60);
     if (msg.track) entry.track = msg.track;
+    if (msg.type === 'video_sizes') entry.tracks = msg.tracks;
     if (msg.participant) entry.participant_id = msg.participant.participant_id;
     list.push(entry);
     if (list.length > 500) list.splice(0, list.length - 500);

@@ -78,8 +78,8 @@ export function logTail(log, n = 60) {
   return kept.slice(-n).join('\n');
 }
 
-export async function startServer(extraArgs = []) {
-  const started = await spawnHuddle(['--bind', '127.0.0.1:0', ...extraArgs], {}, server);
+export async function startServer(extraArgs = [], env = {}) {
+  const started = await spawnHuddle(['--bind', '127.0.0.1:0', ...extraArgs], env, server);
   return started.url;
 }
 
@@ -231,10 +231,35 @@ export async function inboundVideo(p) {
           trackIdentifier: r.trackIdentifier,
           nackCount: r.nackCount,
           packetsLost: r.packetsLost,
+          pliCount: r.pliCount,
+          freezeCount: r.freezeCount,
+          totalFreezesDuration: r.totalFreezesDuration,
         };
       }
     });
     return best;
+  });
+}
+
+// The camera layers a participant sends (getStats outbound-rtp, video): one entry per
+// simulcast layer, widest first, with what limits it (qualityLimitationReason: cpu, bandwidth).
+export async function outboundVideo(p) {
+  return p.page.evaluate(async () => {
+    const pc = window.huddle && window.huddle.pc;
+    if (!pc) return [];
+    const out = [];
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== 'outbound-rtp' || r.kind !== 'video') return;
+      out.push({
+        rid: r.rid,
+        frameWidth: r.frameWidth || 0,
+        framesEncoded: r.framesEncoded || 0,
+        framesPerSecond: r.framesPerSecond || 0,
+        active: r.active,
+        limitedBy: r.qualityLimitationReason,
+      });
+    });
+    return out.sort((a, b) => b.frameWidth - a.frameWidth);
   });
 }
 
