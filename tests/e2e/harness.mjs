@@ -263,6 +263,53 @@ export async function outboundVideo(p) {
   });
 }
 
+// What a subscriber receives of a publisher's camera and why: its inbound video, the layers the
+// publisher sends (outboundVideo) and the tile the subscriber last reported (video_sizes).
+export async function layerState(sub, pub) {
+  return {
+    bob: await inboundVideo(sub),
+    alice: await outboundVideo(pub),
+    tile: await sub.page.evaluate(() => {
+      const sent = (window.huddle.trace || []).filter((e) => e.type === 'video_sizes' && e.dir === 'out' && e.tracks);
+      const last = sent.length ? sent[sent.length - 1].tracks : [];
+      return last.reduce((a, t) => (t.width > a.width ? t : a), { width: 0, height: 0 });
+    }),
+  };
+}
+
+// The widest layer the publisher's browser is sending now (active, frames flowing).
+export const widestSent = (s) => Math.max(0, ...s.alice.filter((l) => l.active && l.framesPerSecond > 0).map((l) => l.frameWidth));
+
+// Whether the subscriber receives a layer that covers its tile (fitsTile). Should no layer
+// cover it (Chromium scales its layers down when its CPU or uplink is short), the widest the
+// publisher sends will do, once dynacast has had 2 s since `since` to resume it.
+export const coversTile = (s, since) =>
+  !!s.bob && s.tile.width > 0 &&
+  (fitsTile(s) || (Date.now() - since > 2000 && widestSent(s) > 0 && s.bob.frameWidth >= widestSent(s)));
+
+// Whether the received frames are large enough for the tile: at least 90 % of it each way, as
+// the server's layer_for_size reckons.
+export const fitsTile = (s) => !!s.bob && s.bob.frameWidth * 10 >= s.tile.width * 9 && s.bob.frameHeight * 10 >= s.tile.height * 9;
+
+export const layerText = (s) => `${s.bob.frameWidth}x${s.bob.frameHeight} for a ${s.tile.width}x${s.tile.height} tile`;
+
+// Frames the subscriber decodes of the publisher's camera over `seconds`, against about how
+// many the publisher encodes: its frame rate (outbound-rtp framesPerSecond of its busiest active
+// layer; lower when its CPU is short), summed each second. Per-layer frame counters start again
+// when dynacast pauses a layer, so they cannot be subtracted.
+export async function decodedVsSent(sub, pub, seconds) {
+  const v0 = await inboundVideo(sub);
+  let sent = 0;
+  let layers = [];
+  for (let i = 0; i < seconds; i++) {
+    await sleep(1000);
+    layers = await outboundVideo(pub);
+    sent += Math.max(0, ...layers.filter((l) => l.active).map((l) => l.framesPerSecond));
+  }
+  const v1 = await inboundVideo(sub);
+  return { decoded: v1.framesDecoded - v0.framesDecoded, sent, v0, v1, layers };
+}
+
 export function risingAudio(result) {
   return (result.streams || []).filter((s) => s.after > s.before);
 }

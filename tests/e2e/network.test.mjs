@@ -8,14 +8,14 @@
 //    media flow are cut) for 5 s; it comes back by itself, its video resumes for the others,
 //    and nobody saw it leave.
 // 3. A capped downlink: the subscriber gets a lower simulcast layer and keeps playing; when the
-//    cap lifts it returns to the top layer.
+//    cap lifts it returns to the layer its tile needs.
 //
 //   HUDDLE_BIN=target/release/huddle node --test tests/e2e/network.test.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, closeParticipant, joinRoom,
-  remoteVideos, isPlaying, inboundAudio, inboundVideo, outboundVideo, risingAudio, localMediaPorts, metricValue, startImpair,
+  remoteVideos, isPlaying, inboundAudio, inboundVideo, decodedVsSent, layerState, coversTile, fitsTile, layerText, risingAudio, localMediaPorts, metricValue, startImpair,
   cleanup, serverLogTail,
 } from './harness.mjs';
 
@@ -71,23 +71,11 @@ test('5 % loss, 100 ms delay and jitter: video decodes, audio flows, NACK and RT
   await impair.cmd('set all both loss=0.05 delay=100 jitter=20');
   note('impairment on: 5 % loss, 100 ms ± 20 ms each way, both directions');
   const kfHeld0 = await metricValue('huddle_keyframe_requests_suppressed_total');
-  // What Alice encodes in the window: her frame rate (outbound-rtp framesPerSecond of her
-  // busiest layer; lower when her CPU is short), summed each second. Her per-layer frame
-  // counters start again when dynacast pauses a layer, so they cannot be subtracted.
-  const v0 = await inboundVideo(bob);
-  let sent = 0;
-  let a1 = [];
-  for (let i = 0; i < 15; i++) {
-    await sleep(1000);
-    a1 = await outboundVideo(alice);
-    sent += Math.max(0, ...a1.filter((l) => l.active).map((l) => l.framesPerSecond));
-  }
-  const v1 = await inboundVideo(bob);
-  const decoded = v1.framesDecoded - v0.framesDecoded;
+  const { decoded, sent, v1, layers: a1 } = await decodedVsSent(bob, alice, 15);
   const kfHeld = (await metricValue('huddle_keyframe_requests_suppressed_total')) - kfHeld0;
   note(`Bob decoded ${decoded} frames in 15 s of about ${sent} Alice encoded (${v1.frameWidth} wide), NACKs sent ${v1.nackCount}, lost ${v1.packetsLost}, PLIs ${v1.pliCount}, freezes ${v1.freezeCount} (${v1.totalFreezesDuration} s), keyframe requests held back ${kfHeld}; Alice sends ${JSON.stringify(a1)}`);
   assert.ok(sent > 15 * 3, `Alice should keep encoding video (over 3 fps): ${JSON.stringify(a1)}`);
-  assert.ok(decoded >= 0.5 * sent, `video should keep decoding under loss (at least half the frames Alice encoded): ${JSON.stringify({ decoded, sent, v0, v1, a1 })}`);
+  assert.ok(decoded >= 0.5 * sent, `video should keep decoding under loss (at least half the frames Alice encoded): ${JSON.stringify({ decoded, sent, v1, a1 })}`);
   const vs = await remoteVideos(bob);
   assert.equal(vs.filter(isPlaying).length, 1, `Alice's video should still play at Bob: ${JSON.stringify(vs)}`);
   const audio = await inboundAudio(bob);
@@ -191,23 +179,26 @@ test('a participant whose network drops for 5 s comes back by itself; nobody see
   await Promise.all(all.map(closeParticipant));
 }));
 
-test('a capped downlink gets a lower simulcast layer and keeps playing; the top layer returns when the cap lifts', { timeout: 180_000 }, () => withLog(async () => {
+test('a capped downlink gets a lower simulcast layer and keeps playing; the layer the tile needs returns when the cap lifts', { timeout: 180_000 }, () => withLog(async () => {
   const room = newRoom('cap');
   const [alice, bob] = await Promise.all(['Alice', 'Bob'].map((n) => openParticipant(n)));
   for (const p of [alice, bob]) await joinRoom(p, `${base}/r/${room}`);
-  const top = await waitFor("Bob's large tile to receive Alice's top layer (frameWidth >= 640)", () => inboundVideo(bob), (v) => v && v.frameWidth >= 640, { timeout: 30_000, interval: 500 });
-  note(`uncapped: ${top.frameWidth} wide`);
+  let since = Date.now();
+  const top = await waitFor("Bob's tile to receive a layer that covers it", () => layerState(bob, alice), (s) => coversTile(s, since), { timeout: 30_000, interval: 500 });
+  note(`uncapped: ${layerText(top)}`);
   const ports = await localMediaPorts(bob);
   for (const port of ports) await impair.cmd(`set port=${port} down rate=250 queue=300`);
   note(`Bob's downlink capped at 250 kbit/s (ports ${ports.join(', ')})`);
   const capped = Date.now();
-  const low = await waitFor('Bob to receive a lower layer (frameWidth < 640)', () => inboundVideo(bob), (v) => v && v.frameWidth < 640, { timeout: 45_000, interval: 500 });
-  note(`capped: ${low.frameWidth} wide after ${Date.now() - capped} ms`);
-  const d0 = (await inboundVideo(bob)).framesDecoded;
-  await sleep(5000);
-  const d1 = await inboundVideo(bob);
-  assert.ok(d1.framesDecoded - d0 > 5 * 10, `video keeps playing under the cap (over 10 fps): ${d0} -> ${JSON.stringify(d1)}`);
-  assert.ok(d1.frameWidth < 640, `still the lower layer under the cap: ${JSON.stringify(d1)}`);
+  // A lower layer than the tile needs.
+  const low = await waitFor('Bob to receive a layer smaller than his tile', () => layerState(bob, alice), (s) => s.bob && s.tile.width > 0 && !fitsTile(s), { timeout: 45_000, interval: 500 });
+  note(`capped: ${layerText(low)} after ${Date.now() - capped} ms`);
+  const play = await decodedVsSent(bob, alice, 5);
+  note(`under the cap Bob decoded ${play.decoded} frames in 5 s of about ${play.sent} Alice encoded`);
+  assert.ok(play.sent > 5 * 3, `Alice should keep encoding video (over 3 fps): ${JSON.stringify(play.layers)}`);
+  assert.ok(play.decoded >= 0.5 * play.sent, `video keeps playing under the cap (at least half the frames Alice encoded): ${JSON.stringify(play)}`);
+  // No check that the lower layer holds for the whole 5 s: a layer whose real bitrate fits
+  // under the cap (Alice's encoder sends less when her CPU is short) may rightly come back.
   const audio = await inboundAudio(bob);
   assert.equal(risingAudio(audio).length, 1, `audio keeps arriving under the cap: ${JSON.stringify(audio)}`);
   const stats = JSON.parse((await impair.cmd('stats')).slice(3));
@@ -215,7 +206,8 @@ test('a capped downlink gets a lower simulcast layer and keeps playing; the top 
 
   for (const port of ports) await impair.cmd(`clear port=${port}`);
   const lifted = Date.now();
-  const back = await waitFor('Bob to return to the top layer (frameWidth >= 640)', () => inboundVideo(bob), (v) => v && v.frameWidth >= 640, { timeout: 90_000, interval: 500 });
-  note(`cap lifted: back to ${back.frameWidth} wide after ${Date.now() - lifted} ms`);
+  since = lifted;
+  const back = await waitFor("Bob to return to a layer that covers his tile", () => layerState(bob, alice), (s) => s.bob.frameWidth > low.bob.frameWidth && coversTile(s, since), { timeout: 90_000, interval: 500 });
+  note(`cap lifted: back to ${layerText(back)} after ${Date.now() - lifted} ms`);
   await Promise.all([alice, bob].map(closeParticipant));
 }));

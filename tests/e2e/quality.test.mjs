@@ -11,7 +11,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, sleep, waitFor, startServer, openParticipant, remoteVideos, isPlaying,
-  inboundVideo, outboundVideo, cleanup, serverLogTail,
+  layerState, coversTile, layerText, cleanup, serverLogTail,
 } from './harness.mjs';
 
 // getDisplayMedia without a picker: Chromium captures the (virtual) screen by itself.
@@ -38,31 +38,15 @@ test('simulcast follows the tile size; speakers, quality and a screen share show
     const [alice, bob] = people;
     await waitFor("Bob to play Alice's video", () => remoteVideos(bob), (vs) => vs.filter(isPlaying).length === 1, { timeout: MEDIA_TIMEOUT_MS, interval: 200 });
 
-    // 1. Simulcast: a large tile gets a layer that covers it (the server allows 10 %
-    //    upscaling), a small one a lower layer. The tile size is what Bob last reported
-    //    (video_sizes). Should no layer of Alice's cover the tile (Chromium scales its layers
-    //    down when its CPU or uplink is short), the widest she sends will do, once dynacast has
-    //    had 2 s to resume it.
-    const seen = async () => ({
-      bob: await inboundVideo(bob),
-      alice: await outboundVideo(alice),
-      tile: await bob.page.evaluate(() => {
-        const sent = (window.huddle.trace || []).filter((e) => e.type === 'video_sizes' && e.dir === 'out' && e.tracks);
-        const last = sent.length ? sent[sent.length - 1].tracks : [];
-        return last.reduce((a, t) => (t.width > a.width ? t : a), { width: 0, height: 0 });
-      }),
-    });
-    const widest = (s) => Math.max(0, ...s.alice.filter((l) => l.active && l.framesPerSecond > 0).map((l) => l.frameWidth));
-    const covers = (s, since) =>
-      !!s.bob && s.tile.width > 0 &&
-      ((s.bob.frameWidth * 1.1 >= s.tile.width && s.bob.frameHeight * 1.1 >= s.tile.height) ||
-        (Date.now() - since > 2000 && widest(s) > 0 && s.bob.frameWidth >= widest(s)));
-    const layerText = (s) => `${s.bob.frameWidth}x${s.bob.frameHeight} for a ${s.tile.width}x${s.tile.height} tile`;
+    // 1. Simulcast: a large tile gets a layer that covers it (see coversTile), a small one a
+    //    lower layer. The tile size is what Bob last reported (video_sizes).
+    const seen = () => layerState(bob, alice);
+    const covers = coversTile;
     // A full-HD window: Alice's tile needs her top layer.
     await bob.page.setViewportSize({ width: 1920, height: 1080 });
     let since = Date.now();
-    // Once Bob has reported the large tile (over 704 px, more than the middle 640 px layer covers).
-    const large = (s) => s.tile.width > 704;
+    // Once Bob has reported the large tile (over 711 px, more than the middle 640 px layer covers).
+    const large = (s) => s.tile.width > 711;
     const big = await waitFor("Bob's large tile to receive a layer that covers it", seen, (s) => large(s) && covers(s, since), { timeout: 30_000, interval: 500 });
     note(`large tile: Alice's video arrives at ${layerText(big)}; Alice sends ${JSON.stringify(big.alice)}`);
     await bob.page.setViewportSize({ width: 420, height: 320 });
