@@ -236,7 +236,7 @@ async fn to_owner(
             crate::cluster::refresh_settings(&state, &cluster, &room).await;
             next.run(req).await
         }
-        Ok(Some(url)) => forward(&url, req).await,
+        Ok(Some(url)) => forward(cluster.http(), &url, req).await,
         Err(e) => {
             tracing::warn!(error = %e, %room, "room API: the room's node could not be looked up");
             unavailable()
@@ -253,7 +253,7 @@ fn unavailable() -> Response {
 }
 
 /// Makes `req` on the node at `base` and returns its answer.
-async fn forward(base: &str, req: axum::extract::Request) -> Response {
+async fn forward(client: &reqwest::Client, base: &str, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
         return ApiFailure::BadRequest("request body too large".into()).into_response();
@@ -263,7 +263,6 @@ async fn forward(base: &str, req: axum::extract::Request) -> Response {
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let client = reqwest::Client::new();
     let mut out = client
         .request(parts.method.clone(), &url)
         .header(FORWARDED, "1")
@@ -369,7 +368,7 @@ async fn list_rooms(
         tracing::warn!(error = %e, "room list: nodes unknown");
         ApiFailure::Internal(SignalingError::Task(e.to_string()))
     })?;
-    let client = reqwest::Client::new();
+    let client = cluster.http();
     for node in nodes.iter().filter(|n| n.id != cluster.node_id()) {
         let mut req = client
             .get(format!("{}/api/rooms", node.url.trim_end_matches('/')))

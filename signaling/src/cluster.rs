@@ -169,6 +169,8 @@ struct ClusterInner {
     nodes_live: prometheus::IntGauge,
     node_info: prometheus::IntGaugeVec,
     heartbeats_failed: AtomicU64,
+    /// For the room API calls this node carries to other nodes (one pool of connections).
+    http: reqwest::Client,
 }
 
 impl Cluster {
@@ -224,8 +226,14 @@ impl Cluster {
                 refresh: Script::new(REFRESH),
                 release: Script::new(RELEASE),
                 heartbeats_failed: AtomicU64::new(0),
+                http: reqwest::Client::new(),
             }),
         })
+    }
+
+    /// The HTTP client for calls to other nodes (their connections are kept and reused).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
     }
 
     /// This node's id.
