@@ -215,8 +215,6 @@ pub struct Participant {
     pub joined_us: AtomicU64,
     /// `redirect` messages followed before `joined` (cluster mode).
     pub redirects: AtomicU64,
-    /// `error` messages the server sent it (a synthetic participant never errs on purpose).
-    pub server_errors: AtomicU64,
     /// The base URL of the node that answered `joined`.
     pub node_url: Mutex<Option<String>>,
 }
@@ -240,7 +238,6 @@ impl Participant {
             signal_start_us: AtomicU64::new(0),
             joined_us: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
-            server_errors: AtomicU64::new(0),
             node_url: Mutex::new(None),
         }
     }
