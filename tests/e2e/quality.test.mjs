@@ -41,13 +41,12 @@ test('simulcast follows the tile size; speakers, quality and a screen share show
     // 1. Simulcast: a large tile gets a layer that covers it (see coversTile), a small one a
     //    lower layer. The tile size is what Bob last reported (video_sizes).
     const seen = () => layerState(bob, alice);
-    const covers = coversTile;
     // A full-HD window: Alice's tile needs her top layer.
     await bob.page.setViewportSize({ width: 1920, height: 1080 });
     let since = Date.now();
     // Once Bob has reported the large tile (over 711 px, more than the middle 640 px layer covers).
     const large = (s) => s.tile.width > 711;
-    const big = await waitFor("Bob's large tile to receive a layer that covers it", seen, (s) => large(s) && covers(s, since), { timeout: 30_000, interval: 500 });
+    const big = await waitFor("Bob's large tile to receive a layer that covers it", seen, (s) => large(s) && coversTile(s, since), { timeout: 30_000, interval: 500 });
     note(`large tile: Alice's video arrives at ${layerText(big)}; Alice sends ${JSON.stringify(big.alice)}`);
     await bob.page.setViewportSize({ width: 420, height: 320 });
     const small = await waitFor(
@@ -64,7 +63,7 @@ test('simulcast follows the tile size; speakers, quality and a screen share show
     note(`Alice got ${layers.length} layers messages`);
     await bob.page.setViewportSize({ width: 1920, height: 1080 });
     since = Date.now();
-    const back = await waitFor("Bob's tile, large again, to get a layer that covers it", seen, (s) => large(s) && s.bob.frameWidth > small.bob.frameWidth && covers(s, since), { timeout: 20_000, interval: 500 });
+    const back = await waitFor("Bob's tile, large again, to get a layer that covers it", seen, (s) => large(s) && s.bob.frameWidth > small.bob.frameWidth && coversTile(s, since), { timeout: 20_000, interval: 500 });
     note(`large again: ${layerText(back)}`);
 
     // 2. Active speaker: both fake microphones beep; Bob mutes his. The server names Alice,
