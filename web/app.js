@@ -434,6 +434,7 @@ function startCall({ room, token, stream, join, name, password }) {
           onLeave: () => leave(),
           onSendChat: (text) => (mod ? mod.sendChat(text) : !!call.sendChat(text)),
           onVideoSizes: (tracks) => call.sendVideoSizes(tracks),
+          trackId: (track) => call.trackId(track),
           onToggleScreen: () => toggleScreen(call),
           canShareScreen: canPublish && !!navigator.mediaDevices && typeof navigator.mediaDevices.getDisplayMedia === 'function',
           onRemoteFrame: () => {
@@ -507,6 +508,9 @@ function startCall({ room, token, stream, join, name, password }) {
         if (!view) return;
         view.attachTrack(participantId, track, receiver);
         remoteStream.onremovetrack = (ev) => view.removeTrack(participantId, ev.track);
+      },
+      untrack(participantId, track) {
+        view?.removeTrack(participantId, track);
       },
       participantJoined(p) {
         if (!view || !p) return;

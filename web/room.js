@@ -208,6 +208,11 @@ export class RoomView {
     this.renderTile(tile);
   }
 
+  // The server's id of a remote track (m-lines are reused: not always its msid).
+  tid(track) {
+    return this.opts.trackId ? this.opts.trackId(track) : track && track.id;
+  }
+
   trackPublished(id, track) {
     const tile = this.ensureTile(id);
     if (tile && track && track.track_id) this.noteTrack(tile, track);
@@ -222,7 +227,7 @@ export class RoomView {
     if (parked) {
       this.parkedTracks.delete(track.track_id);
       this.attachTrack(parked.streamId, parked.track, parked.receiver);
-    } else if (track.source === 'screen' && tile.videoTrack && tile.videoTrack.id === track.track_id) {
+    } else if (track.source === 'screen' && tile.videoTrack && this.tid(tile.videoTrack) === track.track_id) {
       const screen = tile.videoTrack;
       const camera = tile.prevVideoTrack;
       this.detachKind(tile, 'video');
@@ -248,15 +253,15 @@ export class RoomView {
       if (track.kind === 'video' && tile.videoTrack === track) this.detachKind(tile, 'video');
       if (track.kind === 'audio' && tile.audioTrack === track) this.detachKind(tile, 'audio');
     };
-    if (track.kind === 'video' && this.trackSources.get(track.id) === 'screen') {
+    if (track.kind === 'video' && this.trackSources.get(this.tid(track)) === 'screen') {
       this.attachScreen(streamId, track);
       return;
     }
-    if (track.kind === 'video' && !this.trackSources.has(track.id)) {
+    if (track.kind === 'video' && !this.trackSources.has(this.tid(track))) {
       const cur = tile.videoTrack;
-      if (cur && cur !== track && this.trackSources.get(cur.id) === 'camera') {
+      if (cur && cur !== track && this.trackSources.get(this.tid(cur)) === 'camera') {
         // Keep the camera until track_published says what this one is (often a screen).
-        this.parkedTracks.set(track.id, { streamId, track, receiver });
+        this.parkedTracks.set(this.tid(track), { streamId, track, receiver });
         return;
       }
     }
@@ -427,10 +432,10 @@ export class RoomView {
     };
     const tracks = [];
     const add = (track, elem, shown) => {
-      if (!track || !track.id) return;
+      if (!track || !this.tid(track)) return;
       const ok = shown && visible(elem);
       tracks.push({
-        track_id: track.id,
+        track_id: this.tid(track),
         width: ok ? Math.round(elem.clientWidth * dpr) : 0,
         height: ok ? Math.round(elem.clientHeight * dpr) : 0,
       });

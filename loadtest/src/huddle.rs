@@ -216,6 +216,7 @@ pub async fn run(
 
     // The video tracks whose tile size was reported (with a tile in the role).
     let mut sized: Vec<String> = Vec::new();
+    let mut slots_seen = false;
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
     let result: Result<()> = async { loop {
@@ -235,21 +236,23 @@ pub async fn run(
                         let offer = m["sdp"].as_str().unwrap_or_default().to_string();
                         let sdp = peer::answer_offer(&pc, offer.clone(), false).await?;
                         tx.send(send(json!({"type": "answer", "sdp": sdp}))).await?;
-                        if let Some(tile) = &p.role.tile {
-                            // Every video track it receives is shown at the role's tile size.
-                            let new: Vec<String> = video_track_ids(&offer)
-                                .into_iter()
-                                .filter(|t| !sized.contains(t))
-                                .collect();
-                            if !new.is_empty() {
-                                let tracks: Vec<Value> = new
-                                    .iter()
-                                    .map(|t| json!({"track_id": t, "width": tile.width, "height": tile.height}))
-                                    .collect();
-                                tx.send(send(json!({"type": "video_sizes", "tracks": tracks}))).await?;
-                                sized.extend(new);
-                            }
+                        p.note_sdp(offer.len());
+                        if !slots_seen {
+                            // A server that does not send media_slots: the msids say it.
+                            size_tracks(&mut tx, &p, &mut sized, video_track_ids(&offer)).await?;
                         }
+                    }
+                    Some("media_slots") => {
+                        slots_seen = true;
+                        // What each receiving m-line carries now (free m-lines are reused).
+                        let new: Vec<String> = m["slots"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|s| s["kind"] == "video")
+                            .filter_map(|s| s["track_id"].as_str().map(str::to_string))
+                            .collect();
+                        size_tracks(&mut tx, &p, &mut sized, new).await?;
                     }
                     Some("layers") => {
                         // Dynacast: one video track per participant here, so its track_id is ours.
@@ -277,6 +280,35 @@ pub async fn run(
     let _ = tx.send(send(json!({"type": "leave"}))).await;
     let _ = pc.close().await;
     result
+}
+
+/// Reports the role's tile size for the video tracks in `tracks` not reported yet (every
+/// video track it receives is shown at that size).
+async fn size_tracks<S>(
+    tx: &mut S,
+    p: &Participant,
+    sized: &mut Vec<String>,
+    tracks: Vec<String>,
+) -> Result<()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(tile) = &p.role.tile else {
+        return Ok(());
+    };
+    let new: Vec<String> = tracks.into_iter().filter(|t| !sized.contains(t)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<Value> = new
+        .iter()
+        .map(|t| json!({"track_id": t, "width": tile.width, "height": tile.height}))
+        .collect();
+    let msg = json!({"type": "video_sizes", "tracks": list}).to_string();
+    tx.send(Message::Text(msg.into())).await?;
+    sized.extend(new);
+    Ok(())
 }
 
 async fn next_json<S>(rx: &mut S) -> Result<Option<Value>>

@@ -101,24 +101,32 @@ pub fn encode_voice(seconds: f32, bitrate: i32) -> Result<Vec<Vec<u8>>> {
 pub struct Stamp {
     /// Packet (audio) or frame (video) number in its stream, from 0.
     pub n: u32,
-    /// Send time, µs on the [`now_us`] clock.
+    /// Send time, µs on the [`now_us`] clock (below 2^48: 8.9 years).
     pub ts_us: u64,
+    /// A random tag of the sending stream, in the top 16 bits of the time field: a receiver
+    /// whose m-line the server gave to another publisher sees it change (see `media_slots`).
+    pub stream: u16,
 }
 
 /// Bytes a [`Stamp`] takes.
 pub const STAMP_LEN: usize = 12;
+/// The send time's bits in a stamp's time field.
+const TS_MASK: u64 = (1 << 48) - 1;
 
 impl Stamp {
     fn write(self, p: &mut Vec<u8>) {
         p.extend_from_slice(&self.n.to_be_bytes());
-        p.extend_from_slice(&self.ts_us.to_be_bytes());
+        let t = (self.ts_us & TS_MASK) | (u64::from(self.stream) << 48);
+        p.extend_from_slice(&t.to_be_bytes());
     }
 
     fn read_tail(payload: &[u8]) -> Option<Stamp> {
         let t = payload.get(payload.len().checked_sub(STAMP_LEN)?..)?;
+        let time = u64::from_be_bytes(t[4..].try_into().ok()?);
         Some(Stamp {
             n: u32::from_be_bytes(t[..4].try_into().ok()?),
-            ts_us: u64::from_be_bytes(t[4..].try_into().ok()?),
+            ts_us: time & TS_MASK,
+            stream: (time >> 48) as u16,
         })
     }
 }
@@ -284,6 +292,7 @@ mod tests {
         let mut pcm = [0i16; 5760];
         for (i, f) in frames.iter().enumerate() {
             let stamp = Stamp {
+                stream: 0xbeef,
                 n: i as u32,
                 ts_us: 1_000_000 + i as u64,
             };
@@ -305,7 +314,11 @@ mod tests {
     #[test]
     fn vp8_frames_split_under_the_mtu_and_mark_key_frames() {
         let mut src = Vp8Source::default();
-        let stamp = |n| Stamp { n, ts_us: 42 };
+        let stamp = |n| Stamp {
+            n,
+            ts_us: 42,
+            stream: 7,
+        };
         let key = src.frame(5000, true, stamp(7));
         assert!(key.len() >= 5);
         assert!(key.iter().all(|p| p.len() <= MAX_PAYLOAD));

@@ -217,6 +217,8 @@ pub struct Participant {
     pub redirects: AtomicU64,
     /// The base URL of the node that answered `joined`.
     pub node_url: Mutex<Option<String>>,
+    /// The largest server offer it received, in bytes.
+    pub max_sdp_bytes: AtomicU64,
 }
 
 impl Participant {
@@ -239,7 +241,14 @@ impl Participant {
             joined_us: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
             node_url: Mutex::new(None),
+            max_sdp_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Records the size of a server offer.
+    pub fn note_sdp(&self, bytes: usize) {
+        self.max_sdp_bytes
+            .fetch_max(bytes as u64, Ordering::Relaxed);
     }
 
     /// Records the join step reached.
@@ -520,11 +529,12 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
         RTPCodecType::Video => (Kind::Video, 90_000),
         _ => (Kind::Audio, 48_000),
     };
-    let rx = Arc::new(Mutex::new(TrackRx::new(
+    let mut rx = Arc::new(Mutex::new(TrackRx::new(
         kind,
         track.stream_id(),
         clock_rate,
     )));
+    let mut stream: Option<u16> = None;
     p.tracks.lock().expect("tracks lock").push(rx.clone());
     let mut buf = vec![0u8; 1500];
     while let Ok((pkt, _)) = track.read(&mut buf).await {
@@ -542,6 +552,19 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
             Kind::Video if pkt.header.marker => media::vp8_stamp(payload),
             Kind::Video => None,
         };
+        if let Some(s) = stamp {
+            // The server gave this m-line to another publisher (a free slot reused): count
+            // the new stream on its own.
+            if stream.is_some_and(|t| t != s.stream) {
+                rx = Arc::new(Mutex::new(TrackRx::new(
+                    kind,
+                    format!("{}#{:04x}", track.stream_id(), s.stream),
+                    clock_rate,
+                )));
+                p.tracks.lock().expect("tracks lock").push(rx.clone());
+            }
+            stream = Some(s.stream);
+        }
         let key = kind == Kind::Video && media::vp8_is_keyframe_start(payload);
         if key {
             Participant::mark(&p.first_keyframe_us);
@@ -594,6 +617,9 @@ pub fn start_publishing(
                 }
             }
             Kind::Video => {
+                // One stamp tag for all layers of the track: a subscriber moved between layers
+                // stays on one stream.
+                let stream: u16 = rand::random();
                 for (rid, div, track) in p.layers {
                     let keyframe_wanted = Arc::new(AtomicBool::new(false));
                     tokio::spawn(read_feedback(
@@ -613,7 +639,7 @@ pub fn start_publishing(
                         opts,
                         Vp8Source::new(size.0, size.1),
                         (rid, switch.clone()),
-                        keyframe_wanted,
+                        (keyframe_wanted, stream),
                         ctx.totals.clone(),
                         stop.clone(),
                     ));
@@ -647,6 +673,7 @@ async fn send_audio(
     // Publishers start at different points of the loop, like different voices.
     let mut i: usize = rand::random::<u32>() as usize % frames.len().max(1);
     let mut n: u64 = 0;
+    let stream: u16 = rand::random();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     // Burst: a late tick is caught up, so the long-run rate is exact.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -655,6 +682,7 @@ async fn send_audio(
         let stamp = Stamp {
             n: n as u32,
             ts_us: now_us(),
+            stream,
         };
         let payload = media::opus_with_stamp(&frames[i % frames.len()], stamp);
         if track.write_rtp(&rtp(seq, ts, false, payload)).await.is_ok() {
@@ -672,7 +700,7 @@ async fn send_video(
     opts: MediaOpts,
     mut src: Vp8Source,
     (rid, switch): (&'static str, Arc<LayerSwitch>),
-    keyframe_wanted: Arc<AtomicBool>,
+    (keyframe_wanted, stream): (Arc<AtomicBool>, u16),
     totals: Arc<Totals>,
     stop: watch::Receiver<bool>,
 ) {
@@ -704,6 +732,7 @@ async fn send_video(
         let stamp = Stamp {
             n: n as u32,
             ts_us: now_us(),
+            stream,
         };
         let packets = src.frame(size, key, stamp);
         let last = packets.len() - 1;

@@ -12,9 +12,9 @@
 //!   and one [`Sfu`]. Signaling talks to it through [`MediaHandle`] commands; per-participant
 //!   [`PeerEvent`]s come back on a channel the participant's session gave at creation.
 //!
-//! Rooms are pinned to a worker by a hash of their name, so the per-packet path (socket read →
-//! `Sfu::handle_receive` → writes into the subscribers' `Rtc`s → socket writes) runs on one thread
-//! with no lock and no channel.
+//! A room is placed on the least-loaded worker when it starts and stays there, so the
+//! per-packet path (a batched socket read → `Sfu::handle_receive` → writes into the
+//! subscribers' `Rtc`s → batched socket writes) runs on one thread with no lock and no channel.
 //!
 //! ## What the core does per packet
 //! A datagram is demultiplexed by its source address (learned from ICE connectivity checks),
@@ -41,7 +41,7 @@ pub use ids::{ParticipantId, TrackId};
 pub use layers::{Quality, Source};
 pub use metrics::MediaMetrics;
 pub use sfu::{
-    CloseReason, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, TrackKind,
+    CloseReason, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, SlotInfo, SlotTrack, TrackKind,
     KEYFRAME_MIN_INTERVAL,
 };
 pub use speakers::Speaker;

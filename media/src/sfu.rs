@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid, Rids,
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid,
+    Rids,
 };
 use str0m::net::{Protocol, Receive};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
@@ -19,6 +20,10 @@ use crate::speakers::{Speaker, SpeakerDetector};
 use crate::{MediaError, ParticipantId, TrackId};
 
 mod allocation;
+mod negotiation;
+mod timers;
+
+use timers::{PeerTimer, Timers};
 
 /// A publisher is asked for a keyframe at most this often per track, however many subscribers
 /// ask (new consumers, PLI/FIR from subscribers, gaps in the incoming stream).
@@ -44,6 +49,11 @@ const LAYER_RESUME_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a connection may stay without completing ICE and DTLS before it is closed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection's timeout due within this much of now is fed at once (see `Sfu::drive`).
+const PACER_SLACK: Duration = Duration::from_micros(500);
+/// At most this many timeouts fed at once per connection and drive: its share of the loop.
+const MAX_SPINS: u32 = 512;
 
 /// Settings of one [`Sfu`].
 #[derive(Clone, Debug)]
@@ -132,6 +142,13 @@ pub enum PeerEvent {
         /// Camera, microphone or screen (from the client's offer; by kind otherwise).
         source: Source,
     },
+    /// What some of this participant's receiving m-lines (slots) carry now. Sent before the
+    /// offer that adds slots, and whenever a slot is freed by a departed producer or given to a
+    /// new one without an offer. A slot's `a=msid` names only the first track it carried.
+    Slots {
+        /// The slots that changed.
+        slots: Vec<SlotInfo>,
+    },
     /// Dynacast: the simulcast layers (rids) of this participant's track that someone watches.
     /// The client keeps those encodings active and pauses the others.
     Layers {
@@ -163,6 +180,28 @@ pub enum PeerEvent {
         /// Why.
         reason: CloseReason,
     },
+}
+
+/// One receiving m-line of a participant and what it carries (see [`PeerEvent::Slots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The m-line's mid.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// The track on it; `None`: free (its last producer left).
+    pub track: Option<SlotTrack>,
+}
+
+/// A track carried by a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotTrack {
+    /// The publisher.
+    pub participant: ParticipantId,
+    /// The producer's id.
+    pub track_id: TrackId,
+    /// Camera, microphone or screen.
+    pub source: Source,
 }
 
 /// What the core wants its driver to do.
@@ -321,6 +360,13 @@ struct Consumer {
     target: Option<Option<Rid>>,
     /// How many keyframes the subscriber may still ask for (see [`KeyframeBudget`]).
     keyframes: KeyframeBudget,
+    /// Camera, microphone or screen (the producer's).
+    source: Source,
+    /// Its place in the subscriber's send slots, once it has one.
+    slot: Option<usize>,
+    /// Added to the producer's RTP times so that they go on from what the slot carried before
+    /// (`None` until the first frame is written).
+    ts_offset: Option<i64>,
 }
 
 /// A subscriber's keyframe requests for one consumer. A decoder that works asks for a keyframe
@@ -379,32 +425,64 @@ impl Consumer {
             current: None,
             target: None,
             keyframes: KeyframeBudget::default(),
+            source: prod.source,
+            slot: None,
+            ts_offset: None,
         }
     }
+
+    /// The RTP time to write a frame of the producer at `t` with, on its slot: the producer's
+    /// own times, shifted once so that a reused slot's timestamps go on from the last frame the
+    /// slot carried (as much later as the wall clock moved), never back.
+    fn out_time(&mut self, slot: &Slot, t: MediaTime, now: Instant) -> MediaTime {
+        let offset = *self
+            .ts_offset
+            .get_or_insert_with(|| match slot.last_written {
+                None => 0,
+                Some((last, at)) => {
+                    let hz = u64::from(t.frequency().get());
+                    let last = last.rebase(t.frequency()).numer();
+                    let ticks = (now.saturating_duration_since(at).as_micros() as u64 * hz
+                        / 1_000_000)
+                        .max(1);
+                    (last + ticks) as i64 - t.numer() as i64
+                }
+            });
+        let numer = (t.numer() as i64).saturating_add(offset).max(0) as u64;
+        MediaTime::new(numer, t.frequency())
+    }
+}
+
+/// One send m-line of a subscriber's connection. A subscriber's slots are a pool: a consumer
+/// takes a free slot of its kind, and a departed producer's slot is freed for the next one,
+/// so the SDP grows only with the most tracks sent at once, not with the meeting's history.
+#[derive(Debug)]
+struct Slot {
+    mid: Mid,
+    kind: MediaKind,
+    /// Answered by the client: media may be written to it.
+    open: bool,
+    /// The consumer it carries: (publisher, producer mid).
+    consumer: Option<(ParticipantId, Mid)>,
+    /// RTP time and wall clock of the last frame written to it.
+    last_written: Option<(MediaTime, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConsumerState {
-    /// Waiting to be put in an offer.
+    /// Waiting for a slot: a free one, or a new m-line in the next offer.
     ToOpen,
-    /// In an offer that is waiting for its answer.
+    /// On a new m-line in an offer that is waiting for its answer.
     Negotiating(Mid),
-    /// Negotiated: media is written to it.
+    /// On a negotiated slot: media is written to it.
     Open(Mid),
-    /// Its producer is gone: waiting to be stopped in an offer.
-    ToStop(Mid),
-    /// Stopped in an offer that is waiting for its answer.
-    Stopping(Mid),
 }
 
 impl ConsumerState {
     fn mid(self) -> Option<Mid> {
         match self {
             ConsumerState::ToOpen => None,
-            ConsumerState::Negotiating(m)
-            | ConsumerState::Open(m)
-            | ConsumerState::ToStop(m)
-            | ConsumerState::Stopping(m) => Some(m),
+            ConsumerState::Negotiating(m) | ConsumerState::Open(m) => Some(m),
         }
     }
 }
@@ -417,6 +495,12 @@ struct Peer {
     grants: Grants,
     producers: Vec<Producer>,
     consumers: Vec<Consumer>,
+    /// `consumers` by (publisher, producer mid): the fan-out's lookup.
+    consumer_index: HashMap<(ParticipantId, Mid), usize>,
+    /// Its send m-lines (see [`Slot`]).
+    slots: Vec<Slot>,
+    /// Slots whose contents changed since the last [`PeerEvent::Slots`].
+    slots_changed: Vec<usize>,
     pending: Option<SdpPendingOffer>,
     /// The SDP of `pending`, re-sent when the client resumes (it may have been lost).
     pending_sdp: Option<String>,
@@ -428,7 +512,7 @@ struct Peer {
     /// retransmissions by a look at the (unencrypted) SSRC of each SRTP packet.
     rtx_in: Vec<u32>,
     rtx_out: Vec<u32>,
-    next_timeout: Instant,
+    timer: PeerTimer,
     dirty: bool,
     connected: bool,
     created: Instant,
@@ -460,6 +544,14 @@ struct Peer {
 }
 
 impl Peer {
+    /// Rebuilds `consumer_index` after `consumers` changed.
+    fn reindex(&mut self) {
+        self.consumer_index.clear();
+        for (i, c) in self.consumers.iter().enumerate() {
+            self.consumer_index.insert((c.publisher, c.producer_mid), i);
+        }
+    }
+
     /// Whether the producer on `mid` is of a paused kind.
     fn is_paused(&self, mid: Mid) -> bool {
         !self.paused.is_empty()
@@ -508,6 +600,12 @@ pub struct Sfu {
     realloc: bool,
     /// Debug capture of published frames (`media.capture_path`).
     capture: Option<crate::capture::FrameCapture>,
+    /// Every connection's next timeout.
+    timers: Timers,
+    /// Scratch list of connections whose timeout is due.
+    due: Vec<ParticipantId>,
+    /// The earliest postponed keyframe request (see [`Layer::keyframe_pending`]).
+    postponed_keyframes: Option<Instant>,
 }
 
 impl Sfu {
@@ -540,6 +638,9 @@ impl Sfu {
             next_allocation: None,
             realloc: false,
             capture: None,
+            timers: Timers::default(),
+            due: Vec::new(),
+            postponed_keyframes: None,
         }
     }
 
@@ -634,13 +735,16 @@ impl Sfu {
                 grants,
                 producers: Vec::new(),
                 consumers,
+                consumer_index: HashMap::new(),
+                slots: Vec::new(),
+                slots_changed: Vec::new(),
                 pending: None,
                 pending_sdp: None,
                 ice_restart: false,
                 addrs: Vec::new(),
                 rtx_in: Vec::new(),
                 rtx_out: Vec::new(),
-                next_timeout: now,
+                timer: PeerTimer::new(now),
                 dirty: false,
                 connected: false,
                 created: now,
@@ -662,6 +766,9 @@ impl Sfu {
                 paused: Vec::new(),
             },
         );
+        if let Some(p) = self.peers.get_mut(&participant) {
+            p.reindex();
+        }
         self.out.push_back(Output::Event(
             participant,
             PeerEvent::Answer {
@@ -701,12 +808,11 @@ impl Sfu {
                 }
             }
         }
-        let before = peer.consumers.len();
-        peer.consumers
-            .retain(|c| !matches!(c.state, ConsumerState::Stopping(_)));
-        self.metrics
-            .subscriptions
-            .sub((before - peer.consumers.len()) as i64);
+        // Every slot was in that offer; the ones whose producer left meanwhile are now free
+        // (and taken by waiting consumers in `negotiate_if_needed`).
+        for slot in &mut peer.slots {
+            slot.open = true;
+        }
         self.mark_dirty(participant);
         self.drive(now);
         Ok(())
@@ -845,13 +951,9 @@ impl Sfu {
 
     /// Time has passed: call when [`Sfu::poll_timeout`] is reached (calling more often is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ParticipantId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for pid in due {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.pop_due(now, &mut self.peers, &mut due);
+        for pid in due.drain(..) {
             let mut timed_out = false;
             if let Some(peer) = self.peers.get_mut(&pid) {
                 if !peer.connected && now.duration_since(peer.created) > CONNECT_TIMEOUT {
@@ -866,6 +968,7 @@ impl Sfu {
                 self.mark_dirty(pid);
             }
         }
+        self.due = due;
         self.send_postponed_keyframe_requests(now);
         self.room_ticks(now);
         self.drive(now);
@@ -873,6 +976,10 @@ impl Sfu {
 
     /// Sends the keyframe requests that were held back by [`KEYFRAME_MIN_INTERVAL`] and are due.
     fn send_postponed_keyframe_requests(&mut self, now: Instant) {
+        if self.postponed_keyframes.is_none_or(|t| t > now) {
+            return;
+        }
+        self.postponed_keyframes = None;
         let mut due = Vec::new();
         for (pid, peer) in &self.peers {
             for producer in &peer.producers {
@@ -880,6 +987,9 @@ impl Sfu {
                     if let (Some(kind), Some(at)) = (layer.keyframe_pending, layer.keyframe_due()) {
                         if at <= now {
                             due.push((*pid, producer.mid, layer.rid, kind));
+                        } else {
+                            self.postponed_keyframes =
+                                Some(self.postponed_keyframes.map_or(at, |t| t.min(at)));
                         }
                     }
                 }
@@ -892,25 +1002,23 @@ impl Sfu {
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let peers = self.peers.values().map(|p| p.next_timeout).min()?;
+        let peers = self.timers.next()?;
         let rooms = self
             .routers
             .values()
             .map(|r| r.speakers.next_tick().min(r.next_quality))
             .min();
-        let keyframes = self
-            .peers
-            .values()
-            .flat_map(|p| &p.producers)
-            .flat_map(|p| &p.layers)
-            .filter_map(Layer::keyframe_due)
-            .min();
         Some(
-            [Some(peers), rooms, self.next_allocation, keyframes]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(peers),
+            [
+                Some(peers),
+                rooms,
+                self.next_allocation,
+                self.postponed_keyframes,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(peers),
         )
     }
 
@@ -939,6 +1047,7 @@ impl Sfu {
             };
             peer.dirty = false;
             self.negotiate_if_needed(pid);
+            let mut spins = 0;
             while let Some(peer) = self.peers.get_mut(&pid) {
                 if !peer.rtc.is_alive() {
                     self.close(pid, CloseReason::Failed);
@@ -946,7 +1055,20 @@ impl Sfu {
                 }
                 let event = match peer.rtc.poll_output() {
                     Ok(str0m::Output::Timeout(t)) => {
-                        peer.next_timeout = t;
+                        // str0m's pacer releases one packet per timeout and asks for the next
+                        // one a microsecond later. Fed through the driver's millisecond timer,
+                        // that caps every connection at ~1,000 packets/s and queues the rest;
+                        // so a timeout due within PACER_SLACK is fed here and now, at the time
+                        // str0m asked for (never behind its clock, at most PACER_SLACK ahead
+                        // of ours).
+                        if t <= now + PACER_SLACK && spins < MAX_SPINS {
+                            spins += 1;
+                            if let Err(e) = peer.rtc.handle_input(Input::Timeout(t.max(now))) {
+                                tracing::debug!(participant = %pid, error = %e, "timeout handling failed");
+                            }
+                            continue;
+                        }
+                        self.timers.schedule(pid, &mut peer.timer, t);
                         break;
                     }
                     Ok(str0m::Output::Transmit(t)) => {
@@ -1081,10 +1203,8 @@ impl Sfu {
             }
             if let (Some(sub), Some(template)) = (self.peers.get_mut(&other), prod.as_ref()) {
                 if sub.grants.subscribe {
-                    sub.consumers.push(Consumer {
-                        state: ConsumerState::ToOpen,
-                        ..template.clone()
-                    });
+                    sub.consumers.push(template.clone());
+                    sub.reindex();
                     self.metrics.subscriptions.inc();
                     self.metrics.subscriptions_total.inc();
                     self.mark_dirty(other);
@@ -1127,14 +1247,14 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&sub_id) else {
                 continue;
             };
-            let Some(c) = sub
-                .consumers
-                .iter_mut()
-                .find(|c| c.publisher == publisher && c.producer_mid == data.mid)
-            else {
+            let Some(&ci) = sub.consumer_index.get(&(publisher, data.mid)) else {
                 continue;
             };
+            let c = &mut sub.consumers[ci];
             let ConsumerState::Open(mid) = c.state else {
+                continue;
+            };
+            let Some(slot) = c.slot.and_then(|i| sub.slots.get_mut(i)) else {
                 continue;
             };
             // Video goes out only on its chosen layer, and changes layer (or starts) only at
@@ -1153,8 +1273,12 @@ impl Sfu {
             let Some(pt) = writer.match_params(data.params) else {
                 continue;
             };
-            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                Ok(()) => written = true,
+            let time = c.out_time(slot, data.time, now);
+            match writer.write(pt, data.network_time, time, data.data.clone()) {
+                Ok(()) => {
+                    written = true;
+                    slot.last_written = Some((time, now));
+                }
                 Err(e) => tracing::debug!(participant = %sub_id, error = %e, "write failed"),
             }
             if !sub.dirty {
@@ -1331,6 +1455,9 @@ impl Sfu {
             .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_MIN_INTERVAL)
         {
             layer.keyframe_pending = Some(kind);
+            if let Some(at) = layer.keyframe_due() {
+                self.postponed_keyframes = Some(self.postponed_keyframes.map_or(at, |t| t.min(at)));
+            }
             return;
         }
         layer.last_keyframe_request = Some(now);
@@ -1341,58 +1468,6 @@ impl Sfu {
             }
         }
         self.mark_dirty(publisher);
-    }
-
-    /// Makes a server offer when consumers wait to be opened or stopped and no offer is pending.
-    fn negotiate_if_needed(&mut self, pid: ParticipantId) {
-        let Some(peer) = self.peers.get_mut(&pid) else {
-            return;
-        };
-        if peer.pending.is_some()
-            || !peer.ice_restart
-                && !peer
-                    .consumers
-                    .iter()
-                    .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop(_)))
-        {
-            return;
-        }
-        let mut change = peer.rtc.sdp_api();
-        if std::mem::take(&mut peer.ice_restart) {
-            // New ICE credentials; the host candidates stay.
-            change.ice_restart(true);
-        }
-        let mut planned = Vec::new();
-        for (i, c) in peer.consumers.iter().enumerate() {
-            match c.state {
-                ConsumerState::ToOpen => {
-                    let mid = change.add_media(
-                        c.kind,
-                        Direction::SendOnly,
-                        Some(c.publisher.to_string()),
-                        Some(c.producer.to_string()),
-                        None,
-                    );
-                    planned.push((i, ConsumerState::Negotiating(mid)));
-                }
-                ConsumerState::ToStop(mid) => {
-                    change.stop_media(mid);
-                    planned.push((i, ConsumerState::Stopping(mid)));
-                }
-                _ => {}
-            }
-        }
-        let Some((offer, pending)) = change.apply() else {
-            return;
-        };
-        for (i, state) in planned {
-            peer.consumers[i].state = state;
-        }
-        peer.pending = Some(pending);
-        let sdp = offer.to_sdp_string();
-        peer.pending_sdp = Some(sdp.clone());
-        self.out
-            .push_back(Output::Event(pid, PeerEvent::Offer { sdp }));
     }
 
     /// The participant's signaling came back after a dropped socket: its network may have
@@ -1458,24 +1533,29 @@ impl Sfu {
                 continue;
             };
             let mut changed = false;
-            sub.consumers.retain_mut(|c| {
+            let Peer {
+                consumers,
+                slots,
+                slots_changed,
+                ..
+            } = sub;
+            consumers.retain(|c| {
                 if c.publisher != pid {
                     return true;
                 }
                 changed = true;
-                match c.state {
-                    ConsumerState::ToOpen => {
-                        metrics.subscriptions.dec();
-                        false
+                metrics.subscriptions.dec();
+                // Its slot is free for the next producer of that kind: no renegotiation.
+                if let Some(i) = c.slot {
+                    if let Some(slot) = slots.get_mut(i) {
+                        slot.consumer = None;
+                        slots_changed.push(i);
                     }
-                    ConsumerState::Open(m) | ConsumerState::Negotiating(m) => {
-                        c.state = ConsumerState::ToStop(m);
-                        true
-                    }
-                    _ => true,
                 }
+                false
             });
             if changed {
+                sub.reindex();
                 dirty.push(other);
             }
         }

@@ -1,14 +1,24 @@
 //! The thin driver: media worker threads, each owning one UDP socket and one [`Sfu`].
 //!
-//! Each worker runs a single-threaded tokio runtime on its own OS thread. Its loop waits for a
-//! datagram, a command from signaling, or the core's next timeout, hands it to the core, and
+//! Each worker runs a single-threaded tokio runtime on its own OS thread. Its loop waits for
+//! datagrams, a command from signaling, or the core's next timeout, hands them to the core, and
 //! sends what the core asks to send. Everything for one room happens on that thread.
+//!
+//! Socket I/O is batched with [`quinn_udp`]: one `recvmmsg` reads up to
+//! [`quinn_udp::BATCH_SIZE`] datagrams (GRO-coalesced ones are split again), and consecutive
+//! datagrams to one destination go out in one GSO `sendmsg` where the kernel has it.
+//!
+//! A room is placed on the worker with the fewest participants when its first participant
+//! arrives, and stays there while anyone is in it.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -94,6 +104,70 @@ pub struct MediaHandle {
     addrs: Vec<SocketAddr>,
     local_addrs: Vec<SocketAddr>,
     metrics: MediaMetrics,
+    placement: Arc<Mutex<Placement>>,
+}
+
+/// Which worker each room and participant is on.
+#[derive(Default)]
+struct Placement {
+    /// Room → (worker, participants placed).
+    rooms: HashMap<String, (usize, usize)>,
+    /// Participants placed on each worker.
+    load: Vec<usize>,
+    /// Participant → (room, worker).
+    participants: HashMap<ParticipantId, (String, usize)>,
+}
+
+impl Placement {
+    /// The worker of `room`, placing it on the least-loaded worker if it has none, and
+    /// counting `participant` in.
+    fn place(&mut self, room: &str, participant: ParticipantId) -> usize {
+        if let Some((_, w)) = self.participants.get(&participant) {
+            return *w;
+        }
+        let w = match self.rooms.get_mut(room) {
+            Some((w, n)) => {
+                *n += 1;
+                *w
+            }
+            None => {
+                let w = (0..self.load.len())
+                    .min_by_key(|i| self.load[*i])
+                    .unwrap_or(0);
+                self.rooms.insert(room.to_string(), (w, 1));
+                w
+            }
+        };
+        if let Some(l) = self.load.get_mut(w) {
+            *l += 1;
+        }
+        self.participants.insert(participant, (room.to_string(), w));
+        w
+    }
+
+    /// The worker a participant (or else its room) is on.
+    fn worker_of(&self, room: &str, participant: ParticipantId) -> usize {
+        self.participants
+            .get(&participant)
+            .map(|(_, w)| *w)
+            .or_else(|| self.rooms.get(room).map(|(w, _)| *w))
+            .unwrap_or(0)
+    }
+
+    /// The participant left its worker (a repeated call is a no-op).
+    fn leave(&mut self, participant: ParticipantId) -> Option<usize> {
+        let (room, w) = self.participants.remove(&participant)?;
+        if let Some(l) = self.load.get_mut(w) {
+            *l = l.saturating_sub(1);
+        }
+        if let Some((_, n)) = self.rooms.get_mut(&room) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.rooms.remove(&room);
+            }
+        }
+        Some(w)
+    }
 }
 
 /// Counts a worker as running while its loop runs (a panic unwinding the thread included).
@@ -180,11 +254,16 @@ impl MediaHandle {
             addrs.push(advertised);
             local_addrs.push(local_addr);
         }
+        let placement = Placement {
+            load: vec![0; workers.len()],
+            ..Placement::default()
+        };
         Ok(MediaHandle {
             workers,
             addrs,
             local_addrs,
             metrics,
+            placement: Arc::new(Mutex::new(placement)),
         })
     }
 
@@ -209,10 +288,27 @@ impl MediaHandle {
         &self.local_addrs
     }
 
-    fn worker_for(&self, room: &str) -> &mpsc::UnboundedSender<Command> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        room.hash(&mut h);
-        &self.workers[(h.finish() % self.workers.len() as u64) as usize]
+    fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
+        // The placement is a few maps updated in place: a panic elsewhere cannot leave it
+        // half-changed, so a poisoned lock is still good.
+        self.placement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The worker of a participant already placed (or of its room).
+    fn worker_for(
+        &self,
+        room: &str,
+        participant: ParticipantId,
+    ) -> &mpsc::UnboundedSender<Command> {
+        let w = self.placement().worker_of(room, participant);
+        &self.workers[w.min(self.workers.len() - 1)]
+    }
+
+    /// The index of the worker `room` is on, if anyone is in it here.
+    pub fn worker_of_room(&self, room: &str) -> Option<usize> {
+        self.placement().rooms.get(room).map(|(w, _)| *w)
     }
 
     /// The client's first offer. The answer (or an error) arrives on `events` as
@@ -239,7 +335,8 @@ impl MediaHandle {
         sources: Vec<(String, Source)>,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(), MediaError> {
-        self.worker_for(room)
+        let w = self.placement().place(room, participant);
+        self.workers[w.min(self.workers.len() - 1)]
             .send(Command::Offer {
                 participant,
                 room: room.to_string(),
@@ -259,7 +356,7 @@ impl MediaHandle {
         participant: ParticipantId,
         sizes: Vec<(TrackId, u32, u32)>,
     ) -> Result<(), MediaError> {
-        self.worker_for(room)
+        self.worker_for(room, participant)
             .send(Command::VideoSizes { participant, sizes })
             .map_err(|_| MediaError::WorkerGone)
     }
@@ -271,7 +368,7 @@ impl MediaHandle {
         participant: ParticipantId,
         sdp: String,
     ) -> Result<(), MediaError> {
-        self.worker_for(room)
+        self.worker_for(room, participant)
             .send(Command::Answer { participant, sdp })
             .map_err(|_| MediaError::WorkerGone)
     }
@@ -283,7 +380,7 @@ impl MediaHandle {
         participant: ParticipantId,
         candidate: String,
     ) -> Result<(), MediaError> {
-        self.worker_for(room)
+        self.worker_for(room, participant)
             .send(Command::Candidate {
                 participant,
                 candidate,
@@ -300,7 +397,7 @@ impl MediaHandle {
         kind: crate::sfu::TrackKind,
         paused: bool,
     ) {
-        let _ = self.worker_for(room).send(Command::Pause {
+        let _ = self.worker_for(room, participant).send(Command::Pause {
             participant,
             kind,
             paused,
@@ -309,13 +406,17 @@ impl MediaHandle {
 
     /// The participant left: drop its connection.
     pub fn remove(&self, room: &str, participant: ParticipantId) {
-        let _ = self.worker_for(room).send(Command::Remove { participant });
+        let w = self.placement().leave(participant);
+        if let Some(w) = w.or_else(|| self.worker_of_room(room)) {
+            let _ =
+                self.workers[w.min(self.workers.len() - 1)].send(Command::Remove { participant });
+        }
     }
 
     /// The participant resumed after a dropped signaling socket: restart ICE with the next
     /// server offer (see [`Sfu::ice_restart`]).
     pub fn ice_restart(&self, room: &str, participant: ParticipantId) -> Result<(), MediaError> {
-        self.worker_for(room)
+        self.worker_for(room, participant)
             .send(Command::IceRestart { participant })
             .map_err(|_| MediaError::WorkerGone)
     }
@@ -323,26 +424,42 @@ impl MediaHandle {
 
 async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut sessions: HashMap<ParticipantId, mpsc::UnboundedSender<PeerEvent>> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
+    let state = match UdpSocketState::new((&socket).into()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "media socket setup failed");
+            return;
+        }
+    };
+    let mut rx = RecvBufs::new(state.gro_segments());
+    let mut tx = SendBatch::default();
     let loopback_only = socket
         .local_addr()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
+    // Timeouts handled in a row without waiting: every so often the loop goes through the
+    // select (and so yields to the runtime) even when the next timeout is due already.
+    let mut immediate = 0u32;
     loop {
-        flush(&socket, &mut sfu, &mut sessions);
+        flush(&socket, &state, &mut tx, &mut sfu, &mut sessions);
         let deadline = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        // Due already: no trip through the timer wheel (it rounds up to the next millisecond).
+        if deadline <= Instant::now() && immediate < 64 {
+            immediate += 1;
+            sfu.handle_timeout(Instant::now());
+            // Datagrams and commands that arrived meanwhile come before the next timeout.
+            read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only);
+            while let Ok(cmd) = commands.try_recv() {
+                handle_command(&mut sfu, &mut sessions, cmd);
+            }
+            continue;
+        }
+        immediate = 0;
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => {
-                    // Bound to loopback, take only loopback traffic, so that every ICE pair stays
-                    // on the address we advertise.
-                    if loopback_only && !source.ip().is_loopback() {
-                        continue;
-                    }
-                    sfu.handle_receive(Instant::now(), source, &buf[..n]);
-                }
+            r = socket.readable() => match r {
+                Ok(()) => read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only),
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
             cmd = commands.recv() => {
@@ -351,6 +468,133 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
             }
             _ = tokio::time::sleep_until(deadline.into()) => sfu.handle_timeout(Instant::now()),
         }
+    }
+}
+
+/// Receive buffers for one `recvmmsg`: [`quinn_udp::BATCH_SIZE`] datagrams, each buffer large
+/// enough for the GRO segments the kernel may coalesce into it.
+struct RecvBufs {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+/// The largest datagram a media peer sends (above any path MTU).
+const MAX_DATAGRAM: usize = 2048;
+
+impl RecvBufs {
+    fn new(gro_segments: usize) -> Self {
+        RecvBufs {
+            bufs: (0..quinn_udp::BATCH_SIZE)
+                .map(|_| vec![0u8; MAX_DATAGRAM * gro_segments.max(1)])
+                .collect(),
+            meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
+        }
+    }
+}
+
+/// Reads every datagram the socket has (batch by batch) into the core.
+fn read_ready(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    rx: &mut RecvBufs,
+    sfu: &mut Sfu,
+    loopback_only: bool,
+) {
+    // A bounded number of batches, so that timers and commands get their turn under a flood.
+    for _ in 0..64 {
+        let mut slices: Vec<IoSliceMut<'_>> =
+            rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = match socket.try_io(Interest::READABLE, || {
+            state.recv(socket.into(), &mut slices, &mut rx.meta)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "media socket receive error");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (meta, buf) in rx.meta.iter().zip(slices.iter()).take(n) {
+            // Bound to loopback, take only loopback traffic, so that every ICE pair stays on
+            // the address we advertise.
+            if loopback_only && !meta.addr.ip().is_loopback() {
+                continue;
+            }
+            let source = normalize(meta.addr);
+            let stride = meta.stride.max(1);
+            for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
+                sfu.handle_receive(now, source, datagram);
+            }
+        }
+    }
+}
+
+/// An IPv4 peer seen through a dual-stack socket as `::ffff:a.b.c.d` is `a.b.c.d` to ICE.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Datagrams gathered for one GSO send: consecutive ones to one destination, all of one
+/// size but the last, which may be shorter.
+#[derive(Default)]
+struct SendBatch {
+    destination: Option<SocketAddr>,
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    /// The last one added was shorter than the segment size: nothing more can follow.
+    closed: bool,
+}
+
+impl SendBatch {
+    /// Adds a datagram if it fits the batch; returns false if the batch must be sent first.
+    fn try_add(&mut self, destination: SocketAddr, contents: &[u8], max_segments: usize) -> bool {
+        if self.count == 0 {
+            self.destination = Some(destination);
+            self.segment = contents.len();
+            self.buf.clear();
+            self.buf.extend_from_slice(contents);
+            self.count = 1;
+            self.closed = false;
+            return true;
+        }
+        if self.closed
+            || self.destination != Some(destination)
+            || self.count >= max_segments
+            || contents.len() > self.segment
+            || contents.is_empty()
+        {
+            return false;
+        }
+        self.buf.extend_from_slice(contents);
+        self.count += 1;
+        self.closed = contents.len() < self.segment;
+        true
+    }
+
+    fn send(&mut self, socket: &UdpSocket, state: &UdpSocketState) {
+        let Some(destination) = self.destination.filter(|_| self.count > 0) else {
+            return;
+        };
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents: &self.buf,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        // UDP: a full send buffer drops the datagrams, as the network would.
+        if let Err(e) = socket.try_io(Interest::WRITABLE, || state.send(socket.into(), &transmit)) {
+            tracing::trace!(error = %e, "media send dropped");
+        }
+        self.count = 0;
     }
 }
 
@@ -433,18 +677,21 @@ fn error_event(e: &MediaError) -> PeerEvent {
 
 fn flush(
     socket: &UdpSocket,
+    state: &UdpSocketState,
+    tx: &mut SendBatch,
     sfu: &mut Sfu,
     sessions: &mut HashMap<ParticipantId, mpsc::UnboundedSender<PeerEvent>>,
 ) {
+    let max_segments = state.max_gso_segments().max(1);
     while let Some(out) = sfu.poll_output() {
         match out {
             Output::Transmit {
                 destination,
                 contents,
             } => {
-                // UDP: a full send buffer drops the datagram, as the network would.
-                if let Err(e) = socket.try_send_to(&contents, destination) {
-                    tracing::trace!(error = %e, "media send dropped");
+                if !tx.try_add(destination, &contents, max_segments) {
+                    tx.send(socket, state);
+                    tx.try_add(destination, &contents, max_segments);
                 }
             }
             Output::Event(pid, event) => {
@@ -458,4 +705,5 @@ fn flush(
             }
         }
     }
+    tx.send(socket, state);
 }

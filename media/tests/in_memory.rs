@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use huddle_media::{Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig};
+use huddle_media::{Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig, SlotInfo};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
@@ -25,6 +25,12 @@ struct Client {
     inbox: VecDeque<Vec<u8>>,
     /// Keyframe requests (PLI/FIR) the SFU sent this client as a publisher.
     keyframe_requests: usize,
+    /// Server offers received (SDP text).
+    offers: Vec<String>,
+    /// `PeerEvent::Slots` entries received, in order.
+    slots: Vec<SlotInfo>,
+    /// RTP times of the frames received, by mid.
+    times: HashMap<Mid, Vec<MediaTime>>,
 }
 
 impl Client {
@@ -48,6 +54,9 @@ impl Client {
             received: HashMap::new(),
             inbox: VecDeque::new(),
             keyframe_requests: 0,
+            offers: Vec::new(),
+            slots: Vec::new(),
+            times: HashMap::new(),
         };
         c.inbox.push_back(offer.to_sdp_string().into_bytes());
         c
@@ -140,7 +149,9 @@ impl Net {
                                 .accept_answer(c.pending.take().unwrap(), answer)
                                 .unwrap();
                         }
+                        PeerEvent::Slots { slots } => c.slots.extend(slots),
                         PeerEvent::Offer { sdp } => {
+                            c.offers.push(sdp.clone());
                             let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
                             let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
                             let pid = c.pid;
@@ -164,6 +175,7 @@ impl Net {
                     str0m::Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
                     str0m::Output::Event(Event::MediaData(d)) => {
                         c.received.entry(d.mid).or_default().push(d.data.to_vec());
+                        c.times.entry(d.mid).or_default().push(d.time);
                     }
                     str0m::Output::Event(_) => {}
                 }
@@ -378,4 +390,133 @@ fn a_keyframe_request_inside_the_throttle_is_postponed_not_dropped() {
         total >= 2,
         "the second subscriber's request follows when the throttle ends ({early} then {total})"
     );
+}
+
+/// The frames `c` received on `mid` from the publisher whose frames are numbered by `frame`.
+fn frames_on(c: &Client, mid: Mid) -> Vec<u32> {
+    c.received
+        .get(&mid)
+        .map(|fs| {
+            fs.iter()
+                .map(|f| u32::from_be_bytes(f[1..5].try_into().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_departed_publishers_slot_carries_the_next_publisher_without_an_offer() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(false);
+    net.run(Duration::from_secs(1));
+    for n in 0..20 {
+        net.speak(alice, n);
+        net.run(Duration::from_millis(20));
+    }
+    let offers = net.clients[bob].offers.len();
+    assert_eq!(offers, 1, "bob was offered alice's track");
+    let slot = net.clients[bob].slots[0].clone();
+    assert_eq!(
+        slot.track.map(|t| t.participant),
+        Some(net.clients[alice].pid),
+        "the slot names alice"
+    );
+    let mid = Mid::from(slot.mid.as_str());
+    let alice_frames = frames_on(&net.clients[bob], mid).len();
+    assert!(
+        alice_frames >= 18,
+        "bob got {alice_frames} of alice's 20 frames"
+    );
+    let last_alice_time = *net.clients[bob].times[&mid].last().unwrap();
+
+    let now = net.now;
+    let pid = net.clients[alice].pid;
+    net.sfu.remove(now, pid);
+    net.run(Duration::from_millis(100));
+    assert_eq!(
+        net.clients[bob]
+            .slots
+            .last()
+            .map(|s| (s.mid.clone(), s.track)),
+        Some((slot.mid.clone(), None)),
+        "bob is told the slot is free"
+    );
+    let carol = net.join(true);
+    net.run(Duration::from_secs(1));
+    for n in 1000..1020 {
+        net.speak(carol, n);
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(100));
+    let bob_c = &net.clients[bob];
+    assert_eq!(
+        bob_c.offers.len(),
+        offers,
+        "no new offer: the free slot was reused"
+    );
+    let last = bob_c.slots.last().unwrap();
+    assert_eq!(last.mid, slot.mid);
+    assert_eq!(
+        last.track.map(|t| t.participant),
+        Some(net.clients[carol].pid)
+    );
+    let carol_frames: Vec<u32> = frames_on(bob_c, mid)
+        .into_iter()
+        .filter(|n| *n >= 1000)
+        .collect();
+    assert!(
+        carol_frames.len() >= 18,
+        "bob got {} of carol's 20 frames on the reused slot",
+        carol_frames.len()
+    );
+    // Carol's own RTP times start far below Alice's last one: the slot's times go on instead.
+    let times = &bob_c.times[&mid];
+    let first_carol = times[alice_frames];
+    assert!(
+        first_carol > last_alice_time,
+        "timestamps go on from the last frame ({last_alice_time:?} then {first_carol:?})"
+    );
+}
+
+#[test]
+fn churn_leaves_a_steady_subscribers_sdp_bounded_by_the_tracks_sent_at_once() {
+    let mut net = Net::new();
+    let bob = net.join(false);
+    net.run(Duration::from_millis(500));
+    // 40 publishers come and go, at most two at a time.
+    let mut present: Vec<usize> = Vec::new();
+    for round in 0..40u32 {
+        let i = net.join_with(Some(if round % 2 == 0 {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        }));
+        present.push(i);
+        net.run(Duration::from_millis(300));
+        if present.len() > 2 {
+            let gone = present.remove(0);
+            let (now, pid) = (net.now, net.clients[gone].pid);
+            net.sfu.remove(now, pid);
+            net.run(Duration::from_millis(100));
+        }
+    }
+    let bob_c = &net.clients[bob];
+    let largest = bob_c.offers.iter().map(String::len).max().unwrap_or(0);
+    let m_lines = bob_c
+        .offers
+        .last()
+        .map(|o| o.matches("\nm=").count())
+        .unwrap_or(0);
+    println!(
+        "{} offers, largest {largest} bytes, {m_lines} m-lines",
+        bob_c.offers.len()
+    );
+    // Three at once at most (a newcomer before the oldest leaves): two of each kind, plus the
+    // client's own data channel.
+    assert!(
+        m_lines <= 5,
+        "bob's SDP has {m_lines} m-lines after 40 publishers came and went"
+    );
+    assert!(largest < 12_000, "bob's largest offer is {largest} bytes");
 }

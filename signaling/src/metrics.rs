@@ -196,6 +196,7 @@ impl SignalingMetrics {
             ServerMsg::ChatUpdate { .. } => "chat_update",
             ServerMsg::TileReaction { .. } => "tile_reaction",
             ServerMsg::Layers { .. } => "layers",
+            ServerMsg::MediaSlots { .. } => "media_slots",
             ServerMsg::Speakers { .. } => "speakers",
             ServerMsg::Quality { .. } => "quality",
             ServerMsg::Screen { .. } => "screen",

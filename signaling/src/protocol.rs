@@ -260,6 +260,21 @@ pub struct TrackInfo {
     pub source: Source,
 }
 
+/// One of your receiving m-lines and what it carries (`media_slots`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaSlot {
+    /// The m-line's mid.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: Kind,
+    /// The publisher; `null` when the m-line is free (nothing arrives on it).
+    pub participant_id: Option<String>,
+    /// The track (`TR_…`); `null` when free.
+    pub track_id: Option<String>,
+    /// Camera, microphone or screen; `null` when free.
+    pub source: Option<Source>,
+}
+
 /// A file attached to a chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -554,6 +569,14 @@ pub enum ServerMsg {
         participant_id: String,
         /// `admitted`, `denied`, `left`.
         outcome: KnockOutcome,
+    },
+    /// What some of your receiving m-lines carry now (by mid). Sent before an `offer` that
+    /// adds m-lines, and whenever an m-line is freed by a participant who left or given to a
+    /// new track without an offer: the server reuses free m-lines, so an m-line's `a=msid`
+    /// names only the first track it carried. Trust this message, not the msid.
+    MediaSlots {
+        /// The m-lines that changed.
+        slots: Vec<MediaSlot>,
     },
     /// Dynacast: keep these simulcast layers of your track active, pause the others.
     Layers {

@@ -12,8 +12,8 @@ use tracing::{debug, info, warn, Instrument};
 use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
 use crate::protocol::{
-    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, ParticipantInfo, QualityInfo,
-    ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
+    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, MediaSlot, ParticipantInfo,
+    QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
 };
 use crate::rooms::JoinRefused;
 use crate::token::{Claims, TokenError};
@@ -992,6 +992,22 @@ impl Session {
                     info!("media connected");
                 }
                 Ok(())
+            }
+            PeerEvent::Slots { slots } => {
+                let slots = slots
+                    .into_iter()
+                    .map(|s| MediaSlot {
+                        mid: s.mid,
+                        kind: match s.kind {
+                            huddle_media::TrackKind::Audio => Kind::Audio,
+                            huddle_media::TrackKind::Video => Kind::Video,
+                        },
+                        participant_id: s.track.map(|t| t.participant.to_string()),
+                        track_id: s.track.map(|t| t.track_id.to_string()),
+                        source: s.track.map(|t| t.source.into()),
+                    })
+                    .collect();
+                self.conn.send(&ServerMsg::MediaSlots { slots }).await
             }
             PeerEvent::Layers { track_id, active } => {
                 let track_id = track_id.to_string();

@@ -1,0 +1,130 @@
+//! Negotiation: giving each consumer a send slot (an m-line) in its subscriber's connection.
+//!
+//! A consumer first looks for a free slot of its kind, negotiated earlier and freed when its
+//! producer left; it takes it at once, with no offer (the subscriber learns what the slot
+//! carries from a [`PeerEvent::Slots`]). Only consumers that find none get new m-lines, in one
+//! server offer at a time. So a subscriber's SDP is bounded by the most tracks it was sent at
+//! once, and str0m never holds a stopped stream.
+
+use str0m::media::{Direction, MediaKind};
+
+use super::{ConsumerState, Output, PeerEvent, Sfu, Slot, SlotInfo, SlotTrack, TrackKind};
+use crate::ParticipantId;
+
+impl Sfu {
+    /// Puts waiting consumers on free slots, makes a server offer for the rest (and for an ICE
+    /// restart) when none is pending, and tells the client what changed.
+    pub(super) fn negotiate_if_needed(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        // Free slots first.
+        for ci in 0..peer.consumers.len() {
+            let c = &peer.consumers[ci];
+            if c.state != ConsumerState::ToOpen {
+                continue;
+            }
+            let Some(si) = peer
+                .slots
+                .iter()
+                .position(|s| s.open && s.consumer.is_none() && s.kind == c.kind)
+            else {
+                continue;
+            };
+            let slot = &mut peer.slots[si];
+            slot.consumer = Some((c.publisher, c.producer_mid));
+            let c = &mut peer.consumers[ci];
+            c.state = ConsumerState::Open(slot.mid);
+            c.slot = Some(si);
+            peer.slots_changed.push(si);
+            if c.kind == MediaKind::Video {
+                // Its layer is chosen, and a keyframe asked for, before the next output.
+                self.realloc = true;
+            }
+        }
+        // New m-lines for the rest.
+        let mut offer_sdp = None;
+        let waiting = peer
+            .consumers
+            .iter()
+            .any(|c| c.state == ConsumerState::ToOpen);
+        if peer.pending.is_none() && (peer.ice_restart || waiting) {
+            let mut change = peer.rtc.sdp_api();
+            if std::mem::take(&mut peer.ice_restart) {
+                // New ICE credentials; the host candidates stay.
+                change.ice_restart(true);
+            }
+            let mut planned = Vec::new();
+            for (i, c) in peer.consumers.iter().enumerate() {
+                if c.state == ConsumerState::ToOpen {
+                    let mid = change.add_media(
+                        c.kind,
+                        Direction::SendOnly,
+                        Some(c.publisher.to_string()),
+                        Some(c.producer.to_string()),
+                        None,
+                    );
+                    planned.push((i, mid));
+                }
+            }
+            if let Some((offer, pending)) = change.apply() {
+                for (i, mid) in planned {
+                    let c = &mut peer.consumers[i];
+                    c.state = ConsumerState::Negotiating(mid);
+                    c.slot = Some(peer.slots.len());
+                    peer.slots_changed.push(peer.slots.len());
+                    peer.slots.push(Slot {
+                        mid,
+                        kind: c.kind,
+                        open: false,
+                        consumer: Some((c.publisher, c.producer_mid)),
+                        last_written: None,
+                    });
+                }
+                peer.pending = Some(pending);
+                let sdp = offer.to_sdp_string();
+                peer.pending_sdp = Some(sdp.clone());
+                offer_sdp = Some(sdp);
+            }
+        }
+        self.emit_slots(pid);
+        if let Some(sdp) = offer_sdp {
+            self.out
+                .push_back(Output::Event(pid, PeerEvent::Offer { sdp }));
+        }
+    }
+
+    /// Sends the participant a [`PeerEvent::Slots`] for the slots that changed.
+    pub(super) fn emit_slots(&mut self, pid: ParticipantId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.slots_changed.is_empty() {
+            return;
+        }
+        let mut changed = std::mem::take(&mut peer.slots_changed);
+        changed.sort_unstable();
+        changed.dedup();
+        let mut slots = Vec::with_capacity(changed.len());
+        for i in changed {
+            let Some(slot) = peer.slots.get(i) else {
+                continue;
+            };
+            let track = slot.consumer.and_then(|key| {
+                let c = &peer.consumers[*peer.consumer_index.get(&key)?];
+                Some(SlotTrack {
+                    participant: c.publisher,
+                    track_id: c.producer,
+                    source: c.source,
+                })
+            });
+            slots.push(SlotInfo {
+                mid: slot.mid.to_string(),
+                kind: TrackKind::from(slot.kind),
+                track,
+            });
+        }
+        self.out
+            .push_back(Output::Event(pid, PeerEvent::Slots { slots }));
+    }
+}
