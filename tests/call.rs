@@ -111,7 +111,7 @@ async fn a_late_joiner_receives_the_earlier_publishers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leaving_removes_the_participant_and_stops_its_tracks_for_everyone() {
+async fn leaving_frees_the_participants_m_lines_and_the_next_publisher_reuses_them() {
     let server = Server::start(&[]);
     let b = Peer::join(&server, "leave", "Bob", false).await;
     let a = Peer::join(&server, "leave", "Alice", true).await;
@@ -139,10 +139,13 @@ async fn leaving_removes_the_participant_and_stops_its_tracks_for_everyone() {
     .await;
     eventually(
         Duration::from_secs(2),
-        "Bob gets an offer that stops Alice's m-line",
+        "Bob is told Alice's m-line is free",
         || {
             b.saw(|m| {
-                m["type"] == "offer" && m["sdp"].as_str().is_some_and(|s| s.contains("m=audio 0 "))
+                m["type"] == "media_slots"
+                    && m["slots"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["kind"] == "audio" && s["participant_id"].is_null()))
             })
         },
     )
@@ -159,4 +162,36 @@ async fn leaving_removes_the_participant_and_stops_its_tracks_for_everyone() {
     );
     stop.store(true, Ordering::Relaxed);
     a.close().await;
+
+    // Carol comes: her track takes Alice's free m-line, with no offer.
+    let offers = b.messages_where(|m| m["type"] == "offer").len();
+    let c = Peer::join(&server, "leave", "Carol", true).await;
+    let stop_c = Arc::new(AtomicBool::new(false));
+    spawn_publisher(c.audio.clone().unwrap(), "C", stop_c.clone());
+    eventually(Duration::from_secs(15), "Bob receives Carol", || {
+        b.payloads_tagged("C").len() >= 20
+    })
+    .await;
+    assert_byte_for_byte(&b.payloads_tagged("C"), "C");
+    let cid = c.participant_id.clone();
+    let slots = b.messages_where(|m| m["type"] == "media_slots");
+    let freed = slots
+        .iter()
+        .flat_map(|m| m["slots"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["participant_id"].is_null())
+        .expect("a freed slot");
+    let carol = slots
+        .iter()
+        .flat_map(|m| m["slots"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["participant_id"] == cid.as_str())
+        .expect("Bob is told which m-line carries Carol");
+    assert_eq!(carol["mid"], freed["mid"], "Carol reuses Alice's m-line");
+    assert_eq!(carol["source"], "microphone");
+    assert_eq!(
+        b.messages_where(|m| m["type"] == "offer").len(),
+        offers,
+        "no offer was needed for Carol"
+    );
+    stop_c.store(true, Ordering::Relaxed);
+    c.close().await;
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid,
@@ -33,9 +33,14 @@ pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// a new track).
 pub const ALLOCATION_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The downlink estimate a subscriber connection starts with, before str0m's bandwidth
-/// estimator (TWCC) has measured anything.
-pub const INITIAL_BITRATE: Bitrate = Bitrate::kbps(1_500);
+/// How far each second of loss-free delivery raises a subscriber's downlink estimate.
+const ESTIMATE_GROWTH: f64 = 1.08;
+/// Loss above this lowers the estimate (to what arrived, less half the loss); below
+/// `LOSS_LOW` it grows. In between it holds (GCC's loss-based controller, RFC 8698 style).
+const LOSS_HIGH: f32 = 0.10;
+const LOSS_LOW: f32 = 0.02;
+/// The estimate never falls below this (audio and the lowest layer of one video).
+const ESTIMATE_FLOOR: u64 = 100_000;
 
 /// How often each room's connection qualities are evaluated; a [`PeerEvent::Quality`] follows
 /// when one changed, or [`QUALITY_REPEAT`] after the last one.
@@ -523,8 +528,13 @@ struct Peer {
     egress_marks: HashMap<(Mid, Option<Rid>), StatsMark>,
     /// Where each of its send m-lines comes from, as its offer said.
     sources: HashMap<Mid, Source>,
-    /// str0m's downlink estimate (bits per second).
+    /// The downlink estimate (bits per second), from loss: `None` until loss was seen.
     estimate: Option<u64>,
+    /// `peer_bytes_tx` and time of the last peer stats, for the rate sent since.
+    last_tx: Option<(u64, Instant)>,
+    /// The worst loss its receiver reports gave for a video stream since the last peer stats
+    /// (used when there is no TWCC feedback).
+    rr_loss: Option<f32>,
     /// A cap on what it is sent (bits per second), set by [`Sfu::set_max_bitrate`].
     max_bitrate: Option<u64>,
     /// The last (minimum, desired) handed to str0m's estimator.
@@ -696,7 +706,10 @@ impl Sfu {
             .enable_vp8(true)
             .enable_h264(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .enable_bwe(Some(INITIAL_BITRATE))
+            // No send-side estimator: str0m paces by it, one packet per timeout with a scan of
+            // every stream each time (the cost of a packet grew with the meeting). The downlink
+            // is judged by loss instead (see `LossEstimate`), and packets go out as they come.
+            .enable_bwe(None)
             .build(now);
         for addr in &self.config.candidates {
             let candidate = Candidate::host(*addr, "udp")
@@ -755,6 +768,8 @@ impl Sfu {
                     .map(|(mid, s)| (Mid::from(mid.as_str()), *s))
                     .collect(),
                 estimate: None,
+                last_tx: None,
+                rr_loss: None,
                 max_bitrate: None,
                 bwe_target: (0, 0),
                 upgrade_hold: None,
@@ -811,7 +826,17 @@ impl Sfu {
         // Every slot was in that offer; the ones whose producer left meanwhile are now free
         // (and taken by waiting consumers in `negotiate_if_needed`).
         for slot in &mut peer.slots {
-            slot.open = true;
+            if !slot.open {
+                slot.open = true;
+                // Forwarded as it arrives, like Janus and mediasoup: the publisher paced it
+                // already, and str0m's pacer (at 1.1x its estimate, one packet per timeout)
+                // would queue what the allocation lets through and release it in bursts.
+                // The estimate still keeps the chosen layers within the downlink.
+                if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(slot.mid, None) {
+                    // (No effect without str0m's estimator, which paces; kept for when it is on.)
+                    tx.set_unpaced(true);
+                }
+            }
         }
         self.mark_dirty(participant);
         self.drive(now);
@@ -1122,7 +1147,7 @@ impl Sfu {
                 self.note_jitter(pid, &s);
                 self.ingress_stats(pid, &s);
             }
-            Event::PeerStats(s) => self.note_peer_stats(pid, &s),
+            Event::PeerStats(s) => self.note_peer_stats(now, pid, &s),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if let Some(p) = self.peers.get_mut(&pid) {
                     let new = estimate.as_u64();
@@ -1379,6 +1404,9 @@ impl Sfu {
         m.firs.r#in.inc_by(s.firs.saturating_sub(mark.firs));
         if let Some(loss) = s.loss {
             m.loss_ratio.out.observe(f64::from(loss).clamp(0.0, 1.0));
+            if kind == TrackKind::Video && s.packets > mark.packets {
+                peer.rr_loss = Some(peer.rr_loss.map_or(loss, |l| l.max(loss)));
+            }
         }
         if let Some(rtt) = s.rtt {
             m.rtt.observe(rtt.as_secs_f64());

@@ -442,6 +442,31 @@ impl Peer {
             .unwrap_or_default()
     }
 
+    /// Payloads received whose text tag is `tag` (see [`payload`]), on any m-line: a reused
+    /// m-line's msid names the track it carried first, not the one it carries now.
+    pub fn payloads_tagged(&self, tag: &str) -> Vec<Vec<u8>> {
+        let prefix = format!("{tag}:");
+        self.received
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .filter(|p| p.get(1..).is_some_and(|t| t.starts_with(prefix.as_bytes())))
+            .cloned()
+            .collect()
+    }
+
+    /// The server messages received so far that match `f`.
+    pub fn messages_where(&self, f: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| f(m))
+            .cloned()
+            .collect()
+    }
+
     /// Whether a server message matching `f` has arrived.
     pub fn saw(&self, f: impl Fn(&Value) -> bool) -> bool {
         self.messages.lock().unwrap().iter().any(f)

@@ -11,7 +11,8 @@ use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
     allocate, clock_rate, layer_for_size, vp8_keyframe_size, ConsumerState, Output, PeerEvent,
-    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, ESTIMATE_FLOOR, ESTIMATE_GROWTH,
+    LOSS_HIGH, LOSS_LOW, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -130,7 +131,29 @@ impl Sfu {
         }
     }
 
-    pub(super) fn note_peer_stats(&mut self, pid: ParticipantId, s: &PeerStats) {
+    pub(super) fn note_peer_stats(&mut self, now: Instant, pid: ParticipantId, s: &PeerStats) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        // The downlink estimate, loss-based: what the subscriber's TWCC feedback (or else its
+        // receiver reports) says was lost of what we sent since the last tick.
+        let sent = peer.last_tx.and_then(|(bytes, at)| {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            (secs > 0.2).then(|| (s.peer_bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs) as u64)
+        });
+        peer.last_tx = Some((s.peer_bytes_tx, now));
+        let loss = s.egress_loss_fraction.or(peer.rr_loss.take());
+        if let (Some(sent), Some(loss)) = (sent, loss) {
+            let old = peer.estimate;
+            peer.estimate = next_estimate(old, sent, loss.clamp(0.0, 1.0));
+            // A sharp drop is acted on at once; the rest waits for the next round.
+            if let (Some(new), Some(old)) = (peer.estimate, old.or(Some(u64::MAX))) {
+                if new < old / 10 * 8 {
+                    tracing::debug!(participant = %pid, estimate = new, loss, "downlink estimate down");
+                    self.realloc = true;
+                }
+            }
+        }
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -337,7 +360,7 @@ impl Sfu {
                     Some(_) => {}
                 }
             }
-            // Let str0m's estimator probe for what the tiles could use.
+            // (With str0m's estimator on, let it probe for what the tiles could use.)
             if sub.bwe_target != (allocated, desired) {
                 sub.bwe_target = (allocated, desired);
                 sub.rtc.bwe().set_bitrate(
@@ -408,5 +431,49 @@ impl Sfu {
         for (pid, ev) in events {
             self.out.push_back(Output::Event(pid, ev));
         }
+    }
+}
+
+/// The loss-based downlink estimate after one stats tick in which `sent` bits per second went
+/// out and the subscriber reported `loss`. `None` (no estimate: tiles alone decide) until loss
+/// above `LOSS_HIGH` is seen; then the sent rate less half the loss, growing by
+/// `ESTIMATE_GROWTH` per loss-free tick (RFC 8698's loss-based controller, which GCC runs
+/// beside its delay-based one).
+pub(super) fn next_estimate(old: Option<u64>, sent: u64, loss: f32) -> Option<u64> {
+    if loss > LOSS_HIGH {
+        let lowered = (sent as f64 * (1.0 - 0.5 * f64::from(loss))).round() as u64;
+        return Some(old.map_or(lowered, |o| o.min(lowered)).max(ESTIMATE_FLOOR));
+    }
+    let old = old?;
+    if loss < LOSS_LOW {
+        // Far above what is sent, the estimate says nothing more: it is dropped.
+        let grown = (old as f64 * ESTIMATE_GROWTH).round() as u64;
+        return (grown < sent.saturating_mul(20).max(20 * ESTIMATE_FLOOR)).then_some(grown);
+    }
+    Some(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_estimate;
+
+    #[test]
+    fn loss_lowers_the_estimate_and_a_clean_link_raises_it_again() {
+        assert_eq!(next_estimate(None, 1_000_000, 0.0), None, "no loss, no estimate");
+        assert_eq!(next_estimate(None, 1_000_000, 0.05), None, "moderate loss alone");
+        let low = next_estimate(None, 1_000_000, 0.40).unwrap();
+        assert_eq!(low, 800_000, "40 % loss: what was sent less half the loss");
+        assert_eq!(next_estimate(Some(low), 300_000, 0.05), Some(low), "holds in between");
+        let mut e = Some(low);
+        for _ in 0..10 {
+            e = next_estimate(e, 300_000, 0.0);
+        }
+        assert!(e.unwrap() > 1_600_000, "ten clean seconds more than double it: {e:?}");
+        assert_eq!(
+            next_estimate(Some(200_000), 10_000_000, 0.9),
+            Some(200_000),
+            "loss never raises it"
+        );
+        assert_eq!(next_estimate(Some(50_000), 10_000, 0.9), Some(super::ESTIMATE_FLOOR));
     }
 }
