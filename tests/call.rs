@@ -143,9 +143,10 @@ async fn leaving_frees_the_participants_m_lines_and_the_next_publisher_reuses_th
         || {
             b.saw(|m| {
                 m["type"] == "media_slots"
-                    && m["slots"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().any(|s| s["kind"] == "audio" && s["participant_id"].is_null()))
+                    && m["slots"].as_array().is_some_and(|s| {
+                        s.iter()
+                            .any(|s| s["kind"] == "audio" && s["participant_id"].is_null())
+                    })
             })
         },
     )

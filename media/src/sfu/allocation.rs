@@ -459,21 +459,39 @@ mod tests {
 
     #[test]
     fn loss_lowers_the_estimate_and_a_clean_link_raises_it_again() {
-        assert_eq!(next_estimate(None, 1_000_000, 0.0), None, "no loss, no estimate");
-        assert_eq!(next_estimate(None, 1_000_000, 0.05), None, "moderate loss alone");
+        assert_eq!(
+            next_estimate(None, 1_000_000, 0.0),
+            None,
+            "no loss, no estimate"
+        );
+        assert_eq!(
+            next_estimate(None, 1_000_000, 0.05),
+            None,
+            "moderate loss alone"
+        );
         let low = next_estimate(None, 1_000_000, 0.40).unwrap();
         assert_eq!(low, 800_000, "40 % loss: what was sent less half the loss");
-        assert_eq!(next_estimate(Some(low), 300_000, 0.05), Some(low), "holds in between");
+        assert_eq!(
+            next_estimate(Some(low), 300_000, 0.05),
+            Some(low),
+            "holds in between"
+        );
         let mut e = Some(low);
         for _ in 0..10 {
             e = next_estimate(e, 300_000, 0.0);
         }
-        assert!(e.unwrap() > 1_600_000, "ten clean seconds more than double it: {e:?}");
+        assert!(
+            e.unwrap() > 1_600_000,
+            "ten clean seconds more than double it: {e:?}"
+        );
         assert_eq!(
             next_estimate(Some(200_000), 10_000_000, 0.9),
             Some(200_000),
             "loss never raises it"
         );
-        assert_eq!(next_estimate(Some(50_000), 10_000, 0.9), Some(super::ESTIMATE_FLOOR));
+        assert_eq!(
+            next_estimate(Some(50_000), 10_000, 0.9),
+            Some(super::ESTIMATE_FLOOR)
+        );
     }
 }
