@@ -4,7 +4,9 @@
 //! The call is set up outside the measurement, over an in-memory network on virtual time (the
 //! approach of `tests/in_memory.rs`): P publishers, N subscribers, all str0m client peers that
 //! did real ICE, DTLS and SDP with the core. Group `forward_audio_packet` has P = 1 and N = 1,
-//! 10, 40; group `audio_room_tick` is the load tester's audio scenario, P = 10 and N = 40.
+//! 10, 40; group `audio_room_tick` is the load tester's audio scenario, P = 10 and N = 40;
+//! group `meeting_tick` is a meeting of 25, each participant publishing audio and receiving
+//! the 24 others (600 copies per tick).
 //! Each iteration then:
 //!
 //! * (not timed) each publisher's `Rtc` writes one 20 ms Opus-sized frame and seals it; every
@@ -62,6 +64,8 @@ struct Call {
     /// The core's output of the last iteration, waiting for the clients.
     from_sfu: Vec<Output>,
     publishers: usize,
+    /// Index of the first client that receives (0 in a meeting: everyone does).
+    first_receiver: usize,
     frame_no: u64,
     /// `Sfu::handle_timeout` calls in the measured ticks.
     timeouts: u64,
@@ -71,6 +75,15 @@ struct Call {
 
 impl Call {
     fn new(publishers: usize, subscribers: usize) -> Call {
+        Call::build(publishers, subscribers, false)
+    }
+
+    /// A meeting: `n` clients that each publish audio and receive everyone else's.
+    fn meeting(n: usize) -> Call {
+        Call::build(n, 0, true)
+    }
+
+    fn build(publishers: usize, subscribers: usize, meeting: bool) -> Call {
         huddle_media::init_crypto();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
         let mut call = Call {
@@ -87,15 +100,16 @@ impl Call {
             to_sfu: Vec::new(),
             from_sfu: Vec::new(),
             publishers,
+            first_receiver: if meeting { 0 } else { publishers },
             frame_no: 0,
             timeouts: 0,
             srtp_out: 0,
         };
         for _ in 0..publishers {
-            call.join(true);
+            call.join(true, meeting);
         }
         for _ in 0..subscribers {
-            call.join(false);
+            call.join(false, true);
         }
         // ICE, DTLS, the answers and the SFU's renegotiations for the consumers.
         for _ in 0..600 {
@@ -115,7 +129,7 @@ impl Call {
         call
     }
 
-    fn join(&mut self, publish: bool) {
+    fn join(&mut self, publish: bool, subscribe: bool) {
         let n = self.clients.len() as u32 + 1;
         let addr: SocketAddr = format!("10.{}.{}.{}:6000", 1 + n / 65536, (n / 256) % 256, n % 256)
             .parse()
@@ -128,10 +142,7 @@ impl Call {
         change.add_channel("huddle".into());
         let (offer, pending) = change.apply().unwrap();
         let pid = ParticipantId(u64::from(n));
-        let grants = Grants {
-            publish,
-            subscribe: !publish,
-        };
+        let grants = Grants { publish, subscribe };
         self.sfu
             .offer(self.now, pid, "room", grants, &offer.to_sdp_string())
             .unwrap();
@@ -300,25 +311,41 @@ impl Client {
 }
 
 /// Measures `publishers` × `subscribers` (one iteration: one packet from each publisher, a copy
-/// to each subscriber) and checks afterwards that the copies arrived.
+/// to each subscriber) and checks afterwards that the copies arrived. `subscribers == 0`: a
+/// meeting of `publishers`, each receiving everyone else.
 fn measure(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     publishers: usize,
     subscribers: usize,
 ) {
-    let mut call = Call::new(publishers, subscribers);
+    let meeting = subscribers == 0;
+    let mut call = if meeting {
+        Call::meeting(publishers)
+    } else {
+        Call::new(publishers, subscribers)
+    };
     // A second of audio first: consumers open, keyframe and allocation rounds settle.
     for _ in 0..50 {
         call.tick();
     }
-    let received =
-        |call: &Call| -> u64 { call.clients[publishers..].iter().map(|c| c.frames).sum() };
+    let received = |call: &Call| -> u64 {
+        call.clients[call.first_receiver..]
+            .iter()
+            .map(|c| c.frames)
+            .sum()
+    };
     let timeouts_before = call.timeouts;
     let (frames_before, srtp_before, ticks_before) =
         (received(&call), call.srtp_out, call.frame_no);
-    let copies = (publishers * subscribers) as u64;
+    let copies = if meeting {
+        (publishers * (publishers - 1)) as u64
+    } else {
+        (publishers * subscribers) as u64
+    };
     group.throughput(Throughput::Elements(copies));
-    let id = if publishers == 1 {
+    let id = if meeting {
+        BenchmarkId::from_parameter(format!("meeting{publishers}"))
+    } else if publishers == 1 {
         BenchmarkId::from_parameter(subscribers)
     } else {
         BenchmarkId::from_parameter(format!("{publishers}x{subscribers}"))
@@ -360,6 +387,13 @@ fn forward(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(8));
     measure(&mut group, 10, 40);
+    group.finish();
+    // A meeting of 25 (audio: every participant publishes and hears the 24 others).
+    let mut group = c.benchmark_group("meeting_tick");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(8));
+    measure(&mut group, 25, 0);
     group.finish();
 }
 

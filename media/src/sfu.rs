@@ -264,6 +264,8 @@ pub struct Sfu {
     capture: Option<crate::capture::FrameCapture>,
     /// Every connection's next timeout.
     timers: Timers,
+    /// Connections by the local ICE ufrag of their current (and earlier) credentials.
+    by_ufrag: HashMap<String, ParticipantId>,
     /// Scratch list of connections whose timeout is due.
     due: Vec<ParticipantId>,
     /// The earliest postponed keyframe request (see [`Layer::keyframe_pending`]).
@@ -301,6 +303,7 @@ impl Sfu {
             realloc: false,
             capture: None,
             timers: Timers::default(),
+            by_ufrag: HashMap::new(),
             due: Vec::new(),
             postponed_keyframes: None,
         }
@@ -373,6 +376,8 @@ impl Sfu {
             .accept_offer(offer)
             .map_err(|e| MediaError::SdpApply(e.to_string()))?;
 
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.by_ufrag.insert(ufrag.clone(), participant);
         // Everything already published in the room becomes a consumer of the newcomer.
         let router = self
             .routers
@@ -407,6 +412,7 @@ impl Sfu {
                 pending_sdp: None,
                 ice_restart: false,
                 addrs: Vec::new(),
+                ufrags: vec![ufrag.clone()],
                 rtx_in: Vec::new(),
                 rtx_out: Vec::new(),
                 timer: PeerTimer::new(now),
@@ -602,16 +608,21 @@ impl Sfu {
         let pid = match self.by_addr.get(&source) {
             Some(pid) if self.peers.get(pid).is_some_and(|p| p.rtc.accepts(&input)) => *pid,
             _ => {
-                // A new source: find the connection whose ICE credentials it carries.
-                let Some((pid, peer)) = self.peers.iter_mut().find(|(_, p)| p.rtc.accepts(&input))
-                else {
+                // A new source: only an ICE check can introduce it, and its USERNAME
+                // (`<our ufrag>:<theirs>`) names the connection; one lookup, no scan.
+                let found = stun_local_ufrag(data)
+                    .and_then(|u| self.by_ufrag.get(u).copied())
+                    .filter(|pid| self.peers.get(pid).is_some_and(|p| p.rtc.accepts(&input)));
+                let Some(pid) = found else {
                     self.unrouted_datagrams += 1;
                     self.metrics.unrouted.inc();
                     return;
                 };
-                peer.addrs.push(source);
-                self.by_addr.insert(source, *pid);
-                *pid
+                if let Some(peer) = self.peers.get_mut(&pid) {
+                    peer.addrs.push(source);
+                }
+                self.by_addr.insert(source, pid);
+                pid
             }
         };
         if let Some(peer) = self.peers.get_mut(&pid) {
@@ -718,6 +729,12 @@ impl Sfu {
                                 tracing::debug!(participant = %pid, error = %e, "timeout handling failed");
                             }
                             continue;
+                        }
+                        if !peer.rtc.is_alive() {
+                            // Closed while draining (a DTLS close alert): nothing more will
+                            // ever be due on it, so it goes now.
+                            self.close(pid, CloseReason::Failed);
+                            break;
                         }
                         self.timers.schedule(pid, &mut peer.timer, t);
                         break;
@@ -986,6 +1003,9 @@ impl Sfu {
         for a in &peer.addrs {
             self.by_addr.remove(a);
         }
+        for u in &peer.ufrags {
+            self.by_ufrag.remove(u);
+        }
         let members = match self.routers.get_mut(&peer.room) {
             Some(router) => {
                 router.members.retain(|m| *m != pid);
@@ -1037,5 +1057,54 @@ impl Sfu {
         }
         self.realloc = true;
         true
+    }
+}
+
+/// The local (first) half of the USERNAME of a STUN message: `<ufrag of the receiver>:<ufrag
+/// of the sender>` (RFC 8445 §7.2.2). `None` for anything else.
+fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    const USERNAME: u16 = 0x0006;
+    if datagram.len() < 20 || datagram[0] & 0xc0 != 0 || datagram[4..8] != MAGIC_COOKIE {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    let attrs = datagram.get(20..20 + len)?;
+    let mut at = 0;
+    while at + 4 <= attrs.len() {
+        let kind = u16::from_be_bytes([attrs[at], attrs[at + 1]]);
+        let n = usize::from(u16::from_be_bytes([attrs[at + 2], attrs[at + 3]]));
+        let value = attrs.get(at + 4..at + 4 + n)?;
+        if kind == USERNAME {
+            let name = std::str::from_utf8(value).ok()?;
+            return name.split(':').next();
+        }
+        at += 4 + n.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stun_local_ufrag;
+
+    #[test]
+    fn the_local_ufrag_is_read_from_a_binding_requests_username() {
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend([7u8; 12]);
+        // PRIORITY, then USERNAME "srv1:cli2" (9 bytes, padded to 12).
+        let attrs: Vec<u8> = [
+            &[0x00, 0x24, 0, 4, 1, 2, 3, 4][..],
+            &[0x00, 0x06, 0, 9],
+            b"srv1:cli2",
+            &[0, 0, 0],
+        ]
+        .concat();
+        m[2..4].copy_from_slice(&(attrs.len() as u16).to_be_bytes());
+        m.extend(&attrs);
+        assert_eq!(stun_local_ufrag(&m), Some("srv1"));
+        assert_eq!(stun_local_ufrag(&m[..30]), None, "cut short");
+        assert_eq!(stun_local_ufrag(&[0x80; 40]), None, "RTP");
+        assert_eq!(stun_local_ufrag(b""), None);
     }
 }

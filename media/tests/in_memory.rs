@@ -69,6 +69,12 @@ struct Net {
     clients: Vec<Client>,
     /// Fraction of client→SFU datagrams dropped, decided by a fixed-seed generator.
     loss: f64,
+    /// Datagrams from this client address are dropped (its network died).
+    silenced: Option<SocketAddr>,
+    record_close: bool,
+    /// The core's timers are fired only when due, as the driver does.
+    driver_timing: bool,
+    closed: Option<(ParticipantId, huddle_media::CloseReason)>,
     rng: u64,
 }
 
@@ -86,6 +92,10 @@ impl Net {
             }),
             clients: Vec::new(),
             loss: 0.0,
+            silenced: None,
+            record_close: false,
+            driver_timing: false,
+            closed: None,
             rng: 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -159,6 +169,9 @@ impl Net {
                                 .answer(self.now, pid, &answer.to_sdp_string())
                                 .unwrap();
                         }
+                        PeerEvent::Closed { reason } if self.record_close => {
+                            self.closed = Some((pid, reason));
+                        }
                         PeerEvent::Closed { reason } => panic!("{pid} closed: {reason:?}"),
                         _ => {}
                     }
@@ -182,16 +195,24 @@ impl Net {
             }
         }
         for (from, data) in to_sfu {
-            if self.loss > 0.0 && self.random() < self.loss {
+            if self.loss > 0.0 && self.random() < self.loss || self.silenced == Some(from) {
                 continue;
             }
             self.sfu.handle_receive(self.now, from, &data);
         }
         self.now += dt;
-        self.sfu.handle_timeout(self.now);
+        if !self.driver_timing || self.sfu.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.sfu.handle_timeout(self.now);
+        }
         for c in &mut self.clients {
             c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
         }
+    }
+
+    fn step_driver(&mut self, dt: Duration) {
+        self.driver_timing = true;
+        self.record_close = true;
+        self.step(dt);
     }
 
     fn run(&mut self, d: Duration) {
@@ -519,4 +540,34 @@ fn churn_leaves_a_steady_subscribers_sdp_bounded_by_the_tracks_sent_at_once() {
         "bob's SDP has {m_lines} m-lines after 40 publishers came and went"
     );
     assert!(largest < 12_000, "bob's largest offer is {largest} bytes");
+}
+
+#[test]
+fn a_publisher_that_closes_its_connection_is_closed_even_when_only_due_timers_fire() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(true);
+    net.run(Duration::from_secs(2));
+    assert!(net.clients[alice].connected && net.clients[bob].connected);
+    // Alice's side closes (DTLS close alert), then says nothing more.
+    net.clients[alice].rtc.close().unwrap();
+    net.step(Duration::from_millis(5));
+    net.silenced = Some(net.clients[alice].addr);
+    // The core is woken only when it asked to be, as the worker does.
+    let end = net.now + Duration::from_secs(40);
+    while net.closed.is_none() && net.now < end {
+        let due = net
+            .sfu
+            .poll_timeout()
+            .unwrap_or(net.now + Duration::from_secs(1));
+        let dt = due
+            .saturating_duration_since(net.now)
+            .max(Duration::from_millis(1));
+        net.step_driver(dt);
+    }
+    assert_eq!(
+        net.closed.map(|(pid, _)| pid),
+        Some(net.clients[alice].pid),
+        "alice's connection was closed"
+    );
 }

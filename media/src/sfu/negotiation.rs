@@ -50,9 +50,10 @@ impl Sfu {
             .any(|c| c.state == ConsumerState::ToOpen);
         if peer.pending.is_none() && (peer.ice_restart || waiting) {
             let mut change = peer.rtc.sdp_api();
+            let mut restarted = None;
             if std::mem::take(&mut peer.ice_restart) {
                 // New ICE credentials; the host candidates stay.
-                change.ice_restart(true);
+                restarted = Some(change.ice_restart(true).ufrag);
             }
             let mut planned = Vec::new();
             for (i, c) in peer.consumers.iter().enumerate() {
@@ -68,6 +69,16 @@ impl Sfu {
                 }
             }
             if let Some((offer, pending)) = change.apply() {
+                if let Some(ufrag) = restarted {
+                    // The new credentials name this connection from now on; the last few old
+                    // ones too, since checks with them may still be on their way.
+                    self.by_ufrag.insert(ufrag.clone(), pid);
+                    peer.ufrags.push(ufrag);
+                    if peer.ufrags.len() > 3 {
+                        let old = peer.ufrags.remove(0);
+                        self.by_ufrag.remove(&old);
+                    }
+                }
                 for (i, mid) in planned {
                     let c = &mut peer.consumers[i];
                     c.state = ConsumerState::Negotiating(mid);

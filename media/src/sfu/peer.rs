@@ -24,6 +24,8 @@ pub(super) struct Peer {
     pub(super) ice_restart: bool,
     /// Source addresses this peer's datagrams came from (for demultiplexing).
     pub(super) addrs: Vec<SocketAddr>,
+    /// Local ICE ufrags it was given (one more per ICE restart), for demultiplexing.
+    pub(super) ufrags: Vec<String>,
     /// The RTX SSRCs of its incoming and outgoing streams, learnt from the stats tick, to count
     /// retransmissions by a look at the (unencrypted) SSRC of each SRTP packet.
     pub(super) rtx_in: Vec<u32>,
