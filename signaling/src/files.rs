@@ -193,9 +193,22 @@ impl Files {
         (meta.room == room).then_some(meta)
     }
 
-    /// The attachment for file `id` of `room`, if it exists. Blocking.
-    pub(crate) fn attachment(&self, room: &str, id: &str) -> Option<Attachment> {
-        self.meta_blocking(room, id).map(|m| m.attachment())
+    /// The attachment for file `id` of `room` and the identity that uploaded it, if it exists.
+    /// Blocking.
+    pub(crate) fn attachment(&self, room: &str, id: &str) -> Option<(Attachment, String)> {
+        self.meta_blocking(room, id)
+            .map(|m| (m.attachment(), m.identity))
+    }
+
+    /// Removes file `id` of `room` if `identity` uploaded it; someone else's file is kept (a
+    /// message may carry only its sender's own uploads, but files attached before that rule
+    /// are still around). Blocking.
+    pub(crate) fn remove_if_uploaded_by(&self, room: &str, id: &str, identity: &str) {
+        match self.meta_blocking(room, id) {
+            Some(meta) if meta.identity == identity => self.remove(room, id),
+            Some(_) => debug!("a deleted message's file kept: another participant uploaded it"),
+            None => {}
+        }
     }
 
     /// The file `id` of `room` and its bytes (or its thumbnail's). Blocking.

@@ -899,7 +899,17 @@ impl Session {
         let max = self.state.inner.config.chat_max_chars;
         let attachment = match attachment_id {
             Some(id) => match self.find_attachment(id).await {
-                Some(a) => Some(a),
+                Some((a, uploader)) if uploader == self.claims.sub => Some(a),
+                Some(_) => {
+                    return self
+                        .conn
+                        .error(
+                            ErrorCode::NotYourFile,
+                            "only the participant who uploaded a file may attach it",
+                            rid,
+                        )
+                        .await
+                }
                 None => {
                     return self
                         .conn
