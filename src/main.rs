@@ -293,11 +293,17 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// The shortest token secret accepted, from wherever it comes (`auth.secret`,
+/// `auth.secret_file`, the generated `data_dir/secret.key`), in bytes.
+const MIN_SECRET_LEN: usize = 16;
+
 /// The token secret: from the configuration, a file, or generated once into the data directory.
+/// A secret under [`MIN_SECRET_LEN`] is refused wherever it comes from: an empty one would
+/// make every token forgeable (and the TURN secret is derived from it).
 fn secret(cfg: &Config) -> Result<Vec<u8>> {
     if let Some(s) = &cfg.auth.secret {
-        if s.len() < 16 {
-            bail!("auth.secret must be at least 16 characters");
+        if s.len() < MIN_SECRET_LEN {
+            bail!("auth.secret must be at least {MIN_SECRET_LEN} characters");
         }
         return Ok(s.as_bytes().to_vec());
     }
@@ -305,17 +311,32 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
         let s = std::fs::read_to_string(f)
             .with_context(|| format!("reading auth.secret_file {}", f.display()))?;
         let s = s.trim();
-        if s.len() < 16 {
+        if s.len() < MIN_SECRET_LEN {
             bail!(
-                "the secret in {} must be at least 16 characters",
+                "the secret in {} must be at least {MIN_SECRET_LEN} characters",
                 f.display()
             );
         }
         return Ok(s.as_bytes().to_vec());
     }
     let path = cfg.data_dir.join("secret.key");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok(s.trim().as_bytes().to_vec());
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let s = s.trim();
+            if s.len() < MIN_SECRET_LEN {
+                bail!(
+                    "the generated secret in {} has {} characters, fewer than the {MIN_SECRET_LEN} \
+                     needed (a crash or a full disk at first start can leave it empty): remove the \
+                     file to have a new one generated, which ends every token issued so far, or \
+                     set auth.secret_file",
+                    path.display(),
+                    s.len()
+                );
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -386,6 +407,15 @@ fn webhooks(
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Written whole to a temporary file and synced before it takes the real name, then the
+    // directory is synced: a crash leaves either no file or the complete one, never an empty one.
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -393,7 +423,20 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)?.write_all(contents.as_bytes())
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn serve(cfg: Config) -> Result<()> {
@@ -409,6 +452,9 @@ async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let keys = TokenKeys::new(&secret(&cfg)?);
+    // Checked here so that a short TURN secret stops the start even when the bundled TURN
+    // server is off.
+    turn_secret(&cfg)?;
     let cluster = cluster::settings(&cfg)?;
     let chat = match cluster.as_ref().map(|c| c.postgres_url.as_str()) {
         Some(url) => {
@@ -610,6 +656,9 @@ async fn tls_config(
 /// secret serves both.
 fn turn_secret(cfg: &Config) -> Result<String> {
     if let Some(s) = &cfg.turn.secret {
+        if s.len() < MIN_SECRET_LEN {
+            bail!("turn.secret must be at least {MIN_SECRET_LEN} characters");
+        }
         return Ok(s.clone());
     }
     // HMAC-SHA256 of a fixed label under the token secret: a leaked TURN secret does not

@@ -77,3 +77,85 @@ async fn another_participant_cannot_attach_or_delete_my_file() {
         "only Alice's message carries the file: {h:?}"
     );
 }
+
+/// Runs `huddle serve` on `data_dir` and waits for it to exit (at most 30 s): its status and
+/// what it wrote to stderr. Panics if it is still running then (it started).
+fn serve_until_exit(data_dir: &std::path::Path) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--media-port",
+            "0",
+            "--turn-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the huddle binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started on {}", data_dir.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
+/// Finding 2: an empty, newline-only or 3-byte `secret.key` was accepted, and a token signed
+/// with it joined any room.
+#[test]
+fn a_short_generated_secret_stops_the_start() {
+    for (what, contents) in [("empty", ""), ("newline", "\n"), ("3 bytes", "abc")] {
+        let dir = std::env::temp_dir().join(format!("huddle-sec-key-{:x}", rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret.key"), contents).unwrap();
+        let (status, err) = serve_until_exit(&dir);
+        assert!(!status.success(), "{what}: exited with {status}");
+        assert!(
+            err.contains("secret.key") && err.contains("16"),
+            "{what}: the message names the file and the minimum: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("secret.key")).unwrap(),
+            contents,
+            "{what}: the file is left for the operator"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The generated secret is complete, private, and leaves no temporary file.
+#[test]
+fn the_generated_secret_is_written_whole_and_private() {
+    let server = Server::start(&[]);
+    let path = server.data_dir.join("secret.key");
+    let key = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(key.len(), 64, "{key:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&server.data_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
