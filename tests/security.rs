@@ -159,3 +159,37 @@ fn the_generated_secret_is_written_whole_and_private() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Finding 5: the download route set `sandbox`, and the security headers layer replaced it with
+/// the page-wide policy.
+#[tokio::test]
+async fn downloads_keep_their_sandbox_policy() {
+    let server = Server::start(&[]);
+    let token = server.guest_token("csp", "Alice").await;
+    let (status, att) = upload(&server, "csp", Some(&token), "note.txt", b"hi".to_vec()).await;
+    assert_eq!(status, 201, "{att}");
+    let id = att["id"].as_str().unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/rooms/csp/files/{id}", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let csp: Vec<_> = res
+        .headers()
+        .get_all("content-security-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(csp.len(), 1, "{csp:?}");
+    assert!(csp[0].contains("sandbox"), "{csp:?}");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    // Pages keep the page-wide policy.
+    let page = reqwest::get(format!("{}/", server.url)).await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("sandbox"),
+        "{csp}"
+    );
+}
