@@ -234,6 +234,9 @@ pub struct AuthConfig {
     pub open_join: bool,
     /// Lifetime of guest tokens, seconds. Default 3600.
     pub guest_token_ttl_secs: u64,
+    /// The longest time ahead a token's `exp` may be, seconds; tokens expiring later are
+    /// refused (`invalid_token`). Default 2592000 (30 days).
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -243,6 +246,7 @@ impl Default for AuthConfig {
             secret_file: None,
             open_join: true,
             guest_token_ttl_secs: 3600,
+            max_token_lifetime_secs: 30 * 86_400,
         }
     }
 }

@@ -236,7 +236,14 @@ fn main() -> Result<()> {
         }
         Some(Command::Token(t)) => {
             let cfg = load(cli.config.as_deref(), &t.serve)?;
-            let keys = TokenKeys::new(&secret(&cfg)?);
+            let keys = token_keys(&cfg)?;
+            if t.ttl > cfg.auth.max_token_lifetime_secs {
+                bail!(
+                    "--ttl {} is longer than auth.max_token_lifetime_secs ({}): the server would refuse the token",
+                    t.ttl,
+                    cfg.auth.max_token_lifetime_secs
+                );
+            }
             let grants = Grants {
                 publish: !t.no_publish,
                 subscribe: true,
@@ -347,6 +354,19 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
     Ok(s.into_bytes())
 }
 
+/// The token keys, with the configured token rules.
+fn token_keys(cfg: &Config) -> Result<TokenKeys> {
+    if cfg.auth.guest_token_ttl_secs > cfg.auth.max_token_lifetime_secs {
+        bail!(
+            "auth.guest_token_ttl_secs ({}) is longer than auth.max_token_lifetime_secs ({}): every guest token would be refused",
+            cfg.auth.guest_token_ttl_secs,
+            cfg.auth.max_token_lifetime_secs
+        );
+    }
+    Ok(TokenKeys::new(&secret(cfg)?)
+        .with_max_lifetime(Duration::from_secs(cfg.auth.max_token_lifetime_secs)))
+}
+
 /// The room API's key and secret, when configured.
 fn api_credentials(cfg: &Config) -> Result<Option<huddle_signaling::api::ApiCredentials>> {
     let secret = match (&cfg.api.secret, &cfg.api.secret_file) {
@@ -451,7 +471,7 @@ fn serve(cfg: Config) -> Result<()> {
 async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let keys = TokenKeys::new(&secret(&cfg)?);
+    let keys = token_keys(&cfg)?;
     // Checked here so that a short TURN secret stops the start even when the bundled TURN
     // server is off.
     turn_secret(&cfg)?;

@@ -193,3 +193,135 @@ async fn downloads_keep_their_sandbox_policy() {
         "{csp}"
     );
 }
+
+const SECRET: &str = "security-test-secret-0123456789";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token with exactly these claims, signed with [`SECRET`].
+fn sign(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The first answer to a `join` with `token`.
+async fn join_answer(server: &Server, token: &str) -> (Signal, Value) {
+    let mut s = Signal::connect(&server.ws_url()).await;
+    s.send(json!({"type": "join", "protocol": 1, "token": token}))
+        .await;
+    let answer = s.recv().await;
+    (s, answer)
+}
+
+/// Finding 7: a future `nbf` was ignored, `exp` = u64::MAX and an empty `sub` accepted, and
+/// names of 10,000 characters with bidirectional overrides passed.
+#[tokio::test]
+async fn token_rules_nbf_exp_sub_and_names() {
+    let server = Server::start_env(&[], &[("HUDDLE_AUTH__SECRET", SECRET)]);
+    let t = now();
+    let claims = |extra: Value| {
+        let mut c = json!({"sub": "mallory", "name": "M", "room": "tok", "exp": t + 600, "iat": t});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    for (what, token) in [
+        ("nbf in the future", sign(claims(json!({"nbf": t + 3600})))),
+        ("exp = u64::MAX", sign(claims(json!({"exp": u64::MAX})))),
+        (
+            "exp past the maximum",
+            sign(claims(json!({"exp": t + 31 * 86_400}))),
+        ),
+        ("empty sub", sign(claims(json!({"sub": ""})))),
+        ("blank sub", sign(claims(json!({"sub": "  "})))),
+    ] {
+        let (mut s, answer) = join_answer(&server, &token).await;
+        assert_eq!(answer["type"], "error", "{what}: {answer}");
+        assert_eq!(answer["code"], "invalid_token", "{what}: {answer}");
+        assert!(
+            s.recv_timeout(std::time::Duration::from_secs(10))
+                .await
+                .is_none(),
+            "{what}: the socket is closed"
+        );
+    }
+    // A past nbf and an exp within the maximum are fine.
+    let (_ok, answer) = join_answer(&server, &sign(claims(json!({"nbf": t - 10})))).await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+
+    // The maximum is configurable.
+    let strict = Server::start_env(
+        &[],
+        &[
+            ("HUDDLE_AUTH__SECRET", SECRET),
+            ("HUDDLE_AUTH__MAX_TOKEN_LIFETIME_SECS", "3600"),
+        ],
+    );
+    let (_s, answer) = join_answer(&strict, &sign(claims(json!({"exp": t + 7200})))).await;
+    assert_eq!(answer["code"], "invalid_token", "{answer}");
+    let (_s, answer) = join_answer(&strict, &sign(claims(json!({"exp": t + 600})))).await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+
+    // A signed name is cleaned and capped like a guest's, and others see it so.
+    let (mut watcher, _, _) = join(&server, "tok", "Watcher").await;
+    let long = format!("\u{202E}Eve\u{0}\u{2066}{}", "x".repeat(10_000));
+    let (_eve, answer) =
+        join_answer(&server, &sign(claims(json!({"sub": "eve", "name": long})))).await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    let name = answer["name"].as_str().unwrap();
+    assert!(name.starts_with("Evexxx"), "{name:?}");
+    assert_eq!(name.chars().count(), 64);
+    let seen = watcher.recv_type("participant_joined").await.0;
+    assert_eq!(seen["participant"]["name"], name, "{seen}");
+
+    // Guest names lose the same characters.
+    let res: Value = reqwest::Client::new()
+        .post(format!("{}/api/token", server.url))
+        .json(&json!({"room": "tok", "name": "\u{202E}gpj.exe\u{0}"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_g, answer) = join_answer(&server, res["token"].as_str().unwrap()).await;
+    assert_eq!(answer["name"], "gpj.exe", "{answer}");
+}
+
+/// Finding 7: NUL and bidirectional overrides were stored in chat text.
+#[tokio::test]
+async fn chat_text_loses_nul_and_bidi_overrides() {
+    let server = Server::start(&[]);
+    let (mut alice, _, _) = join(&server, "txt", "Alice").await;
+    let (mut bob, _, _) = join(&server, "txt", "Bob").await;
+    alice
+        .send(json!({"type": "chat", "text": "pay\u{0} to \u{202E}4321\u{202C} now\nthanks"}))
+        .await;
+    let m = bob.recv_type("chat").await.0["message"].clone();
+    assert_eq!(m["text"], "pay to 4321 now\nthanks", "{m}");
+    let mid = m["id"].clone();
+    alice.recv_type("chat").await;
+    alice
+        .send(json!({"type": "chat_edit", "message_id": mid, "text": "\u{2067}edited\u{0}"}))
+        .await;
+    let u = bob.recv_type("chat_update").await.0;
+    assert_eq!(u["message"]["text"], "edited", "{u}");
+    // Only forbidden characters: nothing is left to send.
+    alice
+        .send(json!({"type": "chat", "text": "\u{0}\u{202E}"}))
+        .await;
+    assert_eq!(alice.recv_type("error").await.0["code"], "bad_message");
+    // The history has the cleaned text.
+    let (_carol, _, joined) = join(&server, "txt", "Carol").await;
+    assert_eq!(joined["chat_history"][0]["text"], "edited");
+}

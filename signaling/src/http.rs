@@ -190,13 +190,7 @@ async fn token(
             "room names have 1 to 64 of A-Z a-z 0-9 - _ .",
         );
     }
-    let name: String = req
-        .name
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    let name = crate::text::clean_name(&req.name);
     let name = if name.is_empty() {
         "Guest".to_string()
     } else {

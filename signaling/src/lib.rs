@@ -32,6 +32,7 @@ mod richchat;
 mod richchat_pg;
 mod rooms;
 mod session;
+pub mod text;
 pub mod token;
 pub mod webhooks;
 

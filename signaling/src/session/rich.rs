@@ -62,7 +62,7 @@ impl Session {
                     })
                 }
                 ClientMsg::ChatEdit { message_id, text } => {
-                    let text = text.trim().to_string();
+                    let text = crate::text::clean_chat_text(&text);
                     if text.is_empty() || text.chars().count() > max {
                         return self
                             .bad(rid, &format!("a chat message has 1 to {max} characters"))
