@@ -206,6 +206,20 @@ pub struct ServerConfig {
     /// participant is told `leave` with `server_shutdown`, and the process exits when their
     /// sockets have closed or this time is up. Default 10.
     pub drain_secs: u64,
+    /// Seconds a connection may take to send a request's headers: the first request after the
+    /// connection opens, each later one, and the idle wait between keep-alive requests. Slower
+    /// or silent connections are closed. Default 10.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a TLS handshake may take before the connection is closed. Default 10.
+    pub tls_handshake_timeout_secs: u64,
+    /// TCP connections to the HTTP port at once (HTTP, TLS and WebSockets alike); more are
+    /// closed at once. Lowered at start to stay 512 under the file-descriptor limit (whose soft
+    /// value is raised to the hard one). Default 10000.
+    pub max_connections: usize,
+    /// TCP connections to the HTTP port at once from one address (addresses in
+    /// `signaling.trusted_proxies` are exempt); more are closed at once. 0 = no limit.
+    /// Default 256.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -216,6 +230,10 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_self_signed: false,
             drain_secs: 10,
+            header_read_timeout_secs: 10,
+            tls_handshake_timeout_secs: 10,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }

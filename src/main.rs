@@ -3,6 +3,7 @@
 
 mod cluster;
 mod config;
+mod conns;
 mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -551,6 +552,7 @@ async fn run(cfg: Config) -> Result<()> {
         webhooks: webhooks(&cfg, signaling.api.as_ref())?,
         ..signaling
     };
+    let trusted_proxies = signaling.trusted_proxies.clone();
     let mut media_addrs = media.local_addrs().to_vec();
     media_addrs.extend_from_slice(media.addrs());
     let turn = if cfg.ice.turn {
@@ -583,6 +585,22 @@ async fn run(cfg: Config) -> Result<()> {
         )
         .await?;
     }
+    let fds = conns::raise_fd_limit();
+    let cap = conns::effective_cap(cfg.server.max_connections, fds);
+    if cap < cfg.server.max_connections {
+        tracing::warn!(
+            configured = cfg.server.max_connections,
+            cap,
+            fd_limit = fds,
+            "server.max_connections lowered to stay under the file-descriptor limit"
+        );
+    }
+    let limiter = conns::LimitAcceptor::new(
+        cap,
+        cfg.server.max_connections_per_ip,
+        trusted_proxies,
+        state.limit_counters().clone(),
+    );
     let drain_state = state.clone();
     let app = huddle_signaling::router(state)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -605,19 +623,32 @@ async fn run(cfg: Config) -> Result<()> {
         h.graceful_shutdown(Some(left.max(Duration::from_millis(100))));
     });
     println!("Huddle is ready at {scheme}://{addr}/");
+    let mut server = axum_server::from_tcp(listener)?;
+    // Connections that send no request, or their headers too slowly, or idle between
+    // keep-alive requests, are closed: the first request is bounded by axum-server (it covers
+    // hyper's protocol detection), each later one by hyper. HTTP/2 peers that stop answering
+    // pings are closed too.
+    let header_timeout = Duration::from_secs(cfg.server.header_read_timeout_secs.max(1));
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let server = server.first_request_timeout(header_timeout).handle(handle);
     match tls {
         Some(tls) => {
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(app)
-                .await?
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(Duration::from_secs(
+                    cfg.server.tls_handshake_timeout_secs.max(1),
+                ))
+                .acceptor(limiter);
+            server.acceptor(acceptor).serve(app).await?
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app)
-                .await?
-        }
+        None => server.acceptor(limiter).serve(app).await?,
     }
     if let Some(t) = turn {
         if tokio::time::timeout(Duration::from_secs(2), t.shutdown())

@@ -325,3 +325,134 @@ async fn chat_text_loses_nul_and_bidi_overrides() {
     let (_carol, _, joined) = join(&server, "txt", "Carol").await;
     assert_eq!(joined["chat_history"][0]["text"], "edited");
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (the whole of 127.0.0.0/8 is
+/// local, so a flood can come from another address than the test's own requests).
+async fn connect_from(
+    addr: std::net::SocketAddr,
+    from: [u8; 4],
+) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::from((from, 0)))?;
+    sock.connect(addr).await
+}
+
+/// Plays `kind` on `s` (0 silent, 1 headers without their end, 2 one byte, 3 one full
+/// keep-alive request then silence) and returns when the server closes it.
+async fn idle_connection(mut s: tokio::net::TcpStream, kind: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = match kind {
+        1 => s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await,
+        2 => s.write_all(b"G").await,
+        3 => {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+        }
+        _ => Ok(()),
+    };
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Finding 3: idle and half-sent-header connections were never closed, and enough of them took
+/// the file descriptors `/healthz` and joins needed.
+#[tokio::test]
+async fn idle_connections_are_capped_and_closed_and_the_server_keeps_answering() {
+    const HELD: usize = 1000;
+    const PER_IP: usize = 600;
+    const TIMEOUT_SECS: u64 = 6;
+    let server = Server::start_env(
+        &[],
+        &[
+            ("HUDDLE_SERVER__HEADER_READ_TIMEOUT_SECS", "6"),
+            ("HUDDLE_SERVER__MAX_CONNECTIONS_PER_IP", "600"),
+        ],
+    );
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let mut conns = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        conns.push(
+            connect_from(addr, [127, 0, 0, 2])
+                .await
+                .expect("loopback connects"),
+        );
+    }
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for (i, s) in conns.into_iter().enumerate() {
+        let closed = closed.clone();
+        flood.spawn(async move {
+            idle_connection(s, i % 4).await;
+            closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    // The connections over the per-address cap are closed at once and counted.
+    let hits = r#"huddle_limit_hits_total{limit="http_connections"}"#;
+    let want = (HELD - PER_IP) as f64;
+    let mut refused = 0.0;
+    for _ in 0..200 {
+        refused = server.metric(hits).await.unwrap_or(0.0);
+        if refused >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused, want, "{hits}");
+
+    // With the others held, /healthz answers and a participant joins (from another address).
+    let started = std::time::Instant::now();
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let (_alice, _, joined) = join(&server, "busy", "Alice").await;
+    assert_eq!(joined["type"], "joined");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "healthz and a join took {took:?} with {PER_IP} idle connections held"
+    );
+    let closed_now = closed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        closed_now <= HELD - PER_IP,
+        "the held connections were still open meanwhile ({closed_now} closed)"
+    );
+
+    // Every idle connection is closed by the server after the timeout (with room to spare).
+    let all = tokio::time::timeout(std::time::Duration::from_secs(TIMEOUT_SECS + 30), async {
+        while flood.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "{} of {HELD} idle connections still open 30 s after the timeout",
+        HELD - closed.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    let h = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+}
+
+/// Finding 3, TLS: a connection that never completes its handshake is closed.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start_env(
+        &["--tls-self-signed"],
+        &[("HUDDLE_SERVER__TLS_HANDSHAKE_TIMEOUT_SECS", "2")],
+    );
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent TLS connection was closed: {read:?}"
+    );
+}

@@ -252,11 +252,14 @@ pub enum Limit {
     Origin,
     /// A frame over `max_message_bytes`.
     MessageSize,
+    /// A TCP connection to the HTTP port closed at once: `server.max_connections` or
+    /// `server.max_connections_per_ip` reached.
+    HttpConnections,
 }
 
 impl Limit {
     /// Every limit, in a fixed order.
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MessageRate,
         Limit::MessageRateClose,
         Limit::ChatRate,
@@ -266,6 +269,7 @@ impl Limit {
         Limit::Participants,
         Limit::Origin,
         Limit::MessageSize,
+        Limit::HttpConnections,
     ];
 
     /// A short label (for a metric's `limit` label).
@@ -280,6 +284,7 @@ impl Limit {
             Limit::Participants => "participants",
             Limit::Origin => "origin",
             Limit::MessageSize => "message_size",
+            Limit::HttpConnections => "http_connections",
         }
     }
 }
@@ -297,7 +302,7 @@ impl Default for LimitCounters {
         let family = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "huddle_limit_hits_total",
-                "Requests refused or cut by an operator limit, by limit (before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
+                "Requests refused or cut by an operator limit, by limit (http_connections: a TCP connection closed at once over the HTTP port's caps; before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
             ),
             &["limit"],
         )
