@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -36,7 +38,10 @@ async fn another_participant_cannot_attach_or_delete_my_file() {
     // Bob re-attaches Alice's file: refused, with its own code, and nothing is sent.
     bob.send(json!({"type": "chat", "text": "stolen", "attachment_id": id}))
         .await;
-    let (err, skipped) = bob.recv_type("error").await;
+    // (Bounded: the server's WebSocket pings would keep a per-message timeout from firing.)
+    let (err, skipped) = tokio::time::timeout(Duration::from_secs(15), bob.recv_type("error"))
+        .await
+        .expect("Bob's chat with Alice's file is answered with an error");
     assert_eq!(err["code"], "not_your_file", "{err}");
     assert!(
         !skipped.iter().any(|m| m["type"] == "chat"),
