@@ -128,6 +128,11 @@ pub struct ChatSection {
     pub allowed_types: Vec<String>,
     /// Days a file is kept; 0 = forever. Default 30.
     pub retention_days: u64,
+    /// Thumbnails made at once (other picture uploads wait); 0 = one per core. Default 0.
+    pub thumbnail_workers: usize,
+    /// Most memory one picture may take to decode for its thumbnail, bytes; pictures needing
+    /// more get none. Default 134217728 (128 MiB).
+    pub thumbnail_max_bytes: u64,
 }
 
 impl Default for ChatSection {
@@ -136,6 +141,8 @@ impl Default for ChatSection {
             max_upload_bytes: 20 * 1024 * 1024,
             allowed_types: huddle_signaling::files::default_allowed_types(),
             retention_days: 30,
+            thumbnail_workers: 0,
+            thumbnail_max_bytes: 128 * 1024 * 1024,
         }
     }
 }

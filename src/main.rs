@@ -545,6 +545,8 @@ async fn run(cfg: Config) -> Result<()> {
             max_upload_bytes: cfg.chat.max_upload_bytes,
             allowed_types: cfg.chat.allowed_types.clone(),
             retention: Duration::from_secs(cfg.chat.retention_days.saturating_mul(86_400)),
+            thumbnail_workers: cfg.chat.thumbnail_workers,
+            thumbnail_max_bytes: cfg.chat.thumbnail_max_bytes,
         },
         ..SignalingConfig::default()
     };

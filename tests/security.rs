@@ -461,3 +461,108 @@ async fn a_stalled_tls_handshake_is_closed() {
         "the silent TLS connection was closed: {read:?}"
     );
 }
+
+/// A PNG of `side` × `side` transparent black RGBA pixels: a few kilobytes that decode to
+/// `side² × 4` bytes.
+fn bomb_png(side: u32) -> Vec<u8> {
+    use image::ImageEncoder;
+    let pixels = vec![0u8; (side * side * 4) as usize];
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::NoFilter,
+    )
+    .write_image(&pixels, side, side, image::ExtendedColorType::Rgba8)
+    .unwrap();
+    out
+}
+
+/// A line of the server's `/proc/<pid>/status`, in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Finding 4: six concurrent uploads of a small PNG that decodes to 8000 × 8000 took the
+/// server from 277 MB to 1.5 GB: each thumbnail could take 256 MiB and nothing bounded how
+/// many were made at once.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn concurrent_picture_bombs_stay_within_the_thumbnail_memory_bound() {
+    const UPLOADS: usize = 20;
+    const WORKERS: u64 = 2;
+    // 3200² RGBA = 41 MB decoded: above glibc's largest mmap threshold (32 MiB), so each
+    // decode is its own mapping and the peak RSS counts exactly the decodes at once.
+    const SIDE: u32 = 3200;
+    let decoded_mib = u64::from(SIDE * SIDE * 4) / (1024 * 1024);
+    let mut server = Server::start_env(
+        &[],
+        &[
+            ("HUDDLE_CHAT__THUMBNAIL_WORKERS", "2"),
+            ("HUDDLE_CHAT__THUMBNAIL_MAX_BYTES", "67108864"), // 64 MiB
+        ],
+    );
+    let pid = server.process().id();
+    let token = server.guest_token("pics", "Alice").await;
+    // Warm up (first upload, thread pool, JPEG encoder) before the baseline.
+    let (status, att) = upload(&server, "pics", Some(&token), "a.png", PNG.to_vec()).await;
+    assert_eq!(status, 201, "{att}");
+    let bomb = bomb_png(SIDE);
+    assert!(bomb.len() < 256 * 1024, "a small file: {}", bomb.len());
+    let baseline_mib = status_kib(pid, "VmRSS") / 1024;
+    let before_hwm_mib = status_kib(pid, "VmHWM") / 1024;
+
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..UPLOADS {
+        let (url, token, body) = (server.url.clone(), token.clone(), bomb.clone());
+        uploads.spawn(async move {
+            let res = reqwest::Client::new()
+                .post(format!("{url}/api/rooms/pics/files?name=bomb{i}.png"))
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        });
+    }
+    while let Some(r) = uploads.join_next().await {
+        let (status, att) = r.unwrap();
+        assert_eq!(status, 201, "{att}");
+        assert!(
+            att["thumb"].is_string(),
+            "under the limit: a thumbnail {att}"
+        );
+    }
+    let peak_mib = status_kib(pid, "VmHWM") / 1024;
+    // The bound: the baseline, WORKERS decodes at once, and 64 MiB for the rest (20 request
+    // bodies, the thumbnails, allocator slack). Without the pool all 20 decode at once.
+    let bound_mib = baseline_mib.max(before_hwm_mib) + WORKERS * decoded_mib + 64;
+    eprintln!("RSS: baseline {baseline_mib} MiB, peak {peak_mib} MiB, bound {bound_mib} MiB");
+    assert!(
+        peak_mib <= bound_mib,
+        "peak RSS {peak_mib} MiB over the bound {bound_mib} MiB (baseline {baseline_mib} MiB, \
+         {decoded_mib} MiB per decode)"
+    );
+
+    // A picture that needs more than thumbnail_max_bytes is stored without a thumbnail.
+    let (status, att) = upload(&server, "pics", Some(&token), "big.png", bomb_png(4500)).await;
+    assert_eq!(status, 201, "{att}");
+    assert!(
+        att["thumb"].is_null(),
+        "81 MB to decode, over 64 MiB: {att}"
+    );
+    let (status, bytes) = get(
+        &server,
+        &format!("/api/rooms/pics/files/{}", att["id"].as_str().unwrap()),
+        Some(&token),
+    )
+    .await;
+    assert_eq!((status, bytes.len()), (200, bomb_png(4500).len()));
+}

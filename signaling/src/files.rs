@@ -19,6 +19,7 @@
 //! any other and outlives the node; the data directory then only holds uploads in progress.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -30,6 +31,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::chat_pg::{PgChat, CALL_TIMEOUT};
@@ -54,6 +56,13 @@ pub struct FilesConfig {
     pub allowed_types: Vec<String>,
     /// Files older than this are removed. Zero: kept forever. Default 30 days.
     pub retention: Duration,
+    /// Thumbnails made at once; more uploads of pictures wait their turn. 0: one per core.
+    /// Default 0.
+    pub thumbnail_workers: usize,
+    /// Most memory one picture may take to decode for its thumbnail, bytes; a picture needing
+    /// more gets no thumbnail (it is still stored). Default 128 MiB. With the workers, this
+    /// bounds the memory thumbnails use at once: `thumbnail_workers` × this.
+    pub thumbnail_max_bytes: u64,
 }
 
 /// The default `allowed_types`: pictures, PDF, plain text, archives, common audio and video,
@@ -91,6 +100,8 @@ impl Default for FilesConfig {
             max_upload_bytes: 20 * 1024 * 1024,
             allowed_types: default_allowed_types(),
             retention: Duration::from_secs(30 * 86_400),
+            thumbnail_workers: 0,
+            thumbnail_max_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -128,6 +139,16 @@ pub(crate) struct Files {
     cfg: FilesConfig,
     /// Cluster mode: files are kept in PostgreSQL (`cfg.dir` only holds uploads in progress).
     pg: Option<PgChat>,
+    /// One permit per thumbnail being made (`cfg.thumbnail_workers`).
+    thumbs: Arc<Semaphore>,
+}
+
+/// The thumbnail workers for `cfg`: as configured, or one per core.
+fn thumbnail_workers(cfg: &FilesConfig) -> usize {
+    match cfg.thumbnail_workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
 }
 
 /// How long a call to PostgreSQL that moves a file of `size` bytes may take.
@@ -145,7 +166,8 @@ fn valid_id(id: &str) -> bool {
 impl Files {
     /// The store; starts the retention sweep when there is a runtime to run it on.
     pub(crate) fn start(cfg: FilesConfig, pg: Option<PgChat>) -> Self {
-        let files = Files { cfg, pg };
+        let thumbs = Arc::new(Semaphore::new(thumbnail_workers(&cfg)));
+        let files = Files { cfg, pg, thumbs };
         if let (Some(_), Ok(rt)) = (&files.cfg.dir, tokio::runtime::Handle::try_current()) {
             let f = files.clone();
             rt.spawn(async move {
@@ -239,14 +261,25 @@ impl Files {
         Some((meta, bytes))
     }
 
-    /// Stores a completed upload (at `tmp`) under `meta.id`, with a thumbnail for pictures.
+    /// The thumbnail of the picture at `tmp`, made by one of the bounded thumbnail workers
+    /// (waits for one to be free); `None` if it does not decode within the limits.
+    async fn thumbnail(&self, tmp: PathBuf) -> Option<Vec<u8>> {
+        let _permit = self.thumbs.clone().acquire_owned().await.ok()?;
+        let max = self.cfg.thumbnail_max_bytes;
+        tokio::task::spawn_blocking(move || make_thumb(&tmp, max))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stores a completed upload (at `tmp`) under `meta.id`, with its thumbnail if it has one.
     /// Blocking.
-    fn store_blocking(&self, tmp: &Path, mut meta: StoredFile) -> std::io::Result<StoredFile> {
-        let thumb = if meta.mime.starts_with("image/") {
-            make_thumb(tmp)
-        } else {
-            None
-        };
+    fn store_blocking(
+        &self,
+        tmp: &Path,
+        mut meta: StoredFile,
+        thumb: Option<Vec<u8>>,
+    ) -> std::io::Result<StoredFile> {
         meta.thumb = thumb.is_some();
         if let Some(pg) = &self.pg {
             let data = std::fs::read(tmp)?;
@@ -388,8 +421,8 @@ pub(crate) fn sniff(head: &[u8]) -> String {
 }
 
 /// A thumbnail (JPEG, longest side [`THUMB_PX`]) of the picture at `path`; `None` if it does not
-/// decode. Blocking.
-fn make_thumb(path: &Path) -> Option<Vec<u8>> {
+/// decode, or would take more than `max_bytes` to. Blocking.
+fn make_thumb(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     let mut reader = image::ImageReader::open(path)
         .ok()?
         .with_guessed_format()
@@ -397,7 +430,7 @@ fn make_thumb(path: &Path) -> Option<Vec<u8>> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(16_384);
     limits.max_image_height = Some(16_384);
-    limits.max_alloc = Some(256 * 1024 * 1024);
+    limits.max_alloc = Some(max_bytes);
     reader.limits(limits);
     // GIF and animated WebP decode to their first frame.
     let img = reader.decode().ok()?;
@@ -659,8 +692,13 @@ async fn upload(
         thumb: false,
         created_ms: now_ms(),
     };
+    let thumb = if mime.starts_with("image/") {
+        files.thumbnail(tmp.clone()).await
+    } else {
+        None
+    };
     let store = files.clone();
-    let stored = tokio::task::spawn_blocking(move || store.store_blocking(&tmp, meta)).await;
+    let stored = tokio::task::spawn_blocking(move || store.store_blocking(&tmp, meta, thumb)).await;
     match stored {
         Ok(Ok(meta)) => {
             cleanup.0 = None;
@@ -781,6 +819,7 @@ mod tests {
                 ..FilesConfig::default()
             },
             pg: None,
+            thumbs: Arc::new(Semaphore::new(1)),
         };
         assert!(f.allowed("image/png") && f.allowed("application/pdf"));
         assert!(!f.allowed("text/plain") && !f.allowed("imagex/png"));
@@ -801,6 +840,7 @@ mod tests {
                 ..FilesConfig::default()
             },
             pg: None,
+            thumbs: Arc::new(Semaphore::new(1)),
         };
         assert_eq!(f.sweep(SystemTime::now()), 0);
         let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
