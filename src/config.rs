@@ -133,6 +133,15 @@ pub struct ChatSection {
     /// Most memory one picture may take to decode for its thumbnail, bytes; pictures needing
     /// more get none. Default 134217728 (128 MiB).
     pub thumbnail_max_bytes: u64,
+    /// Uploads one identity may start per hour; more get 429 with `Retry-After`. 0 = no limit.
+    /// Default 30.
+    pub uploads_per_identity_per_hour: u64,
+    /// Bytes one identity may upload per hour. 0 = no limit. Default 209715200 (200 MiB).
+    pub upload_bytes_per_identity_per_hour: u64,
+    /// Uploads one client address may start per hour. 0 = no limit. Default 120.
+    pub uploads_per_ip_per_hour: u64,
+    /// Bytes one client address may upload per hour. 0 = no limit. Default 1073741824 (1 GiB).
+    pub upload_bytes_per_ip_per_hour: u64,
 }
 
 impl Default for ChatSection {
@@ -143,6 +152,10 @@ impl Default for ChatSection {
             retention_days: 30,
             thumbnail_workers: 0,
             thumbnail_max_bytes: 128 * 1024 * 1024,
+            uploads_per_identity_per_hour: 30,
+            upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
+            uploads_per_ip_per_hour: 120,
+            upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
         }
     }
 }
@@ -381,6 +394,9 @@ pub struct LimitsSection {
     /// WebSocket upgrades per client address per minute; more get HTTP 429. 0 = no limit.
     /// Default 120.
     pub joins_per_ip_per_minute: u32,
+    /// Guest tokens (`POST /api/token`) per client address per minute; more get HTTP 429 with
+    /// `Retry-After`. 0 = no limit. Default 60.
+    pub guest_tokens_per_ip_per_minute: u32,
 }
 
 impl Default for LimitsSection {
@@ -394,6 +410,7 @@ impl Default for LimitsSection {
             chat_messages_per_minute: 30,
             max_connections: 1000,
             joins_per_ip_per_minute: 120,
+            guest_tokens_per_ip_per_minute: 60,
         }
     }
 }

@@ -531,6 +531,7 @@ async fn run(cfg: Config) -> Result<()> {
         chat_per_minute: cfg.limits.chat_messages_per_minute,
         max_connections: cfg.limits.max_connections,
         joins_per_ip_per_minute: cfg.limits.joins_per_ip_per_minute,
+        guest_tokens_per_ip_per_minute: cfg.limits.guest_tokens_per_ip_per_minute,
         trusted_proxies: cfg
             .signaling
             .trusted_proxies
@@ -547,6 +548,10 @@ async fn run(cfg: Config) -> Result<()> {
             retention: Duration::from_secs(cfg.chat.retention_days.saturating_mul(86_400)),
             thumbnail_workers: cfg.chat.thumbnail_workers,
             thumbnail_max_bytes: cfg.chat.thumbnail_max_bytes,
+            uploads_per_identity_per_hour: cfg.chat.uploads_per_identity_per_hour,
+            upload_bytes_per_identity_per_hour: cfg.chat.upload_bytes_per_identity_per_hour,
+            uploads_per_ip_per_hour: cfg.chat.uploads_per_ip_per_hour,
+            upload_bytes_per_ip_per_hour: cfg.chat.upload_bytes_per_ip_per_hour,
         },
         ..SignalingConfig::default()
     };

@@ -566,3 +566,104 @@ async fn concurrent_picture_bombs_stay_within_the_thumbnail_memory_bound() {
     .await;
     assert_eq!((status, bytes.len()), (200, bomb_png(4500).len()));
 }
+
+/// `POST /api/token` from the loopback address `from`: the status, `Retry-After` and body.
+async fn guest_token_from(server: &Server, from: [u8; 4]) -> (u16, Option<u64>, Value) {
+    let res = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/token", server.url))
+        .json(&json!({"room": "r", "name": "N"}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (status, retry, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Finding 6: `/api/token` handed out 300 tokens (each a new identity) in 0.1 s.
+#[tokio::test]
+async fn guest_tokens_are_rate_limited_per_address() {
+    let server = Server::start_env(
+        &[],
+        &[("HUDDLE_LIMITS__GUEST_TOKENS_PER_IP_PER_MINUTE", "5")],
+    );
+    for i in 0..5 {
+        let (status, _, body) = guest_token_from(&server, [127, 0, 0, 1]).await;
+        assert_eq!(status, 200, "token {i}: {body}");
+    }
+    let (status, retry, body) = guest_token_from(&server, [127, 0, 0, 1]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    let retry = retry.expect("a Retry-After header");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Another address has its own allowance.
+    let (status, _, body) = guest_token_from(&server, [127, 0, 0, 3]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        server
+            .metric(r#"huddle_limit_hits_total{limit="guest_tokens"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+/// `POST` of `body` as a file to room `r` with `token`: the status and `Retry-After`.
+async fn upload_retry(server: &Server, token: &str, body: Vec<u8>) -> (u16, Option<u64>) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/rooms/r/files?name=f.txt", server.url))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    (res.status().as_u16(), retry)
+}
+
+/// Finding 6: one guest uploaded 60 × 1 MiB in 0.4 s (kept 30 days).
+#[tokio::test]
+async fn uploads_are_limited_per_identity_and_per_address() {
+    let server = Server::start_env(
+        &[],
+        &[
+            ("HUDDLE_CHAT__UPLOADS_PER_IDENTITY_PER_HOUR", "3"),
+            ("HUDDLE_CHAT__UPLOAD_BYTES_PER_IDENTITY_PER_HOUR", "10000"),
+            ("HUDDLE_CHAT__UPLOADS_PER_IP_PER_HOUR", "5"),
+        ],
+    );
+    let alice = server.guest_token("r", "Alice").await;
+    assert_eq!(upload_retry(&server, &alice, vec![b'a'; 6000]).await.0, 201);
+    // Over the identity's bytes for the hour (the declared length tells before the body).
+    let (status, retry) = upload_retry(&server, &alice, vec![b'a'; 6000]).await;
+    assert_eq!(status, 429);
+    let retry = retry.expect("a Retry-After header");
+    assert!((3000..=3600).contains(&retry), "Retry-After {retry}");
+    assert_eq!(upload_retry(&server, &alice, b"hi".to_vec()).await.0, 201);
+    assert_eq!(upload_retry(&server, &alice, b"hi".to_vec()).await.0, 201);
+    // Over the identity's uploads for the hour.
+    assert_eq!(upload_retry(&server, &alice, b"hi".to_vec()).await.0, 429);
+    // A fresh guest identity from the same address gets only what the address has left.
+    let bob = server.guest_token("r", "Bob").await;
+    assert_eq!(upload_retry(&server, &bob, b"hi".to_vec()).await.0, 201);
+    assert_eq!(upload_retry(&server, &bob, b"hi".to_vec()).await.0, 201);
+    let (status, retry) = upload_retry(&server, &bob, b"hi".to_vec()).await;
+    assert_eq!((status, retry.is_some()), (429, true));
+    assert_eq!(
+        server
+            .metric(r#"huddle_limit_hits_total{limit="uploads"}"#)
+            .await,
+        Some(3.0)
+    );
+}

@@ -18,6 +18,7 @@
 //! `chat_file`, see `richchat_pg`), so that an upload made through one node downloads through
 //! any other and outlives the node; the data directory then only holds uploads in progress.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::chat_pg::{PgChat, CALL_TIMEOUT};
+use crate::limits::{Limit, Quota};
 use crate::protocol::Attachment;
 use crate::token::{valid_room_name, Claims};
 use crate::AppState;
@@ -63,6 +65,15 @@ pub struct FilesConfig {
     /// more gets no thumbnail (it is still stored). Default 128 MiB. With the workers, this
     /// bounds the memory thumbnails use at once: `thumbnail_workers` × this.
     pub thumbnail_max_bytes: u64,
+    /// Uploads one identity may start per hour; more get 429. 0 = no limit. Default 30.
+    pub uploads_per_identity_per_hour: u64,
+    /// Bytes one identity may upload per hour; more get 429. 0 = no limit. Default 200 MiB.
+    pub upload_bytes_per_identity_per_hour: u64,
+    /// Uploads one client address may start per hour (guest tokens are new identities, so
+    /// this is the bound that holds). 0 = no limit. Default 120.
+    pub uploads_per_ip_per_hour: u64,
+    /// Bytes one client address may upload per hour. 0 = no limit. Default 1 GiB.
+    pub upload_bytes_per_ip_per_hour: u64,
 }
 
 /// The default `allowed_types`: pictures, PDF, plain text, archives, common audio and video,
@@ -102,6 +113,10 @@ impl Default for FilesConfig {
             retention: Duration::from_secs(30 * 86_400),
             thumbnail_workers: 0,
             thumbnail_max_bytes: 128 * 1024 * 1024,
+            uploads_per_identity_per_hour: 30,
+            upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
+            uploads_per_ip_per_hour: 120,
+            upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
         }
     }
 }
@@ -141,7 +156,13 @@ pub(crate) struct Files {
     pg: Option<PgChat>,
     /// One permit per thumbnail being made (`cfg.thumbnail_workers`).
     thumbs: Arc<Semaphore>,
+    /// Uploads and bytes per identity this hour.
+    per_identity: Arc<Quota<String>>,
+    /// Uploads and bytes per client address this hour.
+    per_ip: Arc<Quota<IpAddr>>,
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// The thumbnail workers for `cfg`: as configured, or one per core.
 fn thumbnail_workers(cfg: &FilesConfig) -> usize {
@@ -167,7 +188,23 @@ impl Files {
     /// The store; starts the retention sweep when there is a runtime to run it on.
     pub(crate) fn start(cfg: FilesConfig, pg: Option<PgChat>) -> Self {
         let thumbs = Arc::new(Semaphore::new(thumbnail_workers(&cfg)));
-        let files = Files { cfg, pg, thumbs };
+        let per_identity = Arc::new(Quota::new(
+            HOUR,
+            cfg.uploads_per_identity_per_hour,
+            cfg.upload_bytes_per_identity_per_hour,
+        ));
+        let per_ip = Arc::new(Quota::new(
+            HOUR,
+            cfg.uploads_per_ip_per_hour,
+            cfg.upload_bytes_per_ip_per_hour,
+        ));
+        let files = Files {
+            cfg,
+            pg,
+            thumbs,
+            per_identity,
+            per_ip,
+        };
         if let (Some(_), Ok(rt)) = (&files.cfg.dir, tokio::runtime::Handle::try_current()) {
             let f = files.clone();
             rt.spawn(async move {
@@ -561,6 +598,7 @@ async fn upload(
     State(state): State<AppState>,
     UrlPath(room): UrlPath<String>,
     Query(q): Query<UploadQuery>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -597,6 +635,25 @@ async fn upload(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return too_large();
+    }
+    // Quotas: the upload (and its declared size) must fit the identity's and the address's
+    // hour. The bytes actually received are counted once the body is in.
+    let now = std::time::Instant::now();
+    let ip = crate::http::request_ip(&state, connect_info, &headers);
+    let size_hint = declared.unwrap_or(0);
+    let over = files
+        .per_identity
+        .check(claims.sub.clone(), now, size_hint)
+        .err()
+        .or_else(|| ip.and_then(|ip| files.per_ip.check(ip, now, size_hint).err()));
+    if let Some(retry) = over {
+        state.inner.counters.hit(Limit::Uploads);
+        debug!(identity = %claims.sub, ?ip, "upload quota reached");
+        return crate::http::too_many(retry, "upload quota for this hour reached; try again later");
+    }
+    files.per_identity.record(claims.sub.clone(), now, 1, 0);
+    if let Some(ip) = ip {
+        files.per_ip.record(ip, now, 1, 0);
     }
     let tmp_dir = dir.join(".tmp");
     if let Err(e) = tokio::fs::create_dir_all(&tmp_dir).await {
@@ -661,6 +718,12 @@ async fn upload(
                 "internal error",
             );
         }
+    }
+    files
+        .per_identity
+        .record(claims.sub.clone(), std::time::Instant::now(), 0, size);
+    if let Some(ip) = ip {
+        files.per_ip.record(ip, std::time::Instant::now(), 0, size);
     }
     if size == 0 {
         return fail(StatusCode::BAD_REQUEST, "empty", "the file is empty");
@@ -820,6 +883,8 @@ mod tests {
             },
             pg: None,
             thumbs: Arc::new(Semaphore::new(1)),
+            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
+            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
         };
         assert!(f.allowed("image/png") && f.allowed("application/pdf"));
         assert!(!f.allowed("text/plain") && !f.allowed("imagex/png"));
@@ -841,6 +906,8 @@ mod tests {
             },
             pg: None,
             thumbs: Arc::new(Semaphore::new(1)),
+            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
+            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
         };
         assert_eq!(f.sweep(SystemTime::now()), 0);
         let later = SystemTime::now() + Duration::from_secs(2 * 86_400);

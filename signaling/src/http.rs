@@ -68,7 +68,7 @@ async fn ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    use crate::limits::{client_ip, origin_allowed, Limit};
+    use crate::limits::{origin_allowed, Limit};
     if state.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -92,13 +92,7 @@ async fn ws(
             "this origin may not open the signaling socket",
         );
     }
-    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = connect_info {
-        let forwarded: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = client_ip(peer.ip(), &forwarded, &cfg.trusted_proxies);
+    if let Some(ip) = request_ip(&state, connect_info, &headers) {
         if !inner.joins_per_ip.allow(ip, std::time::Instant::now()) {
             inner.counters.hit(Limit::JoinsPerIp);
             tracing::debug!(%ip, "too many joins from one address");
@@ -134,6 +128,35 @@ async fn ws(
         })
 }
 
+/// The client's address: the TCP peer, or the address a trusted proxy forwarded for
+/// (`signaling.trusted_proxies`). `None` where the server runs without connection info.
+pub(crate) fn request_ip(
+    state: &AppState,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let axum::Extension(axum::extract::ConnectInfo(peer)) = connect_info?;
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(crate::limits::client_ip(
+        peer.ip(),
+        &forwarded,
+        &state.inner.config.trusted_proxies,
+    ))
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1).
+pub(crate) fn too_many(retry_after: std::time::Duration, message: impl Into<String>) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut res = api_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    res
+}
+
 #[derive(Deserialize)]
 struct TokenRequest {
     room: String,
@@ -166,6 +189,8 @@ fn api_error(status: StatusCode, error: &'static str, message: impl Into<String>
 
 async fn token(
     State(state): State<AppState>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let cfg = &state.inner.config;
@@ -175,6 +200,25 @@ async fn token(
             "open_join_disabled",
             "this server admits only tokens from its operator's application",
         );
+    }
+    // Each guest token is a new identity: without a per-address rate, per-identity limits
+    // (uploads, TURN) would be one request away from reset.
+    if let Some(ip) = request_ip(&state, connect_info, &headers) {
+        if let Err(retry) = state
+            .inner
+            .guest_tokens_per_ip
+            .allow_or_retry(ip, std::time::Instant::now())
+        {
+            state.inner.counters.hit(crate::limits::Limit::GuestTokens);
+            tracing::debug!(%ip, "too many guest tokens from one address");
+            return too_many(
+                retry,
+                format!(
+                    "at most {} guest tokens a minute from one address",
+                    cfg.guest_tokens_per_ip_per_minute
+                ),
+            );
+        }
     }
     let Ok(Json(req)) = body else {
         return api_error(

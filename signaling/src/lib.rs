@@ -111,6 +111,9 @@ pub struct SignalingConfig {
     /// WebSocket upgrades per client address per minute; over it, `/ws` answers 429.
     /// 0 = no limit. Default 120.
     pub joins_per_ip_per_minute: u32,
+    /// Guest tokens (`POST /api/token`) per client address per minute; over it, 429 with
+    /// `Retry-After`. 0 = no limit. Default 60.
+    pub guest_tokens_per_ip_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` names the client (for the per-address limit).
     /// Default: none (the TCP peer is the client).
     pub trusted_proxies: Vec<limits::IpNet>,
@@ -146,6 +149,7 @@ impl Default for SignalingConfig {
             chat_per_minute: 30,
             max_connections: 1000,
             joins_per_ip_per_minute: 120,
+            guest_tokens_per_ip_per_minute: 60,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             api: None,
@@ -177,6 +181,7 @@ struct Inner {
     counters: limits::LimitCounters,
     connections: Arc<tokio::sync::Semaphore>,
     joins_per_ip: limits::IpWindow,
+    guest_tokens_per_ip: limits::IpWindow,
     resumes: resume::Resumes,
     files: files::Files,
     /// Cluster mode: placement in Redis (set once at start).
@@ -199,6 +204,7 @@ impl AppState {
         }
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let joins_per_ip = limits::IpWindow::new(config.joins_per_ip_per_minute);
+        let guest_tokens_per_ip = limits::IpWindow::new(config.guest_tokens_per_ip_per_minute);
         let moderation = moderation::Moderation::new(chat.clone()).unwrap_or_else(|e| {
             tracing::error!(error = %e, "room settings could not be loaded: starting without them");
             moderation::Moderation::empty(chat.clone())
@@ -222,6 +228,7 @@ impl AppState {
                 counters,
                 connections,
                 joins_per_ip,
+                guest_tokens_per_ip,
                 resumes: resume::Resumes::default(),
                 files,
                 cluster: std::sync::OnceLock::new(),
