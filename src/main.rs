@@ -269,6 +269,13 @@ fn main() -> Result<()> {
             let Some(creds) = api_credentials(&cfg)? else {
                 bail!("the room API is not configured: set [api] key and secret");
             };
+            if t.ttl > cfg.auth.max_token_lifetime_secs {
+                bail!(
+                    "--ttl {} is longer than auth.max_token_lifetime_secs ({}): the server would refuse the token",
+                    t.ttl,
+                    cfg.auth.max_token_lifetime_secs
+                );
+            }
             println!(
                 "{}",
                 huddle_signaling::api::issue_admin_token(

@@ -667,3 +667,56 @@ async fn uploads_are_limited_per_identity_and_per_address() {
         Some(3.0)
     );
 }
+
+/// Finding 7, for room API admin tokens too: a future `nbf` and an `exp` past the maximum are
+/// refused.
+#[tokio::test]
+async fn admin_tokens_follow_the_nbf_and_exp_rules() {
+    const KEY: &str = "sec-api-key";
+    const API_SECRET: &str = "sec-api-secret-0123456789";
+    let server = Server::start_env(
+        &[],
+        &[("HUDDLE_API__KEY", KEY), ("HUDDLE_API__SECRET", API_SECRET)],
+    );
+    let t = now();
+    let call = |claims: Value| {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(API_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let url = format!("{}/api/rooms", server.url);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let grants = json!({"admin": true});
+    assert_eq!(
+        call(json!({"iss": KEY, "exp": t + 600, "grants": grants})).await,
+        200
+    );
+    for (what, claims) in [
+        (
+            "exp = u64::MAX",
+            json!({"iss": KEY, "exp": u64::MAX, "grants": grants}),
+        ),
+        (
+            "exp past 30 days",
+            json!({"iss": KEY, "exp": t + 31 * 86_400, "grants": grants}),
+        ),
+        (
+            "nbf in the future",
+            json!({"iss": KEY, "exp": t + 600, "nbf": t + 600, "grants": grants}),
+        ),
+    ] {
+        assert_eq!(call(claims).await, 401, "{what}");
+    }
+}
