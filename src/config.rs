@@ -142,6 +142,9 @@ pub struct ChatSection {
     pub uploads_per_ip_per_hour: u64,
     /// Bytes one client address may upload per hour. 0 = no limit. Default 1073741824 (1 GiB).
     pub upload_bytes_per_ip_per_hour: u64,
+    /// Bytes of files one room may keep; an upload that would go over gets HTTP 507.
+    /// 0 = no limit. Default 2147483648 (2 GiB).
+    pub max_room_bytes: u64,
 }
 
 impl Default for ChatSection {
@@ -156,6 +159,7 @@ impl Default for ChatSection {
             upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
             uploads_per_ip_per_hour: 120,
             upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
+            max_room_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -559,6 +559,7 @@ async fn run(cfg: Config) -> Result<()> {
             upload_bytes_per_identity_per_hour: cfg.chat.upload_bytes_per_identity_per_hour,
             uploads_per_ip_per_hour: cfg.chat.uploads_per_ip_per_hour,
             upload_bytes_per_ip_per_hour: cfg.chat.upload_bytes_per_ip_per_hour,
+            max_room_bytes: cfg.chat.max_room_bytes,
         },
         ..SignalingConfig::default()
     };

@@ -720,3 +720,28 @@ async fn admin_tokens_follow_the_nbf_and_exp_rules() {
         assert_eq!(call(claims).await, 401, "{what}");
     }
 }
+
+/// What to build (issue 15): a cap on the bytes of files one room keeps.
+#[tokio::test]
+async fn a_room_keeps_at_most_its_share_of_files() {
+    let server = Server::start_env(&[], &[("HUDDLE_CHAT__MAX_ROOM_BYTES", "10000")]);
+    let token = server.guest_token("r", "Alice").await;
+    assert_eq!(upload_retry(&server, &token, vec![b'a'; 6000]).await.0, 201);
+    let (status, body) = upload(&server, "r", Some(&token), "f.txt", vec![b'a'; 6000]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (507, Some("room_storage_full")),
+        "{body}"
+    );
+    assert_eq!(upload_retry(&server, &token, vec![b'a'; 4000]).await.0, 201);
+    // Other rooms have their own share.
+    let other = server.guest_token("r2", "Bob").await;
+    let (status, body) = upload(&server, "r2", Some(&other), "f.txt", vec![b'a'; 6000]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        server
+            .metric(r#"huddle_limit_hits_total{limit="room_bytes"}"#)
+            .await,
+        Some(1.0)
+    );
+}

@@ -74,6 +74,9 @@ pub struct FilesConfig {
     pub uploads_per_ip_per_hour: u64,
     /// Bytes one client address may upload per hour. 0 = no limit. Default 1 GiB.
     pub upload_bytes_per_ip_per_hour: u64,
+    /// Bytes of files one room may keep; an upload that would go over gets 507. 0 = no limit.
+    /// Default 2 GiB.
+    pub max_room_bytes: u64,
 }
 
 /// The default `allowed_types`: pictures, PDF, plain text, archives, common audio and video,
@@ -117,6 +120,7 @@ impl Default for FilesConfig {
             upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
             uploads_per_ip_per_hour: 120,
             upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
+            max_room_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -342,6 +346,48 @@ impl Files {
         std::fs::write(&tj, serde_json::to_vec(&meta).unwrap_or_default())?;
         std::fs::rename(&tj, room_dir.join(format!("{}.json", meta.id)))?;
         Ok(meta)
+    }
+
+    /// The bytes of the files `room` keeps now (the files themselves, not their thumbnails).
+    /// Blocking.
+    fn room_bytes_blocking(&self, room: &str) -> std::io::Result<u64> {
+        if let Some(pg) = &self.pg {
+            let room = room.to_string();
+            return pg
+                .run(CALL_TIMEOUT, move |c| {
+                    Box::pin(crate::richchat_pg::room_file_bytes(c, room))
+                })
+                .map_err(std::io::Error::other);
+        }
+        let Some(dir) = self.path(room, "") else {
+            return Ok(0);
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut total = 0u64;
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(valid_id) {
+                total = total.saturating_add(e.metadata().map_or(0, |m| m.len()));
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether `room` may keep `more` bytes beside what it has; `Ok(false)` when that would go
+    /// over `max_room_bytes`.
+    async fn room_has_space(&self, room: &str, more: u64) -> std::io::Result<bool> {
+        let max = self.cfg.max_room_bytes;
+        if max == 0 {
+            return Ok(true);
+        }
+        let (f, room) = (self.clone(), room.to_string());
+        let used = tokio::task::spawn_blocking(move || f.room_bytes_blocking(&room))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(used.saturating_add(more) <= max)
     }
 
     /// Removes file `id` of `room` (its metadata first, so it is gone at once). Blocking.
@@ -651,6 +697,29 @@ async fn upload(
         debug!(identity = %claims.sub, ?ip, "upload quota reached");
         return crate::http::too_many(retry, "upload quota for this hour reached; try again later");
     }
+    let room_full = || {
+        state.inner.counters.hit(Limit::RoomBytes);
+        fail(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "room_storage_full",
+            format!(
+                "this room keeps {} of files already; delete some or wait for old ones to expire",
+                mib(files.cfg.max_room_bytes)
+            ),
+        )
+    };
+    match files.room_has_space(&room, size_hint).await {
+        Ok(true) => {}
+        Ok(false) => return room_full(),
+        Err(e) => {
+            warn!(error = %e, "cannot measure a room's files");
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            );
+        }
+    }
     files.per_identity.record(claims.sub.clone(), now, 1, 0);
     if let Some(ip) = ip {
         files.per_ip.record(ip, now, 1, 0);
@@ -727,6 +796,10 @@ async fn upload(
     }
     if size == 0 {
         return fail(StatusCode::BAD_REQUEST, "empty", "the file is empty");
+    }
+    // Checked again with the real size (a chunked upload declares none).
+    if declared.is_none() && matches!(files.room_has_space(&room, size).await, Ok(false)) {
+        return room_full();
     }
     if let Err(e) = out.sync_all().await {
         warn!(error = %e, "cannot flush an upload");

@@ -329,11 +329,13 @@ pub enum Limit {
     Uploads,
     /// A guest token refused with 429: too many from one address this minute.
     GuestTokens,
+    /// An upload refused with 507: its room keeps `chat.max_room_bytes` of files.
+    RoomBytes,
 }
 
 impl Limit {
     /// Every limit, in a fixed order.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::MessageRate,
         Limit::MessageRateClose,
         Limit::ChatRate,
@@ -346,6 +348,7 @@ impl Limit {
         Limit::HttpConnections,
         Limit::Uploads,
         Limit::GuestTokens,
+        Limit::RoomBytes,
     ];
 
     /// A short label (for a metric's `limit` label).
@@ -363,6 +366,7 @@ impl Limit {
             Limit::HttpConnections => "http_connections",
             Limit::Uploads => "uploads",
             Limit::GuestTokens => "guest_tokens",
+            Limit::RoomBytes => "room_bytes",
         }
     }
 }
@@ -380,7 +384,7 @@ impl Default for LimitCounters {
         let family = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "huddle_limit_hits_total",
-                "Requests refused or cut by an operator limit, by limit (http_connections: a TCP connection closed at once over the HTTP port's caps; uploads and guest_tokens: 429; before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
+                "Requests refused or cut by an operator limit, by limit (http_connections: a TCP connection closed at once over the HTTP port's caps; uploads and guest_tokens: 429; room_bytes: 507; before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
             ),
             &["limit"],
         )

@@ -360,6 +360,18 @@ pub(crate) async fn remove_file(c: &mut Client, room: String, id: String) -> Res
     Ok(())
 }
 
+/// The bytes of the files `room` keeps.
+pub(crate) async fn room_file_bytes(c: &mut Client, room: String) -> Result<u64, Error> {
+    let total: i64 = c
+        .query_one(
+            "SELECT COALESCE(SUM(size), 0)::BIGINT FROM chat_file WHERE room = $1",
+            &[&room],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 /// Removes files stored before `before_ms`; how many.
 pub(crate) async fn sweep_files(c: &mut Client, before_ms: i64) -> Result<u64, Error> {
     c.execute("DELETE FROM chat_file WHERE created_ms < $1", &[&before_ms])
