@@ -175,6 +175,16 @@ impl Drop for ConnPermit {
     }
 }
 
+impl huddle_signaling::ConnectionCount for LimitAcceptor {
+    fn open(&self) -> usize {
+        LimitAcceptor::open(self)
+    }
+
+    fn cap(&self) -> usize {
+        self.shared.cap
+    }
+}
+
 impl<S> Accept<TcpStream, S> for LimitAcceptor {
     type Stream = Counted<TcpStream>;
     type Service = S;

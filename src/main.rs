@@ -616,6 +616,7 @@ async fn run(cfg: Config) -> Result<()> {
         trusted_proxies,
         state.limit_counters().clone(),
     );
+    state.set_connection_count(Arc::new(limiter.clone()));
     let drain_state = state.clone();
     let app = huddle_signaling::router(state)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -422,6 +422,16 @@ async fn idle_connections_are_capped_and_closed_and_the_server_keeps_answering()
         took < std::time::Duration::from_secs(5),
         "healthz and a join took {took:?} with {PER_IP} idle connections held"
     );
+    // /readyz says how many are open (the held ones, the test's own and the WebSocket).
+    let ready: Value = reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let open = ready["http_connections"]["open"].as_u64().unwrap_or(0);
+    assert!(open >= PER_IP as u64, "{ready}");
+    assert_eq!(ready["http_connections"]["cap"], 10_000, "{ready}");
     let closed_now = closed.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         closed_now <= HELD - PER_IP,

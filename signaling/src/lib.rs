@@ -162,6 +162,15 @@ impl Default for SignalingConfig {
 /// Gives each joining participant its ICE servers (TURN credentials are per identity).
 pub type IceServerProvider = Arc<dyn Fn(&str) -> Vec<IceServer> + Send + Sync>;
 
+/// The number of TCP connections the HTTP port has open, and its cap, as counted by whoever
+/// accepts them (the `huddle` binary); `/readyz` reports them.
+pub trait ConnectionCount: Send + Sync {
+    /// Connections open now.
+    fn open(&self) -> usize;
+    /// The most that may be open at once.
+    fn cap(&self) -> usize;
+}
+
 /// The shared state of the signaling server. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -186,6 +195,8 @@ struct Inner {
     files: files::Files,
     /// Cluster mode: placement in Redis (set once at start).
     cluster: std::sync::OnceLock<cluster::Cluster>,
+    /// The HTTP port's connection count (set once at start).
+    http_connections: std::sync::OnceLock<Arc<dyn ConnectionCount>>,
 }
 
 impl AppState {
@@ -232,8 +243,14 @@ impl AppState {
                 resumes: resume::Resumes::default(),
                 files,
                 cluster: std::sync::OnceLock::new(),
+                http_connections: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Where `/readyz` reads the HTTP port's connection count from. Once only.
+    pub fn set_connection_count(&self, count: Arc<dyn ConnectionCount>) {
+        let _ = self.inner.http_connections.set(count);
     }
 
     /// Joins a cluster: from now on a join for a room another node owns is redirected there,
