@@ -236,6 +236,9 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Seconds a TLS handshake may take before the connection is closed. Default 10.
     pub tls_handshake_timeout_secs: u64,
+    /// Longest pause, seconds, while a request body (an upload) arrives; a body that stalls
+    /// longer is cut. The whole body may take longer. Default 30.
+    pub body_read_timeout_secs: u64,
     /// TCP connections to the HTTP port at once (HTTP, TLS and WebSockets alike); more are
     /// closed at once. Lowered at start to stay 512 under the file-descriptor limit (whose soft
     /// value is raised to the hard one). Default 10000.
@@ -256,6 +259,7 @@ impl Default for ServerConfig {
             drain_secs: 10,
             header_read_timeout_secs: 10,
             tls_handshake_timeout_secs: 10,
+            body_read_timeout_secs: 30,
             max_connections: 10_000,
             max_connections_per_ip: 256,
         }

@@ -539,6 +539,7 @@ async fn run(cfg: Config) -> Result<()> {
         max_connections: cfg.limits.max_connections,
         joins_per_ip_per_minute: cfg.limits.joins_per_ip_per_minute,
         guest_tokens_per_ip_per_minute: cfg.limits.guest_tokens_per_ip_per_minute,
+        body_read_timeout: Duration::from_secs(cfg.server.body_read_timeout_secs.max(1)),
         trusted_proxies: cfg
             .signaling
             .trusted_proxies

@@ -755,3 +755,36 @@ async fn a_room_keeps_at_most_its_share_of_files() {
         Some(1.0)
     );
 }
+
+/// Finding 3, bodies: an upload whose body stops arriving held its connection (and its
+/// temporary file) for ever.
+#[tokio::test]
+async fn a_stalled_upload_body_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start_env(&[], &[("HUDDLE_SERVER__BODY_READ_TIMEOUT_SECS", "2")]);
+    let token = server.guest_token("slow", "Alice").await;
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/rooms/slow/files?name=a.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100000\r\n\r\nhello"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server gives up on the body: it answers (400) and closes, or just closes.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        s.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stalled upload was still open after 30 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+    // Nothing is kept.
+    let tmp = std::fs::read_dir(server.data_dir.join("files/.tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tmp, 0);
+}

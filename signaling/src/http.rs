@@ -16,6 +16,7 @@ struct WebAssets;
 
 /// All routes of the signaling server.
 pub fn router(state: AppState) -> Router {
+    let body_timeout = state.inner.config.body_read_timeout;
     Router::new()
         .route("/ws", get(ws))
         .route("/api/token", post(token))
@@ -27,6 +28,11 @@ pub fn router(state: AppState) -> Router {
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
         .layer(axum::middleware::from_fn(security_headers))
+        // A body (an upload) that pauses longer than this is cut; the time between its parts,
+        // not its whole length, is bounded, so slow links can still upload large files.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .layer(axum::middleware::from_fn(crate::ops::request_span))
         .with_state(state)
 }

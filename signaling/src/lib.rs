@@ -111,6 +111,9 @@ pub struct SignalingConfig {
     /// WebSocket upgrades per client address per minute; over it, `/ws` answers 429.
     /// 0 = no limit. Default 120.
     pub joins_per_ip_per_minute: u32,
+    /// Longest pause while a request body arrives (an upload); a body that stalls longer is
+    /// cut. Default 30 s.
+    pub body_read_timeout: Duration,
     /// Guest tokens (`POST /api/token`) per client address per minute; over it, 429 with
     /// `Retry-After`. 0 = no limit. Default 60.
     pub guest_tokens_per_ip_per_minute: u32,
@@ -150,6 +153,7 @@ impl Default for SignalingConfig {
             max_connections: 1000,
             joins_per_ip_per_minute: 120,
             guest_tokens_per_ip_per_minute: 60,
+            body_read_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             api: None,
