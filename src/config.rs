@@ -128,6 +128,23 @@ pub struct ChatSection {
     pub allowed_types: Vec<String>,
     /// Days a file is kept; 0 = forever. Default 30.
     pub retention_days: u64,
+    /// Thumbnails made at once (other picture uploads wait); 0 = one per core. Default 0.
+    pub thumbnail_workers: usize,
+    /// Most memory one picture may take to decode for its thumbnail, bytes; pictures needing
+    /// more get none. Default 134217728 (128 MiB).
+    pub thumbnail_max_bytes: u64,
+    /// Uploads one identity may start per hour; more get 429 with `Retry-After`. 0 = no limit.
+    /// Default 30.
+    pub uploads_per_identity_per_hour: u64,
+    /// Bytes one identity may upload per hour. 0 = no limit. Default 209715200 (200 MiB).
+    pub upload_bytes_per_identity_per_hour: u64,
+    /// Uploads one client address may start per hour. 0 = no limit. Default 120.
+    pub uploads_per_ip_per_hour: u64,
+    /// Bytes one client address may upload per hour. 0 = no limit. Default 1073741824 (1 GiB).
+    pub upload_bytes_per_ip_per_hour: u64,
+    /// Bytes of files one room may keep; an upload that would go over gets HTTP 507.
+    /// 0 = no limit. Default 2147483648 (2 GiB).
+    pub max_room_bytes: u64,
 }
 
 impl Default for ChatSection {
@@ -136,6 +153,13 @@ impl Default for ChatSection {
             max_upload_bytes: 20 * 1024 * 1024,
             allowed_types: huddle_signaling::files::default_allowed_types(),
             retention_days: 30,
+            thumbnail_workers: 0,
+            thumbnail_max_bytes: 128 * 1024 * 1024,
+            uploads_per_identity_per_hour: 30,
+            upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
+            uploads_per_ip_per_hour: 120,
+            upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
+            max_room_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -206,6 +230,23 @@ pub struct ServerConfig {
     /// participant is told `leave` with `server_shutdown`, and the process exits when their
     /// sockets have closed or this time is up. Default 10.
     pub drain_secs: u64,
+    /// Seconds a connection may take to send a request's headers: the first request after the
+    /// connection opens, each later one, and the idle wait between keep-alive requests. Slower
+    /// or silent connections are closed. Default 10.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a TLS handshake may take before the connection is closed. Default 10.
+    pub tls_handshake_timeout_secs: u64,
+    /// Longest pause, seconds, while a request body (an upload) arrives; a body that stalls
+    /// longer is cut. The whole body may take longer. Default 30.
+    pub body_read_timeout_secs: u64,
+    /// TCP connections to the HTTP port at once (HTTP, TLS and WebSockets alike); more are
+    /// closed at once. Lowered at start to stay 512 under the file-descriptor limit (whose soft
+    /// value is raised to the hard one). Default 10000.
+    pub max_connections: usize,
+    /// TCP connections to the HTTP port at once from one address (addresses in
+    /// `signaling.trusted_proxies` are exempt); more are closed at once. 0 = no limit.
+    /// Default 256.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -216,6 +257,11 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_self_signed: false,
             drain_secs: 10,
+            header_read_timeout_secs: 10,
+            tls_handshake_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -234,6 +280,9 @@ pub struct AuthConfig {
     pub open_join: bool,
     /// Lifetime of guest tokens, seconds. Default 3600.
     pub guest_token_ttl_secs: u64,
+    /// The longest time ahead a token's `exp` may be, seconds; tokens expiring later are
+    /// refused (`invalid_token`). Default 2592000 (30 days).
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -243,6 +292,7 @@ impl Default for AuthConfig {
             secret_file: None,
             open_join: true,
             guest_token_ttl_secs: 3600,
+            max_token_lifetime_secs: 30 * 86_400,
         }
     }
 }
@@ -352,6 +402,9 @@ pub struct LimitsSection {
     /// WebSocket upgrades per client address per minute; more get HTTP 429. 0 = no limit.
     /// Default 120.
     pub joins_per_ip_per_minute: u32,
+    /// Guest tokens (`POST /api/token`) per client address per minute; more get HTTP 429 with
+    /// `Retry-After`. 0 = no limit. Default 60.
+    pub guest_tokens_per_ip_per_minute: u32,
 }
 
 impl Default for LimitsSection {
@@ -365,6 +418,7 @@ impl Default for LimitsSection {
             chat_messages_per_minute: 30,
             max_connections: 1000,
             joins_per_ip_per_minute: 120,
+            guest_tokens_per_ip_per_minute: 60,
         }
     }
 }

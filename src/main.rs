@@ -3,6 +3,7 @@
 
 mod cluster;
 mod config;
+mod conns;
 mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -236,7 +237,14 @@ fn main() -> Result<()> {
         }
         Some(Command::Token(t)) => {
             let cfg = load(cli.config.as_deref(), &t.serve)?;
-            let keys = TokenKeys::new(&secret(&cfg)?);
+            let keys = token_keys(&cfg)?;
+            if t.ttl > cfg.auth.max_token_lifetime_secs {
+                bail!(
+                    "--ttl {} is longer than auth.max_token_lifetime_secs ({}): the server would refuse the token",
+                    t.ttl,
+                    cfg.auth.max_token_lifetime_secs
+                );
+            }
             let grants = Grants {
                 publish: !t.no_publish,
                 subscribe: true,
@@ -261,6 +269,13 @@ fn main() -> Result<()> {
             let Some(creds) = api_credentials(&cfg)? else {
                 bail!("the room API is not configured: set [api] key and secret");
             };
+            if t.ttl > cfg.auth.max_token_lifetime_secs {
+                bail!(
+                    "--ttl {} is longer than auth.max_token_lifetime_secs ({}): the server would refuse the token",
+                    t.ttl,
+                    cfg.auth.max_token_lifetime_secs
+                );
+            }
             println!(
                 "{}",
                 huddle_signaling::api::issue_admin_token(
@@ -293,11 +308,17 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// The shortest token secret accepted, from wherever it comes (`auth.secret`,
+/// `auth.secret_file`, the generated `data_dir/secret.key`), in bytes.
+const MIN_SECRET_LEN: usize = 16;
+
 /// The token secret: from the configuration, a file, or generated once into the data directory.
+/// A secret under [`MIN_SECRET_LEN`] is refused wherever it comes from: an empty one would
+/// make every token forgeable (and the TURN secret is derived from it).
 fn secret(cfg: &Config) -> Result<Vec<u8>> {
     if let Some(s) = &cfg.auth.secret {
-        if s.len() < 16 {
-            bail!("auth.secret must be at least 16 characters");
+        if s.len() < MIN_SECRET_LEN {
+            bail!("auth.secret must be at least {MIN_SECRET_LEN} characters");
         }
         return Ok(s.as_bytes().to_vec());
     }
@@ -305,17 +326,32 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
         let s = std::fs::read_to_string(f)
             .with_context(|| format!("reading auth.secret_file {}", f.display()))?;
         let s = s.trim();
-        if s.len() < 16 {
+        if s.len() < MIN_SECRET_LEN {
             bail!(
-                "the secret in {} must be at least 16 characters",
+                "the secret in {} must be at least {MIN_SECRET_LEN} characters",
                 f.display()
             );
         }
         return Ok(s.as_bytes().to_vec());
     }
     let path = cfg.data_dir.join("secret.key");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok(s.trim().as_bytes().to_vec());
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let s = s.trim();
+            if s.len() < MIN_SECRET_LEN {
+                bail!(
+                    "the generated secret in {} has {} characters, fewer than the {MIN_SECRET_LEN} \
+                     needed (a crash or a full disk at first start can leave it empty): remove the \
+                     file to have a new one generated, which ends every token issued so far, or \
+                     set auth.secret_file",
+                    path.display(),
+                    s.len()
+                );
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -324,6 +360,19 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
         .collect();
     write_private(&path, &s).with_context(|| format!("writing {}", path.display()))?;
     Ok(s.into_bytes())
+}
+
+/// The token keys, with the configured token rules.
+fn token_keys(cfg: &Config) -> Result<TokenKeys> {
+    if cfg.auth.guest_token_ttl_secs > cfg.auth.max_token_lifetime_secs {
+        bail!(
+            "auth.guest_token_ttl_secs ({}) is longer than auth.max_token_lifetime_secs ({}): every guest token would be refused",
+            cfg.auth.guest_token_ttl_secs,
+            cfg.auth.max_token_lifetime_secs
+        );
+    }
+    Ok(TokenKeys::new(&secret(cfg)?)
+        .with_max_lifetime(Duration::from_secs(cfg.auth.max_token_lifetime_secs)))
 }
 
 /// The room API's key and secret, when configured.
@@ -386,6 +435,15 @@ fn webhooks(
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Written whole to a temporary file and synced before it takes the real name, then the
+    // directory is synced: a crash leaves either no file or the complete one, never an empty one.
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -393,7 +451,20 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)?.write_all(contents.as_bytes())
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 fn serve(cfg: Config) -> Result<()> {
@@ -408,7 +479,10 @@ fn serve(cfg: Config) -> Result<()> {
 async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let keys = TokenKeys::new(&secret(&cfg)?);
+    let keys = token_keys(&cfg)?;
+    // Checked here so that a short TURN secret stops the start even when the bundled TURN
+    // server is off.
+    turn_secret(&cfg)?;
     let cluster = cluster::settings(&cfg)?;
     let chat = match cluster.as_ref().map(|c| c.postgres_url.as_str()) {
         Some(url) => {
@@ -464,6 +538,8 @@ async fn run(cfg: Config) -> Result<()> {
         chat_per_minute: cfg.limits.chat_messages_per_minute,
         max_connections: cfg.limits.max_connections,
         joins_per_ip_per_minute: cfg.limits.joins_per_ip_per_minute,
+        guest_tokens_per_ip_per_minute: cfg.limits.guest_tokens_per_ip_per_minute,
+        body_read_timeout: Duration::from_secs(cfg.server.body_read_timeout_secs.max(1)),
         trusted_proxies: cfg
             .signaling
             .trusted_proxies
@@ -478,6 +554,13 @@ async fn run(cfg: Config) -> Result<()> {
             max_upload_bytes: cfg.chat.max_upload_bytes,
             allowed_types: cfg.chat.allowed_types.clone(),
             retention: Duration::from_secs(cfg.chat.retention_days.saturating_mul(86_400)),
+            thumbnail_workers: cfg.chat.thumbnail_workers,
+            thumbnail_max_bytes: cfg.chat.thumbnail_max_bytes,
+            uploads_per_identity_per_hour: cfg.chat.uploads_per_identity_per_hour,
+            upload_bytes_per_identity_per_hour: cfg.chat.upload_bytes_per_identity_per_hour,
+            uploads_per_ip_per_hour: cfg.chat.uploads_per_ip_per_hour,
+            upload_bytes_per_ip_per_hour: cfg.chat.upload_bytes_per_ip_per_hour,
+            max_room_bytes: cfg.chat.max_room_bytes,
         },
         ..SignalingConfig::default()
     };
@@ -485,6 +568,7 @@ async fn run(cfg: Config) -> Result<()> {
         webhooks: webhooks(&cfg, signaling.api.as_ref())?,
         ..signaling
     };
+    let trusted_proxies = signaling.trusted_proxies.clone();
     let mut media_addrs = media.local_addrs().to_vec();
     media_addrs.extend_from_slice(media.addrs());
     let turn = if cfg.ice.turn {
@@ -517,6 +601,23 @@ async fn run(cfg: Config) -> Result<()> {
         )
         .await?;
     }
+    let fds = conns::raise_fd_limit();
+    let cap = conns::effective_cap(cfg.server.max_connections, fds);
+    if cap < cfg.server.max_connections {
+        tracing::warn!(
+            configured = cfg.server.max_connections,
+            cap,
+            fd_limit = fds,
+            "server.max_connections lowered to stay under the file-descriptor limit"
+        );
+    }
+    let limiter = conns::LimitAcceptor::new(
+        cap,
+        cfg.server.max_connections_per_ip,
+        trusted_proxies,
+        state.limit_counters().clone(),
+    );
+    state.set_connection_count(Arc::new(limiter.clone()));
     let drain_state = state.clone();
     let app = huddle_signaling::router(state)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -539,19 +640,32 @@ async fn run(cfg: Config) -> Result<()> {
         h.graceful_shutdown(Some(left.max(Duration::from_millis(100))));
     });
     println!("Huddle is ready at {scheme}://{addr}/");
+    let mut server = axum_server::from_tcp(listener)?;
+    // Connections that send no request, or their headers too slowly, or idle between
+    // keep-alive requests, are closed: the first request is bounded by axum-server (it covers
+    // hyper's protocol detection), each later one by hyper. HTTP/2 peers that stop answering
+    // pings are closed too.
+    let header_timeout = Duration::from_secs(cfg.server.header_read_timeout_secs.max(1));
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let server = server.first_request_timeout(header_timeout).handle(handle);
     match tls {
         Some(tls) => {
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(app)
-                .await?
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(Duration::from_secs(
+                    cfg.server.tls_handshake_timeout_secs.max(1),
+                ))
+                .acceptor(limiter);
+            server.acceptor(acceptor).serve(app).await?
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app)
-                .await?
-        }
+        None => server.acceptor(limiter).serve(app).await?,
     }
     if let Some(t) = turn {
         if tokio::time::timeout(Duration::from_secs(2), t.shutdown())
@@ -610,6 +724,9 @@ async fn tls_config(
 /// secret serves both.
 fn turn_secret(cfg: &Config) -> Result<String> {
     if let Some(s) = &cfg.turn.secret {
+        if s.len() < MIN_SECRET_LEN {
+            bail!("turn.secret must be at least {MIN_SECRET_LEN} characters");
+        }
         return Ok(s.clone());
     }
     // HMAC-SHA256 of a fixed label under the token secret: a leaked TURN secret does not

@@ -166,6 +166,7 @@ impl FromRequestParts<AppState> for Admin {
             ))?;
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
+        v.validate_nbf = true;
         v.set_issuer(&[creds.key.as_str()]);
         v.set_required_spec_claims(&["exp", "iss"]);
         let claims = decode::<AdminClaims>(token, &DecodingKey::from_secret(&creds.secret), &v)
@@ -174,6 +175,15 @@ impl FromRequestParts<AppState> for Admin {
                 ApiFailure::Unauthorized("the admin token is invalid or expired")
             })?
             .claims;
+        // The same bound as for access tokens (`auth.max_token_lifetime_secs`).
+        let latest = crate::token::unix_now()
+            .saturating_add(state.inner.keys.max_lifetime().as_secs())
+            .saturating_add(5);
+        if claims.exp > latest {
+            return Err(ApiFailure::Unauthorized(
+                "the admin token expires further ahead than this server accepts",
+            ));
+        }
         if !claims.grants.admin {
             return Err(ApiFailure::Forbidden("the token lacks the admin grant"));
         }

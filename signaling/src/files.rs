@@ -18,7 +18,9 @@
 //! `chat_file`, see `richchat_pg`), so that an upload made through one node downloads through
 //! any other and outlives the node; the data directory then only holds uploads in progress.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -30,9 +32,11 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::chat_pg::{PgChat, CALL_TIMEOUT};
+use crate::limits::{Limit, Quota};
 use crate::protocol::Attachment;
 use crate::token::{valid_room_name, Claims};
 use crate::AppState;
@@ -54,6 +58,25 @@ pub struct FilesConfig {
     pub allowed_types: Vec<String>,
     /// Files older than this are removed. Zero: kept forever. Default 30 days.
     pub retention: Duration,
+    /// Thumbnails made at once; more uploads of pictures wait their turn. 0: one per core.
+    /// Default 0.
+    pub thumbnail_workers: usize,
+    /// Most memory one picture may take to decode for its thumbnail, bytes; a picture needing
+    /// more gets no thumbnail (it is still stored). Default 128 MiB. With the workers, this
+    /// bounds the memory thumbnails use at once: `thumbnail_workers` × this.
+    pub thumbnail_max_bytes: u64,
+    /// Uploads one identity may start per hour; more get 429. 0 = no limit. Default 30.
+    pub uploads_per_identity_per_hour: u64,
+    /// Bytes one identity may upload per hour; more get 429. 0 = no limit. Default 200 MiB.
+    pub upload_bytes_per_identity_per_hour: u64,
+    /// Uploads one client address may start per hour (guest tokens are new identities, so
+    /// this is the bound that holds). 0 = no limit. Default 120.
+    pub uploads_per_ip_per_hour: u64,
+    /// Bytes one client address may upload per hour. 0 = no limit. Default 1 GiB.
+    pub upload_bytes_per_ip_per_hour: u64,
+    /// Bytes of files one room may keep; an upload that would go over gets 507. 0 = no limit.
+    /// Default 2 GiB.
+    pub max_room_bytes: u64,
 }
 
 /// The default `allowed_types`: pictures, PDF, plain text, archives, common audio and video,
@@ -91,6 +114,13 @@ impl Default for FilesConfig {
             max_upload_bytes: 20 * 1024 * 1024,
             allowed_types: default_allowed_types(),
             retention: Duration::from_secs(30 * 86_400),
+            thumbnail_workers: 0,
+            thumbnail_max_bytes: 128 * 1024 * 1024,
+            uploads_per_identity_per_hour: 30,
+            upload_bytes_per_identity_per_hour: 200 * 1024 * 1024,
+            uploads_per_ip_per_hour: 120,
+            upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
+            max_room_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -128,6 +158,22 @@ pub(crate) struct Files {
     cfg: FilesConfig,
     /// Cluster mode: files are kept in PostgreSQL (`cfg.dir` only holds uploads in progress).
     pg: Option<PgChat>,
+    /// One permit per thumbnail being made (`cfg.thumbnail_workers`).
+    thumbs: Arc<Semaphore>,
+    /// Uploads and bytes per identity this hour.
+    per_identity: Arc<Quota<String>>,
+    /// Uploads and bytes per client address this hour.
+    per_ip: Arc<Quota<IpAddr>>,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The thumbnail workers for `cfg`: as configured, or one per core.
+fn thumbnail_workers(cfg: &FilesConfig) -> usize {
+    match cfg.thumbnail_workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
 }
 
 /// How long a call to PostgreSQL that moves a file of `size` bytes may take.
@@ -145,7 +191,24 @@ fn valid_id(id: &str) -> bool {
 impl Files {
     /// The store; starts the retention sweep when there is a runtime to run it on.
     pub(crate) fn start(cfg: FilesConfig, pg: Option<PgChat>) -> Self {
-        let files = Files { cfg, pg };
+        let thumbs = Arc::new(Semaphore::new(thumbnail_workers(&cfg)));
+        let per_identity = Arc::new(Quota::new(
+            HOUR,
+            cfg.uploads_per_identity_per_hour,
+            cfg.upload_bytes_per_identity_per_hour,
+        ));
+        let per_ip = Arc::new(Quota::new(
+            HOUR,
+            cfg.uploads_per_ip_per_hour,
+            cfg.upload_bytes_per_ip_per_hour,
+        ));
+        let files = Files {
+            cfg,
+            pg,
+            thumbs,
+            per_identity,
+            per_ip,
+        };
         if let (Some(_), Ok(rt)) = (&files.cfg.dir, tokio::runtime::Handle::try_current()) {
             let f = files.clone();
             rt.spawn(async move {
@@ -193,9 +256,22 @@ impl Files {
         (meta.room == room).then_some(meta)
     }
 
-    /// The attachment for file `id` of `room`, if it exists. Blocking.
-    pub(crate) fn attachment(&self, room: &str, id: &str) -> Option<Attachment> {
-        self.meta_blocking(room, id).map(|m| m.attachment())
+    /// The attachment for file `id` of `room` and the identity that uploaded it, if it exists.
+    /// Blocking.
+    pub(crate) fn attachment(&self, room: &str, id: &str) -> Option<(Attachment, String)> {
+        self.meta_blocking(room, id)
+            .map(|m| (m.attachment(), m.identity))
+    }
+
+    /// Removes file `id` of `room` if `identity` uploaded it; someone else's file is kept (a
+    /// message may carry only its sender's own uploads, but files attached before that rule
+    /// are still around). Blocking.
+    pub(crate) fn remove_if_uploaded_by(&self, room: &str, id: &str, identity: &str) {
+        match self.meta_blocking(room, id) {
+            Some(meta) if meta.identity == identity => self.remove(room, id),
+            Some(_) => debug!("a deleted message's file kept: another participant uploaded it"),
+            None => {}
+        }
     }
 
     /// The file `id` of `room` and its bytes (or its thumbnail's). Blocking.
@@ -226,14 +302,25 @@ impl Files {
         Some((meta, bytes))
     }
 
-    /// Stores a completed upload (at `tmp`) under `meta.id`, with a thumbnail for pictures.
+    /// The thumbnail of the picture at `tmp`, made by one of the bounded thumbnail workers
+    /// (waits for one to be free); `None` if it does not decode within the limits.
+    async fn thumbnail(&self, tmp: PathBuf) -> Option<Vec<u8>> {
+        let _permit = self.thumbs.clone().acquire_owned().await.ok()?;
+        let max = self.cfg.thumbnail_max_bytes;
+        tokio::task::spawn_blocking(move || make_thumb(&tmp, max))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stores a completed upload (at `tmp`) under `meta.id`, with its thumbnail if it has one.
     /// Blocking.
-    fn store_blocking(&self, tmp: &Path, mut meta: StoredFile) -> std::io::Result<StoredFile> {
-        let thumb = if meta.mime.starts_with("image/") {
-            make_thumb(tmp)
-        } else {
-            None
-        };
+    fn store_blocking(
+        &self,
+        tmp: &Path,
+        mut meta: StoredFile,
+        thumb: Option<Vec<u8>>,
+    ) -> std::io::Result<StoredFile> {
         meta.thumb = thumb.is_some();
         if let Some(pg) = &self.pg {
             let data = std::fs::read(tmp)?;
@@ -259,6 +346,48 @@ impl Files {
         std::fs::write(&tj, serde_json::to_vec(&meta).unwrap_or_default())?;
         std::fs::rename(&tj, room_dir.join(format!("{}.json", meta.id)))?;
         Ok(meta)
+    }
+
+    /// The bytes of the files `room` keeps now (the files themselves, not their thumbnails).
+    /// Blocking.
+    fn room_bytes_blocking(&self, room: &str) -> std::io::Result<u64> {
+        if let Some(pg) = &self.pg {
+            let room = room.to_string();
+            return pg
+                .run(CALL_TIMEOUT, move |c| {
+                    Box::pin(crate::richchat_pg::room_file_bytes(c, room))
+                })
+                .map_err(std::io::Error::other);
+        }
+        let Some(dir) = self.path(room, "") else {
+            return Ok(0);
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut total = 0u64;
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(valid_id) {
+                total = total.saturating_add(e.metadata().map_or(0, |m| m.len()));
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether `room` may keep `more` bytes beside what it has; `Ok(false)` when that would go
+    /// over `max_room_bytes`.
+    async fn room_has_space(&self, room: &str, more: u64) -> std::io::Result<bool> {
+        let max = self.cfg.max_room_bytes;
+        if max == 0 {
+            return Ok(true);
+        }
+        let (f, room) = (self.clone(), room.to_string());
+        let used = tokio::task::spawn_blocking(move || f.room_bytes_blocking(&room))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(used.saturating_add(more) <= max)
     }
 
     /// Removes file `id` of `room` (its metadata first, so it is gone at once). Blocking.
@@ -375,8 +504,8 @@ pub(crate) fn sniff(head: &[u8]) -> String {
 }
 
 /// A thumbnail (JPEG, longest side [`THUMB_PX`]) of the picture at `path`; `None` if it does not
-/// decode. Blocking.
-fn make_thumb(path: &Path) -> Option<Vec<u8>> {
+/// decode, or would take more than `max_bytes` to. Blocking.
+fn make_thumb(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     let mut reader = image::ImageReader::open(path)
         .ok()?
         .with_guessed_format()
@@ -384,7 +513,7 @@ fn make_thumb(path: &Path) -> Option<Vec<u8>> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(16_384);
     limits.max_image_height = Some(16_384);
-    limits.max_alloc = Some(256 * 1024 * 1024);
+    limits.max_alloc = Some(max_bytes);
     reader.limits(limits);
     // GIF and animated WebP decode to their first frame.
     let img = reader.decode().ok()?;
@@ -515,6 +644,7 @@ async fn upload(
     State(state): State<AppState>,
     UrlPath(room): UrlPath<String>,
     Query(q): Query<UploadQuery>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -551,6 +681,48 @@ async fn upload(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return too_large();
+    }
+    // Quotas: the upload (and its declared size) must fit the identity's and the address's
+    // hour. The bytes actually received are counted once the body is in.
+    let now = std::time::Instant::now();
+    let ip = crate::http::request_ip(&state, connect_info, &headers);
+    let size_hint = declared.unwrap_or(0);
+    let over = files
+        .per_identity
+        .check(claims.sub.clone(), now, size_hint)
+        .err()
+        .or_else(|| ip.and_then(|ip| files.per_ip.check(ip, now, size_hint).err()));
+    if let Some(retry) = over {
+        state.inner.counters.hit(Limit::Uploads);
+        debug!(identity = %claims.sub, ?ip, "upload quota reached");
+        return crate::http::too_many(retry, "upload quota for this hour reached; try again later");
+    }
+    let room_full = || {
+        state.inner.counters.hit(Limit::RoomBytes);
+        fail(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "room_storage_full",
+            format!(
+                "this room keeps {} of files already; delete some or wait for old ones to expire",
+                mib(files.cfg.max_room_bytes)
+            ),
+        )
+    };
+    match files.room_has_space(&room, size_hint).await {
+        Ok(true) => {}
+        Ok(false) => return room_full(),
+        Err(e) => {
+            warn!(error = %e, "cannot measure a room's files");
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            );
+        }
+    }
+    files.per_identity.record(claims.sub.clone(), now, 1, 0);
+    if let Some(ip) = ip {
+        files.per_ip.record(ip, now, 1, 0);
     }
     let tmp_dir = dir.join(".tmp");
     if let Err(e) = tokio::fs::create_dir_all(&tmp_dir).await {
@@ -616,8 +788,18 @@ async fn upload(
             );
         }
     }
+    files
+        .per_identity
+        .record(claims.sub.clone(), std::time::Instant::now(), 0, size);
+    if let Some(ip) = ip {
+        files.per_ip.record(ip, std::time::Instant::now(), 0, size);
+    }
     if size == 0 {
         return fail(StatusCode::BAD_REQUEST, "empty", "the file is empty");
+    }
+    // Checked again with the real size (a chunked upload declares none).
+    if declared.is_none() && matches!(files.room_has_space(&room, size).await, Ok(false)) {
+        return room_full();
     }
     if let Err(e) = out.sync_all().await {
         warn!(error = %e, "cannot flush an upload");
@@ -646,8 +828,13 @@ async fn upload(
         thumb: false,
         created_ms: now_ms(),
     };
+    let thumb = if mime.starts_with("image/") {
+        files.thumbnail(tmp.clone()).await
+    } else {
+        None
+    };
     let store = files.clone();
-    let stored = tokio::task::spawn_blocking(move || store.store_blocking(&tmp, meta)).await;
+    let stored = tokio::task::spawn_blocking(move || store.store_blocking(&tmp, meta, thumb)).await;
     match stored {
         Ok(Ok(meta)) => {
             cleanup.0 = None;
@@ -768,6 +955,9 @@ mod tests {
                 ..FilesConfig::default()
             },
             pg: None,
+            thumbs: Arc::new(Semaphore::new(1)),
+            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
+            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
         };
         assert!(f.allowed("image/png") && f.allowed("application/pdf"));
         assert!(!f.allowed("text/plain") && !f.allowed("imagex/png"));
@@ -788,6 +978,9 @@ mod tests {
                 ..FilesConfig::default()
             },
             pg: None,
+            thumbs: Arc::new(Semaphore::new(1)),
+            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
+            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
         };
         assert_eq!(f.sweep(SystemTime::now()), 0);
         let later = SystemTime::now() + Duration::from_secs(2 * 86_400);

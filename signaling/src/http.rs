@@ -16,6 +16,7 @@ struct WebAssets;
 
 /// All routes of the signaling server.
 pub fn router(state: AppState) -> Router {
+    let body_timeout = state.inner.config.body_read_timeout;
     Router::new()
         .route("/ws", get(ws))
         .route("/api/token", post(token))
@@ -27,19 +28,25 @@ pub fn router(state: AppState) -> Router {
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
         .layer(axum::middleware::from_fn(security_headers))
+        // A body (an upload) that pauses longer than this is cut; the time between its parts,
+        // not its whole length, is bounded, so slow links can still upload large files.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .layer(axum::middleware::from_fn(crate::ops::request_span))
         .with_state(state)
 }
 
+/// The page-wide content security policy, for responses whose route set none.
+const PAGE_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Adds the security headers to every response. A route that set its own content security
+/// policy keeps it (downloads are `sandbox`ed): the page-wide one only fills the gap.
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-        ),
-    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(PAGE_CSP));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -67,7 +74,7 @@ async fn ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    use crate::limits::{client_ip, origin_allowed, Limit};
+    use crate::limits::{origin_allowed, Limit};
     if state.is_draining() {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -91,13 +98,7 @@ async fn ws(
             "this origin may not open the signaling socket",
         );
     }
-    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = connect_info {
-        let forwarded: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = client_ip(peer.ip(), &forwarded, &cfg.trusted_proxies);
+    if let Some(ip) = request_ip(&state, connect_info, &headers) {
         if !inner.joins_per_ip.allow(ip, std::time::Instant::now()) {
             inner.counters.hit(Limit::JoinsPerIp);
             tracing::debug!(%ip, "too many joins from one address");
@@ -133,6 +134,35 @@ async fn ws(
         })
 }
 
+/// The client's address: the TCP peer, or the address a trusted proxy forwarded for
+/// (`signaling.trusted_proxies`). `None` where the server runs without connection info.
+pub(crate) fn request_ip(
+    state: &AppState,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let axum::Extension(axum::extract::ConnectInfo(peer)) = connect_info?;
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(crate::limits::client_ip(
+        peer.ip(),
+        &forwarded,
+        &state.inner.config.trusted_proxies,
+    ))
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1).
+pub(crate) fn too_many(retry_after: std::time::Duration, message: impl Into<String>) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut res = api_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    res
+}
+
 #[derive(Deserialize)]
 struct TokenRequest {
     room: String,
@@ -165,6 +195,8 @@ fn api_error(status: StatusCode, error: &'static str, message: impl Into<String>
 
 async fn token(
     State(state): State<AppState>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let cfg = &state.inner.config;
@@ -174,6 +206,25 @@ async fn token(
             "open_join_disabled",
             "this server admits only tokens from its operator's application",
         );
+    }
+    // Each guest token is a new identity: without a per-address rate, per-identity limits
+    // (uploads, TURN) would be one request away from reset.
+    if let Some(ip) = request_ip(&state, connect_info, &headers) {
+        if let Err(retry) = state
+            .inner
+            .guest_tokens_per_ip
+            .allow_or_retry(ip, std::time::Instant::now())
+        {
+            state.inner.counters.hit(crate::limits::Limit::GuestTokens);
+            tracing::debug!(%ip, "too many guest tokens from one address");
+            return too_many(
+                retry,
+                format!(
+                    "at most {} guest tokens a minute from one address",
+                    cfg.guest_tokens_per_ip_per_minute
+                ),
+            );
+        }
     }
     let Ok(Json(req)) = body else {
         return api_error(
@@ -189,13 +240,7 @@ async fn token(
             "room names have 1 to 64 of A-Z a-z 0-9 - _ .",
         );
     }
-    let name: String = req
-        .name
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    let name = crate::text::clean_name(&req.name);
     let name = if name.is_empty() {
         "Guest".to_string()
     } else {

@@ -32,6 +32,7 @@ mod richchat;
 mod richchat_pg;
 mod rooms;
 mod session;
+pub mod text;
 pub mod token;
 pub mod webhooks;
 
@@ -110,6 +111,12 @@ pub struct SignalingConfig {
     /// WebSocket upgrades per client address per minute; over it, `/ws` answers 429.
     /// 0 = no limit. Default 120.
     pub joins_per_ip_per_minute: u32,
+    /// Longest pause while a request body arrives (an upload); a body that stalls longer is
+    /// cut. Default 30 s.
+    pub body_read_timeout: Duration,
+    /// Guest tokens (`POST /api/token`) per client address per minute; over it, 429 with
+    /// `Retry-After`. 0 = no limit. Default 60.
+    pub guest_tokens_per_ip_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` names the client (for the per-address limit).
     /// Default: none (the TCP peer is the client).
     pub trusted_proxies: Vec<limits::IpNet>,
@@ -145,6 +152,8 @@ impl Default for SignalingConfig {
             chat_per_minute: 30,
             max_connections: 1000,
             joins_per_ip_per_minute: 120,
+            guest_tokens_per_ip_per_minute: 60,
+            body_read_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             api: None,
@@ -156,6 +165,15 @@ impl Default for SignalingConfig {
 
 /// Gives each joining participant its ICE servers (TURN credentials are per identity).
 pub type IceServerProvider = Arc<dyn Fn(&str) -> Vec<IceServer> + Send + Sync>;
+
+/// The number of TCP connections the HTTP port has open, and its cap, as counted by whoever
+/// accepts them (the `huddle` binary); `/readyz` reports them.
+pub trait ConnectionCount: Send + Sync {
+    /// Connections open now.
+    fn open(&self) -> usize;
+    /// The most that may be open at once.
+    fn cap(&self) -> usize;
+}
 
 /// The shared state of the signaling server. Cheap to clone.
 #[derive(Clone)]
@@ -176,10 +194,13 @@ struct Inner {
     counters: limits::LimitCounters,
     connections: Arc<tokio::sync::Semaphore>,
     joins_per_ip: limits::IpWindow,
+    guest_tokens_per_ip: limits::IpWindow,
     resumes: resume::Resumes,
     files: files::Files,
     /// Cluster mode: placement in Redis (set once at start).
     cluster: std::sync::OnceLock<cluster::Cluster>,
+    /// The HTTP port's connection count (set once at start).
+    http_connections: std::sync::OnceLock<Arc<dyn ConnectionCount>>,
 }
 
 impl AppState {
@@ -198,6 +219,7 @@ impl AppState {
         }
         let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let joins_per_ip = limits::IpWindow::new(config.joins_per_ip_per_minute);
+        let guest_tokens_per_ip = limits::IpWindow::new(config.guest_tokens_per_ip_per_minute);
         let moderation = moderation::Moderation::new(chat.clone()).unwrap_or_else(|e| {
             tracing::error!(error = %e, "room settings could not be loaded: starting without them");
             moderation::Moderation::empty(chat.clone())
@@ -221,11 +243,18 @@ impl AppState {
                 counters,
                 connections,
                 joins_per_ip,
+                guest_tokens_per_ip,
                 resumes: resume::Resumes::default(),
                 files,
                 cluster: std::sync::OnceLock::new(),
+                http_connections: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Where `/readyz` reads the HTTP port's connection count from. Once only.
+    pub fn set_connection_count(&self, count: Arc<dyn ConnectionCount>) {
+        let _ = self.inner.http_connections.set(count);
     }
 
     /// Joins a cluster: from now on a join for a room another node owns is redirected there,

@@ -2,7 +2,8 @@
 //! the node down, and the counters that show how often each limit was hit.
 //!
 //! * [`TokenBucket`]: a per-connection message rate (and the chat rate).
-//! * [`IpWindow`]: WebSocket upgrades per client address per minute.
+//! * [`IpWindow`]: WebSocket upgrades (and guest tokens) per client address per minute.
+//! * [`Quota`]: uploads and their bytes per identity and per address per hour.
 //! * [`IpNet`] and [`client_ip`]: which address a request came from, honouring
 //!   `X-Forwarded-For` only from configured proxies.
 //! * [`origin_allowed`]: the WebSocket `Origin` check.
@@ -99,8 +100,14 @@ impl IpWindow {
 
     /// Records an attempt from `ip`; false when it is over the limit.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        self.allow_or_retry(ip, now).is_ok()
+    }
+
+    /// Records an attempt from `ip`; over the limit, how long until the address's window
+    /// ends (for `Retry-After`).
+    pub fn allow_or_retry(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
-            return true;
+            return Ok(());
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 10_000 {
@@ -111,10 +118,73 @@ impl IpWindow {
             *entry = (now, 0);
         }
         if entry.1 >= self.per_minute {
-            return false;
+            return Err(WINDOW.saturating_sub(now.saturating_duration_since(entry.0)));
         }
         entry.1 += 1;
-        true
+        Ok(())
+    }
+}
+
+/// Uses and amounts (bytes) per key in fixed windows: at most `max_uses` uses and
+/// `max_amount` in one window (0: that part has no limit). The window of a key starts at its
+/// first use.
+#[derive(Debug)]
+pub struct Quota<K> {
+    window: Duration,
+    max_uses: u64,
+    max_amount: u64,
+    seen: Mutex<HashMap<K, (Instant, u64, u64)>>,
+}
+
+impl<K: std::hash::Hash + Eq> Quota<K> {
+    /// A quota over windows of `window`.
+    pub fn new(window: Duration, max_uses: u64, max_amount: u64) -> Self {
+        Quota {
+            window,
+            max_uses,
+            max_amount,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry<'a>(
+        &self,
+        seen: &'a mut HashMap<K, (Instant, u64, u64)>,
+        key: K,
+        now: Instant,
+    ) -> &'a mut (Instant, u64, u64) {
+        if seen.len() > 10_000 {
+            seen.retain(|_, (start, _, _)| now.saturating_duration_since(*start) < self.window);
+        }
+        let e = seen.entry(key).or_insert((now, 0, 0));
+        if now.saturating_duration_since(e.0) >= self.window {
+            *e = (now, 0, 0);
+        }
+        e
+    }
+
+    /// Whether one more use of `amount` fits `key`'s window; if not, how long until the window
+    /// ends. Records nothing.
+    pub fn check(&self, key: K, now: Instant, amount: u64) -> Result<(), Duration> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let e = self.entry(&mut seen, key, now);
+        let uses_full = self.max_uses > 0 && e.1 >= self.max_uses;
+        let amount_full = self.max_amount > 0 && e.2.saturating_add(amount) > self.max_amount;
+        if uses_full || amount_full {
+            Err(self
+                .window
+                .saturating_sub(now.saturating_duration_since(e.0)))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records `uses` uses and `amount` for `key`.
+    pub fn record(&self, key: K, now: Instant, uses: u64, amount: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let e = self.entry(&mut seen, key, now);
+        e.1 = e.1.saturating_add(uses);
+        e.2 = e.2.saturating_add(amount);
     }
 }
 
@@ -252,11 +322,20 @@ pub enum Limit {
     Origin,
     /// A frame over `max_message_bytes`.
     MessageSize,
+    /// A TCP connection to the HTTP port closed at once: `server.max_connections` or
+    /// `server.max_connections_per_ip` reached.
+    HttpConnections,
+    /// An upload refused with 429: its identity's or address's uploads or bytes this hour.
+    Uploads,
+    /// A guest token refused with 429: too many from one address this minute.
+    GuestTokens,
+    /// An upload refused with 507: its room keeps `chat.max_room_bytes` of files.
+    RoomBytes,
 }
 
 impl Limit {
     /// Every limit, in a fixed order.
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 13] = [
         Limit::MessageRate,
         Limit::MessageRateClose,
         Limit::ChatRate,
@@ -266,6 +345,10 @@ impl Limit {
         Limit::Participants,
         Limit::Origin,
         Limit::MessageSize,
+        Limit::HttpConnections,
+        Limit::Uploads,
+        Limit::GuestTokens,
+        Limit::RoomBytes,
     ];
 
     /// A short label (for a metric's `limit` label).
@@ -280,6 +363,10 @@ impl Limit {
             Limit::Participants => "participants",
             Limit::Origin => "origin",
             Limit::MessageSize => "message_size",
+            Limit::HttpConnections => "http_connections",
+            Limit::Uploads => "uploads",
+            Limit::GuestTokens => "guest_tokens",
+            Limit::RoomBytes => "room_bytes",
         }
     }
 }
@@ -297,7 +384,7 @@ impl Default for LimitCounters {
         let family = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "huddle_limit_hits_total",
-                "Requests refused or cut by an operator limit, by limit (before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
+                "Requests refused or cut by an operator limit, by limit (http_connections: a TCP connection closed at once over the HTTP port's caps; uploads and guest_tokens: 429; room_bytes: 507; before the WebSocket upgrade: origin 403, joins_per_ip 429, connections 503; after it: the error codes in docs/protocol.md).",
             ),
             &["limit"],
         )
@@ -348,6 +435,40 @@ mod tests {
         // Saved tokens are capped at the burst.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 5);
+    }
+
+    #[test]
+    fn quotas_bound_uses_and_amounts_per_window_and_say_when_to_retry() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let q = Quota::new(hour, 3, 100);
+        for _ in 0..3 {
+            assert_eq!(q.check("a", t0, 10), Ok(()));
+            q.record("a", t0, 1, 10);
+        }
+        let later = t0 + Duration::from_secs(600);
+        assert_eq!(q.check("a", later, 0), Err(Duration::from_secs(3000)));
+        assert_eq!(q.check("b", later, 0), Ok(()), "keys are separate");
+        let amounts = Quota::new(hour, 0, 100);
+        amounts.record("a", t0, 1, 90);
+        assert!(amounts.check("a", t0, 10).is_ok());
+        assert!(amounts.check("a", t0, 11).is_err());
+        assert_eq!(q.check("a", t0 + hour, 0), Ok(()), "a new window");
+        let open = Quota::new(hour, 0, 0);
+        open.record("a", t0, 1_000, u64::MAX);
+        assert!(open.check("a", t0, u64::MAX).is_ok(), "0 = no limit");
+    }
+
+    #[test]
+    fn ip_windows_say_when_to_retry() {
+        let t0 = Instant::now();
+        let w = IpWindow::new(2);
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        assert!(w.allow(ip, t0) && w.allow(ip, t0));
+        assert_eq!(
+            w.allow_or_retry(ip, t0 + Duration::from_secs(15)),
+            Err(Duration::from_secs(45))
+        );
     }
 
     #[test]

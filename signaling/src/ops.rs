@@ -136,6 +136,17 @@ struct Readiness {
     ready: bool,
     /// Each check: `"ok"` or what is wrong.
     checks: Checks,
+    /// The HTTP port's TCP connections (informational: does not change `ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_connections: Option<HttpConnections>,
+}
+
+#[derive(Serialize)]
+struct HttpConnections {
+    open: usize,
+    cap: usize,
+    /// At least 90 % of the cap is in use: new connections will soon be closed at once.
+    near_cap: bool,
 }
 
 #[derive(Serialize)]
@@ -185,7 +196,23 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Readiness { ready, checks })).into_response()
+    let http_connections = state.inner.http_connections.get().map(|c| {
+        let (open, cap) = (c.open(), c.cap());
+        HttpConnections {
+            open,
+            cap,
+            near_cap: open * 10 >= cap * 9,
+        }
+    });
+    (
+        status,
+        Json(Readiness {
+            ready,
+            checks,
+            http_connections,
+        }),
+    )
+        .into_response()
 }
 
 /// Puts every request in a `request` span with an id (the client's `x-request-id` when it is a

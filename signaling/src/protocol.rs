@@ -428,6 +428,9 @@ pub enum ErrorCode {
     /// Cluster mode: no node could be chosen for the room (Redis unreachable, or every node
     /// at its room limit). Try again shortly.
     Unavailable,
+    /// `chat` with an `attachment_id` another identity uploaded: only the uploader may attach
+    /// a file. The message was not sent.
+    NotYourFile,
     /// Server fault.
     Internal,
 }

@@ -219,7 +219,8 @@ pub(crate) fn edit(
 }
 
 /// Deletes `identity`'s message `id`: its text, attachment and reactions are removed. Returns
-/// the message as it is now, and the attachment it had (whose file the caller removes).
+/// the message as it is now, and the attachment it had when no other message carries it (the
+/// caller removes its file if `identity` uploaded it).
 pub(crate) fn delete(
     store: &ChatStore,
     room: &str,
@@ -251,10 +252,18 @@ pub(crate) fn delete(
              ON CONFLICT(message_id) DO UPDATE SET deleted = 1",
             params![id],
         )?;
-        load(c, room, id).map(|m| {
-            m.ok_or(Refused::NotFound)
-                .map(|m| (m, before.extra.attachment))
-        })
+        let orphan = match before.extra.attachment {
+            Some(a) => {
+                let still_used: bool = c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM chat_attachment WHERE json_extract(json, '$.id') = ?1)",
+                    params![a.id],
+                    |r| r.get(0),
+                )?;
+                (!still_used).then_some(a)
+            }
+            None => None,
+        };
+        load(c, room, id).map(|m| m.ok_or(Refused::NotFound).map(|m| (m, orphan)))
     })?)
 }
 
@@ -347,6 +356,26 @@ mod tests {
             edit(&s, "r", "alice", m.id, "again", 3).unwrap(),
             Err(Refused::NotFound)
         );
+    }
+
+    #[test]
+    fn a_file_another_message_still_carries_is_not_handed_back_for_removal() {
+        let s = store();
+        let a = Attachment {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            name: "pic.png".into(),
+            size: 70,
+            mime: "image/png".into(),
+            thumb: None,
+        };
+        let first = s.append("r", "PA_1", "alice", "A", "", 1).unwrap();
+        let second = s.append("r", "PA_1", "alice", "A", "again", 2).unwrap();
+        attach(&s, first.id, &a).unwrap();
+        attach(&s, second.id, &a).unwrap();
+        let (_, orphan) = delete(&s, "r", "alice", first.id).unwrap().unwrap();
+        assert_eq!(orphan, None, "the second message still shows the file");
+        let (_, orphan) = delete(&s, "r", "alice", second.id).unwrap().unwrap();
+        assert_eq!(orphan.map(|a| a.id), Some(a.id));
     }
 
     #[test]

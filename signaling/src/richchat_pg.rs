@@ -194,7 +194,7 @@ pub(crate) async fn edit(
 }
 
 /// Deletes `identity`'s message `id`: its text, attachment and reactions are removed. Returns
-/// the message as it is now and the attachment it had.
+/// the message as it is now and the attachment it had, when no other message carries it.
 pub(crate) async fn delete(
     c: &mut Client,
     room: String,
@@ -218,10 +218,22 @@ pub(crate) async fn delete(
         &[&id],
     )
     .await?;
+    let orphan = match before.extra.attachment {
+        Some(a) => {
+            let still_used: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM chat_attachment WHERE (json::json)->>'id' = $1)",
+                    &[&a.id],
+                )
+                .await?
+                .try_get(0)?;
+            (!still_used).then_some(a)
+        }
+        None => None,
+    };
     let m = load(&tx, &room, id).await?;
     tx.commit().await?;
-    Ok(m.ok_or(Refused::NotFound)
-        .map(|m| (m, before.extra.attachment)))
+    Ok(m.ok_or(Refused::NotFound).map(|m| (m, orphan)))
 }
 
 /// Adds (or removes) `identity`'s `emoji` reaction to message `id` of `room`.
@@ -346,6 +358,18 @@ pub(crate) async fn remove_file(c: &mut Client, room: String, id: String) -> Res
     )
     .await?;
     Ok(())
+}
+
+/// The bytes of the files `room` keeps.
+pub(crate) async fn room_file_bytes(c: &mut Client, room: String) -> Result<u64, Error> {
+    let total: i64 = c
+        .query_one(
+            "SELECT COALESCE(SUM(size), 0)::BIGINT FROM chat_file WHERE room = $1",
+            &[&room],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(u64::try_from(total).unwrap_or(0))
 }
 
 /// Removes files stored before `before_ms`; how many.

@@ -387,12 +387,16 @@ async fn handshake(
             Err(e) => {
                 let code = match e {
                     TokenError::Expired => ErrorCode::TokenExpired,
-                    TokenError::Invalid => ErrorCode::InvalidToken,
+                    TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
+                        ErrorCode::InvalidToken
+                    }
                 };
                 debug!(?code, "join refused");
                 metrics.join_failed(match e {
                     TokenError::Expired => JoinFailure::TokenExpired,
-                    TokenError::Invalid => JoinFailure::InvalidToken,
+                    TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
+                        JoinFailure::InvalidToken
+                    }
                 });
                 conn.error(code, e.to_string(), rid).await;
                 return None;
@@ -435,7 +439,9 @@ async fn resume_allowed(
         Err(e) => {
             let code = match e {
                 TokenError::Expired => ErrorCode::TokenExpired,
-                TokenError::Invalid => ErrorCode::InvalidToken,
+                TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
+                    ErrorCode::InvalidToken
+                }
             };
             conn.error(code, e.to_string(), rid).await;
             return false;
@@ -895,11 +901,21 @@ impl Session {
                     .await;
             }
         }
-        let text = text.trim().to_string();
+        let text = crate::text::clean_chat_text(&text);
         let max = self.state.inner.config.chat_max_chars;
         let attachment = match attachment_id {
             Some(id) => match self.find_attachment(id).await {
-                Some(a) => Some(a),
+                Some((a, uploader)) if uploader == self.claims.sub => Some(a),
+                Some(_) => {
+                    return self
+                        .conn
+                        .error(
+                            ErrorCode::NotYourFile,
+                            "only the participant who uploaded a file may attach it",
+                            rid,
+                        )
+                        .await
+                }
                 None => {
                     return self
                         .conn

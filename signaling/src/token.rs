@@ -59,11 +59,16 @@ pub struct Claims {
     pub grants: Grants,
 }
 
+/// The default longest time ahead a token's `exp` may be: 30 days.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
 /// Signs and verifies tokens with one shared secret.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The longest time ahead of now an accepted token's `exp` may be.
+    max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -86,7 +91,20 @@ impl TokenKeys {
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
+    }
+
+    /// Accepts only tokens whose `exp` is at most `max` ahead (default
+    /// [`DEFAULT_MAX_TOKEN_LIFETIME`]).
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self
+    }
+
+    /// The longest time ahead an accepted token's `exp` may be.
+    pub fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
     }
 
     /// Signs a token for `identity` in `room`, valid for `ttl`.
@@ -111,17 +129,33 @@ impl TokenKeys {
             .map_err(|e| SignalingError::Token(e.to_string()))
     }
 
-    /// Verifies signature, algorithm and expiry (no leeway).
+    /// Verifies signature, algorithm, expiry and `nbf` (no leeway), and the claims: `sub` not
+    /// blank, `exp` at most [`TokenKeys::max_lifetime`] ahead. The display name comes back
+    /// cleaned like a guest's ([`crate::text::clean_name`]).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
         v.validate_exp = true;
+        v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "sub"]);
-        match decode::<Claims>(token, &self.decoding, &v) {
-            Ok(data) => Ok(data.claims),
-            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
-            Err(_) => Err(TokenError::Invalid),
+        let mut claims = match decode::<Claims>(token, &self.decoding, &v) {
+            Ok(data) => data.claims,
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                return Err(TokenError::Expired)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::ImmatureSignature) => {
+                return Err(TokenError::NotYetValid)
+            }
+            Err(_) => return Err(TokenError::Invalid),
+        };
+        if claims.sub.trim().is_empty() {
+            return Err(TokenError::Invalid);
         }
+        if claims.exp > unix_now().saturating_add(self.max_lifetime.as_secs()) {
+            return Err(TokenError::TooLong);
+        }
+        claims.name = crate::text::clean_name(&claims.name);
+        Ok(claims)
     }
 }
 
@@ -134,6 +168,12 @@ pub enum TokenError {
     /// Past its expiry.
     #[error("the access token has expired")]
     Expired,
+    /// Its `nbf` (not before) is in the future.
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+    /// Its `exp` is further ahead than this server accepts (`auth.max_token_lifetime_secs`).
+    #[error("the access token's expiry is further ahead than this server accepts")]
+    TooLong,
 }
 
 /// Room names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
@@ -218,6 +258,73 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k.verify(&t), Err(TokenError::Expired));
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_future_nbf_is_not_valid_yet() {
+        let k = TokenKeys::new(b"secret");
+        let now = unix_now();
+        let t = signed(serde_json::json!({
+            "sub": "a", "name": "A", "room": "r", "exp": now + 600, "iat": now, "nbf": now + 300
+        }));
+        assert_eq!(k.verify(&t), Err(TokenError::NotYetValid));
+        let t = signed(serde_json::json!({
+            "sub": "a", "name": "A", "room": "r", "exp": now + 600, "iat": now, "nbf": now - 1
+        }));
+        assert!(k.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn an_expiry_too_far_ahead_is_refused() {
+        let k = TokenKeys::new(b"secret");
+        let now = unix_now();
+        let max = DEFAULT_MAX_TOKEN_LIFETIME.as_secs();
+        for exp in [u64::MAX, now + max + 60] {
+            let t = signed(serde_json::json!({
+                "sub": "a", "name": "A", "room": "r", "exp": exp, "iat": now
+            }));
+            assert_eq!(k.verify(&t), Err(TokenError::TooLong), "exp {exp}");
+        }
+        let t = signed(serde_json::json!({
+            "sub": "a", "name": "A", "room": "r", "exp": now + max - 60, "iat": now
+        }));
+        assert!(k.verify(&t).is_ok());
+        let short = TokenKeys::new(b"secret").with_max_lifetime(Duration::from_secs(60));
+        assert_eq!(short.verify(&t), Err(TokenError::TooLong));
+    }
+
+    #[test]
+    fn a_blank_identity_is_refused() {
+        let k = TokenKeys::new(b"secret");
+        let now = unix_now();
+        for sub in ["", "   "] {
+            let t = signed(serde_json::json!({
+                "sub": sub, "name": "A", "room": "r", "exp": now + 60, "iat": now
+            }));
+            assert_eq!(k.verify(&t), Err(TokenError::Invalid), "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn names_in_tokens_are_cleaned_and_capped() {
+        let k = TokenKeys::new(b"secret");
+        let now = unix_now();
+        let name = format!("\u{202E}Eve\u{0}{}", "x".repeat(10_000));
+        let t = signed(serde_json::json!({
+            "sub": "eve", "name": name, "room": "r", "exp": now + 60, "iat": now
+        }));
+        let c = k.verify(&t).unwrap();
+        assert!(c.name.starts_with("Evex"), "{:?}", &c.name[..10]);
+        assert_eq!(c.name.chars().count(), crate::text::MAX_NAME_CHARS);
     }
 
     #[test]

@@ -9,11 +9,11 @@ use crate::richchat::{self, Refused};
 use crate::SignalingError;
 
 impl Session {
-    /// The attachment for an uploaded file of this room.
+    /// The attachment for an uploaded file of this room, and the identity that uploaded it.
     pub(super) fn find_attachment(
         &self,
         id: String,
-    ) -> impl std::future::Future<Output = Option<Attachment>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Option<(Attachment, String)>> + Send + 'static {
         let files = self.state.inner.files.clone();
         let room = self.room().to_string();
         async move {
@@ -62,7 +62,7 @@ impl Session {
                     })
                 }
                 ClientMsg::ChatEdit { message_id, text } => {
-                    let text = text.trim().to_string();
+                    let text = crate::text::clean_chat_text(&text);
                     if text.is_empty() || text.chars().count() > max {
                         return self
                             .bad(rid, &format!("a chat message has 1 to {max} characters"))
@@ -78,7 +78,7 @@ impl Session {
                         Ok(richchat::delete(&chat, &room, &identity, message_id)?.map(
                             |(m, attachment)| {
                                 if let Some(a) = attachment {
-                                    files.remove(&room, &a.id);
+                                    files.remove_if_uploaded_by(&room, &a.id, &identity);
                                 }
                                 m
                             },
