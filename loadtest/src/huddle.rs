@@ -262,7 +262,10 @@ pub async fn run(
                             .unwrap_or_default();
                         switch.set_active(&active);
                     }
-                    Some("error") => tracing::warn!(participant = %p.name, message = %m, "server error"),
+                    Some("error") => {
+                        p.server_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(participant = %p.name, message = %m, "server error");
+                    }
                     Some("leave") => break Err(anyhow::anyhow!("the server ended the session: {m}")),
                     _ => {}
                 }

@@ -215,6 +215,8 @@ pub struct Participant {
     pub joined_us: AtomicU64,
     /// `redirect` messages followed before `joined` (cluster mode).
     pub redirects: AtomicU64,
+    /// `error` messages the server sent it (a synthetic participant never errs on purpose).
+    pub server_errors: AtomicU64,
     /// The base URL of the node that answered `joined`.
     pub node_url: Mutex<Option<String>>,
     /// The largest server offer it received, in bytes.
@@ -240,6 +242,7 @@ impl Participant {
             signal_start_us: AtomicU64::new(0),
             joined_us: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
             node_url: Mutex::new(None),
             max_sdp_bytes: AtomicU64::new(0),
         }

@@ -146,6 +146,8 @@ pub struct Summary {
     pub failed: usize,
     /// Up to three distinct failure messages.
     pub errors: Vec<String>,
+    /// `error` messages the server sent to participants (each one a protocol failure).
+    pub server_errors: u64,
     /// Participants that neither joined nor failed, by the join step they were stuck at.
     pub stuck: Vec<(String, usize)>,
     /// Measurement window, seconds since the start.
@@ -419,6 +421,10 @@ pub fn summarize(d: &RunData) -> Summary {
         joined,
         failed,
         errors,
+        server_errors: ps
+            .iter()
+            .map(|p| p.server_errors.load(Ordering::Relaxed))
+            .sum(),
         stuck,
         window: (a.t, b.t),
         packets_per_sec: pps,
@@ -474,6 +480,12 @@ pub fn table(label: &str, s: &Summary) -> String {
     ]);
     for e in &s.errors {
         t.add_row(vec!["  error".into(), e.clone()]);
+    }
+    if s.server_errors > 0 {
+        t.add_row(vec![
+            "  server errors".into(),
+            format!("{} (see the log)", s.server_errors),
+        ]);
     }
     for (stage, n) in &s.stuck {
         t.add_row(vec![
