@@ -29,6 +29,10 @@ pub struct TrackRx {
     pub kind: Kind,
     /// Who published it (participant id on Huddle, feed id on Janus).
     pub from: String,
+    /// Its track id (the msid's second part) and the mid of its m-line, set by the receiver.
+    pub track_id: String,
+    /// See `track_id`.
+    pub mid: String,
     clock_rate: f64,
     /// Packets received (duplicates included).
     pub packets: u64,
@@ -56,6 +60,8 @@ impl TrackRx {
         TrackRx {
             kind,
             from,
+            track_id: String::new(),
+            mid: String::new(),
             clock_rate: f64::from(clock_rate),
             packets: 0,
             bytes: 0,
