@@ -124,12 +124,6 @@ make_netns() {
   exit 1
 }
 
-# Runs a command inside the servers' namespace, pinned to SERVER_CPU (ip netns exec, env and
-# taskset each exec the next: $! of a backgrounded call is the server's own PID).
-in_netns() {
-  ip netns exec "$NETNS" taskset -c "$SERVER_CPU" "$@"
-}
-
 # Starts huddle on SERVER_CPU; sets SERVER_PID, HUDDLE_URL, HUDDLE_DATA.
 start_huddle() {
   HUDDLE_DATA=$OUT/huddle-data-$1
@@ -138,6 +132,7 @@ start_huddle() {
   # Room size and per-address join limits off: every participant comes from one address.
   local limits=(HUDDLE_LIMITS__JOINS_PER_IP_PER_MINUTE=0 HUDDLE_LIMITS__MAX_CONNECTIONS=100000)
   [ -z "${NO_LIMIT_ENV:-}" ] || limits=()
+  # ip netns exec, env and taskset each exec the next: $! is huddle's own PID.
   ip netns exec "$NETNS" env HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 "${limits[@]}" RUST_LOG=warn \
     taskset -c "$SERVER_CPU" "$HUDDLE" serve --bind "$SERVER_IP:0" --media-bind-ip "$SERVER_IP" \
     --media-port 0 --turn-port 0 --no-turn --data-dir "$HUDDLE_DATA" >"$OUT/huddle-$1.log" 2>&1 &
@@ -178,7 +173,10 @@ start_janus() {
     -e "s|^\(\s*\)ws_port = .*|\1ws_port = $JANUS_WS_PORT|" \
     -e 's|^\(\s*\)json = .*|\1json = "plain"|' \
     "$dir/janus.transport.websockets.jcfg"
-  in_netns janus -C "$dir/janus.jcfg" -F "$dir" -o -L "$OUT/janus-$1.log" >/dev/null 2>&1 &
+  # ip netns exec, env and taskset each exec the next, so $! is the server's own PID (not so
+  # through a shell function, which would fork a subshell).
+  ip netns exec "$NETNS" taskset -c "$SERVER_CPU" janus -C "$dir/janus.jcfg" -F "$dir" -o \
+    -L "$OUT/janus-$1.log" >/dev/null 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
     if (exec 3<>/dev/tcp/"$SERVER_IP"/"$JANUS_WS_PORT") 2>/dev/null; then return 0; fi
@@ -186,6 +184,24 @@ start_janus() {
   done
   echo "janus did not start: $(tail -20 "$OUT/janus-$1.log")" >&2
   exit 1
+}
+
+# UDP receive-buffer drops so far (RcvbufErrors of /proc/net/snmp), in the root namespace (the
+# tester's sockets) or, with an argument, in the servers' namespace.
+udp_drops() {
+  local snmp
+  if [ -n "${1:-}" ]; then snmp=$(ip netns exec "$NETNS" cat /proc/net/snmp); else snmp=$(cat /proc/net/snmp); fi
+  awk '/^Udp:/ { if (!h) { for (i = 2; i <= NF; i++) k[i] = $i; h = 1 } else { for (i = 2; i <= NF; i++) if (k[i] == "RcvbufErrors") print $i } }' <<<"$snmp"
+}
+
+# The process SERVER_PID runs must be the server itself (its CPU time is the measurement).
+check_server_pid() {
+  local comm
+  comm=$(cat "/proc/$SERVER_PID/comm" 2>/dev/null || true)
+  case $comm in
+    huddle* | janus*) ;;
+    *) echo "server PID $SERVER_PID is '$comm', not the server" >&2; exit 1 ;;
+  esac
 }
 
 stop_server() {
@@ -207,13 +223,20 @@ run() {
     start_janus "$name"
     set -- --target janus --janus-url "ws://$SERVER_IP:$JANUS_WS_PORT" --ice-ip "$HOST_IP" "$@"
   fi
+  check_server_pid
   local cmd=(taskset -c "$TESTER_CPU" "$LOADTEST" "$@" --duration "${RUN_DURATION:-$DURATION}"
     --server-pid "$SERVER_PID"
     --label "$name" --report "$OUT/$name.json" --plot "$OUT/$name.svg" --no-progress)
   echo "${cmd[*]}" >"$OUT/$name.cmd"
   echo "$name start $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
+  local tester_drops server_drops
+  tester_drops=$(udp_drops) server_drops=$(udp_drops ns)
   "${cmd[@]}" | tee "$OUT/$name.txt"
   echo "$name end $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
+  # Where datagrams were dropped for want of socket buffer: at the tester (it fell behind) or
+  # at the server.
+  echo "$name udp receive-buffer drops: tester $(($(udp_drops) - tester_drops)), server $(($(udp_drops ns) - server_drops))" |
+    tee -a "$OUT/udp-drops.txt"
   stop_server
 }
 
@@ -320,6 +343,12 @@ done
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ); nproc: $(nproc); CPU: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
   echo "server on CPU $SERVER_CPU inside network namespace $NETNS ($SERVER_IP, veth pair on $NET_PREFIX.0/24), tester on CPU $TESTER_CPU in the root namespace ($HOST_IP), $DURATION s per run"
   echo "1-minute load average around the runs (other work on the machine): $(awk '{print $3}' "$OUT/loadavg.txt" | sort -n | sed -n '1p;$p' | paste -sd'-' -)"
+  if [ -s "$OUT/udp-drops.txt" ]; then
+    echo
+    echo "UDP datagrams dropped for want of socket buffer during each run (/proc/net/snmp RcvbufErrors):"
+    echo
+    sed 's/^/    /' "$OUT/udp-drops.txt"
+  fi
 } >>"$OUT/figures.md"
 cat "$OUT/figures.md"
 echo "reports, plots and commands in $OUT"

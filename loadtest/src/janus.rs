@@ -310,19 +310,27 @@ pub async fn run(
     Ok(())
 }
 
-/// The simulcast substream Janus should send for a tile: the lowest layer that covers it, as
-/// Huddle's rule picks (0, 1, 2 = the publisher's q, h, f: 320x180, 640x360, 1280x720).
-fn substream_for(tile: &peer::Tile) -> u8 {
-    match (tile.width, tile.height) {
-        (w, h) if w <= 320 && h <= 180 => 0,
-        (w, h) if w <= 640 && h <= 360 => 1,
-        _ => 2,
+/// The simulcast substream to ask Janus for, for a tile: the lowest layer that covers it, as
+/// Huddle's rule picks, or the top layer without a tile (what Huddle sends when the bandwidth
+/// allows).
+///
+/// Janus numbers substreams by the order of the rids in the publisher's `a=simulcast` line,
+/// taking the first as the highest (substream 2) and the last as the lowest (0); the tester
+/// lists its rids lowest first (`q;h;f`), so Janus's 2 is `q` (320x180) and its 0 is `f`
+/// (1280x720). Measured: substream 2 delivered ~50 kbit/s (q) and 1 ~200 kbit/s (h). Without
+/// an explicit substream Janus sends its "highest", i.e. `q`: the Janus meeting figures before
+/// this (2026-11-26, issue 13's table) forwarded only the lowest layer.
+fn substream_for(tile: Option<&peer::Tile>) -> u8 {
+    match tile.map(|t| (t.width, t.height)) {
+        Some((w, h)) if w <= 320 && h <= 180 => 2, // q
+        Some((w, h)) if w <= 640 && h <= 360 => 1, // h
+        _ => 0,                                    // f
     }
 }
 
 /// Joins `s` as a subscriber to `feeds` (one multistream subscription) and answers Janus's offer
-/// on `pc`. With a grid (or tile) in `p`'s role, each feed's video is asked at the substream its
-/// tile needs, and the tile class of each video mid is recorded.
+/// on `pc`. Each feed's video is asked at the substream its tile in `p`'s role needs (the top
+/// layer without one), and the tile class of each video mid is recorded.
 async fn join_subscriber(
     s: &mut Session,
     pc: &RTCPeerConnection,
@@ -333,11 +341,8 @@ async fn join_subscriber(
     let streams: Vec<Value> = feeds
         .iter()
         .map(|(id, name)| {
-            let mut v = json!({"feed": id});
-            if let Some(tile) = p.role.tile_for(Some(name), false) {
-                v["substream"] = json!(substream_for(&tile));
-            }
-            v
+            let tile = p.role.tile_for(Some(name), false);
+            json!({"feed": id, "substream": substream_for(tile.as_ref())})
         })
         .collect();
     let attached = s
@@ -367,6 +372,8 @@ async fn join_subscriber(
     let offer = attached["jsep"]["sdp"]
         .as_str()
         .context("no JSEP offer for the subscriber")?;
+    p.note_sdp(offer.len());
+    p.offers.fetch_add(1, Ordering::Relaxed);
     let answer = peer::answer_offer(pc, offer.to_string(), true).await?;
     s.message(
         json!({"request": "start"}),
@@ -389,4 +396,19 @@ async fn subscribe(
     let pc = peer::new_receiving_peer(ctx, p, &format!("{}-sub", p.name)).await?;
     join_subscriber(&mut s, &pc, room, feeds, p).await?;
     Ok((s, pc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_ask_janus_for_the_layer_huddle_would_pick() {
+        let sub = |t: &str| substream_for(Some(&t.parse().unwrap()));
+        // Janus's 2 is the tester's first rid (q), its 0 the last (f).
+        assert_eq!((sub("small"), sub("medium"), sub("large")), (2, 1, 0));
+        assert_eq!(sub("320x180"), 2);
+        assert_eq!(sub("321x180"), 1);
+        assert_eq!(substream_for(None), 0);
+    }
 }

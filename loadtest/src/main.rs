@@ -354,7 +354,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,huddle_loadtest=info,webrtc=error".into()),
+                .unwrap_or_else(|_| "warn,huddle_loadtest=info,webrtc=error,dtls=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -1317,5 +1317,91 @@ mod tests {
         );
         assert_eq!(cli.tile_classes(), vec!["small", "large", "320x180"]);
         assert!("huge".parse::<peer::Tile>().is_err());
+    }
+
+    #[test]
+    fn meetings_show_the_speaker_large_the_next_ones_medium_and_the_rest_small() {
+        let cli = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--participants",
+            "25",
+        ]);
+        let roles = cli.room_roles();
+        assert_eq!(roles.len(), 25);
+        let class = |viewer: usize, publisher: usize| {
+            roles[viewer]
+                .tile_for(Some(&format!("lt-0-{publisher}")), false)
+                .map(|t| t.class)
+                .unwrap()
+        };
+        for viewer in 0..25 {
+            let classes: Vec<String> = (0..25)
+                .filter(|p| *p != viewer)
+                .map(|p| class(viewer, p))
+                .collect();
+            let count = |c: &str| classes.iter().filter(|x| *x == c).count();
+            assert_eq!(
+                (count("large"), count("medium"), count("small")),
+                (1, 4, 19),
+                "viewer {viewer}: {classes:?}"
+            );
+        }
+        // Everyone shows participant 0 large, and participant 0 shows participant 1 large.
+        assert_eq!(class(7, 0), "large");
+        assert_eq!(class(0, 1), "large");
+        assert_eq!(class(3, 1), "medium");
+        assert_eq!(class(3, 5), "medium");
+        assert_eq!(class(3, 6), "small");
+        // A churning participant's video is small, a shared screen large.
+        assert_eq!(
+            roles[3].tile_for(Some("churn-7"), false).unwrap().class,
+            "small"
+        );
+        assert_eq!(
+            roles[3].tile_for(Some("churn-7"), true).unwrap().class,
+            "large"
+        );
+        assert_eq!(cli.tile_classes(), vec!["large", "medium", "small"]);
+
+        // --layout none and --subscriber-mix turn the grid off.
+        let none = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--layout",
+            "none",
+        ]);
+        assert!(none.room_roles().iter().all(|r| !r.sizes_tiles()));
+        let mix = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--subscriber-mix",
+            "medium",
+        ]);
+        assert!(mix
+            .room_roles()
+            .iter()
+            .all(|r| r.grid.is_none() && r.tile.as_ref().unwrap().class == "medium"));
+    }
+
+    #[test]
+    fn the_churn_scenario_has_eight_steady_participants_by_default() {
+        let cli = Cli::parse_from(["huddle-loadtest", "--scenario", "churn"]);
+        let roles = cli.room_roles();
+        assert_eq!(roles.len(), 8);
+        assert!(roles
+            .iter()
+            .all(|r| r.audio && r.video && r.subscribe && !r.screen));
+        assert_eq!(
+            (
+                cli.churn_total,
+                cli.churn_concurrent,
+                cli.churn_screen_every
+            ),
+            (40, 4, 4)
+        );
     }
 }

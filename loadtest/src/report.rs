@@ -640,8 +640,15 @@ pub fn table(label: &str, s: &Summary) -> String {
         t.add_row(vec![
             "negotiation".into(),
             format!(
-                "{} server offers, {} failed negotiations, largest SDP received {} bytes, at most {} remote tracks at once",
-                s.offers, s.negotiation_failures, s.max_sdp_bytes, s.peak_remote_tracks
+                "{} server offers, {} failed negotiations, largest SDP received {} bytes{}",
+                s.offers,
+                s.negotiation_failures,
+                s.max_sdp_bytes,
+                if s.peak_remote_tracks > 0 {
+                    format!(", at most {} remote tracks at once", s.peak_remote_tracks)
+                } else {
+                    String::new()
+                }
             ),
         ]);
     }
