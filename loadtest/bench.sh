@@ -27,7 +27,7 @@
 # steady participants, CHURN_TOTAL (60) joiners, CHURN_CONCURRENT (4) at a time, CHURN_STAY
 # (mean stay, s, 20) and CHURN_DURATION (s, the run's bound: default DURATION); for the long
 # churn of BENCHMARKS.md use e.g. CHURN_TOTAL=2000 CHURN_CONCURRENT=12 CHURN_STAY=5
-# CHURN_DURATION=1000.
+# CHURN_DURATION=1200.
 # Needs: root (ip netns), iproute2, cargo, taskset (util-linux), jq, and for the peer the Debian
 # package `janus`.
 set -euo pipefail

@@ -444,6 +444,12 @@ pub struct RunData {
     scrape_end: Option<Vec<NodeScrape>>,
     /// The joiners' counts (churn scenario, --churn-per-minute).
     churn: Option<report::ChurnCounts>,
+    /// Seconds of the window before the churn's first/last comparison starts (the longest
+    /// stay: by then every slot has turned over).
+    churn_warmup: f64,
+    /// When the churn stopped and the room began to drain (seconds since the start), if it did
+    /// before the window's end: the comparison ends there.
+    churn_end: Option<f64>,
 }
 
 /// The figures of one node's /metrics the summary uses (`None`: the node did not answer).
@@ -990,6 +996,11 @@ async fn run(cli: Cli) -> Result<()> {
         scrape_end,
         churn: (cli.scenario == Scenario::Churn || cli.churn_per_minute > 0.0)
             .then(|| churn.counts()),
+        churn_warmup: cli.churn_stay * 1.5,
+        churn_end: match churn.first_slot_done_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(t_of(us)),
+        },
     };
     let mut summary = report::summarize(&data);
     let _ = stop_tx.send(true);
@@ -1099,6 +1110,9 @@ pub struct Churn {
     max_sdp_bytes: std::sync::atomic::AtomicU64,
     /// Churn scenario: slots that have stopped starting joiners.
     slots_done: std::sync::atomic::AtomicU64,
+    /// Churn scenario: when the first slot stopped (µs on the tester clock; 0: not yet): from
+    /// then on the room drains instead of churning.
+    first_slot_done_us: std::sync::atomic::AtomicU64,
 }
 
 impl Churn {
@@ -1205,6 +1219,7 @@ async fn churn_slot(s: ChurnSlot, stop: watch::Receiver<bool>) {
         s.churn.add(&p);
         s.churn.active.fetch_sub(1, Ordering::Relaxed);
     }
+    Participant::mark(&s.churn.first_slot_done_us);
     s.churn.slots_done.fetch_add(1, Ordering::Relaxed);
 }
 

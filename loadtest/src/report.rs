@@ -479,8 +479,20 @@ pub fn summarize(d: &RunData) -> Summary {
     let sum = |f: fn(&crate::peer::Participant) -> u64| ps.iter().map(|p| f(p)).sum::<u64>();
     let max = |f: fn(&crate::peer::Participant) -> u64| ps.iter().map(|p| f(p)).max().unwrap_or(0);
     let churn = d.churn.clone().map(|joiners| {
-        // The first and last minute of the window, or its halves.
-        let span = (b.t - a.t).max(0.0);
+        // The first and last minute of the window after the churn's own warm-up (every slot
+        // has turned over once), or the halves of that when it is under two minutes; without
+        // 20 s after the warm-up, from the window's start.
+        // It ends when the churn stopped (the room drains after that), if that leaves 20 s.
+        let end = d
+            .churn_end
+            .filter(|e| *e < b.t && *e - a.t >= 20.0)
+            .unwrap_or(b.t);
+        let start = if end - (a.t + d.churn_warmup) >= 20.0 {
+            a.t + d.churn_warmup
+        } else {
+            a.t
+        };
+        let span = (end - start).max(0.0);
         let len = span.min(120.0) / 2.0;
         let at = |t: f64| {
             d.samples[d.window.0..=d.window.1]
@@ -510,8 +522,8 @@ pub fn summarize(d: &RunData) -> Summary {
                 }
             })
         };
-        let first = phase(d.window.0, at(a.t + len));
-        let last = phase(at(b.t - len), d.window.1);
+        let first = phase(at(start), at(start + len));
+        let last = phase(at(end - len), at(end));
         let change = |f: fn(&Phase) -> Option<f64>| match (&first, &last) {
             (Some(x), Some(y)) => match (f(x), f(y)) {
                 (Some(u), Some(v)) if u > 0.0 => Some((v - u) * 100.0 / u),
