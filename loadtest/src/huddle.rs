@@ -479,6 +479,9 @@ where
             tiles.insert(track.to_string(), tile.class.clone());
         }
         if !sized.iter().any(|t| t == track) {
+            if slot["source"] == "screen" {
+                p.screens_received.fetch_add(1, Ordering::Relaxed);
+            }
             sized.push(track.to_string());
             sizes.push(json!({"track_id": track, "width": tile.width, "height": tile.height}));
         }

@@ -300,6 +300,8 @@ pub struct Participant {
     /// The most remote tracks it was told of at once (`joined`, `track_published`, minus
     /// `track_unpublished` and `participant_left`).
     pub peak_tracks: AtomicU64,
+    /// Shared screens it was sent (video m-lines given to a track of source `screen`).
+    pub screens_received: AtomicU64,
 }
 
 impl Participant {
@@ -329,6 +331,7 @@ impl Participant {
             negotiation_failures: AtomicU64::new(0),
             error_codes: Mutex::new(BTreeMap::new()),
             peak_tracks: AtomicU64::new(0),
+            screens_received: AtomicU64::new(0),
         }
     }
 

@@ -216,6 +216,9 @@ pub struct Summary {
     pub negotiation_failures: u64,
     /// The most remote tracks a measured participant was told of at once.
     pub peak_remote_tracks: u64,
+    /// Shared screens the measured participants were sent (`media_slots` entries of source
+    /// `screen`, grid layouts only), in all.
+    pub screens_received: u64,
     /// Participants that neither joined nor failed, by the join step they were stuck at.
     pub stuck: Vec<(String, usize)>,
     /// Measurement window, seconds since the start.
@@ -568,6 +571,7 @@ pub fn summarize(d: &RunData) -> Summary {
         offers: sum(|p| p.offers.load(Ordering::Relaxed)),
         negotiation_failures: sum(|p| p.negotiation_failures.load(Ordering::Relaxed)),
         peak_remote_tracks: max(|p| p.peak_tracks.load(Ordering::Relaxed)),
+        screens_received: sum(|p| p.screens_received.load(Ordering::Relaxed)),
         stuck,
         window: (a.t, b.t),
         packets_per_sec: pps,
@@ -657,7 +661,10 @@ pub fn table(label: &str, s: &Summary) -> String {
                 s.negotiation_failures,
                 s.max_sdp_bytes,
                 if s.peak_remote_tracks > 0 {
-                    format!(", at most {} remote tracks at once", s.peak_remote_tracks)
+                    format!(
+                        ", at most {} remote tracks at once, {} shared screens received",
+                        s.peak_remote_tracks, s.screens_received
+                    )
                 } else {
                     String::new()
                 }
