@@ -171,8 +171,8 @@ struct Cli {
     /// How meeting and churn participants show each other's video: `grid` (default: one
     /// participant large as the active speaker, --grid-medium of the others medium, the rest
     /// small, as in a 25-person call's speaker-and-grid view) or `none` (no sizes reported).
-    /// On Janus the grid picks each video's simulcast substream (0, 1, 2 for small, medium,
-    /// large) when subscribing.
+    /// On Janus the grid picks each video's simulcast substream when subscribing (Janus's 2,
+    /// 1, 0 for small, medium, large: it counts the tester's rids q;h;f from the top).
     #[arg(long, value_enum, default_value = "grid")]
     layout: Layout,
     /// Participants shown medium in --layout grid, after the speaker.
