@@ -16,7 +16,7 @@
 # Knobs (environment): DURATION (s, default 30), REPEAT (3; 0 only redoes figures.md from the
 # reports already in OUT_DIR), SERVER_CPU (1), TESTER_CPU (0),
 # AUDIO_PUBS (10), AUDIO_SUBS (40), AUDIO_SUBS_LARGE (100), LIVE_SUBS (40), MEETING (8),
-# MEETING_LARGE (25), VIDEO_KBPS (800), NETNS, NET_PREFIX,
+# MEETING_LARGE (25), VIDEO_KBPS (800), NETNS, NET_PREFIX, TESTER_RCVBUF (bytes, 1 MiB),
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
 # huddle-meeting janus-meeting huddle-meeting25 janus-meeting25 huddle-audio-large
 # janus-audio-large; and, not run by default, huddle-livestream-mix-simulcast3
@@ -52,6 +52,11 @@ CHURN_TOTAL=${CHURN_TOTAL:-60}
 CHURN_CONCURRENT=${CHURN_CONCURRENT:-4}
 CHURN_STAY=${CHURN_STAY:-20}
 CHURN_DURATION=${CHURN_DURATION:-$DURATION}
+# The tester's UDP receive buffers (--udp-rcvbuf; 0 = the system default): with the default
+# ~208 KiB, a tester core that the machine's other work delays for a moment drops datagrams,
+# and the loss is the tester's, not the server's. 1 MiB holds ~0.5 s of a meeting-of-25
+# participant's ~2,000 packets/s; much more only turns the tester's drops into its latency.
+TESTER_RCVBUF=${TESTER_RCVBUF:-1048576}
 JANUS_WS_PORT=${JANUS_WS_PORT:-18188}
 # Janus runs one thread (GLib loop) per handle unless told to share a few static event loops;
 # its documentation recommends static loops at scale. One loop matches the one pinned core;
@@ -224,7 +229,8 @@ run() {
     set -- --target janus --janus-url "ws://$SERVER_IP:$JANUS_WS_PORT" --ice-ip "$HOST_IP" "$@"
   fi
   check_server_pid
-  local cmd=(taskset -c "$TESTER_CPU" "$LOADTEST" "$@" --duration "${RUN_DURATION:-$DURATION}"
+  local cmd=(taskset -c "$TESTER_CPU" "$LOADTEST" "$@" --udp-rcvbuf "$TESTER_RCVBUF"
+    --duration "${RUN_DURATION:-$DURATION}"
     --server-pid "$SERVER_PID"
     --label "$name" --report "$OUT/$name.json" --plot "$OUT/$name.svg" --no-progress)
   echo "${cmd[*]}" >"$OUT/$name.cmd"

@@ -178,6 +178,11 @@ struct Cli {
     /// Participants shown medium in --layout grid, after the speaker.
     #[arg(long, default_value_t = 4)]
     grid_medium: usize,
+    /// Raise the receive buffer of the tester's UDP sockets to this many bytes (checked every
+    /// second; 0 = the system default, ~208 KiB). A tester core that falls behind for a moment
+    /// then queues instead of dropping what the server sent; bench.sh uses 1 MiB.
+    #[arg(long, default_value_t = 0)]
+    udp_rcvbuf: usize,
     /// Use all of the `webrtc` crate's default interceptors (adds NACK and sender-side TWCC to
     /// the RTCP reports and TWCC feedback that are always on); off by default because they cost
     /// the tester CPU.
@@ -876,6 +881,10 @@ async fn run(cli: Cli) -> Result<()> {
     let mut all_joined_at: Option<f64> = None;
     loop {
         tick.tick().await;
+        if cli.udp_rcvbuf > 0 {
+            // The participants' sockets come and go (joins, churn): new ones are raised here.
+            stats::raise_udp_rcvbuf(cli.udp_rcvbuf);
+        }
         let now = now_us();
         let each = probe_all().await;
         let s = Sample {
