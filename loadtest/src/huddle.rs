@@ -1,6 +1,8 @@
 //! A participant on Huddle: access token, the signaling protocol of `docs/protocol.md` over a
 //! WebSocket, and the peer connection of [`crate::peer`].
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -208,14 +210,35 @@ pub async fn run(
     let (pc, published) = peer::new_peer(&ctx, &p, pid, true).await?;
     p.stage("gathering");
     let offer = peer::offer_with_candidates(&pc).await?;
-    tx.send(send(json!({"type": "offer", "sdp": offer})))
-        .await?;
+    let mut first = json!({"type": "offer", "sdp": offer});
+    if p.role.screen {
+        // The screen's m-line is named in `sources`; it sends from the start, and `screen`
+        // {sharing: true} follows the answer (docs/protocol.md, screen sharing).
+        let mid = peer::screen_mid(&pc)
+            .await
+            .context("no m-line for the shared screen")?;
+        first["sources"] = json!({ mid: "screen" });
+    }
+    tx.send(send(first)).await?;
     p.stage("offer sent");
     let switch = Arc::new(peer::LayerSwitch::default());
     peer::start_publishing(&ctx, published, switch.clone(), stop.clone());
 
-    // The video tracks whose tile size was reported (with a tile in the role).
+    // Who publishes what, from the signaling (for tile sizes and the track count).
+    let mut room = RoomView::default();
+    if let Some(others) = joined["participants"].as_array() {
+        for o in others {
+            room.participant(o);
+        }
+    }
+    room.record_peak(&p);
+    // The video tracks whose tile size was reported (with a tile in the role), and those of
+    // the server's offers whose publisher is not known yet (sized on their track_published).
     let mut sized: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    let mut answers = 0u64;
+    // Whether the server says what each m-line carries (`media_slots`); older servers do not,
+    // and their msids are then the truth.
     let mut slots_seen = false;
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
@@ -229,40 +252,97 @@ pub async fn run(
                 };
                 match m["type"].as_str() {
                     Some("answer") => {
-                        peer::apply_answer(&pc, m["sdp"].as_str().unwrap_or_default().to_string()).await?;
+                        let sdp = m["sdp"].as_str().unwrap_or_default().to_string();
+                        p.note_sdp(sdp.len());
+                        peer::apply_answer(&pc, sdp).await?;
                         p.stage("answer applied: ICE/DTLS");
+                        if p.role.screen {
+                            tx.send(send(json!({"type": "screen", "sharing": true}))).await?;
+                        }
                     }
                     Some("offer") => {
                         let offer = m["sdp"].as_str().unwrap_or_default().to_string();
-                        let sdp = peer::answer_offer(&pc, offer.clone(), false).await?;
-                        tx.send(send(json!({"type": "answer", "sdp": sdp}))).await?;
                         p.note_sdp(offer.len());
-                        if !slots_seen {
-                            // A server that does not send media_slots: the msids say it.
-                            size_tracks(&mut tx, &p, &mut sized, video_track_ids(&offer)).await?;
+                        p.offers.fetch_add(1, Ordering::Relaxed);
+                        let sdp = match peer::answer_offer(&pc, offer.clone(), false).await {
+                            Ok(sdp) => sdp,
+                            Err(e) => {
+                                // Counted, and the session goes on: later offers may apply.
+                                p.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "could not answer the server's offer");
+                                continue;
+                            }
+                        };
+                        answers += 1;
+                        tx.send(send(json!({"type": "answer", "sdp": sdp, "request_id": format!("answer-{answers}")}))).await?;
+                        if !slots_seen && p.role.sizes_tiles() {
+                            // A server that does not send media_slots: the msids say it. Every
+                            // video track it receives is shown at the role's tile size for its
+                            // publisher.
+                            let new: Vec<String> = video_track_ids(&offer)
+                                .into_iter()
+                                .filter(|t| !sized.contains(t) && !pending.contains(t))
+                                .collect();
+                            if !new.is_empty() {
+                                let (known, unknown): (Vec<String>, Vec<String>) =
+                                    new.into_iter().partition(|t| {
+                                        p.role.tile.is_some() || room.tracks.contains_key(t)
+                                    });
+                                pending.extend(unknown);
+                                send_sizes(&mut tx, &p, &room, &known).await?;
+                                sized.extend(known);
+                            }
                         }
                     }
                     Some("media_slots") => {
                         slots_seen = true;
                         // What each receiving m-line carries now (free m-lines are reused).
-                        let new: Vec<String> = m["slots"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter(|s| s["kind"] == "video")
-                            .filter_map(|s| s["track_id"].as_str().map(str::to_string))
-                            .collect();
-                        size_tracks(&mut tx, &p, &mut sized, new).await?;
+                        send_slot_sizes(&mut tx, &p, &room, &mut sized, &m["slots"]).await?;
+                    }
+                    Some("participant_joined") => {
+                        room.participant(&m["participant"]);
+                        room.record_peak(&p);
+                    }
+                    Some("track_published") => {
+                        let owner = m["participant_id"].as_str().unwrap_or_default();
+                        room.track(owner, &m["track"]);
+                        room.record_peak(&p);
+                        let track = m["track"]["track_id"].as_str().unwrap_or_default().to_string();
+                        if let Some(i) = pending.iter().position(|t| *t == track) {
+                            pending.swap_remove(i);
+                            send_sizes(&mut tx, &p, &room, std::slice::from_ref(&track)).await?;
+                            sized.push(track);
+                        }
+                    }
+                    Some("track_unpublished") => {
+                        room.tracks.remove(m["track_id"].as_str().unwrap_or_default());
+                    }
+                    Some("participant_left") => {
+                        let id = m["participant_id"].as_str().unwrap_or_default();
+                        room.tracks.retain(|_, (owner, _)| owner != id);
+                        room.names.remove(id);
                     }
                     Some("layers") => {
-                        // Dynacast: one video track per participant here, so its track_id is ours.
+                        // Dynacast: one camera track per participant here, so its track_id is ours.
                         let active: Vec<String> = m["active"]
                             .as_array()
                             .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
                             .unwrap_or_default();
                         switch.set_active(&active);
                     }
-                    Some("error") => tracing::warn!(participant = %p.name, message = %m, "server error"),
+                    Some("error") => {
+                        p.server_errors.fetch_add(1, Ordering::Relaxed);
+                        let code = m["code"].as_str().unwrap_or("unknown").to_string();
+                        // A refused answer: its request id is echoed, except when it was too
+                        // large to be read (the answers are the only large messages sent).
+                        if code == "message_too_large"
+                            || m["request_id"].as_str().is_some_and(|r| r.starts_with("answer-"))
+                        {
+                            p.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *p.error_codes.lock().expect("codes lock").entry(code).or_default() += 1;
+                        tracing::warn!(participant = %p.name, message = %m, "server error");
+                    }
                     Some("leave") => break Err(anyhow::anyhow!("the server ended the session: {m}")),
                     _ => {}
                 }
@@ -282,32 +362,134 @@ pub async fn run(
     result
 }
 
-/// Reports the role's tile size for the video tracks in `tracks` not reported yet (every
-/// video track it receives is shown at that size).
-async fn size_tracks<S>(
+/// What a participant knows of the others from the signaling: names by participant id, and
+/// every live remote track's publisher and source.
+#[derive(Default)]
+struct RoomView {
+    names: HashMap<String, String>,
+    /// track id → (participant id, source).
+    tracks: HashMap<String, (String, String)>,
+}
+
+impl RoomView {
+    /// A **Participant** object (`joined`, `participant_joined`).
+    fn participant(&mut self, v: &Value) {
+        let id = v["participant_id"].as_str().unwrap_or_default().to_string();
+        self.names.insert(
+            id.clone(),
+            v["name"].as_str().unwrap_or_default().to_string(),
+        );
+        for t in v["tracks"].as_array().into_iter().flatten() {
+            self.track(&id, t);
+        }
+    }
+
+    /// A **Track** object of participant `owner`.
+    fn track(&mut self, owner: &str, t: &Value) {
+        if let Some(id) = t["track_id"].as_str() {
+            let source = t["source"].as_str().unwrap_or_default().to_string();
+            self.tracks
+                .insert(id.to_string(), (owner.to_string(), source));
+        }
+    }
+
+    fn record_peak(&self, p: &Participant) {
+        p.peak_tracks
+            .fetch_max(self.tracks.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The tile `p` shows `track` at.
+    fn tile(&self, p: &Participant, track: &str) -> Option<peer::Tile> {
+        match self.tracks.get(track) {
+            Some((owner, source)) => {
+                let name = self.names.get(owner).map(String::as_str);
+                p.role.tile_for(name, source == "screen")
+            }
+            None => p.role.tile_for(None, false),
+        }
+    }
+}
+
+/// Reports the tile sizes of `tracks` (`video_sizes`) and records their classes.
+async fn send_sizes<S>(
     tx: &mut S,
     p: &Participant,
-    sized: &mut Vec<String>,
-    tracks: Vec<String>,
+    room: &RoomView,
+    tracks: &[String],
 ) -> Result<()>
 where
     S: futures_util::Sink<Message> + Unpin,
     S::Error: std::error::Error + Send + Sync + 'static,
 {
-    let Some(tile) = &p.role.tile else {
-        return Ok(());
-    };
-    let new: Vec<String> = tracks.into_iter().filter(|t| !sized.contains(t)).collect();
-    if new.is_empty() {
+    let mut sizes = Vec::new();
+    for t in tracks {
+        if let Some(tile) = room.tile(p, t) {
+            p.track_tiles
+                .lock()
+                .expect("tiles lock")
+                .insert(t.clone(), tile.class.clone());
+            sizes.push(json!({"track_id": t, "width": tile.width, "height": tile.height}));
+        }
+    }
+    if !sizes.is_empty() {
+        tx.send(Message::Text(
+            json!({"type": "video_sizes", "tracks": sizes})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Follows a `media_slots` message: records the tile class of each video m-line's new track
+/// (by `mid:<mid>` and by track id) and reports the sizes of the tracks not reported yet.
+async fn send_slot_sizes<S>(
+    tx: &mut S,
+    p: &Participant,
+    room: &RoomView,
+    sized: &mut Vec<String>,
+    slots: &Value,
+) -> Result<()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    if !p.role.sizes_tiles() {
         return Ok(());
     }
-    let list: Vec<Value> = new
-        .iter()
-        .map(|t| json!({"track_id": t, "width": tile.width, "height": tile.height}))
-        .collect();
-    let msg = json!({"type": "video_sizes", "tracks": list}).to_string();
-    tx.send(Message::Text(msg.into())).await?;
-    sized.extend(new);
+    let mut sizes = Vec::new();
+    for slot in slots.as_array().into_iter().flatten() {
+        if slot["kind"] != "video" {
+            continue;
+        }
+        let (Some(mid), Some(track)) = (slot["mid"].as_str(), slot["track_id"].as_str()) else {
+            continue; // a freed m-line
+        };
+        let name = slot["participant_id"]
+            .as_str()
+            .and_then(|id| room.names.get(id))
+            .map(String::as_str);
+        let Some(tile) = p.role.tile_for(name, slot["source"] == "screen") else {
+            continue;
+        };
+        {
+            let mut tiles = p.track_tiles.lock().expect("tiles lock");
+            tiles.insert(format!("mid:{mid}"), tile.class.clone());
+            tiles.insert(track.to_string(), tile.class.clone());
+        }
+        if !sized.iter().any(|t| t == track) {
+            if slot["source"] == "screen" {
+                p.screens_received.fetch_add(1, Ordering::Relaxed);
+            }
+            sized.push(track.to_string());
+            sizes.push(json!({"track_id": track, "width": tile.width, "height": tile.height}));
+        }
+    }
+    if !sizes.is_empty() {
+        let msg = json!({"type": "video_sizes", "tracks": sizes}).to_string();
+        tx.send(Message::Text(msg.into())).await?;
+    }
     Ok(())
 }
 

@@ -31,20 +31,23 @@ use crate::peer::{self, Ctx, Participant};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Publishers' feed ids of one Janus room, filled as they publish.
+/// Publishers' feed ids (and display names) of one Janus room, filled as they publish.
 #[derive(Default)]
 pub struct Feeds {
-    ids: Mutex<Vec<u64>>,
+    ids: Mutex<Vec<(u64, String)>>,
     changed: Notify,
 }
 
 impl Feeds {
-    fn add(&self, id: u64) {
-        self.ids.lock().expect("feeds lock").push(id);
+    fn add(&self, id: u64, name: &str) {
+        self.ids
+            .lock()
+            .expect("feeds lock")
+            .push((id, name.to_string()));
         self.changed.notify_waiters();
     }
 
-    async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<u64>> {
+    async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<(u64, String)>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -281,14 +284,15 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        feeds.add(feed);
+        feeds.add(feed, &p.name);
         if p.role.subscribe {
             // Meeting: subscribe to every other publisher of the room on a second session.
             let ids = feeds
                 .wait_for(publishers, Duration::from_secs(60))
                 .await
                 .context("waiting for the room's other publishers")?;
-            let others: Vec<u64> = ids.into_iter().filter(|id| *id != feed).collect();
+            let others: Vec<(u64, String)> =
+                ids.into_iter().filter(|(id, _)| *id != feed).collect();
             let (sub, sub_pc) = subscribe(&ctx, &url, room, &others, &p).await?;
             let (a, b) = tokio::join!(s.idle(&pc, stop.clone()), sub.idle(&sub_pc, stop));
             let ((), ()) = (a, b);
@@ -298,7 +302,7 @@ pub async fn run(
         }
     } else {
         let ids = feeds.wait_for(publishers, Duration::from_secs(5)).await?;
-        join_subscriber(&mut s, &pc, room, &ids).await?;
+        join_subscriber(&mut s, &pc, room, &ids, &p).await?;
         p.stage("answer sent: ICE/DTLS");
     }
     s.idle(&pc, stop).await;
@@ -306,24 +310,70 @@ pub async fn run(
     Ok(())
 }
 
+/// The simulcast substream to ask Janus for, for a tile: the lowest layer that covers it, as
+/// Huddle's rule picks, or the top layer without a tile (what Huddle sends when the bandwidth
+/// allows).
+///
+/// Janus numbers substreams by the order of the rids in the publisher's `a=simulcast` line,
+/// taking the first as the highest (substream 2) and the last as the lowest (0); the tester
+/// lists its rids lowest first (`q;h;f`), so Janus's 2 is `q` (320x180) and its 0 is `f`
+/// (1280x720). Measured: substream 2 delivered ~50 kbit/s (q) and 1 ~200 kbit/s (h). Without
+/// an explicit substream Janus sends its "highest", i.e. `q`: the Janus meeting figures before
+/// this (2026-11-26, issue 13's table) forwarded only the lowest layer.
+fn substream_for(tile: Option<&peer::Tile>) -> u8 {
+    match tile.map(|t| (t.width, t.height)) {
+        Some((w, h)) if w <= 320 && h <= 180 => 2, // q
+        Some((w, h)) if w <= 640 && h <= 360 => 1, // h
+        _ => 0,                                    // f
+    }
+}
+
 /// Joins `s` as a subscriber to `feeds` (one multistream subscription) and answers Janus's offer
-/// on `pc`.
+/// on `pc`. Each feed's video is asked at the substream its tile in `p`'s role needs (the top
+/// layer without one), and the tile class of each video mid is recorded.
 async fn join_subscriber(
     s: &mut Session,
     pc: &RTCPeerConnection,
     room: u64,
-    feeds: &[u64],
+    feeds: &[(u64, String)],
+    p: &Participant,
 ) -> Result<()> {
-    let streams: Vec<Value> = feeds.iter().map(|id| json!({"feed": id})).collect();
+    let streams: Vec<Value> = feeds
+        .iter()
+        .map(|(id, name)| {
+            let tile = p.role.tile_for(Some(name), false);
+            json!({"feed": id, "substream": substream_for(tile.as_ref())})
+        })
+        .collect();
     let attached = s
         .message(
             json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
             None,
         )
         .await?;
+    if p.role.sizes_tiles() {
+        let mut tiles = p.track_tiles.lock().expect("tiles lock");
+        for st in attached["plugindata"]["data"]["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if st["type"] != "video" {
+                continue;
+            }
+            let (Some(mid), Some(name)) = (st["mid"].as_str(), st["feed_display"].as_str()) else {
+                continue;
+            };
+            if let Some(tile) = p.role.tile_for(Some(name), false) {
+                tiles.insert(format!("mid:{mid}"), tile.class);
+            }
+        }
+    }
     let offer = attached["jsep"]["sdp"]
         .as_str()
         .context("no JSEP offer for the subscriber")?;
+    p.note_sdp(offer.len());
+    p.offers.fetch_add(1, Ordering::Relaxed);
     let answer = peer::answer_offer(pc, offer.to_string(), true).await?;
     s.message(
         json!({"request": "start"}),
@@ -339,11 +389,26 @@ async fn subscribe(
     ctx: &Ctx,
     url: &str,
     room: u64,
-    feeds: &[u64],
+    feeds: &[(u64, String)],
     p: &Arc<Participant>,
 ) -> Result<(Session, Arc<RTCPeerConnection>)> {
     let mut s = Session::open(url).await?;
     let pc = peer::new_receiving_peer(ctx, p, &format!("{}-sub", p.name)).await?;
-    join_subscriber(&mut s, &pc, room, feeds).await?;
+    join_subscriber(&mut s, &pc, room, feeds, p).await?;
     Ok((s, pc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_ask_janus_for_the_layer_huddle_would_pick() {
+        let sub = |t: &str| substream_for(Some(&t.parse().unwrap()));
+        // Janus's 2 is the tester's first rid (q), its 0 the last (f).
+        assert_eq!((sub("small"), sub("medium"), sub("large")), (2, 1, 0));
+        assert_eq!(sub("320x180"), 2);
+        assert_eq!(sub("321x180"), 1);
+        assert_eq!(substream_for(None), 0);
+    }
 }

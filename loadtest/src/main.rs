@@ -1,7 +1,9 @@
 //! `huddle-loadtest`: synthetic participants that join a Huddle server (or a Janus VideoRoom)
 //! through its real signaling, do real ICE and DTLS-SRTP with the `webrtc` crate, publish Opus
 //! and VP8-framed media, and measure what they receive; alongside, the server's CPU time and
-//! memory from `/proc`. Everything runs on 127.0.0.1 and stops by itself after `--duration`.
+//! memory from `/proc`. Everything runs on 127.0.0.1 (or, with `loadtest/bench.sh`, between the
+//! root namespace and the servers' own network namespace) and stops by itself after
+//! `--duration`.
 //!
 //! See `BENCHMARKS.md` at the repository root for the figures and `loadtest/bench.sh` for the
 //! comparison run.
@@ -37,10 +39,28 @@ enum Scenario {
     /// P audio publishers and S listeners per room (defaults 10 and 40).
     Audio,
     /// N participants per room, each publishing audio and video and receiving everyone else
-    /// (default 6).
+    /// (default 6), each showing the others as a grid would (--layout).
     Meeting,
     /// One publisher (audio and video) and S viewers per room (default 40).
     Livestream,
+    /// N steady meeting participants per room (--participants, default 8) while others join
+    /// and leave: --churn-total of them, --churn-concurrent at a time, each staying
+    /// --churn-stay seconds on average, publishing audio and video, one in
+    /// --churn-screen-every also sharing a screen. The measured participants are the steady
+    /// ones; the run ends when every joiner has left or at --duration (Huddle only).
+    Churn,
+}
+
+/// How meeting participants lay out the others' video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Layout {
+    /// The active speaker large (participant 0 of the room; participant 0 sees participant 1
+    /// there), the next --grid-medium participants medium, everyone else small, shared screens
+    /// large: the sizes of --subscriber-mix's classes (1280x720, 480x270, 160x90).
+    Grid,
+    /// No sizes reported: everyone gets the best layer its bandwidth allows.
+    None,
 }
 
 /// The server under test.
@@ -81,8 +101,8 @@ struct Cli {
     #[arg(long, default_value = "ws://127.0.0.1:8188")]
     janus_url: String,
     /// The only local address ICE uses. Janus (libnice) gathers no loopback candidates, so runs
-    /// against Janus use the machine's own interface address; the kernel still delivers that
-    /// traffic over the loopback device.
+    /// against Janus need a server on another address: bench.sh runs every server in a network
+    /// namespace of its own and passes the host side of its veth pair (10.77.0.1) here.
     #[arg(long, default_value = "127.0.0.1")]
     ice_ip: std::net::IpAddr,
     /// Sign tokens with this secret (HS256) instead of asking POST /api/token.
@@ -144,8 +164,25 @@ struct Cli {
     /// `WxH`; e.g. `small,medium,large`. With --simulcast 3 each class gets its own layer; the
     /// summary gives the received video bitrate per class. Without it, no sizes are reported
     /// (every subscriber gets the best layer its bandwidth allows).
+    /// In the meeting and churn scenarios the default is --layout grid instead, one size per
+    /// publisher; this option overrides it.
     #[arg(long, value_delimiter = ',')]
     subscriber_mix: Vec<peer::Tile>,
+    /// How meeting and churn participants show each other's video: `grid` (default: one
+    /// participant large as the active speaker, --grid-medium of the others medium, the rest
+    /// small, as in a 25-person call's speaker-and-grid view) or `none` (no sizes reported).
+    /// On Janus the grid picks each video's simulcast substream when subscribing (Janus's 2,
+    /// 1, 0 for small, medium, large: it counts the tester's rids q;h;f from the top).
+    #[arg(long, value_enum, default_value = "grid")]
+    layout: Layout,
+    /// Participants shown medium in --layout grid, after the speaker.
+    #[arg(long, default_value_t = 4)]
+    grid_medium: usize,
+    /// Raise the receive buffer of the tester's UDP sockets to this many bytes (checked every
+    /// second; 0 = the system default, ~208 KiB). A tester core that falls behind for a moment
+    /// then queues instead of dropping what the server sent; bench.sh uses 1 MiB.
+    #[arg(long, default_value_t = 0)]
+    udp_rcvbuf: usize,
     /// Use all of the `webrtc` crate's default interceptors (adds NACK and sender-side TWCC to
     /// the RTCP reports and TWCC feedback that are always on); off by default because they cost
     /// the tester CPU.
@@ -169,9 +206,21 @@ struct Cli {
     /// last line of the output), for soak runs.
     #[arg(long, default_value_t = 0.0)]
     churn_per_minute: f64,
-    /// How long each churning participant stays, seconds.
+    /// How long each churning participant stays, seconds (with --scenario churn, the mean: each
+    /// stays a uniformly drawn 0.5 to 1.5 times it).
     #[arg(long, default_value_t = 20.0)]
     churn_stay: f64,
+    /// Churn scenario: participants that join and leave over the run, in all (the run's bound
+    /// in count).
+    #[arg(long, default_value_t = 40)]
+    churn_total: usize,
+    /// Churn scenario: joiners in the room at once.
+    #[arg(long, default_value_t = 4)]
+    churn_concurrent: usize,
+    /// Churn scenario: every N-th joiner also shares a screen (a second video track, source
+    /// `screen`); 0 = none.
+    #[arg(long, default_value_t = 4)]
+    churn_screen_every: usize,
 }
 
 /// Measurements other than the load test.
@@ -189,13 +238,33 @@ impl Cli {
         if !self.subscriber_mix.is_empty() {
             for (i, r) in roles.iter_mut().filter(|r| r.subscribe).enumerate() {
                 r.tile = Some(self.subscriber_mix[i % self.subscriber_mix.len()].clone());
+                r.grid = None;
             }
         }
         roles
     }
 
-    /// The tile classes of --subscriber-mix, each once, in order.
+    /// Whether meeting participants show each other in a grid (--layout grid, no
+    /// --subscriber-mix).
+    fn grid(&self) -> bool {
+        matches!(self.scenario, Scenario::Meeting | Scenario::Churn)
+            && self.layout == Layout::Grid
+            && self.subscriber_mix.is_empty()
+    }
+
+    /// The grid layout of the room's `me`-th participant, if meetings use one.
+    fn grid_of(&self, me: usize) -> Option<peer::Grid> {
+        self.grid().then_some(peer::Grid {
+            me,
+            medium: self.grid_medium,
+        })
+    }
+
+    /// The tile classes of --subscriber-mix (or of the grid), each once, in order.
     fn tile_classes(&self) -> Vec<String> {
+        if self.grid() {
+            return ["large", "medium", "small"].map(String::from).to_vec();
+        }
         let mut classes: Vec<String> = Vec::new();
         for t in &self.subscriber_mix {
             if !classes.contains(&t.class) {
@@ -215,6 +284,8 @@ impl Cli {
                         video: false,
                         subscribe: self.publishers_subscribe,
                         tile: None,
+                        grid: None,
+                        screen: false,
                     });
                 }
                 for _ in 0..self.subscribers.unwrap_or(40) {
@@ -223,16 +294,25 @@ impl Cli {
                         video: false,
                         subscribe: true,
                         tile: None,
+                        grid: None,
+                        screen: false,
                     });
                 }
             }
-            Scenario::Meeting => {
-                for _ in 0..self.participants.unwrap_or(6) {
+            Scenario::Meeting | Scenario::Churn => {
+                let default = if self.scenario == Scenario::Churn {
+                    8
+                } else {
+                    6
+                };
+                for me in 0..self.participants.unwrap_or(default) {
                     roles.push(Role {
                         audio: true,
                         video: true,
                         subscribe: true,
                         tile: None,
+                        grid: self.grid_of(me),
+                        screen: false,
                     });
                 }
             }
@@ -242,6 +322,8 @@ impl Cli {
                     video: true,
                     subscribe: false,
                     tile: None,
+                    grid: None,
+                    screen: false,
                 });
                 for _ in 0..self.subscribers.unwrap_or(40) {
                     roles.push(Role {
@@ -249,6 +331,8 @@ impl Cli {
                         video: false,
                         subscribe: true,
                         tile: None,
+                        grid: None,
+                        screen: false,
                     });
                 }
             }
@@ -275,7 +359,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,huddle_loadtest=info,webrtc=error".into()),
+                .unwrap_or_else(|_| "warn,huddle_loadtest=info,webrtc=error,dtls=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -291,6 +375,14 @@ fn main() -> Result<()> {
     }
     if cli.target == Target::Janus && !cli.subscriber_mix.is_empty() {
         bail!("--subscriber-mix is not implemented for Janus");
+    }
+    if cli.target == Target::Janus
+        && (cli.scenario == Scenario::Churn || cli.churn_per_minute > 0.0)
+    {
+        bail!("churn is not implemented for Janus");
+    }
+    if cli.scenario == Scenario::Churn && (cli.churn_concurrent == 0 || cli.churn_stay <= 0.0) {
+        bail!("--churn-concurrent and --churn-stay must be positive");
     }
     if cli.url.is_empty() {
         bail!("--url needs a URL");
@@ -355,6 +447,14 @@ pub struct RunData {
     /// Each node's /metrics at the window's first sample, and after its last.
     scrape_start: Option<Vec<NodeScrape>>,
     scrape_end: Option<Vec<NodeScrape>>,
+    /// The joiners' counts (churn scenario, --churn-per-minute).
+    churn: Option<report::ChurnCounts>,
+    /// Seconds of the window before the churn's first/last comparison starts (the longest
+    /// stay: by then every slot has turned over).
+    churn_warmup: f64,
+    /// When the churn stopped and the room began to drain (seconds since the start), if it did
+    /// before the window's end: the comparison ends there.
+    churn_end: Option<f64>,
 }
 
 /// The figures of one node's /metrics the summary uses (`None`: the node did not answer).
@@ -450,10 +550,27 @@ fn sum_samples(each: &[Option<ProcSample>]) -> Option<ProcSample> {
 fn class_counters(participants: &[Arc<Participant>], classes: &[String]) -> Vec<(u64, u64)> {
     let mut out = vec![(0, 0); classes.len()];
     for p in participants {
-        let Some(tile) = &p.role.tile else { continue };
-        if let Some(i) = classes.iter().position(|c| *c == tile.class) {
-            out[i].0 += p.video_bytes.load(Ordering::Relaxed);
-            out[i].1 += p.video_packets.load(Ordering::Relaxed);
+        if let Some(tile) = &p.role.tile {
+            if let Some(i) = classes.iter().position(|c| *c == tile.class) {
+                out[i].0 += p.video_bytes.load(Ordering::Relaxed);
+                out[i].1 += p.video_packets.load(Ordering::Relaxed);
+            }
+            continue;
+        }
+        if p.role.grid.is_none() {
+            continue;
+        }
+        // A grid: each track its own class.
+        for t in p.tracks.lock().expect("tracks lock").iter() {
+            let t = t.lock().expect("track lock");
+            if t.kind != stats::Kind::Video {
+                continue;
+            }
+            let class = report::track_class(p, &t);
+            if let Some(i) = classes.iter().position(|c| Some(c) == class.as_ref()) {
+                out[i].0 += t.bytes;
+                out[i].1 += t.packets;
+            }
         }
     }
     out
@@ -665,18 +782,21 @@ async fn run(cli: Cli) -> Result<()> {
         let rooms: Vec<String> = (0..cli.rooms).map(|r| format!("lt-{run_id}-{r}")).collect();
         let role = roles.first().cloned().map(|r| Role {
             subscribe: true,
+            grid: cli.grid_of(usize::MAX),
             ..r
         });
         tokio::spawn(churn_loop(
             ctx.clone(),
-            churn_target,
-            churn_http,
+            churn_target.clone(),
+            churn_http.clone(),
             rooms,
             role.unwrap_or(Role {
                 audio: true,
                 video: false,
                 subscribe: true,
                 tile: None,
+                grid: None,
+                screen: false,
             }),
             Duration::from_secs_f64(60.0 / cli.churn_per_minute),
             Duration::from_secs_f64(cli.churn_stay.max(1.0)),
@@ -684,6 +804,46 @@ async fn run(cli: Cli) -> Result<()> {
             churn.clone(),
             stop_rx.clone(),
         ));
+    }
+
+    if cli.scenario == Scenario::Churn {
+        let room = format!("lt-{run_id}-0");
+        // Joiners start once the steady participants are in, and none starts later than its
+        // longest stay before the end.
+        let start_after = Duration::from_secs_f64(ramp_secs + cli.warmup);
+        let last_start = Duration::from_secs_f64(
+            (cli.duration - cli.churn_stay * 1.5 - 5.0).max(ramp_secs + cli.warmup),
+        );
+        let role = Role {
+            audio: true,
+            video: true,
+            subscribe: true,
+            tile: None,
+            grid: cli.grid_of(usize::MAX),
+            screen: false,
+        };
+        for slot in 0..cli.churn_concurrent {
+            tokio::spawn(churn_slot(
+                ChurnSlot {
+                    ctx: ctx.clone(),
+                    target: churn_target.clone(),
+                    http: churn_http.clone(),
+                    room: room.clone(),
+                    role: role.clone(),
+                    // Staggered, so that the slots do not all turn over at once.
+                    first: start_after
+                        + Duration::from_secs_f64(
+                            cli.churn_stay * slot as f64 / cli.churn_concurrent as f64,
+                        ),
+                    last_start,
+                    mean_stay: cli.churn_stay,
+                    total: cli.churn_total,
+                    screen_every: cli.churn_screen_every,
+                    churn: churn.clone(),
+                },
+                stop_rx.clone(),
+            ));
+        }
     }
 
     // Sample once a second until the duration is over.
@@ -721,6 +881,10 @@ async fn run(cli: Cli) -> Result<()> {
     let mut all_joined_at: Option<f64> = None;
     loop {
         tick.tick().await;
+        if cli.udp_rcvbuf > 0 {
+            // The participants' sockets come and go (joins, churn): new ones are raised here.
+            stats::raise_udp_rcvbuf(cli.udp_rcvbuf);
+        }
         let now = now_us();
         let each = probe_all().await;
         let s = Sample {
@@ -797,6 +961,13 @@ async fn run(cli: Cli) -> Result<()> {
         if s.t >= cli.duration {
             break;
         }
+        if cli.scenario == Scenario::Churn
+            && churn.slots_done.load(Ordering::Relaxed) as usize >= cli.churn_concurrent
+            && churn.active.load(Ordering::Relaxed) == 0
+        {
+            // Every joiner has come and gone: the run is over before --duration.
+            break;
+        }
     }
     progress.finish_and_clear();
     let scrape_end = if cli.target == Target::Huddle {
@@ -832,14 +1003,17 @@ async fn run(cli: Cli) -> Result<()> {
         // The start scrape counts only when it was taken at the window's first sample.
         scrape_start: scrape_start.filter(|(i, _)| *i == first).map(|(_, s)| s),
         scrape_end,
+        churn: (cli.scenario == Scenario::Churn || cli.churn_per_minute > 0.0)
+            .then(|| churn.counts()),
+        churn_warmup: cli.churn_stay * 1.5,
+        churn_end: match churn.first_slot_done_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(t_of(us)),
+        },
     };
-    let summary = report::summarize(&data);
+    let mut summary = report::summarize(&data);
     let _ = stop_tx.send(true);
     println!("{}", report::table(&cli.label(), &summary));
-    if let Some(path) = &cli.report {
-        report::write_json(path, &cli, &summary, &data)?;
-        eprintln!("report written to {}", path.display());
-    }
     if let Some(path) = &cli.plot {
         report::plot(path, &cli.label(), &data.seconds)?;
         eprintln!("plot written to {}", path.display());
@@ -850,7 +1024,7 @@ async fn run(cli: Cli) -> Result<()> {
         let _ =
             tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(hs)).await;
     }
-    if cli.churn_per_minute > 0.0 {
+    if data.churn.is_some() {
         // The churners still in a room leave on the stop signal; give them a moment.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while churn.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
@@ -863,17 +1037,199 @@ async fn run(cli: Cli) -> Result<()> {
             churn.failed.load(Ordering::Relaxed),
             churn.active.load(Ordering::Relaxed),
         );
+        if cli.target == Target::Huddle {
+            // Every gauge should be back to 0 now that everyone has left.
+            let gauges = gauges_after_leaving(&urls).await;
+            println!(
+                "gauges after everyone left: {}",
+                gauges
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            if let Some(c) = summary.churn.as_mut() {
+                c.gauges_after = Some(gauges);
+            }
+        }
+    }
+    if let Some(path) = &cli.report {
+        report::write_json(path, &cli, &summary, &data)?;
+        eprintln!("report written to {}", path.display());
     }
     Ok(())
 }
 
+/// The Huddle gauges of people and media, summed over the nodes (--url), once they are all 0 or
+/// after 10 s.
+async fn gauges_after_leaving(urls: &[String]) -> std::collections::BTreeMap<String, f64> {
+    const GAUGES: [&str; 6] = [
+        "huddle_participants",
+        "huddle_media_connections",
+        "huddle_websocket_connections",
+        "huddle_rooms",
+        "huddle_subscriptions",
+        "huddle_tracks_published",
+    ];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut g: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+        for u in urls {
+            let Ok(res) = http.get(format!("{u}/metrics")).send().await else {
+                continue;
+            };
+            let Ok(text) = res.text().await else { continue };
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let name = series.split('{').next().unwrap_or_default();
+                if GAUGES.contains(&name) {
+                    *g.entry(name.to_string()).or_default() += value.parse::<f64>().unwrap_or(0.0);
+                }
+            }
+        }
+        if g.values().all(|v| *v == 0.0) || tokio::time::Instant::now() > deadline {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Counts of the churning participants.
 #[derive(Default)]
-struct Churn {
+pub struct Churn {
     started: std::sync::atomic::AtomicU64,
     joined: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
     active: std::sync::atomic::AtomicU64,
+    /// Joiners that shared a screen.
+    screens: std::sync::atomic::AtomicU64,
+    /// The most joiners in the room at once.
+    peak_active: std::sync::atomic::AtomicU64,
+    /// `error` messages the joiners got.
+    server_errors: std::sync::atomic::AtomicU64,
+    /// Negotiations of the joiners that failed.
+    negotiation_failures: std::sync::atomic::AtomicU64,
+    /// The largest SDP a joiner received.
+    max_sdp_bytes: std::sync::atomic::AtomicU64,
+    /// Churn scenario: slots that have stopped starting joiners.
+    slots_done: std::sync::atomic::AtomicU64,
+    /// Churn scenario: when the first slot stopped (µs on the tester clock; 0: not yet): from
+    /// then on the room drains instead of churning.
+    first_slot_done_us: std::sync::atomic::AtomicU64,
+}
+
+impl Churn {
+    /// Adds a joiner's figures once it has left.
+    fn add(&self, p: &Participant) {
+        self.server_errors
+            .fetch_add(p.server_errors.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.negotiation_failures.fetch_add(
+            p.negotiation_failures.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.max_sdp_bytes
+            .fetch_max(p.max_sdp_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The counts for the summary.
+    pub fn counts(&self) -> report::ChurnCounts {
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        report::ChurnCounts {
+            started: l(&self.started),
+            joined: l(&self.joined),
+            failed: l(&self.failed),
+            screens: l(&self.screens),
+            peak_concurrent: l(&self.peak_active),
+            server_errors: l(&self.server_errors),
+            negotiation_failures: l(&self.negotiation_failures),
+            max_sdp_bytes: l(&self.max_sdp_bytes),
+        }
+    }
+}
+
+/// One churn slot of the churn scenario: its settings.
+struct ChurnSlot {
+    ctx: Arc<Ctx>,
+    target: Arc<HuddleTarget>,
+    http: reqwest::Client,
+    room: String,
+    role: Role,
+    /// When its first joiner starts (from the slot's spawn).
+    first: Duration,
+    /// No joiner starts after this (from the slot's spawn).
+    last_start: Duration,
+    mean_stay: f64,
+    total: usize,
+    screen_every: usize,
+    churn: Arc<Churn>,
+}
+
+/// Runs joiners one after the other in one slot: each joins, stays 0.5 to 1.5 times the mean,
+/// leaves; the next one starts right after. Stops at `total` joiners over all slots, at
+/// `last_start`, or on `stop`.
+async fn churn_slot(s: ChurnSlot, stop: watch::Receiver<bool>) {
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep_until(start + s.first).await;
+    loop {
+        if *stop.borrow() || start.elapsed() > s.last_start {
+            break;
+        }
+        let n = s.churn.started.fetch_add(1, Ordering::Relaxed) as usize;
+        if n >= s.total {
+            s.churn.started.fetch_sub(1, Ordering::Relaxed);
+            break;
+        }
+        let screen = s.screen_every > 0 && n % s.screen_every == s.screen_every - 1;
+        if screen {
+            s.churn.screens.fetch_add(1, Ordering::Relaxed);
+        }
+        let p = Arc::new(Participant::new(
+            format!("churn-{n}"),
+            s.room.clone(),
+            Role {
+                screen,
+                ..s.role.clone()
+            },
+        ));
+        let active = s.churn.active.fetch_add(1, Ordering::Relaxed) + 1;
+        s.churn.peak_active.fetch_max(active, Ordering::Relaxed);
+        let stay = Duration::from_secs_f64(s.mean_stay * (0.5 + rand::random::<f64>()));
+        let (leave_tx, leave_rx) = watch::channel(false);
+        let mut outer = stop.clone();
+        let timer = tokio::spawn(async move {
+            let _ = tokio::time::timeout(stay, outer.wait_for(|s| *s)).await;
+            let _ = leave_tx.send(true);
+        });
+        let result = huddle::run(
+            s.ctx.clone(),
+            s.target.clone(),
+            s.http.clone(),
+            p.clone(),
+            n,
+            leave_rx,
+        )
+        .await;
+        timer.abort();
+        let connected = p.connected_us.load(Ordering::Relaxed) != 0;
+        match result {
+            Ok(()) if connected => s.churn.joined.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => s.churn.failed.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(participant = %p.name, error = %format!("{e:#}"), "churning participant failed");
+                s.churn.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        s.churn.add(&p);
+        s.churn.active.fetch_sub(1, Ordering::Relaxed);
+    }
+    Participant::mark(&s.churn.first_slot_done_us);
+    s.churn.slots_done.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Starts a participant every `every` until `until`, each staying `stay` and then leaving.
@@ -923,6 +1279,7 @@ async fn churn_loop(
                     churn.failed.fetch_add(1, Ordering::Relaxed)
                 }
             };
+            churn.add(&p);
             churn.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -984,5 +1341,91 @@ mod tests {
         );
         assert_eq!(cli.tile_classes(), vec!["small", "large", "320x180"]);
         assert!("huge".parse::<peer::Tile>().is_err());
+    }
+
+    #[test]
+    fn meetings_show_the_speaker_large_the_next_ones_medium_and_the_rest_small() {
+        let cli = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--participants",
+            "25",
+        ]);
+        let roles = cli.room_roles();
+        assert_eq!(roles.len(), 25);
+        let class = |viewer: usize, publisher: usize| {
+            roles[viewer]
+                .tile_for(Some(&format!("lt-0-{publisher}")), false)
+                .map(|t| t.class)
+                .unwrap()
+        };
+        for viewer in 0..25 {
+            let classes: Vec<String> = (0..25)
+                .filter(|p| *p != viewer)
+                .map(|p| class(viewer, p))
+                .collect();
+            let count = |c: &str| classes.iter().filter(|x| *x == c).count();
+            assert_eq!(
+                (count("large"), count("medium"), count("small")),
+                (1, 4, 19),
+                "viewer {viewer}: {classes:?}"
+            );
+        }
+        // Everyone shows participant 0 large, and participant 0 shows participant 1 large.
+        assert_eq!(class(7, 0), "large");
+        assert_eq!(class(0, 1), "large");
+        assert_eq!(class(3, 1), "medium");
+        assert_eq!(class(3, 5), "medium");
+        assert_eq!(class(3, 6), "small");
+        // A churning participant's video is small, a shared screen large.
+        assert_eq!(
+            roles[3].tile_for(Some("churn-7"), false).unwrap().class,
+            "small"
+        );
+        assert_eq!(
+            roles[3].tile_for(Some("churn-7"), true).unwrap().class,
+            "large"
+        );
+        assert_eq!(cli.tile_classes(), vec!["large", "medium", "small"]);
+
+        // --layout none and --subscriber-mix turn the grid off.
+        let none = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--layout",
+            "none",
+        ]);
+        assert!(none.room_roles().iter().all(|r| !r.sizes_tiles()));
+        let mix = Cli::parse_from([
+            "huddle-loadtest",
+            "--scenario",
+            "meeting",
+            "--subscriber-mix",
+            "medium",
+        ]);
+        assert!(mix
+            .room_roles()
+            .iter()
+            .all(|r| r.grid.is_none() && r.tile.as_ref().unwrap().class == "medium"));
+    }
+
+    #[test]
+    fn the_churn_scenario_has_eight_steady_participants_by_default() {
+        let cli = Cli::parse_from(["huddle-loadtest", "--scenario", "churn"]);
+        let roles = cli.room_roles();
+        assert_eq!(roles.len(), 8);
+        assert!(roles
+            .iter()
+            .all(|r| r.audio && r.video && r.subscribe && !r.screen));
+        assert_eq!(
+            (
+                cli.churn_total,
+                cli.churn_concurrent,
+                cli.churn_screen_every
+            ),
+            (40, 4, 4)
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! (the `webrtc` crate on loopback), publishing loops, and the receive path that feeds
 //! [`crate::stats`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use webrtc::api::interceptor_registry;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
+use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::interceptor::registry::Registry;
@@ -73,7 +75,9 @@ impl Ctx {
     /// from browsers); the rest of the crate's default interceptors (NACK) only with
     /// `interceptors`, as they cost the tester CPU that the server then does not get.
     ///
-    /// ICE gathers only on `ice_ip` (127.0.0.1 normally).
+    /// ICE gathers only on `ice_ip` (127.0.0.1, or the host side of bench.sh's veth pair), and
+    /// mDNS is off: no socket is bound to, and no multicast group joined on, any other
+    /// interface.
     pub fn new(
         media: MediaOpts,
         opus_frames: Vec<Vec<u8>>,
@@ -115,6 +119,7 @@ impl Ctx {
         s.set_include_loopback_candidate(ice_ip.is_loopback());
         s.set_ip_filter(Box::new(move |ip| ip == ice_ip));
         s.set_network_types(vec![NetworkType::Udp4]);
+        s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         let api = APIBuilder::new()
             .with_media_engine(m)
             .with_interceptor_registry(registry)
@@ -141,6 +146,67 @@ pub struct Role {
     /// The size at which it shows every video track it receives (Huddle's `video_sizes`); none:
     /// it never reports one (the server then sends the best layer the bandwidth allows).
     pub tile: Option<Tile>,
+    /// Instead of one size for everything: a meeting grid, one size per publisher.
+    pub grid: Option<Grid>,
+    /// Also shares a screen: a second video track, source `screen` (Huddle only).
+    pub screen: bool,
+}
+
+impl Role {
+    /// Whether it reports tile sizes at all.
+    pub fn sizes_tiles(&self) -> bool {
+        self.tile.is_some() || self.grid.is_some()
+    }
+
+    /// The tile it shows the video of `publisher` at (the name of the participant that
+    /// publishes it, `lt-<room>-<i>` for the planned ones), `screen` for a shared screen; None
+    /// when it reports no sizes.
+    pub fn tile_for(&self, publisher: Option<&str>, screen: bool) -> Option<Tile> {
+        if let Some(t) = &self.tile {
+            return Some(t.clone());
+        }
+        let index = publisher
+            .and_then(|n| n.strip_prefix("lt-"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|i| i.parse().ok());
+        self.grid.as_ref().map(|g| g.tile(index, screen))
+    }
+}
+
+/// How a meeting participant lays out the others' video, as a real client's grid does: the
+/// active speaker large (participant 0 of the room; participant 0 itself sees participant 1
+/// there), the next `medium` participants by join order medium (the row next to the speaker),
+/// everyone else small (a thumbnail strip); shared screens large. The sizes are those of
+/// [`Tile`]'s classes, so with 3-layer simulcast the server should send `f`, `h` and `q`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Grid {
+    /// This participant's index in its room.
+    pub me: usize,
+    /// How many of the others are shown medium.
+    pub medium: usize,
+}
+
+impl Grid {
+    /// The tile of the room's `publisher`-th participant's video (None: someone who is not a
+    /// planned participant, e.g. a churning one: small), or of a shared screen.
+    pub fn tile(&self, publisher: Option<usize>, screen: bool) -> Tile {
+        let class = |c: &str| c.parse::<Tile>().expect("a tile class");
+        let speaker = usize::from(self.me == 0);
+        match publisher {
+            _ if screen => class("large"),
+            Some(i) if i == speaker => class("large"),
+            Some(i) if i != self.me => {
+                // Rank among the others, the speaker and this participant left out.
+                let rank = i - usize::from(self.me < i) - usize::from(speaker < i);
+                if rank < self.medium {
+                    class("medium")
+                } else {
+                    class("small")
+                }
+            }
+            _ => class("small"),
+        }
+    }
 }
 
 /// A tile size a subscriber reports for the video it receives, named by its class.
@@ -215,10 +281,27 @@ pub struct Participant {
     pub joined_us: AtomicU64,
     /// `redirect` messages followed before `joined` (cluster mode).
     pub redirects: AtomicU64,
+    /// `error` messages the server sent it (a synthetic participant never errs on purpose).
+    pub server_errors: AtomicU64,
     /// The base URL of the node that answered `joined`.
     pub node_url: Mutex<Option<String>>,
-    /// The largest server offer it received, in bytes.
+    /// The tile class each received video is shown at, by track id, or by `mid:<mid>` (the
+    /// m-line's current publisher on Huddle after `media_slots`; Janus's mids).
+    pub track_tiles: Mutex<HashMap<String, String>>,
+    /// The largest SDP the server sent it (offer or answer), bytes.
     pub max_sdp_bytes: AtomicU64,
+    /// Offers the server sent it.
+    pub offers: AtomicU64,
+    /// Negotiations that failed: a server offer it could not apply, or an answer of its that the
+    /// server refused (an `error` for the answer's request id).
+    pub negotiation_failures: AtomicU64,
+    /// The server's `error` messages by code.
+    pub error_codes: Mutex<BTreeMap<String, u64>>,
+    /// The most remote tracks it was told of at once (`joined`, `track_published`, minus
+    /// `track_unpublished` and `participant_left`).
+    pub peak_tracks: AtomicU64,
+    /// Shared screens it was sent (video m-lines given to a track of source `screen`).
+    pub screens_received: AtomicU64,
 }
 
 impl Participant {
@@ -240,12 +323,19 @@ impl Participant {
             signal_start_us: AtomicU64::new(0),
             joined_us: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
             node_url: Mutex::new(None),
+            track_tiles: Mutex::new(HashMap::new()),
             max_sdp_bytes: AtomicU64::new(0),
+            offers: AtomicU64::new(0),
+            negotiation_failures: AtomicU64::new(0),
+            error_codes: Mutex::new(BTreeMap::new()),
+            peak_tracks: AtomicU64::new(0),
+            screens_received: AtomicU64::new(0),
         }
     }
 
-    /// Records the size of a server offer.
+    /// Records the size of an SDP the server sent (offer or answer).
     pub fn note_sdp(&self, bytes: usize) {
         self.max_sdp_bytes
             .fetch_max(bytes as u64, Ordering::Relaxed);
@@ -287,6 +377,8 @@ impl Participant {
 pub struct Published {
     /// Audio or video.
     pub kind: Kind,
+    /// A shared screen (video, one layer, half the camera's frame rate and bitrate).
+    pub screen: bool,
     /// (rid, bitrate divisor, track), lowest layer first; rid is empty without simulcast.
     layers: Vec<(&'static str, u32, Arc<TrackLocalStaticRTP>)>,
     sender: Arc<RTCRtpSender>,
@@ -355,15 +447,17 @@ async fn new_peer_with(
     );
     let mut published = Vec::new();
     let kinds = [
-        (participant.role.audio, Kind::Audio),
-        (participant.role.video, Kind::Video),
+        (participant.role.audio, Kind::Audio, false),
+        (participant.role.video, Kind::Video, false),
+        (participant.role.screen, Kind::Video, true),
     ];
-    for (on, kind) in kinds {
+    for (on, kind, screen) in kinds {
         if !on || !publish {
             continue;
         }
         let (mime, clock_rate, channels, id) = match kind {
             Kind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "audio"),
+            Kind::Video if screen => (MIME_TYPE_VP8, 90_000, 0, SCREEN_TRACK_ID),
             Kind::Video => (MIME_TYPE_VP8, 90_000, 0, "video"),
         };
         let codec = RTCRtpCodecCapability {
@@ -372,7 +466,7 @@ async fn new_peer_with(
             channels,
             ..Default::default()
         };
-        let n_layers = if kind == Kind::Video {
+        let n_layers = if kind == Kind::Video && !screen {
             usize::from(ctx.media.simulcast.clamp(1, 3))
         } else {
             1
@@ -419,6 +513,7 @@ async fn new_peer_with(
         }
         published.push(Published {
             kind,
+            screen,
             layers,
             sender,
         });
@@ -441,12 +536,28 @@ async fn new_peer_with(
         // The webrtc crate holds a lock on this handler until the future it returns completes,
         // so a handler that reads its track to the end starves every later track: spawn the
         // reader and return at once.
-        pc.on_track(Box::new(move |track, _, _| {
-            tokio::spawn(read_track(track, p.clone(), totals.clone()));
+        pc.on_track(Box::new(move |track, _, transceiver| {
+            let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
+            tokio::spawn(read_track(track, mid, p.clone(), totals.clone()));
             Box::pin(async {})
         }));
     }
     Ok((pc, published))
+}
+
+/// The track id of a shared screen's local track.
+const SCREEN_TRACK_ID: &str = "screen";
+
+/// The mid of the m-line that sends the shared screen (after the first offer), for the offer's
+/// `sources`.
+pub async fn screen_mid(pc: &RTCPeerConnection) -> Option<String> {
+    for t in pc.get_transceivers().await {
+        let track = t.sender().await.track().await;
+        if track.is_some_and(|tr| tr.id() == SCREEN_TRACK_ID) {
+            return t.mid().map(|m| m.to_string());
+        }
+    }
+    None
 }
 
 /// Makes the first offer with every local candidate in it (no trickle).
@@ -524,16 +635,20 @@ async fn wait_receivers_bound(pc: &RTCPeerConnection) {
     }
 }
 
-async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<Totals>) {
+async fn read_track(
+    track: Arc<TrackRemote>,
+    mid: String,
+    p: Arc<Participant>,
+    totals: Arc<Totals>,
+) {
     let (kind, clock_rate) = match track.kind() {
         RTPCodecType::Video => (Kind::Video, 90_000),
         _ => (Kind::Audio, 48_000),
     };
-    let mut rx = Arc::new(Mutex::new(TrackRx::new(
-        kind,
-        track.stream_id(),
-        clock_rate,
-    )));
+    let mut first = TrackRx::new(kind, track.stream_id(), clock_rate);
+    first.track_id = track.id();
+    first.mid = mid.clone();
+    let mut rx = Arc::new(Mutex::new(first));
     let mut stream: Option<u16> = None;
     p.tracks.lock().expect("tracks lock").push(rx.clone());
     let mut buf = vec![0u8; 1500];
@@ -556,11 +671,13 @@ async fn read_track(track: Arc<TrackRemote>, p: Arc<Participant>, totals: Arc<To
             // The server gave this m-line to another publisher (a free slot reused): count
             // the new stream on its own.
             if stream.is_some_and(|t| t != s.stream) {
-                rx = Arc::new(Mutex::new(TrackRx::new(
+                let mut next = TrackRx::new(
                     kind,
                     format!("{}#{:04x}", track.stream_id(), s.stream),
                     clock_rate,
-                )));
+                );
+                next.mid = mid.clone();
+                rx = Arc::new(Mutex::new(next));
                 p.tracks.lock().expect("tracks lock").push(rx.clone());
             }
             stream = Some(s.stream);
@@ -621,6 +738,7 @@ pub fn start_publishing(
                 // stays on one stream.
                 let stream: u16 = rand::random();
                 for (rid, div, track) in p.layers {
+                    let (fps_div, div) = if p.screen { (2, 2) } else { (1, div) };
                     let keyframe_wanted = Arc::new(AtomicBool::new(false));
                     tokio::spawn(read_feedback(
                         p.sender.clone(),
@@ -629,6 +747,7 @@ pub fn start_publishing(
                     ));
                     let mut opts = ctx.media.clone();
                     opts.video_bitrate /= div;
+                    opts.fps = (opts.fps / fps_div).max(1);
                     let size = match rid {
                         "q" => (320, 180),
                         "h" => (640, 360),

@@ -1,5 +1,6 @@
 //! The end of a run: the summary (table and JSON) and the plot.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -135,6 +136,62 @@ pub struct NodeSummary {
     pub cpu_us_per_forwarded_packet: Option<f64>,
 }
 
+/// The participants that joined and left during the run (churn scenario, --churn-per-minute).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChurnCounts {
+    /// Joiners started.
+    pub started: u64,
+    /// Joiners whose connection came up.
+    pub joined: u64,
+    /// Joiners that failed (or never connected).
+    pub failed: u64,
+    /// Joiners that shared a screen.
+    pub screens: u64,
+    /// The most joiners in the room at once.
+    pub peak_concurrent: u64,
+    /// `error` messages the joiners got.
+    pub server_errors: u64,
+    /// Failed negotiations of the joiners.
+    pub negotiation_failures: u64,
+    /// The largest SDP a joiner received, bytes.
+    pub max_sdp_bytes: u64,
+}
+
+/// The server over one part of the measurement window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Phase {
+    /// Seconds since the start.
+    pub from: f64,
+    /// Seconds since the start.
+    pub to: f64,
+    /// Packets the participants (steady and joiners) received per second.
+    pub packets_per_sec: f64,
+    /// Server CPU time per forwarded packet, µs.
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// Server CPU, cores.
+    pub cores: Option<f64>,
+    /// Server resident memory at the phase's end, MiB.
+    pub rss_mib: Option<f64>,
+}
+
+/// The churn run: the joiners, and the server's first and last minute of the window (or its
+/// halves, when it is shorter than two minutes).
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnSummary {
+    /// The joiners' counts.
+    pub joiners: ChurnCounts,
+    /// The first minute of the window.
+    pub first: Option<Phase>,
+    /// The last minute of the window.
+    pub last: Option<Phase>,
+    /// Last against first: CPU per forwarded packet, % change.
+    pub cpu_change_pct: Option<f64>,
+    /// Last against first: resident memory, % change.
+    pub rss_change_pct: Option<f64>,
+    /// The server's gauges once everyone had left (Huddle's /metrics; filled after the run).
+    pub gauges_after: Option<BTreeMap<String, f64>>,
+}
+
 /// Everything the summary shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -146,6 +203,22 @@ pub struct Summary {
     pub failed: usize,
     /// Up to three distinct failure messages.
     pub errors: Vec<String>,
+    /// `error` messages the server sent to participants (each one a protocol failure).
+    pub server_errors: u64,
+    /// The same by error code (`message_too_large`, `invalid_sdp`, …).
+    pub server_error_codes: BTreeMap<String, u64>,
+    /// The largest SDP (offer or answer) the server sent any measured participant, bytes.
+    pub max_sdp_bytes: u64,
+    /// Offers the server sent the measured participants.
+    pub offers: u64,
+    /// Negotiations that failed: a server offer a participant could not apply, or an answer
+    /// the server refused.
+    pub negotiation_failures: u64,
+    /// The most remote tracks a measured participant was told of at once.
+    pub peak_remote_tracks: u64,
+    /// Shared screens the measured participants were sent (`media_slots` entries of source
+    /// `screen`, grid layouts only), in all.
+    pub screens_received: u64,
     /// Participants that neither joined nor failed, by the join step they were stuck at.
     pub stuck: Vec<(String, usize)>,
     /// Measurement window, seconds since the start.
@@ -199,6 +272,8 @@ pub struct Summary {
     pub nodes: Vec<NodeSummary>,
     /// Server cost, when its PID was given.
     pub server: Option<ServerCost>,
+    /// The churn (churn scenario, or --churn-per-minute).
+    pub churn: Option<ChurnSummary>,
     /// Tester cost.
     pub tester: Option<TesterCost>,
 }
@@ -289,22 +364,20 @@ pub fn summarize(d: &RunData) -> Summary {
         .iter()
         .enumerate()
         .map(|(i, class)| {
-            let members: Vec<_> = ps
-                .iter()
-                .filter(|p| p.role.tile.as_ref().is_some_and(|t| t.class == *class))
-                .collect();
-            let tile = members.first().and_then(|p| p.role.tile.clone());
-            let video_tracks: usize = members
-                .iter()
-                .map(|p| {
-                    p.tracks
-                        .lock()
-                        .expect("tracks lock")
-                        .iter()
-                        .filter(|t| t.lock().expect("track lock").kind == Kind::Video)
-                        .count()
-                })
-                .sum();
+            let in_class = |p: &crate::peer::Participant| {
+                p.tracks
+                    .lock()
+                    .expect("tracks lock")
+                    .iter()
+                    .filter(|t| {
+                        let t = t.lock().expect("track lock");
+                        t.kind == Kind::Video && track_class(p, &t).as_deref() == Some(class)
+                    })
+                    .count()
+            };
+            let members: Vec<_> = ps.iter().filter(|p| in_class(p) > 0).collect();
+            let tile: Option<crate::peer::Tile> = class.parse().ok();
+            let video_tracks: usize = members.iter().map(|p| in_class(p)).sum();
             let (ca, cb) = (
                 d.class_samples[d.window.0][i],
                 d.class_samples[d.window.1][i],
@@ -400,6 +473,76 @@ pub fn summarize(d: &RunData) -> Summary {
         }
         _ => None,
     };
+    let mut server_error_codes: BTreeMap<String, u64> = BTreeMap::new();
+    for p in ps {
+        for (code, n) in p.error_codes.lock().expect("codes lock").iter() {
+            *server_error_codes.entry(code.clone()).or_default() += n;
+        }
+    }
+    let sum = |f: fn(&crate::peer::Participant) -> u64| ps.iter().map(|p| f(p)).sum::<u64>();
+    let max = |f: fn(&crate::peer::Participant) -> u64| ps.iter().map(|p| f(p)).max().unwrap_or(0);
+    let churn = d.churn.clone().map(|joiners| {
+        // The first and last minute of the window after the churn's own warm-up (every slot
+        // has turned over once), or the halves of that when it is under two minutes; without
+        // 20 s after the warm-up, from the window's start.
+        // It ends when the churn stopped (the room drains after that), if that leaves 20 s.
+        let end = d
+            .churn_end
+            .filter(|e| *e < b.t && *e - a.t >= 20.0)
+            .unwrap_or(b.t);
+        let start = if end - (a.t + d.churn_warmup) >= 20.0 {
+            a.t + d.churn_warmup
+        } else {
+            a.t
+        };
+        let span = (end - start).max(0.0);
+        let len = span.min(120.0) / 2.0;
+        let at = |t: f64| {
+            d.samples[d.window.0..=d.window.1]
+                .iter()
+                .position(|s| s.t >= t - 0.5)
+                .map(|i| i + d.window.0)
+                .unwrap_or(d.window.1)
+        };
+        let phase = |i: usize, j: usize| {
+            let (x, y) = (d.samples[i], d.samples[j]);
+            let dt = y.t - x.t;
+            (dt > 0.0).then(|| {
+                let pkts = y.packets.saturating_sub(x.packets);
+                let cpu = match (x.server, y.server) {
+                    (Some(sx), Some(sy)) => Some(sy.cpu_seconds - sx.cpu_seconds),
+                    _ => None,
+                };
+                Phase {
+                    from: x.t,
+                    to: y.t,
+                    packets_per_sec: pkts as f64 / dt,
+                    cpu_us_per_forwarded_packet: cpu
+                        .filter(|_| pkts > 0)
+                        .map(|c| c * 1e6 / pkts as f64),
+                    cores: cpu.map(|c| c / dt),
+                    rss_mib: y.server.map(|s| s.rss_bytes as f64 / 1048576.0),
+                }
+            })
+        };
+        let first = phase(at(start), at(start + len));
+        let last = phase(at(end - len), at(end));
+        let change = |f: fn(&Phase) -> Option<f64>| match (&first, &last) {
+            (Some(x), Some(y)) => match (f(x), f(y)) {
+                (Some(u), Some(v)) if u > 0.0 => Some((v - u) * 100.0 / u),
+                _ => None,
+            },
+            _ => None,
+        };
+        ChurnSummary {
+            joiners,
+            cpu_change_pct: change(|p| p.cpu_us_per_forwarded_packet),
+            rss_change_pct: change(|p| p.rss_mib),
+            first,
+            last,
+            gauges_after: None,
+        }
+    });
     let tester = match (a.tester, b.tester) {
         (Some(ta), Some(tb)) => {
             let cores = (tb.cpu_seconds - ta.cpu_seconds) / dt;
@@ -419,6 +562,16 @@ pub fn summarize(d: &RunData) -> Summary {
         joined,
         failed,
         errors,
+        server_errors: ps
+            .iter()
+            .map(|p| p.server_errors.load(Ordering::Relaxed))
+            .sum(),
+        server_error_codes,
+        max_sdp_bytes: max(|p| p.max_sdp_bytes.load(Ordering::Relaxed)),
+        offers: sum(|p| p.offers.load(Ordering::Relaxed)),
+        negotiation_failures: sum(|p| p.negotiation_failures.load(Ordering::Relaxed)),
+        peak_remote_tracks: max(|p| p.peak_tracks.load(Ordering::Relaxed)),
+        screens_received: sum(|p| p.screens_received.load(Ordering::Relaxed)),
         stuck,
         window: (a.t, b.t),
         packets_per_sec: pps,
@@ -456,8 +609,23 @@ pub fn summarize(d: &RunData) -> Summary {
         tile_classes,
         nodes,
         server,
+        churn,
         tester,
     }
+}
+
+/// The tile class a received video track is shown at: the subscriber's one tile, or the one
+/// its grid gave the m-line's current track (by mid; by track id for a server without
+/// `media_slots`).
+pub fn track_class(p: &crate::peer::Participant, t: &crate::stats::TrackRx) -> Option<String> {
+    if let Some(tile) = &p.role.tile {
+        return Some(tile.class.clone());
+    }
+    let tiles = p.track_tiles.lock().expect("tiles lock");
+    tiles
+        .get(&format!("mid:{}", t.mid))
+        .or_else(|| tiles.get(&t.track_id))
+        .cloned()
 }
 
 /// The summary as a table.
@@ -474,6 +642,34 @@ pub fn table(label: &str, s: &Summary) -> String {
     ]);
     for e in &s.errors {
         t.add_row(vec!["  error".into(), e.clone()]);
+    }
+    if s.server_errors > 0 {
+        t.add_row(vec![
+            "  server errors".into(),
+            format!("{} (see the log)", s.server_errors),
+        ]);
+    }
+    for (code, n) in &s.server_error_codes {
+        t.add_row(vec!["  server error".into(), format!("{code}: {n}")]);
+    }
+    if s.offers > 0 || s.max_sdp_bytes > 0 {
+        t.add_row(vec![
+            "negotiation".into(),
+            format!(
+                "{} server offers, {} failed negotiations, largest SDP received {} bytes{}",
+                s.offers,
+                s.negotiation_failures,
+                s.max_sdp_bytes,
+                if s.peak_remote_tracks > 0 {
+                    format!(
+                        ", at most {} remote tracks at once, {} shared screens received",
+                        s.peak_remote_tracks, s.screens_received
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ]);
     }
     for (stage, n) in &s.stuck {
         t.add_row(vec![
@@ -591,6 +787,46 @@ pub fn table(label: &str, s: &Summary) -> String {
         None => {
             t.add_row(vec!["server CPU", "not measured (pass --server-pid)"]);
         }
+    }
+    if let Some(c) = &s.churn {
+        let j = &c.joiners;
+        t.add_row(vec![
+            "churn: joiners".into(),
+            format!(
+                "{} started, {} joined, {} failed, {} shared a screen, at most {} at once; {} server errors, {} failed negotiations, largest SDP {} bytes",
+                j.started, j.joined, j.failed, j.screens, j.peak_concurrent, j.server_errors,
+                j.negotiation_failures, j.max_sdp_bytes
+            ),
+        ]);
+        for (name, ph) in [("first", &c.first), ("last", &c.last)] {
+            if let Some(ph) = ph {
+                t.add_row(vec![
+                    format!("churn: {name} part ({:.0}–{:.0} s)", ph.from, ph.to),
+                    format!(
+                        "{:.0} packets/s, server {} CPU-µs per forwarded packet, {} MiB resident",
+                        ph.packets_per_sec,
+                        ph.cpu_us_per_forwarded_packet
+                            .map(|v| format!("{v:.2}"))
+                            .unwrap_or_else(|| "-".into()),
+                        ph.rss_mib
+                            .map(|v| format!("{v:.1}"))
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                ]);
+            }
+        }
+        t.add_row(vec![
+            "churn: last against first".into(),
+            format!(
+                "CPU per packet {}, RSS {}",
+                c.cpu_change_pct
+                    .map(|v| format!("{v:+.1} %"))
+                    .unwrap_or_else(|| "-".into()),
+                c.rss_change_pct
+                    .map(|v| format!("{v:+.1} %"))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ]);
     }
     if let Some(c) = &s.tester {
         t.add_row(vec![

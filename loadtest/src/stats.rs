@@ -29,6 +29,10 @@ pub struct TrackRx {
     pub kind: Kind,
     /// Who published it (participant id on Huddle, feed id on Janus).
     pub from: String,
+    /// Its track id (the msid's second part) and the mid of its m-line, set by the receiver.
+    pub track_id: String,
+    /// See `track_id`.
+    pub mid: String,
     clock_rate: f64,
     /// Packets received (duplicates included).
     pub packets: u64,
@@ -56,6 +60,8 @@ impl TrackRx {
         TrackRx {
             kind,
             from,
+            track_id: String::new(),
+            mid: String::new(),
             clock_rate: f64::from(clock_rate),
             packets: 0,
             bytes: 0,
@@ -221,6 +227,66 @@ pub fn proc_sample(pid: &str) -> Option<ProcSample> {
     })
 }
 
+/// Raises the receive buffer of every UDP socket this process has to at least `bytes`
+/// (`SO_RCVBUFFORCE`, which root may use beyond `net.core.rmem_max`, else `SO_RCVBUF` up to
+/// it), so that a tester that falls behind for a moment does not drop what the server sent
+/// (the `webrtc` crate makes its sockets itself, with the default buffer). Returns how many
+/// sockets were raised.
+pub fn raise_udp_rcvbuf(bytes: usize) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let get = |fd: libc::c_int, opt: libc::c_int| -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = int_len;
+        // SAFETY: `v` and `len` are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let mut raised = 0;
+    for entry in dir.flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket || get(fd, libc::SO_TYPE) != Some(libc::SOCK_DGRAM) {
+            continue;
+        }
+        // The kernel reports twice the size set (its bookkeeping).
+        if get(fd, libc::SO_RCVBUF).is_some_and(|cur| cur / 2 >= want) {
+            continue;
+        }
+        let set = |opt: libc::c_int| {
+            // SAFETY: `want` is valid for reads of `int_len` bytes.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&want as *const libc::c_int).cast(),
+                    int_len,
+                )
+            };
+            rc == 0
+        };
+        if set(libc::SO_RCVBUFFORCE) || set(libc::SO_RCVBUF) {
+            raised += 1;
+        }
+    }
+    raised
+}
+
 fn clock_ticks() -> u64 {
     // USER_HZ is 100 on every Linux architecture this runs on; `getconf CLK_TCK` agrees.
     100
@@ -279,6 +345,32 @@ mod tests {
             t.on_packet(i as u16, i * 960, 50, u64::from(i) * 20_000 + late);
         }
         assert!((t.jitter_ms() - 4.0).abs() < 0.2, "{}", t.jitter_ms());
+    }
+
+    #[test]
+    fn udp_receive_buffers_are_raised() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        raise_udp_rcvbuf(1 << 20);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid pointers of the given sizes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        // As root (SO_RCVBUFFORCE) the full size; otherwise at most net.core.rmem_max.
+        let max: i32 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(v / 2 >= (1 << 20).min(max), "SO_RCVBUF {v}");
     }
 
     #[test]
