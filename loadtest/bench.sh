@@ -87,7 +87,15 @@ LOADTEST=${LOADTEST_BIN:-$ROOT/target/release/huddle-loadtest}
 
 SERVER_PID=
 NETNS_MADE=
+# The kernel's cap on socket buffers, raised for the run (both servers get the same) and put
+# back on exit: Huddle asks for 4 MiB per media socket (docs/scaling.md). SOCKET_MAX=0 leaves it.
+SOCKET_MAX=${SOCKET_MAX:-4194304}
+OLD_RMEM=$(sysctl -n net.core.rmem_max); OLD_WMEM=$(sysctl -n net.core.wmem_max)
+if [ "$SOCKET_MAX" != 0 ]; then
+  sysctl -qw net.core.rmem_max="$SOCKET_MAX" net.core.wmem_max="$SOCKET_MAX"
+fi
 cleanup() {
+  if [ "$SOCKET_MAX" != 0 ]; then sysctl -qw net.core.rmem_max="$OLD_RMEM" net.core.wmem_max="$OLD_WMEM" || true; fi
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [ -n "$NETNS_MADE" ]; then
     # Anything still running in the namespace was started by this script.

@@ -203,6 +203,19 @@ impl MediaHandle {
             };
             let std_socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
             std_socket.set_nonblocking(true)?;
+            // A worker busy for a few milliseconds (an allocation round, a burst of
+            // joins) must not lose what arrives meanwhile: room for ~3,000 datagrams. The
+            // kernel caps the request at net.core.rmem_max / wmem_max (see
+            // docs/scaling.md); what was granted is logged.
+            if let Ok(state) = UdpSocketState::new((&std_socket).into()) {
+                let _ = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER);
+                let _ = state.set_send_buffer_size((&std_socket).into(), SOCKET_BUFFER);
+                tracing::debug!(
+                    recv = state.recv_buffer_size((&std_socket).into()).unwrap_or(0),
+                    send = state.send_buffer_size((&std_socket).into()).unwrap_or(0),
+                    "media socket buffers"
+                );
+            }
             let local_addr = std_socket.local_addr()?;
             let advertised = SocketAddr::new(
                 config.public_ip.unwrap_or(local_addr.ip()),
@@ -477,6 +490,9 @@ struct RecvBufs {
     bufs: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
 }
+
+/// The receive and send buffer each media socket asks the kernel for.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// The largest datagram a media peer sends (above any path MTU).
 const MAX_DATAGRAM: usize = 2048;
