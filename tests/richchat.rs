@@ -9,15 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-async fn join(server: &Server, room: &str, name: &str) -> (Signal, String, Value) {
-    let token = server.guest_token(room, name).await;
-    let mut s = Signal::connect(&server.ws_url()).await;
-    s.send(json!({"type": "join", "protocol": 1, "token": token}))
-        .await;
-    let joined = s.recv_type("joined").await.0;
-    (s, token, joined)
-}
-
 #[tokio::test]
 async fn files_need_a_token_for_their_room() {
     let server = Server::start(&[]);

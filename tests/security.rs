@@ -8,15 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-async fn join(server: &Server, room: &str, name: &str) -> (Signal, String, Value) {
-    let token = server.guest_token(room, name).await;
-    let mut s = Signal::connect(&server.ws_url()).await;
-    s.send(json!({"type": "join", "protocol": 1, "token": token}))
-        .await;
-    let joined = s.recv_type("joined").await.0;
-    (s, token, joined)
-}
-
 /// Finding 1: B took the id of A's file from A's message, attached it to a message of B's own
 /// and deleted that message; the server removed A's file.
 #[tokio::test]

@@ -571,3 +571,14 @@ pub async fn get(server: &Server, path: &str, token: Option<&str>) -> (u16, Vec<
         res.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
     )
 }
+
+/// Joins `room` as `name` with a guest token over a bare signaling socket: the socket, the
+/// token and the `joined` message.
+pub async fn join(server: &Server, room: &str, name: &str) -> (Signal, String, Value) {
+    let token = server.guest_token(room, name).await;
+    let mut s = Signal::connect(&server.ws_url()).await;
+    s.send(json!({"type": "join", "protocol": 1, "token": token}))
+        .await;
+    let joined = s.recv_type("joined").await.0;
+    (s, token, joined)
+}
