@@ -339,6 +339,9 @@ impl Default for MediaSection {
 pub struct SignalingSection {
     /// Largest signaling message answered normally, bytes. Default 65536.
     pub max_message_bytes: usize,
+    /// Largest `offer` or `answer`, bytes (SDP grows with every track a participant has been
+    /// sent). Default 1048576.
+    pub max_sdp_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,
     /// Seconds without any frame from a client (pongs included) before its socket counts as
@@ -364,6 +367,7 @@ impl Default for SignalingSection {
     fn default() -> Self {
         SignalingSection {
             max_message_bytes: 64 * 1024,
+            max_sdp_bytes: 1024 * 1024,
             max_participants: 50,
             idle_timeout_secs: 15,
             ping_interval_secs: 5,

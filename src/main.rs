@@ -526,6 +526,7 @@ async fn run(cfg: Config) -> Result<()> {
         open_join: cfg.auth.open_join,
         guest_token_ttl: Duration::from_secs(cfg.auth.guest_token_ttl_secs),
         max_message_bytes: cfg.signaling.max_message_bytes,
+        max_sdp_bytes: cfg.signaling.max_sdp_bytes,
         max_participants: cfg.signaling.max_participants,
         idle_timeout: Duration::from_secs(cfg.signaling.idle_timeout_secs),
         chat_max_chars: cfg.signaling.chat_max_chars,

@@ -110,6 +110,14 @@ async fn bad_messages_get_errors_and_the_connection_stays_open() {
     s.send(json!({"type": "chat", "text": "x".repeat(70_000)}))
         .await;
     assert_eq!(s.recv().await["code"], "message_too_large");
+    // An offer or answer may be larger (SDP grows with every track): this one is read, and
+    // refused for what it says, not for its size; past max_sdp_bytes it is too large.
+    s.send(json!({"type": "offer", "sdp": "x".repeat(200_000)}))
+        .await;
+    assert_eq!(s.recv().await["code"], "invalid_sdp");
+    s.send(json!({"type": "offer", "sdp": "x".repeat(1_100_000)}))
+        .await;
+    assert_eq!(s.recv().await["code"], "message_too_large");
 
     s.send(json!({"type": "offer", "sdp": "this is not SDP"}))
         .await;

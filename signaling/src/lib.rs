@@ -79,6 +79,10 @@ pub struct SignalingConfig {
     /// Largest signaling frame answered normally; larger ones get `message_too_large`.
     /// Default 65 536 bytes. Frames over 16 times this close the socket.
     pub max_message_bytes: usize,
+    /// Largest `offer` or `answer` (SDP grows with every track a participant has been sent:
+    /// about 1 KB per live video and some hundreds of bytes per departed track, since stopped
+    /// m-lines stay in the session). Default 1 MiB. Frames over twice this close the socket.
+    pub max_sdp_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,
     /// A socket silent for this long (no frame at all, pongs included) is closed and its
@@ -139,6 +143,7 @@ impl Default for SignalingConfig {
             open_join: true,
             guest_token_ttl: Duration::from_secs(3600),
             max_message_bytes: 64 * 1024,
+            max_sdp_bytes: 1024 * 1024,
             max_participants: 50,
             idle_timeout: Duration::from_secs(15),
             join_timeout: Duration::from_secs(10),

@@ -304,23 +304,32 @@ impl Conn {
             }
             Message::Ping(_) | Message::Pong(_) => return Read::Nothing,
         };
-        let max_bytes = self.state.inner.config.max_message_bytes;
-        if text.len() > max_bytes {
+        // Offers and answers may be larger than other messages (up to max_sdp_bytes): their
+        // SDP grows with every track the participant has been sent.
+        let (max_bytes, max_sdp) = (
+            self.state.inner.config.max_message_bytes,
+            self.state.inner.config.max_sdp_bytes,
+        );
+        let large = text.len() > max_bytes;
+        let decoded = (!large || text.len() <= max_sdp).then(|| decode_client_msg(text.as_str()));
+        let sdp = matches!(
+            decoded,
+            Some(Ok((ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _)))
+        );
+        let Some(decoded) = decoded.filter(|_| !large || sdp) else {
             self.state.inner.ops.metrics.message_in(None);
             self.state.inner.counters.hit(Limit::MessageSize);
             self.error(
                 ErrorCode::MessageTooLarge,
                 format!(
-                    "message of {} bytes is over the {}-byte limit",
+                    "message of {} bytes is over the {max_bytes}-byte limit ({max_sdp} for an offer or answer)",
                     text.len(),
-                    max_bytes
                 ),
                 None,
             )
             .await;
             return Read::Bad;
-        }
-        let decoded = decode_client_msg(text.as_str());
+        };
         let metrics = &self.state.inner.ops.metrics;
         metrics.message_in(decoded.as_ref().ok().map(|(m, _)| m));
         match decoded {
