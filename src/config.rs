@@ -339,8 +339,8 @@ impl Default for MediaSection {
 pub struct SignalingSection {
     /// Largest signaling message answered normally, bytes. Default 65536.
     pub max_message_bytes: usize,
-    /// Largest `offer` or `answer`, bytes (SDP grows with every track a participant has been
-    /// sent). Default 1048576.
+    /// Largest `offer` or `answer`, bytes (SDP holds an m-line per track received at once).
+    /// Default 1048576.
     pub max_sdp_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,

@@ -79,9 +79,9 @@ pub struct SignalingConfig {
     /// Largest signaling frame answered normally; larger ones get `message_too_large`.
     /// Default 65 536 bytes. Frames over 16 times this close the socket.
     pub max_message_bytes: usize,
-    /// Largest `offer` or `answer` (SDP grows with every track a participant has been sent:
-    /// about 1 KB per live video and some hundreds of bytes per departed track, since stopped
-    /// m-lines stay in the session). Default 1 MiB. Frames over twice this close the socket.
+    /// Largest `offer` or `answer` (SDP holds an m-line per track received at once, about
+    /// 1.6 KB each: a 25-person meeting's is about 80 KB). Default 1 MiB. Frames over twice
+    /// this close the socket.
     pub max_sdp_bytes: usize,
     /// Participants per room. Default 50.
     pub max_participants: usize,

@@ -305,7 +305,7 @@ impl Conn {
             Message::Ping(_) | Message::Pong(_) => return Read::Nothing,
         };
         // Offers and answers may be larger than other messages (up to max_sdp_bytes): their
-        // SDP grows with every track the participant has been sent.
+        // SDP has an m-line per track the participant receives at once.
         let (max_bytes, max_sdp) = (
             self.state.inner.config.max_message_bytes,
             self.state.inner.config.max_sdp_bytes,
