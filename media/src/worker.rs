@@ -557,6 +557,11 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The most bytes one GSO send may carry: one UDP datagram's worth (65,507 over IPv4), less
+/// room for the IPv6 header. A larger one fails with EMSGSIZE, which `quinn-udp` treats as sent,
+/// losing every segment (a keyframe's run of full-size packets to one subscriber is enough).
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// Datagrams gathered for one GSO send: consecutive ones to one destination, all of one
 /// size but the last, which may be shorter.
 #[derive(Default)]
@@ -586,6 +591,7 @@ impl SendBatch {
             || self.count >= max_segments
             || contents.len() > self.segment
             || contents.is_empty()
+            || self.buf.len() + contents.len() > MAX_GSO_BYTES
         {
             return false;
         }
@@ -722,4 +728,37 @@ fn flush(
         }
     }
     tx.send(socket, state);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SendBatch, MAX_GSO_BYTES};
+
+    #[test]
+    fn a_gso_batch_takes_one_size_then_a_shorter_last_one_within_one_datagrams_bytes() {
+        let to: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let other: std::net::SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let mut b = SendBatch::default();
+        assert!(b.try_add(to, &[1; 1200], 64));
+        assert!(b.try_add(to, &[2; 1200], 64));
+        assert!(!b.try_add(other, &[3; 1200], 64), "another destination");
+        assert!(!b.try_add(to, &[4; 1300], 64), "a larger datagram");
+        assert!(b.try_add(to, &[5; 700], 64), "a shorter last one");
+        assert!(
+            !b.try_add(to, &[6; 700], 64),
+            "nothing after the shorter one"
+        );
+        assert_eq!((b.count, b.segment, b.buf.len()), (3, 1200, 3100));
+
+        // A keyframe's run of full-size packets: never more than one datagram's bytes.
+        let mut b = SendBatch::default();
+        let mut taken = 0;
+        while b.try_add(to, &[7; 1200], 64) {
+            taken += 1;
+        }
+        assert!(
+            b.buf.len() <= MAX_GSO_BYTES && taken == MAX_GSO_BYTES / 1200,
+            "{taken}"
+        );
+    }
 }
