@@ -147,6 +147,9 @@ test('same passphrase: decrypted video and chat; another passphrase: nothing, an
       const bytes = Uint8Array.from(Buffer.from(f.data, 'hex'));
       const opened = await openFrame(right, f.codec, bytes);
       assert.ok(opened, `a ${f.codec} frame the server forwarded (${f.len} bytes) is not sealed under the room key: ${f.data.slice(0, 80)}`);
+      // Silence under Opus DTX is a frame of a byte or two (the TOC, kept in clear): nothing to
+      // leak, and an empty plaintext is "found" in any ciphertext. The check is on real frames.
+      if (opened.plain.length < 16) continue;
       assert.ok(!Buffer.from(opened.sealed).includes(Buffer.from(opened.plain.subarray(0, 16))), 'the server saw ciphertext, not the frame');
       assert.equal(await openFrame(wrong, f.codec, bytes), null, 'another passphrase does not open it');
       seen[f.codec] += 1;
