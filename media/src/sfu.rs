@@ -4,7 +4,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid,
@@ -44,15 +43,6 @@ pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// How often every subscriber's layers are chosen again (also right after a tile size change or
 /// a new track).
 pub const ALLOCATION_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How far each second of loss-free delivery raises a subscriber's downlink estimate.
-const ESTIMATE_GROWTH: f64 = 1.08;
-/// Loss above this lowers the estimate (to what arrived, less half the loss); below
-/// `LOSS_LOW` it grows. In between it holds (GCC's loss-based controller, RFC 8698 style).
-const LOSS_HIGH: f32 = 0.10;
-const LOSS_LOW: f32 = 0.02;
-/// The estimate never falls below this (audio and the lowest layer of one video).
-const ESTIMATE_FLOOR: u64 = 100_000;
 
 /// How often each room's connection qualities are evaluated; a [`PeerEvent::Quality`] follows
 /// when one changed, or [`QUALITY_REPEAT`] after the last one.
@@ -363,7 +353,7 @@ impl Sfu {
             .set_stats_interval(Some(Duration::from_secs(1)))
             // No send-side estimator: str0m paces by it, one packet per timeout with a scan of
             // every stream each time (the cost of a packet grew with the meeting). The downlink
-            // is judged by loss instead (see `LossEstimate`), and packets go out as they come.
+            // is judged by loss instead (see `next_estimate`), and packets go out as they come.
             .enable_bwe(None)
             .build(now);
         for addr in &self.config.candidates {
@@ -429,7 +419,6 @@ impl Sfu {
                 last_tx: None,
                 rr_loss: None,
                 max_bitrate: None,
-                bwe_target: (0, 0),
                 upgrade_hold: None,
                 upgrade_backoff: Duration::ZERO,
                 last_upgrade: None,
@@ -484,17 +473,7 @@ impl Sfu {
         // Every slot was in that offer; the ones whose producer left meanwhile are now free
         // (and taken by waiting consumers in `negotiate_if_needed`).
         for slot in &mut peer.slots {
-            if !slot.open {
-                slot.open = true;
-                // Forwarded as it arrives, like Janus and mediasoup: the publisher paced it
-                // already, and str0m's pacer (at 1.1x its estimate, one packet per timeout)
-                // would queue what the allocation lets through and release it in bursts.
-                // The estimate still keeps the chosen layers within the downlink.
-                if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(slot.mid, None) {
-                    // (No effect without str0m's estimator, which paces; kept for when it is on.)
-                    tx.set_unpaced(true);
-                }
-            }
+            slot.open = true;
         }
         self.mark_dirty(participant);
         self.drive(now);
@@ -611,7 +590,7 @@ impl Sfu {
                 // A new source: only an ICE check can introduce it, and its USERNAME
                 // (`<our ufrag>:<theirs>`) names the connection; one lookup, no scan.
                 let found = stun_local_ufrag(data)
-                    .and_then(|u| self.by_ufrag.get(u).copied())
+                    .and_then(|u| self.by_ufrag.get(&u).copied())
                     .filter(|pid| self.peers.get(pid).is_some_and(|p| p.rtc.accepts(&input)));
                 let Some(pid) = found else {
                     self.unrouted_datagrams += 1;
@@ -717,12 +696,9 @@ impl Sfu {
                 }
                 let event = match peer.rtc.poll_output() {
                     Ok(str0m::Output::Timeout(t)) => {
-                        // str0m's pacer releases one packet per timeout and asks for the next
-                        // one a microsecond later. Fed through the driver's millisecond timer,
-                        // that caps every connection at ~1,000 packets/s and queues the rest;
-                        // so a timeout due within PACER_SLACK is fed here and now, at the time
-                        // str0m asked for (never behind its clock, at most PACER_SLACK ahead
-                        // of ours).
+                        // A timeout str0m wants within PACER_SLACK is fed here and now, at the
+                        // time it asked for (never behind its clock, at most PACER_SLACK ahead
+                        // of ours), rather than through the driver's millisecond timer.
                         if t <= now + PACER_SLACK && spins < MAX_SPINS {
                             spins += 1;
                             if let Err(e) = peer.rtc.handle_input(Input::Timeout(t.max(now))) {
@@ -791,17 +767,6 @@ impl Sfu {
                 self.ingress_stats(pid, &s);
             }
             Event::PeerStats(s) => self.note_peer_stats(now, pid, &s),
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                if let Some(p) = self.peers.get_mut(&pid) {
-                    let new = estimate.as_u64();
-                    tracing::debug!(participant = %pid, estimate = new, "downlink estimate");
-                    // A sharp drop is acted on at once; the rest waits for the next round.
-                    if p.estimate.is_some_and(|old| new < old / 10 * 8) {
-                        self.realloc = true;
-                    }
-                    p.estimate = Some(new);
-                }
-            }
             Event::MediaEgressStats(s) => self.egress_stats(pid, &s),
             _ => {}
         }
@@ -1061,27 +1026,12 @@ impl Sfu {
 }
 
 /// The local (first) half of the USERNAME of a STUN message: `<ufrag of the receiver>:<ufrag
-/// of the sender>` (RFC 8445 §7.2.2). `None` for anything else.
-fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
-    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-    const USERNAME: u16 = 0x0006;
-    if datagram.len() < 20 || datagram[0] & 0xc0 != 0 || datagram[4..8] != MAGIC_COOKIE {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
-    let attrs = datagram.get(20..20 + len)?;
-    let mut at = 0;
-    while at + 4 <= attrs.len() {
-        let kind = u16::from_be_bytes([attrs[at], attrs[at + 1]]);
-        let n = usize::from(u16::from_be_bytes([attrs[at + 2], attrs[at + 3]]));
-        let value = attrs.get(at + 4..at + 4 + n)?;
-        if kind == USERNAME {
-            let name = std::str::from_utf8(value).ok()?;
-            return name.split(':').next();
-        }
-        at += 4 + n.div_ceil(4) * 4;
-    }
-    None
+/// of the sender>` (RFC 8445 §7.2.2), parsed by str0m's own STUN parser. `None` for anything
+/// else.
+/// (Only a datagram from a source not seen before is asked, so the copy is rare.)
+fn stun_local_ufrag(datagram: &[u8]) -> Option<String> {
+    let message = str0m::ice::StunMessage::parse(datagram).ok()?;
+    message.split_username().map(|(local, _)| local.to_string())
 }
 
 #[cfg(test)]
@@ -1092,17 +1042,20 @@ mod tests {
     fn the_local_ufrag_is_read_from_a_binding_requests_username() {
         let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
         m.extend([7u8; 12]);
-        // PRIORITY, then USERNAME "srv1:cli2" (9 bytes, padded to 12).
+        // PRIORITY, USERNAME "srv1:cli2" (9 bytes, padded to 12), MESSAGE-INTEGRITY (a binding
+        // request without one is refused; it is checked later, with the password).
         let attrs: Vec<u8> = [
             &[0x00, 0x24, 0, 4, 1, 2, 3, 4][..],
             &[0x00, 0x06, 0, 9],
             b"srv1:cli2",
             &[0, 0, 0],
+            &[0x00, 0x08, 0, 20],
+            &[0; 20],
         ]
         .concat();
         m[2..4].copy_from_slice(&(attrs.len() as u16).to_be_bytes());
         m.extend(&attrs);
-        assert_eq!(stun_local_ufrag(&m), Some("srv1"));
+        assert_eq!(stun_local_ufrag(&m).as_deref(), Some("srv1"));
         assert_eq!(stun_local_ufrag(&m[..30]), None, "cut short");
         assert_eq!(stun_local_ufrag(&[0x80; 40]), None, "RTP");
         assert_eq!(stun_local_ufrag(b""), None);

@@ -203,19 +203,6 @@ impl MediaHandle {
             };
             let std_socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, port))?;
             std_socket.set_nonblocking(true)?;
-            // A worker busy for a few milliseconds (an allocation round, a burst of
-            // joins) must not lose what arrives meanwhile: room for ~3,000 datagrams. The
-            // kernel caps the request at net.core.rmem_max / wmem_max (see
-            // docs/scaling.md); what was granted is logged.
-            if let Ok(state) = UdpSocketState::new((&std_socket).into()) {
-                let _ = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER);
-                let _ = state.set_send_buffer_size((&std_socket).into(), SOCKET_BUFFER);
-                tracing::debug!(
-                    recv = state.recv_buffer_size((&std_socket).into()).unwrap_or(0),
-                    send = state.send_buffer_size((&std_socket).into()).unwrap_or(0),
-                    "media socket buffers"
-                );
-            }
             let local_addr = std_socket.local_addr()?;
             let advertised = SocketAddr::new(
                 config.public_ip.unwrap_or(local_addr.ip()),
@@ -309,19 +296,18 @@ impl MediaHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Worker `w`'s channel (placement only hands out indexes below the worker count).
+    fn worker(&self, w: usize) -> &mpsc::UnboundedSender<Command> {
+        &self.workers[w.min(self.workers.len() - 1)]
+    }
+
     /// The worker of a participant already placed (or of its room).
     fn worker_for(
         &self,
         room: &str,
         participant: ParticipantId,
     ) -> &mpsc::UnboundedSender<Command> {
-        let w = self.placement().worker_of(room, participant);
-        &self.workers[w.min(self.workers.len() - 1)]
-    }
-
-    /// The index of the worker `room` is on, if anyone is in it here.
-    pub fn worker_of_room(&self, room: &str) -> Option<usize> {
-        self.placement().rooms.get(room).map(|(w, _)| *w)
+        self.worker(self.placement().worker_of(room, participant))
     }
 
     /// The client's first offer. The answer (or an error) arrives on `events` as
@@ -349,7 +335,7 @@ impl MediaHandle {
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(), MediaError> {
         let w = self.placement().place(room, participant);
-        self.workers[w.min(self.workers.len() - 1)]
+        self.worker(w)
             .send(Command::Offer {
                 participant,
                 room: room.to_string(),
@@ -420,9 +406,9 @@ impl MediaHandle {
     /// The participant left: drop its connection.
     pub fn remove(&self, room: &str, participant: ParticipantId) {
         let w = self.placement().leave(participant);
-        if let Some(w) = w.or_else(|| self.worker_of_room(room)) {
-            let _ =
-                self.workers[w.min(self.workers.len() - 1)].send(Command::Remove { participant });
+        let w = w.or_else(|| self.placement().rooms.get(room).map(|(w, _)| *w));
+        if let Some(w) = w {
+            let _ = self.worker(w).send(Command::Remove { participant });
         }
     }
 
@@ -444,6 +430,16 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
             return;
         }
     };
+    // A worker busy for a few milliseconds (an allocation round, a burst of joins) must not
+    // lose what arrives meanwhile: room for ~3,000 datagrams. The kernel caps the request at
+    // net.core.rmem_max / wmem_max (see docs/scaling.md); what was granted is logged.
+    let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    tracing::debug!(
+        recv = state.recv_buffer_size((&socket).into()).unwrap_or(0),
+        send = state.send_buffer_size((&socket).into()).unwrap_or(0),
+        "media socket buffers"
+    );
     let mut rx = RecvBufs::new(state.gro_segments());
     let mut tx = SendBatch::default();
     let loopback_only = socket
@@ -487,8 +483,8 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
 /// Receive buffers for one `recvmmsg`: [`quinn_udp::BATCH_SIZE`] datagrams, each buffer large
 /// enough for the GRO segments the kernel may coalesce into it.
 struct RecvBufs {
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<RecvMeta>,
+    bufs: [Vec<u8>; quinn_udp::BATCH_SIZE],
+    meta: [RecvMeta; quinn_udp::BATCH_SIZE],
 }
 
 /// The receive and send buffer each media socket asks the kernel for.
@@ -500,10 +496,8 @@ const MAX_DATAGRAM: usize = 2048;
 impl RecvBufs {
     fn new(gro_segments: usize) -> Self {
         RecvBufs {
-            bufs: (0..quinn_udp::BATCH_SIZE)
-                .map(|_| vec![0u8; MAX_DATAGRAM * gro_segments.max(1)])
-                .collect(),
-            meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
+            bufs: std::array::from_fn(|_| vec![0u8; MAX_DATAGRAM * gro_segments.max(1)]),
+            meta: [RecvMeta::default(); quinn_udp::BATCH_SIZE],
         }
     }
 }
@@ -518,8 +512,7 @@ fn read_ready(
 ) {
     // A bounded number of batches, so that timers and commands get their turn under a flood.
     for _ in 0..64 {
-        let mut slices: Vec<IoSliceMut<'_>> =
-            rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut slices = rx.bufs.each_mut().map(|b| IoSliceMut::new(b));
         let n = match socket.try_io(Interest::READABLE, || {
             state.recv(socket.into(), &mut slices, &mut rx.meta)
         }) {
@@ -537,23 +530,12 @@ fn read_ready(
             if loopback_only && !meta.addr.ip().is_loopback() {
                 continue;
             }
-            let source = normalize(meta.addr);
+            let source = meta.addr;
             let stride = meta.stride.max(1);
             for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
                 sfu.handle_receive(now, source, datagram);
             }
         }
-    }
-}
-
-/// An IPv4 peer seen through a dual-stack socket as `::ffff:a.b.c.d` is `a.b.c.d` to ICE.
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
     }
 }
 

@@ -5,16 +5,23 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
     allocate, clock_rate, layer_for_size, vp8_keyframe_size, ConsumerState, Output, PeerEvent,
-    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, ESTIMATE_FLOOR, ESTIMATE_GROWTH,
-    LOSS_HIGH, LOSS_LOW, QUALITY_INTERVAL, QUALITY_REPEAT,
+    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
+
+/// How far each second of loss-free delivery raises a subscriber's downlink estimate.
+const ESTIMATE_GROWTH: f64 = 1.08;
+/// Loss above this lowers the estimate (to what arrived, less half the loss); below
+/// `LOSS_LOW` it grows. In between it holds (GCC's loss-based controller, RFC 8698 style).
+const LOSS_HIGH: f32 = 0.10;
+const LOSS_LOW: f32 = 0.02;
+/// The estimate never falls below this (audio and the lowest layer of one video).
+const ESTIMATE_FLOOR: u64 = 100_000;
 
 /// A layer silent for longer than this was paused: its bitrate window starts again.
 const LAYER_GAP: Duration = Duration::from_millis(500);
@@ -320,17 +327,6 @@ impl Sfu {
             } else {
                 None
             };
-            let desired = audio
-                + wants
-                    .iter()
-                    .map(|w| w.bitrates.last().copied().unwrap_or(0))
-                    .sum::<u64>();
-            let allocated = audio
-                + chosen
-                    .iter()
-                    .zip(&wants)
-                    .map(|(c, w)| c.map_or(0, |i| w.bitrates[i]))
-                    .sum::<u64>();
             let decisions: Vec<Decision> = chosen
                 .iter()
                 .enumerate()
@@ -359,15 +355,6 @@ impl Sfu {
                     }
                     Some(_) => {}
                 }
-            }
-            // (With str0m's estimator on, let it probe for what the tiles could use.)
-            if sub.bwe_target != (allocated, desired) {
-                sub.bwe_target = (allocated, desired);
-                sub.rtc.bwe().set_bitrate(
-                    Bitrate::bps(allocated.min(desired)),
-                    Bitrate::bps(desired.max(1)),
-                );
-                self.mark_dirty(sid);
             }
         }
         keyframes.sort_by_key(|(p, m, r)| (*p, *m, r.as_deref().map(str::to_string)));

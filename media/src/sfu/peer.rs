@@ -50,8 +50,6 @@ pub(super) struct Peer {
     pub(super) rr_loss: Option<f32>,
     /// A cap on what it is sent (bits per second), set by [`Sfu::set_max_bitrate`].
     pub(super) max_bitrate: Option<u64>,
-    /// The last (minimum, desired) handed to str0m's estimator.
-    pub(super) bwe_target: (u64, u64),
     /// No video layer goes up before this (see `allocate_all`).
     pub(super) upgrade_hold: Option<Instant>,
     /// The length of the last hold.
