@@ -78,18 +78,7 @@ async fn another_participant_cannot_attach_or_delete_my_file() {
 /// what it wrote to stderr. Panics if it is still running then (it started).
 fn serve_until_exit(data_dir: &std::path::Path) -> (std::process::ExitStatus, String) {
     use std::io::Read;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_huddle"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-            "--turn-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
+    let mut child = serve_command(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -55,18 +55,7 @@ impl Server {
     }
 
     pub fn start_full(data_dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_huddle"))
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--media-port",
-                "0",
-                "--turn-port",
-                "0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut child = serve_command(data_dir)
             .args(extra)
             .envs(env.iter().copied())
             .env(
@@ -581,4 +570,21 @@ pub async fn join(server: &Server, room: &str, name: &str) -> (Signal, String, V
         .await;
     let joined = s.recv_type("joined").await.0;
     (s, token, joined)
+}
+
+/// `huddle serve` on `data_dir` with every port picked by the system (HTTP on 127.0.0.1).
+pub fn serve_command(data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_huddle"));
+    c.args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--media-port",
+        "0",
+        "--turn-port",
+        "0",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    c
 }
