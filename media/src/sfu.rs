@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid,
-    Rids,
-};
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
@@ -25,6 +23,7 @@ mod negotiation;
 mod peer;
 mod producer;
 mod router;
+mod rtp;
 mod stats;
 mod timers;
 
@@ -32,6 +31,7 @@ use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
 use producer::{Layer, Producer};
 pub use router::Router;
+use rtp::{starts_keyframe, vp8_frame_part, Codec, Rewrite};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
@@ -251,7 +251,7 @@ pub struct Sfu {
     /// Layers must be chosen again before the next output.
     realloc: bool,
     /// Debug capture of published frames (`media.capture_path`).
-    capture: Option<crate::capture::FrameCapture>,
+    capture: Option<rtp::Capture>,
     /// Every connection's next timeout.
     timers: Timers,
     /// Connections by the local ICE ufrag of their current (and earlier) credentials.
@@ -266,7 +266,7 @@ impl Sfu {
     /// Records every published frame into `capture` from now on (a debugging aid, see
     /// [`crate::capture`]).
     pub fn set_capture(&mut self, capture: crate::capture::FrameCapture) {
-        self.capture = Some(capture);
+        self.capture = Some(rtp::Capture::new(capture));
     }
 
     /// A worker core with no participants, counting into metrics of its own.
@@ -350,6 +350,8 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
+            // Packets are forwarded as they come (see `forward`), not reassembled into frames.
+            .set_rtp_mode(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             // No send-side estimator: str0m paces by it, one packet per timeout with a scan of
             // every stream each time (the cost of a packet grew with the meeting). The downlink
@@ -760,7 +762,7 @@ impl Sfu {
                     self.add_producer(pid, added.mid, added.kind);
                 }
             }
-            Event::MediaData(data) => self.forward(now, pid, data),
+            Event::RtpPacket(packet) => self.forward(now, pid, packet),
             Event::KeyframeRequest(req) => self.keyframe_from_subscriber(now, pid, req),
             Event::MediaIngressStats(s) => {
                 self.note_jitter(pid, &s);
@@ -814,6 +816,7 @@ impl Sfu {
             kind,
             source,
             layers,
+            params: None,
         });
         let room = peer.room.clone();
         self.out.push_back(Output::Event(
@@ -846,32 +849,80 @@ impl Sfu {
         }
     }
 
-    /// The fan-out: one incoming frame written to every open consumer of its producer.
-    fn forward(&mut self, now: Instant, publisher: ParticipantId, data: MediaData) {
-        if self
-            .peers
-            .get(&publisher)
-            .is_some_and(|p| p.is_paused(data.mid))
-        {
-            return;
-        }
-        if !data.contiguous {
-            self.request_keyframe(now, publisher, data.mid, data.rid, KeyframeRequestKind::Pli);
-        }
-        let is_keyframe = data.is_keyframe();
-        let Some(room) = self.note_layer(now, publisher, &data, is_keyframe) else {
+    /// The fan-out: one incoming RTP packet written to every open consumer of its producer,
+    /// its payload shared, its header rewritten per slot (see [`rtp`]).
+    fn forward(&mut self, now: Instant, publisher: ParticipantId, packet: RtpPacket) {
+        let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
-        if let Some(capture) = &self.capture {
-            let codec = data.params.spec().codec.to_string().to_ascii_lowercase();
-            capture.record(&room, publisher, &codec, data.rid.as_deref(), &data.data);
+        let Some((mid, rid)) = peer
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|s| (s.mid(), s.rid()))
+        else {
+            return;
+        };
+        if peer.is_paused(mid) {
+            return;
+        }
+        let pt = packet.header.payload_type;
+        let Peer { rtc, producers, .. } = peer;
+        let Some(prod) = producers.iter_mut().find(|p| p.mid == mid) else {
+            return;
+        };
+        let (params, codec) = match prod.params {
+            Some((p, params, codec)) if p == pt => (params, codec),
+            _ => {
+                let Some(params) = rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+                    return;
+                };
+                let codec = Codec::of(params.spec().codec);
+                prod.params = Some((pt, params, codec));
+                (params, codec)
+            }
+        };
+        let video = prod.kind == MediaKind::Video;
+        let vp8 = if codec == Codec::Vp8 {
+            Vp8Descriptor::parse(&packet.payload).ok()
+        } else {
+            None
+        };
+        let is_keyframe = video && starts_keyframe(codec, &packet.payload, vp8.as_ref());
+        let keyframe_size = if is_keyframe && codec == Codec::Vp8 {
+            vp8_frame_part(&packet.payload)
+                .and_then(|(at, _)| vp8_keyframe_size(&packet.payload[at..]))
+        } else {
+            None
+        };
+        let Some(room) = self.note_layer(
+            now,
+            publisher,
+            mid,
+            rid,
+            packet.payload.len(),
+            keyframe_size,
+        ) else {
+            return;
+        };
+        if let Some(capture) = &mut self.capture {
+            capture.packet(&room, publisher, mid, rid, codec, &packet);
         }
         let Some(router) = self.routers.get_mut(&room) else {
             return;
         };
-        if let Some(level) = data.ext_vals.audio_level {
+        let h = &packet.header;
+        if let Some(level) = h.ext_vals.audio_level {
             router.speakers.observe(now, publisher, level);
         }
+        let ext = ExtensionValues {
+            audio_level: h.ext_vals.audio_level,
+            voice_activity: h.ext_vals.voice_activity,
+            video_orientation: h.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let hz = if video { 90_000 } else { 48_000 };
+        let seq = *packet.seq_no;
         let mut written = false;
         for &sub_id in &router.members {
             if sub_id == publisher {
@@ -880,47 +931,89 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&sub_id) else {
                 continue;
             };
-            let Some(&ci) = sub.consumer_index.get(&(publisher, data.mid)) else {
+            let Some(&ci) = sub.consumer_index.get(&(publisher, mid)) else {
                 continue;
             };
             let c = &mut sub.consumers[ci];
-            let ConsumerState::Open(mid) = c.state else {
+            if !matches!(c.state, ConsumerState::Open(_)) {
                 continue;
-            };
+            }
             let Some(slot) = c.slot.and_then(|i| sub.slots.get_mut(i)) else {
                 continue;
             };
             // Video goes out only on its chosen layer, and changes layer (or starts) only at
-            // a keyframe of the new one: the subscriber's decoder never sees a gap. Audio is
-            // never held back.
-            if c.kind == MediaKind::Video && c.current != Some(data.rid) {
-                if is_keyframe && c.target == Some(data.rid) {
-                    c.current = Some(data.rid);
+            // the first packet of a keyframe of the new one: the subscriber's decoder never
+            // sees a gap. Audio is never held back.
+            if video && c.current != Some(rid) {
+                if is_keyframe && c.target == Some(rid) {
+                    c.current = Some(rid);
+                    c.rewrite = None;
                 } else {
                     continue;
                 }
             }
-            let Some(writer) = sub.rtc.writer(mid) else {
+            let rw = *c.rewrite.get_or_insert_with(|| {
+                Rewrite::start(&slot.out, seq, h.timestamp, vp8.as_ref(), hz, now)
+            });
+            let Some(out) = rw.apply(&mut slot.out, seq, h.timestamp, vp8.as_ref(), now) else {
                 continue;
             };
-            let Some(pt) = writer.match_params(data.params) else {
-                continue;
-            };
-            let time = c.out_time(slot, data.time, now);
-            match writer.write(pt, data.network_time, time, data.data.clone()) {
-                Ok(()) => {
-                    written = true;
-                    slot.last_written = Some((time, now));
+            let out_pt = match c.pt {
+                Some((i, o)) if i == pt => o,
+                _ => {
+                    let Some(o) = sub.rtc.codec_config().match_params(params).map(|p| p.pt())
+                    else {
+                        continue;
+                    };
+                    c.pt = Some((pt, o));
+                    o
                 }
-                Err(e) => tracing::debug!(participant = %sub_id, error = %e, "write failed"),
+            };
+            let mut api = sub.rtc.direct_api();
+            let ssrc = match slot.ssrc {
+                Some(s) => s,
+                None => {
+                    let Some(s) = api.stream_tx_by_mid(slot.mid, None).map(|s| s.ssrc()) else {
+                        continue;
+                    };
+                    slot.ssrc = Some(s);
+                    s
+                }
+            };
+            let Some(tx) = api.stream_tx(&ssrc) else {
+                continue;
+            };
+            let mut write = RtpWrite::new(
+                out_pt,
+                out.seq.into(),
+                out.ts,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(h.marker)
+            .nackable(video)
+            .ext_vals(ext.clone());
+            if let (Some((picture_id, tl0)), Some(d)) = (out.vp8, vp8.as_ref()) {
+                let mut patch = d.patch();
+                if let Some(p) = picture_id {
+                    patch = patch.picture_id(p);
+                }
+                if let Some(t) = tl0 {
+                    patch = patch.tl0_pic_idx(t);
+                }
+                if let Ok(patch) = patch.build() {
+                    write = write.vp8_patch(patch);
+                }
             }
+            tx.write_rtp(write);
+            written = true;
             if !sub.dirty {
                 sub.dirty = true;
                 self.dirty.push(sub_id);
             }
         }
         if written {
-            let latency = now.saturating_duration_since(data.network_time);
+            let latency = now.saturating_duration_since(packet.timestamp);
             self.metrics.forward_latency.observe(latency.as_secs_f64());
         }
     }

@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
-    allocate, clock_rate, layer_for_size, vp8_keyframe_size, ConsumerState, Output, PeerEvent,
-    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+    allocate, clock_rate, layer_for_size, ConsumerState, Output, PeerEvent, Quality, Sfu, Source,
+    TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -85,13 +85,14 @@ impl Sfu {
         &mut self,
         now: Instant,
         publisher: ParticipantId,
-        data: &MediaData,
-        is_keyframe: bool,
+        mid: Mid,
+        rid: Option<Rid>,
+        bytes: usize,
+        keyframe_size: Option<(u32, u32)>,
     ) -> Option<String> {
         let peer = self.peers.get_mut(&publisher)?;
-        if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == data.mid) {
-            let kind = prod.kind;
-            let layer = prod.layer_mut(data.rid);
+        if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == mid) {
+            let layer = prod.layer_mut(rid);
             match layer.last_seen {
                 // A layer to choose from: choose again.
                 None => self.realloc = true,
@@ -103,7 +104,7 @@ impl Sfu {
                 Some(_) => {}
             }
             layer.last_seen = Some(now);
-            layer.window_bytes += data.data.len() as u64;
+            layer.window_bytes += bytes as u64;
             match layer.window_start {
                 None => layer.window_start = Some(now),
                 Some(t) => {
@@ -116,10 +117,8 @@ impl Sfu {
                     }
                 }
             }
-            if is_keyframe && kind == MediaKind::Video {
-                if let Some(size) = vp8_keyframe_size(&data.data) {
-                    layer.size = size;
-                }
+            if let Some(size) = keyframe_size {
+                layer.size = size;
             }
         }
         Some(peer.room.clone())

@@ -89,7 +89,8 @@ impl Sfu {
                         kind: c.kind,
                         open: false,
                         consumer: Some((c.publisher, c.producer_mid)),
-                        last_written: None,
+                        out: Default::default(),
+                        ssrc: None,
                     });
                 }
                 peer.pending = Some(pending);

@@ -2,6 +2,8 @@
 
 #[allow(unused_imports)]
 use super::*;
+use str0m::format::PayloadParams;
+use str0m::media::Pt;
 
 /// An incoming track (mediasoup's Producer).
 #[derive(Debug)]
@@ -12,6 +14,9 @@ pub(super) struct Producer {
     pub(super) source: Source,
     /// The encodings it sends, lowest first: one per simulcast rid, or a single one without rid.
     pub(super) layers: Vec<Layer>,
+    /// The payload type of its last packet, its parameters and codec (one lookup per change
+    /// of payload type, not per packet).
+    pub(super) params: Option<(Pt, PayloadParams, Codec)>,
 }
 
 impl Producer {
