@@ -31,7 +31,7 @@ use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
 use producer::{Layer, Producer};
 pub use router::Router;
-use rtp::{starts_keyframe, vp8_frame_part, Codec, Rewrite};
+use rtp::{starts_keyframe, vp8_frame_part, Codec, Rewrite, AUDIO_LATE, VIDEO_LATE};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
@@ -392,7 +392,7 @@ impl Sfu {
         self.peers.insert(
             participant,
             Peer {
-                room: room.to_string(),
+                room: std::sync::Arc::from(room),
                 rtc,
                 grants,
                 producers: Vec::new(),
@@ -428,6 +428,7 @@ impl Sfu {
                 quality_jitter: 0.0,
                 quality_rtt: 0.0,
                 paused: Vec::new(),
+                audio_late: Duration::ZERO,
             },
         );
         if let Some(p) = self.peers.get_mut(&participant) {
@@ -830,7 +831,7 @@ impl Sfu {
         let prod = peer.producers.last().map(|p| Consumer::new(pid, p));
         let members = self
             .routers
-            .get(&room)
+            .get(&*room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
         for other in members {
@@ -895,20 +896,34 @@ impl Sfu {
         } else {
             None
         };
-        let Some(room) = self.note_layer(
-            now,
-            publisher,
+        let arrival = allocation::Arrival {
             mid,
             rid,
-            packet.payload.len(),
+            bytes: packet.payload.len(),
             keyframe_size,
-        ) else {
+            time: packet.time,
+        };
+        let Some((room, late)) = self.note_layer(now, publisher, arrival) else {
             return;
         };
+        // Too late to be of use: dropped here (and counted), video before audio, rather than
+        // queued behind everything else (see `rtp::Lateness`).
+        if late > if video { VIDEO_LATE } else { AUDIO_LATE } {
+            let kind = if video {
+                TrackKind::Video
+            } else {
+                TrackKind::Audio
+            };
+            self.metrics.late_dropped.get(kind).inc();
+            if video {
+                self.video_fell_behind(publisher, mid, rid);
+            }
+            return;
+        }
         if let Some(capture) = &mut self.capture {
             capture.packet(&room, publisher, mid, rid, codec, &packet);
         }
-        let Some(router) = self.routers.get_mut(&room) else {
+        let Some(router) = self.routers.get_mut(&*room) else {
             return;
         };
         let h = &packet.header;
@@ -1018,6 +1033,32 @@ impl Sfu {
         }
     }
 
+    /// A packet of the publisher's video on `mid` (layer `rid`) was dropped as late: every
+    /// consumer of that layer waits for a keyframe before it goes on (the frame cannot be
+    /// decoded without it), and one is asked for by the next periodic allocation (it sees
+    /// `current` unset), not at once: a keyframe now would only add to the load.
+    fn video_fell_behind(&mut self, publisher: ParticipantId, mid: Mid, rid: Option<Rid>) {
+        let Some(members) = self
+            .peers
+            .get(&publisher)
+            .and_then(|p| self.routers.get(&*p.room))
+            .map(|r| &r.members)
+        else {
+            return;
+        };
+        for sub_id in members {
+            let Some(sub) = self.peers.get_mut(sub_id) else {
+                continue;
+            };
+            if let Some(&ci) = sub.consumer_index.get(&(publisher, mid)) {
+                let c = &mut sub.consumers[ci];
+                if c.current == Some(rid) {
+                    c.current = None;
+                }
+            }
+        }
+    }
+
     /// The participant's signaling came back after a dropped socket: its network may have
     /// changed, so the next server offer restarts ICE (new credentials; the client's checks
     /// from its new addresses then find this ICE-lite server). An offer still waiting for its
@@ -1064,12 +1105,12 @@ impl Sfu {
         for u in &peer.ufrags {
             self.by_ufrag.remove(u);
         }
-        let members = match self.routers.get_mut(&peer.room) {
+        let members = match self.routers.get_mut(&*peer.room) {
             Some(router) => {
                 router.members.retain(|m| *m != pid);
                 router.speakers.remove(pid);
                 if router.members.is_empty() {
-                    self.routers.remove(&peer.room);
+                    self.routers.remove(&*peer.room);
                     Vec::new()
                 } else {
                     router.members.clone()

@@ -76,6 +76,9 @@ struct Net {
     driver_timing: bool,
     closed: Option<(ParticipantId, huddle_media::CloseReason)>,
     rng: u64,
+    /// Datagrams from this client address reach the SFU this much later (a queue on its way).
+    delay: Option<(SocketAddr, Duration)>,
+    delayed: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
 }
 
 impl Net {
@@ -97,6 +100,8 @@ impl Net {
             driver_timing: false,
             closed: None,
             rng: 0x9e37_79b9_7f4a_7c15,
+            delay: None,
+            delayed: VecDeque::new(),
         }
     }
 
@@ -198,7 +203,20 @@ impl Net {
             if self.loss > 0.0 && self.random() < self.loss || self.silenced == Some(from) {
                 continue;
             }
+            if let Some((_, d)) = self.delay.filter(|(a, _)| *a == from) {
+                self.delayed.push_back((self.now + d, from, data));
+                continue;
+            }
             self.sfu.handle_receive(self.now, from, &data);
+        }
+        while self
+            .delayed
+            .front()
+            .is_some_and(|(due, _, _)| *due <= self.now)
+        {
+            if let Some((_, from, data)) = self.delayed.pop_front() {
+                self.sfu.handle_receive(self.now, from, &data);
+            }
         }
         self.now += dt;
         if !self.driver_timing || self.sfu.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -569,5 +587,64 @@ fn a_publisher_that_closes_its_connection_is_closed_even_when_only_due_timers_fi
         net.closed.map(|(pid, _)| pid),
         Some(net.clients[alice].pid),
         "alice's connection was closed"
+    );
+}
+
+/// The late-packet counter of one kind, read as an operator would (the metrics text).
+fn late_dropped(net: &Net, kind: &str) -> u64 {
+    let registry = prometheus::Registry::new();
+    net.sfu.metrics().register(&registry).unwrap();
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "huddle_media_late_packets_dropped_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == kind))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+#[test]
+fn audio_that_arrives_too_late_is_dropped_and_counted_not_forwarded() {
+    let mut net = Net::new();
+    let alice = net.join(true);
+    let bob = net.join(false);
+    net.run(Duration::from_secs(2));
+    let mut n = 0;
+    for _ in 0..50 {
+        net.speak(alice, n);
+        n += 1;
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(100));
+    let on_time = received_frames(&net.clients[bob]).len();
+    assert!(on_time >= 48, "bob got {on_time} of 50 frames on time");
+    assert_eq!(late_dropped(&net, "audio"), 0, "nothing on time is dropped");
+
+    // Alice's packets now queue for 400 ms on their way (an overloaded worker's socket would
+    // hold them the same way): they are of no use to a listener any more.
+    net.delay = Some((net.clients[alice].addr, Duration::from_millis(400)));
+    for _ in 0..50 {
+        net.speak(alice, n);
+        n += 1;
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(500));
+    let late = received_frames(&net.clients[bob]).len() - on_time;
+    let dropped = late_dropped(&net, "audio");
+    assert!(late <= 2, "bob got {late} frames 400 ms late");
+    assert!(dropped >= 48, "{dropped} late packets counted");
+
+    // A path that stays this slow becomes the new normal within two measuring windows.
+    for _ in 0..600 {
+        net.speak(alice, n);
+        n += 1;
+        net.run(Duration::from_millis(20));
+    }
+    net.run(Duration::from_millis(500));
+    let after = received_frames(&net.clients[bob]).len() - on_time - late;
+    assert!(
+        after >= 50,
+        "bob gets the steady 400 ms path again ({after} frames)"
     );
 }

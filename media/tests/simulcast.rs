@@ -132,6 +132,8 @@ struct Net {
     metrics: huddle_media::MediaMetrics,
     clients: Vec<Client>,
     frame_no: u32,
+    /// Audio frames sent (20 ms each): their RTP time follows the clock, as a real one does.
+    audio_no: u32,
     /// At most how many video RTP packets publishers have written (a frame over 1,100 bytes
     /// counted as three).
     video_packets_upper: u64,
@@ -159,6 +161,7 @@ impl Net {
             metrics,
             clients: Vec::new(),
             frame_no: 0,
+            audio_no: 0,
             video_packets_upper: 0,
         }
     }
@@ -310,7 +313,8 @@ impl Net {
 
     fn send_audio(&mut self, i: usize) {
         let now = self.now;
-        let n = self.frame_no;
+        self.audio_no += 1;
+        let n = self.audio_no;
         let c = &mut self.clients[i];
         let Some(mid) = c.audio_mid else { return };
         let Some(w) = c.rtc.writer(mid) else { return };

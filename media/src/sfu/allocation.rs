@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use std::sync::Arc;
+
+use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
@@ -36,6 +38,18 @@ const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
 struct Decision {
     consumer: usize,
     target: Option<Option<Rid>>,
+}
+
+/// What [`Sfu::note_layer`] learns from one incoming packet.
+pub(super) struct Arrival {
+    pub(super) mid: Mid,
+    pub(super) rid: Option<Rid>,
+    /// Payload bytes.
+    pub(super) bytes: usize,
+    /// The frame size, when it starts a VP8 keyframe.
+    pub(super) keyframe_size: Option<(u32, u32)>,
+    /// Its extended RTP time.
+    pub(super) time: MediaTime,
 }
 
 impl Sfu {
@@ -85,13 +99,18 @@ impl Sfu {
         &mut self,
         now: Instant,
         publisher: ParticipantId,
-        mid: Mid,
-        rid: Option<Rid>,
-        bytes: usize,
-        keyframe_size: Option<(u32, u32)>,
-    ) -> Option<String> {
+        packet: Arrival,
+    ) -> Option<(Arc<str>, Duration)> {
+        let Arrival {
+            mid,
+            rid,
+            bytes,
+            keyframe_size,
+            time,
+        } = packet;
         let peer = self.peers.get_mut(&publisher)?;
         if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == mid) {
+            let audio = prod.kind == MediaKind::Audio;
             let layer = prod.layer_mut(rid);
             match layer.last_seen {
                 // A layer to choose from: choose again.
@@ -120,8 +139,18 @@ impl Sfu {
             if let Some(size) = keyframe_size {
                 layer.size = size;
             }
+            // Audio is timed by its RTP clock; video is not (a publisher's pacer spreads a
+            // large keyframe over hundreds of milliseconds), so it goes by the lateness of the
+            // same publisher's audio, which shares its path and this worker's socket.
+            if audio {
+                peer.audio_late =
+                    layer
+                        .lateness
+                        .observe(now, time.numer(), u64::from(time.frequency().get()));
+            }
+            return Some((peer.room.clone(), peer.audio_late));
         }
-        Some(peer.room.clone())
+        Some((peer.room.clone(), Duration::ZERO))
     }
 
     pub(super) fn note_jitter(&mut self, pid: ParticipantId, s: &MediaIngressStats) {

@@ -6,7 +6,8 @@ use super::*;
 /// One participant's media connection (mediasoup's WebRtcTransport with its producers and
 /// consumers).
 pub(super) struct Peer {
-    pub(super) room: String,
+    /// The room's name (shared, so the data path takes it without an allocation).
+    pub(super) room: std::sync::Arc<str>,
     pub(super) rtc: Rtc,
     pub(super) grants: Grants,
     pub(super) producers: Vec<Producer>,
@@ -62,6 +63,8 @@ pub(super) struct Peer {
     pub(super) quality_rtt: f64,
     /// Kinds whose tracks are not forwarded (a moderator muted them), see [`Sfu::set_paused`].
     pub(super) paused: Vec<TrackKind>,
+    /// How late its last audio packet arrived (see [`super::rtp::Lateness`]).
+    pub(super) audio_late: Duration,
 }
 
 impl Peer {

@@ -1,5 +1,6 @@
 //! What a participant publishes (mediasoup's Producer) and each of its encodings.
 
+use super::rtp::Lateness;
 #[allow(unused_imports)]
 use super::*;
 use str0m::format::PayloadParams;
@@ -56,6 +57,8 @@ pub(super) struct Layer {
     /// interval ends rather than dropped, so a second subscriber is not left waiting for the
     /// publisher's next periodic keyframe.
     pub(super) keyframe_pending: Option<KeyframeRequestKind>,
+    /// How late its packets arrive (see [`Lateness`]).
+    pub(super) lateness: Lateness,
 }
 
 impl Layer {
@@ -71,6 +74,7 @@ impl Layer {
             resumed_at: None,
             last_keyframe_request: None,
             keyframe_pending: None,
+            lateness: Lateness::default(),
         }
     }
 

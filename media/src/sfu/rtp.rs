@@ -11,7 +11,7 @@
 //! RTX) fill them when they come.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::media::{Mid, Rid};
 use str0m::rtp::{RtpPacket, Vp8Descriptor};
@@ -137,6 +137,70 @@ impl Rewrite {
             ts: out_ts,
             vp8: patch,
         })
+    }
+}
+
+/// Audio that reaches the SFU this much later than its place in the publisher's clock says is
+/// dropped, not forwarded: it would only be played late or thrown away by the receiver's jitter
+/// buffer, and sending it keeps an overloaded worker behind.
+pub(super) const AUDIO_LATE: Duration = Duration::from_millis(200);
+/// Video yields first: its packets are dropped once the same publisher's audio is this late,
+/// and its consumers wait for a keyframe to resume (the frame a dropped packet belonged to
+/// cannot be decoded).
+pub(super) const VIDEO_LATE: Duration = Duration::from_millis(100);
+/// The shortest transit seen is kept over two windows of this length, so that a changed path
+/// or a drifting clock is followed within 2 windows.
+const LATENESS_WINDOW: Duration = Duration::from_secs(5);
+/// Lateness over this is taken for a jump of the stream's RTP times, not a queue.
+const TIMEBASE_JUMP: Duration = Duration::from_secs(3);
+
+/// How late the packets of one incoming stream are, from their RTP times alone: the transit
+/// `arrival - rtp_time` (arbitrary origin) of each packet, less the shortest one seen recently,
+/// is the time it spent queued beyond the stream's best path, on the network or in this
+/// worker's socket buffer while the worker was busy. No header extension or clock of the
+/// sender is needed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Lateness {
+    /// The first packet's arrival and RTP time (µs of media time), the origin of transits.
+    origin: Option<(Instant, u64)>,
+    /// The shortest transit (µs) in the current and the previous window.
+    current: i64,
+    previous: i64,
+    window_start: Option<Instant>,
+}
+
+impl Lateness {
+    /// How long the packet with media time `time` (extended, `hz` ticks per second), arriving
+    /// `now`, was held up.
+    pub(super) fn observe(&mut self, now: Instant, time: u64, hz: u64) -> Duration {
+        let media_us = time.saturating_mul(1_000_000) / hz.max(1);
+        let (t0, m0) = *self.origin.get_or_insert((now, media_us));
+        let transit =
+            now.saturating_duration_since(t0).as_micros() as i64 - (media_us as i64 - m0 as i64);
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < LATENESS_WINDOW => {
+                self.current = self.current.min(transit);
+            }
+            Some(_) => {
+                self.previous = self.current;
+                self.current = transit;
+                self.window_start = Some(now);
+            }
+            None => {
+                self.previous = transit;
+                self.current = transit;
+                self.window_start = Some(now);
+            }
+        }
+        let floor = self.current.min(self.previous);
+        let late = (transit - floor).max(0) as u64;
+        if late > TIMEBASE_JUMP.as_micros() as u64 {
+            // No queue holds this much: the stream's RTP times jumped back (a restarted
+            // encoder). Start over from this packet.
+            *self = Lateness::default();
+            return self.observe(now, time, hz);
+        }
+        Duration::from_micros(late)
     }
 }
 
@@ -289,7 +353,6 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// A VP8 payload with a 15-bit picture id, a TL0PICIDX and a TID byte (as Chromium sends
     /// with simulcast), S set when `start`, then `frame`.
@@ -349,6 +412,39 @@ mod tests {
             Some(FIRST_SEQ + 4),
             "a late repair does not move the slot back"
         );
+    }
+
+    #[test]
+    fn lateness_is_the_queueing_beyond_the_best_transit() {
+        let t0 = Instant::now();
+        let mut l = Lateness::default();
+        // 20 ms packets arriving on time, one 30 ms transit jitter, then a backlog of 300 ms.
+        let base = 48_000 * 60;
+        for i in 0..50u64 {
+            let at = t0 + Duration::from_millis(i * 20);
+            assert_eq!(
+                l.observe(at, base + 960 * i, 48_000),
+                Duration::ZERO,
+                "packet {i}"
+            );
+        }
+        let at = t0 + Duration::from_millis(50 * 20 + 30);
+        assert_eq!(
+            l.observe(at, base + 960 * 50, 48_000),
+            Duration::from_millis(30)
+        );
+        let at = t0 + Duration::from_millis(51 * 20 + 300);
+        assert_eq!(
+            l.observe(at, base + 960 * 51, 48_000),
+            Duration::from_millis(300)
+        );
+        assert!(Duration::from_millis(300) > AUDIO_LATE && AUDIO_LATE > VIDEO_LATE);
+        // RTP times that jump 10 s back are a new timebase, not 10 s of queue.
+        let at = t0 + Duration::from_millis(52 * 20);
+        let back = base - 48_000 * 10;
+        assert_eq!(l.observe(at, back, 48_000), Duration::ZERO);
+        let at = t0 + Duration::from_millis(53 * 20 + 50);
+        assert_eq!(l.observe(at, back + 960, 48_000), Duration::from_millis(50));
     }
 
     #[test]
