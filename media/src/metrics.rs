@@ -256,7 +256,7 @@ impl MediaMetrics {
             ),
             late_dropped: counter_vec(
                 "huddle_media_late_packets_dropped_total",
-                "Publishers' RTP packets not forwarded because they reached the SFU too late to be of use (audio over 200 ms, video over 100 ms behind the publisher's clock: an overloaded worker or a congested uplink), by kind.",
+                "Publishers' RTP packets not forwarded because they reached the SFU too late to be of use (audio over 200 ms behind its RTP clock; video while every publisher's audio is over 100 ms late: an overloaded worker), by kind.",
                 &["kind"],
             ),
         };

@@ -31,7 +31,7 @@ use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
 use producer::{Layer, Producer};
 pub use router::Router;
-use rtp::{starts_keyframe, vp8_frame_part, Codec, Rewrite, AUDIO_LATE, VIDEO_LATE};
+use rtp::{starts_keyframe, vp8_frame_part, Behind, Codec, Rewrite};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
@@ -260,6 +260,8 @@ pub struct Sfu {
     due: Vec<ParticipantId>,
     /// The earliest postponed keyframe request (see [`Layer::keyframe_pending`]).
     postponed_keyframes: Option<Instant>,
+    /// Whether the worker is behind (video yields), from the lateness of everyone's audio.
+    behind: Behind,
 }
 
 impl Sfu {
@@ -296,6 +298,7 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             due: Vec::new(),
             postponed_keyframes: None,
+            behind: Behind::default(),
         }
     }
 
@@ -428,7 +431,6 @@ impl Sfu {
                 quality_jitter: 0.0,
                 quality_rtt: 0.0,
                 paused: Vec::new(),
-                audio_late: Duration::ZERO,
             },
         );
         if let Some(p) = self.peers.get_mut(&participant) {
@@ -908,7 +910,7 @@ impl Sfu {
         };
         // Too late to be of use: dropped here (and counted), video before audio, rather than
         // queued behind everything else (see `rtp::Lateness`).
-        if late > if video { VIDEO_LATE } else { AUDIO_LATE } {
+        if late {
             let kind = if video {
                 TrackKind::Video
             } else {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use super::rtp::AUDIO_LATE;
+
 use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
@@ -100,7 +102,7 @@ impl Sfu {
         now: Instant,
         publisher: ParticipantId,
         packet: Arrival,
-    ) -> Option<(Arc<str>, Duration)> {
+    ) -> Option<(Arc<str>, bool)> {
         let Arrival {
             mid,
             rid,
@@ -139,18 +141,20 @@ impl Sfu {
             if let Some(size) = keyframe_size {
                 layer.size = size;
             }
-            // Audio is timed by its RTP clock; video is not (a publisher's pacer spreads a
-            // large keyframe over hundreds of milliseconds), so it goes by the lateness of the
-            // same publisher's audio, which shares its path and this worker's socket.
+            // Audio is timed by its RTP clock. Video is not (a publisher's pacer spreads a
+            // large keyframe over hundreds of milliseconds): it yields while the worker is
+            // behind, as judged from everyone's audio.
             if audio {
-                peer.audio_late =
+                let late =
                     layer
                         .lateness
                         .observe(now, time.numer(), u64::from(time.frequency().get()));
+                self.behind.audio(now, late);
+                return Some((peer.room.clone(), late > AUDIO_LATE));
             }
-            return Some((peer.room.clone(), peer.audio_late));
+            return Some((peer.room.clone(), self.behind.is_behind(now)));
         }
-        Some((peer.room.clone(), Duration::ZERO))
+        Some((peer.room.clone(), false))
     }
 
     pub(super) fn note_jitter(&mut self, pid: ParticipantId, s: &MediaIngressStats) {

@@ -63,8 +63,6 @@ pub(super) struct Peer {
     pub(super) quality_rtt: f64,
     /// Kinds whose tracks are not forwarded (a moderator muted them), see [`Sfu::set_paused`].
     pub(super) paused: Vec<TrackKind>,
-    /// How late its last audio packet arrived (see [`super::rtp::Lateness`]).
-    pub(super) audio_late: Duration,
 }
 
 impl Peer {

@@ -144,9 +144,9 @@ impl Rewrite {
 /// dropped, not forwarded: it would only be played late or thrown away by the receiver's jitter
 /// buffer, and sending it keeps an overloaded worker behind.
 pub(super) const AUDIO_LATE: Duration = Duration::from_millis(200);
-/// Video yields first: its packets are dropped once the same publisher's audio is this late,
-/// and its consumers wait for a keyframe to resume (the frame a dropped packet belonged to
-/// cannot be decoded).
+/// Video yields first: its packets are dropped while every audio stream of the worker arrives at
+/// least this late (the worker is behind, see [`Behind`]), and its consumers wait for a keyframe
+/// to resume (the frame a dropped packet belonged to cannot be decoded).
 pub(super) const VIDEO_LATE: Duration = Duration::from_millis(100);
 /// The shortest transit seen is kept over two windows of this length, so that a changed path
 /// or a drifting clock is followed within 2 windows.
@@ -201,6 +201,47 @@ impl Lateness {
             return self.observe(now, time, hz);
         }
         Duration::from_micros(late)
+    }
+}
+
+/// Whether the worker itself is behind: every audio packet of a 100 ms window, from whichever
+/// publisher, came at least [`VIDEO_LATE`] late. One publisher's jittery uplink does not make
+/// it so (the others' audio is on time); a busy worker does, for everyone at once.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Behind {
+    window_start: Option<Instant>,
+    /// The least lateness seen in the current window.
+    least: Option<Duration>,
+    behind: bool,
+    last_audio: Option<Instant>,
+}
+
+const BEHIND_WINDOW: Duration = Duration::from_millis(100);
+
+impl Behind {
+    /// An audio packet `late` behind its clock arrived.
+    pub(super) fn audio(&mut self, now: Instant, late: Duration) {
+        self.last_audio = Some(now);
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < BEHIND_WINDOW => {
+                self.least = Some(self.least.map_or(late, |l| l.min(late)));
+            }
+            _ => {
+                if let Some(least) = self.least {
+                    self.behind = least > VIDEO_LATE;
+                }
+                self.window_start = Some(now);
+                self.least = Some(late);
+            }
+        }
+    }
+
+    /// Whether video should yield now (never after a second without any audio to judge by).
+    pub(super) fn is_behind(&self, now: Instant) -> bool {
+        self.behind
+            && self
+                .last_audio
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
     }
 }
 
@@ -445,6 +486,32 @@ mod tests {
         assert_eq!(l.observe(at, back, 48_000), Duration::ZERO);
         let at = t0 + Duration::from_millis(53 * 20 + 50);
         assert_eq!(l.observe(at, back + 960, 48_000), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_worker_is_behind_only_when_all_audio_is_late() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Behind::default();
+        // One jittery publisher among punctual ones: not behind.
+        for i in 0..20u64 {
+            b.audio(t0 + ms(i * 10), if i % 2 == 0 { ms(150) } else { ms(5) });
+        }
+        assert!(!b.is_behind(t0 + ms(200)));
+        // Everyone late for a whole window: behind, until a window with a punctual packet.
+        for i in 20..40u64 {
+            b.audio(t0 + ms(i * 10), ms(150));
+        }
+        assert!(b.is_behind(t0 + ms(400)));
+        assert!(
+            !b.is_behind(t0 + ms(1500)),
+            "no audio for a second: no judgement"
+        );
+        for i in 40..50u64 {
+            b.audio(t0 + ms(i * 10), if i == 45 { ms(1) } else { ms(150) });
+        }
+        b.audio(t0 + ms(500), ms(150));
+        assert!(!b.is_behind(t0 + ms(500)), "one punctual packet in the last window");
     }
 
     #[test]
