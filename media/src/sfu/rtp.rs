@@ -511,7 +511,10 @@ mod tests {
             b.audio(t0 + ms(i * 10), if i == 45 { ms(1) } else { ms(150) });
         }
         b.audio(t0 + ms(500), ms(150));
-        assert!(!b.is_behind(t0 + ms(500)), "one punctual packet in the last window");
+        assert!(
+            !b.is_behind(t0 + ms(500)),
+            "one punctual packet in the last window"
+        );
     }
 
     #[test]
