@@ -262,8 +262,6 @@ pub struct Sfu {
     postponed_keyframes: Option<Instant>,
     /// Whether the worker is behind (video yields), from the lateness of everyone's audio.
     behind: Behind,
-    /// The time of the last datagram, for polling the connections it left with output.
-    last_input: Option<Instant>,
 }
 
 impl Sfu {
@@ -301,7 +299,6 @@ impl Sfu {
             due: Vec::new(),
             postponed_keyframes: None,
             behind: Behind::default(),
-            last_input: None,
         }
     }
 
@@ -620,11 +617,8 @@ impl Sfu {
                 tracing::debug!(participant = %pid, error = %e, "input refused");
             }
         }
-        // Only the sender is polled now: its packet goes into every subscriber's send queue,
-        // and the subscribers are polled when the output is asked for, once for all the
-        // datagrams of a batch (each poll of a connection costs a walk over its streams).
-        self.last_input = Some(now);
-        self.poll_peer(now, pid);
+        self.mark_dirty(pid);
+        self.drive(now);
     }
 
     /// Time has passed: call when [`Sfu::poll_timeout`] is reached (calling more often is harmless).
@@ -654,10 +648,6 @@ impl Sfu {
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if let Some(now) = self.last_input.filter(|_| !self.dirty.is_empty()) {
-            // Connections with input not yet polled (`poll_output` would).
-            return Some(now);
-        }
         let peers = self.timers.next()?;
         let rooms = self
             .routers
@@ -680,11 +670,6 @@ impl Sfu {
 
     /// The next thing to do: a datagram to send or an event for signaling.
     pub fn poll_output(&mut self) -> Option<Output> {
-        if let Some(now) = self.last_input.filter(|_| self.out.is_empty()) {
-            if !self.dirty.is_empty() || self.realloc {
-                self.drive(now);
-            }
-        }
         self.out.pop_front()
     }
 
@@ -703,15 +688,8 @@ impl Sfu {
             self.allocate_all(now);
         }
         while let Some(pid) = self.dirty.pop() {
-            self.poll_peer(now, pid);
-        }
-    }
-
-    /// Polls one connection until it waits for time or datagrams, handling its events.
-    fn poll_peer(&mut self, now: Instant, pid: ParticipantId) {
-        {
             let Some(peer) = self.peers.get_mut(&pid) else {
-                return;
+                continue;
             };
             peer.dirty = false;
             self.negotiate_if_needed(pid);
