@@ -5,6 +5,7 @@ import { openLocalMedia, getTrack, listDevices, LevelMeter } from './devices.js'
 import { Call } from './call.js';
 import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
+import { ControlBar } from './controlbar.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
@@ -451,6 +452,8 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.mod = mod;
         rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
         huddle.rich = rich;
+        huddle.bar?.destroy();
+        huddle.bar = new ControlBar();
         view.opts.decorateChat = (item, m) => rich.decorate(item, m);
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
@@ -635,6 +638,8 @@ function startCall({ room, token, stream, join, name, password }) {
   }
 
   function teardown() {
+    huddle.bar?.destroy();
+    huddle.bar = null;
     if (mod) mod.destroy();
     mod = null;
     huddle.mod = null;

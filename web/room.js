@@ -480,19 +480,35 @@ export class RoomView {
     });
   }
 
-  // Screens and the speaker big, side by side; everyone else in a strip below.
+  // Screens and the speaker big, side by side; everyone else in a strip below. The strip is
+  // laid out like a small grid (bestLayout) in at most a quarter of the stage's height, so it
+  // holds any count in its rows and the big tiles get what is left: nothing leaves the stage.
   layoutFocus(focused) {
     const rect = this.stage.getBoundingClientRect();
     const style = getComputedStyle(this.stage);
-    const W = rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
-    const H = rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    const W = Math.floor(rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight));
+    const H = Math.floor(rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom));
     const others = [...this.grid.children].filter((c) => !c.hidden).length - focused.length;
-    const stripH = others ? Math.max(60, Math.min(140, H * 0.2)) : 0;
+    let stripW = 0;
+    let stripH = 0;
+    let stripTotal = 0;
+    if (others) {
+      const budget = Math.max(48, Math.min(140 * Math.ceil(others / 8), H * 0.25));
+      const fit = bestLayout(others, W, budget);
+      stripW = Math.floor(fit.w);
+      stripH = Math.floor(fit.h);
+      stripTotal = fit.rows * stripH + (fit.rows - 1) * GAP;
+    }
+    // Side by side on a wide stage, one above the other on a tall one.
+    const n = focused.length;
+    const rows = n > 1 && W < H - stripTotal ? n : 1;
+    const cols = Math.ceil(n / rows);
+    const focusH = Math.max(0, Math.floor((H - stripTotal - (others ? GAP : 0) - GAP * (rows - 1)) / rows));
     const gs = this.grid.style;
-    gs.setProperty('--strip-h', `${Math.floor(stripH)}px`);
-    gs.setProperty('--strip-w', `${Math.floor((stripH * 16) / 9)}px`);
-    gs.setProperty('--focus-w', `${Math.floor((W - GAP * (focused.length - 1)) / focused.length)}px`);
-    gs.setProperty('--focus-h', `${Math.floor(H - stripH - (others ? GAP : 0))}px`);
+    gs.setProperty('--strip-h', `${stripH}px`);
+    gs.setProperty('--strip-w', `${stripW}px`);
+    gs.setProperty('--focus-w', `${Math.floor((W - GAP * (cols - 1)) / cols)}px`);
+    gs.setProperty('--focus-h', `${focusH}px`);
     for (const c of this.grid.children) c.style.gridColumn = '';
   }
 

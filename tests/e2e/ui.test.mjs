@@ -1,0 +1,224 @@
+// Browser end-to-end test of the web client's layout and host controls, on one call of two
+// browsers (Alice opens the room first, so in local mode she is its host; Bob joins second).
+//
+// 1. Layout: at 375x812 (and 360x640) every control of the bar is in the viewport or in the
+//    "More" menu (and works from there), and the page never scrolls sideways; at 1280x720 and
+//    3840x2160 the full bar shows. A speaker view of 8 and of 25 tiles (extra tiles made by the
+//    page's own participant code) and Alice's shared screen stay inside the stage, clear of the
+//    header and the controls, at phone and desk sizes.
+// 2. Hosts: see the second test below.
+//
+//   HUDDLE_BIN=target/release/huddle node --test tests/e2e/ui.test.mjs
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, cleanup, serverLogTail,
+} from './harness.mjs';
+
+// getDisplayMedia without a picker: Chromium captures the (virtual) screen by itself.
+CHROMIUM_ARGS.push('--auto-select-desktop-capture-source=Entire screen', '--enable-usermedia-screen-capturing');
+
+after(cleanup);
+
+const ctx = { base: null, room: null, alice: null, bob: null };
+
+async function join(p, url) {
+  await p.page.goto(url, { waitUntil: 'load', timeout: 15_000 });
+  await p.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+  await p.page.fill('[data-testid="name"]', p.name);
+  await p.page.click('[data-testid="join"]');
+  const s = await waitFor(`${p.name} to join`, () => p.page.evaluate(() => ({ state: window.huddle?.state, id: window.huddle?.participantId })), (s) => s.state === 'joined' && !!s.id, { timeout: 15_000 });
+  p.participantId = s.id;
+}
+
+async function ensureCall() {
+  if (ctx.alice) return;
+  ctx.base = await startServer();
+  note(`server ready at ${ctx.base}`);
+  ctx.room = `ui-${Math.random().toString(36).slice(2, 10)}`;
+  ctx.alice = await openParticipant('Alice');
+  ctx.bob = await openParticipant('Bob');
+  await join(ctx.alice, `${ctx.base}/r/${ctx.room}`);
+  await join(ctx.bob, `${ctx.base}/r/${ctx.room}`);
+  await waitFor("Bob to play Alice's video", () => remoteVideos(ctx.bob), (vs) => vs.filter(isPlaying).length === 1, { timeout: MEDIA_TIMEOUT_MS, interval: 200 });
+}
+
+// Every control of the bar: where it is and whether it is reachable without scrolling.
+function barState(page) {
+  return page.evaluate(() => {
+    const vw = window.innerWidth;
+    const vh = window.innerHeight;
+    const inView = (e) => {
+      const r = e.getBoundingClientRect();
+      return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= vw + 0.5 && r.bottom <= vh + 0.5;
+    };
+    const controls = [...document.querySelectorAll('.controls-group button')].filter((b) => b.id !== 'more-button' && !b.hidden);
+    return {
+      vw,
+      scrollWidth: document.documentElement.scrollWidth,
+      bodyScrollWidth: document.body.scrollWidth,
+      compact: document.querySelector('.controls').classList.contains('compact'),
+      moreVisible: (() => {
+        const m = document.querySelector('#more-button');
+        return !!m && getComputedStyle(m).display !== 'none' && inView(m);
+      })(),
+      controls: controls.map((b) => ({ id: b.id, label: b.getAttribute('aria-label'), inView: getComputedStyle(b).display !== 'none' && inView(b) })),
+    };
+  });
+}
+
+// Opens the More menu and lists its items (the id of the button each stands for), in view or not.
+async function menuItems(page) {
+  await page.click('[data-testid="more"]');
+  await page.waitForSelector('[data-testid="more-menu"]', { state: 'visible', timeout: 3000 });
+  return page.evaluate(() => {
+    const vw = window.innerWidth;
+    const vh = window.innerHeight;
+    return [...document.querySelectorAll('[data-testid="more-item"]')].map((i) => {
+      const r = i.getBoundingClientRect();
+      return { for: i.dataset.for, text: i.textContent, inView: r.width > 0 && r.left >= 0 && r.top >= 0 && r.right <= vw + 0.5 && r.bottom <= vh + 0.5 };
+    });
+  });
+}
+
+async function checkPhone(p, size) {
+  await p.page.setViewportSize(size);
+  const s = await waitFor(`${p.name}'s control bar to settle at ${size.width}x${size.height}`, () => barState(p.page), (s) => s.vw === size.width && s.compact, { timeout: 5000 });
+  assert.ok(s.scrollWidth <= s.vw, `the page scrolls sideways at ${size.width} px: scrollWidth ${s.scrollWidth}`);
+  assert.ok(s.bodyScrollWidth <= s.vw, `the body is wider than the window at ${size.width} px: ${s.bodyScrollWidth}`);
+  assert.ok(s.moreVisible, `the More button is not in view at ${size.width} px`);
+  const items = await menuItems(p.page);
+  const missing = [];
+  for (const c of s.controls) {
+    if (c.inView) continue;
+    const item = items.find((i) => i.for === c.id);
+    if (!item || !item.inView) missing.push(c.id);
+  }
+  assert.deepEqual(missing, [], `controls neither in view nor in the More menu at ${size.width}x${size.height}: ${JSON.stringify({ controls: s.controls, items })}`);
+  for (const id of ['mic-button', 'camera-button', 'chat-button', 'leave-button']) {
+    assert.ok(s.controls.find((c) => c.id === id)?.inView, `${id} must stay in the bar at ${size.width} px: ${JSON.stringify(s.controls)}`);
+  }
+  // Esc closes the menu.
+  await p.page.keyboard.press('Escape');
+  await p.page.waitForSelector('[data-testid="more-menu"]', { state: 'hidden', timeout: 2000 });
+  const after = await p.page.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(after <= size.width, `the page scrolls sideways with the menu used: ${after}`);
+  return { s, items };
+}
+
+// Visible tiles' boxes against the stage, header and controls.
+function stageBounds(page) {
+  return page.evaluate(async () => {
+    // After the resize observers have laid the stage out for the new size.
+    await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+    const box = (e) => {
+      const r = e.getBoundingClientRect();
+      return { top: r.top, bottom: r.bottom, left: r.left, right: r.right, width: r.width, height: r.height };
+    };
+    const stage = box(document.querySelector('#stage'));
+    const header = box(document.querySelector('.room-header'));
+    const controls = box(document.querySelector('.controls'));
+    const tiles = [...document.querySelectorAll('#grid > .tile')].filter((t) => !t.hidden).map((t) => ({
+      id: t.dataset.participantId, screen: t.classList.contains('screen'), focused: t.classList.contains('focused'), ...box(t),
+    }));
+    return { stage, header, controls, tiles, scrollWidth: document.documentElement.scrollWidth, vw: innerWidth, focus: document.querySelector('#grid').classList.contains('focus') };
+  });
+}
+
+function assertInside(b, what) {
+  const e = 1; // a pixel of rounding
+  const bad = b.tiles.filter((t) =>
+    t.width <= 0 || t.height <= 0 ||
+    t.top < b.stage.top - e || t.bottom > b.stage.bottom + e || t.left < b.stage.left - e || t.right > b.stage.right + e ||
+    t.top < b.header.bottom - e || t.bottom > b.controls.top + e);
+  assert.deepEqual(bad, [], `${what}: tiles outside the stage or under the header/controls (stage ${JSON.stringify(b.stage)}, header bottom ${b.header.bottom}, controls top ${b.controls.top})`);
+  assert.ok(b.scrollWidth <= b.vw, `${what}: the page scrolls sideways (${b.scrollWidth} > ${b.vw})`);
+}
+
+const SIZES = [
+  { width: 375, height: 812 },
+  { width: 360, height: 640 },
+  { width: 1280, height: 720 },
+  { width: 1920, height: 1080 },
+  { width: 3840, height: 2160 },
+];
+
+test('layout: the control bar fits from 360 px to 4K; speaker view and screen share stay inside the stage', { timeout: 150_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, bob } = ctx;
+
+    // 1. The control bar.
+    const full = await waitFor('the full control bar at 1280 px', () => barState(bob.page), (s) => !s.compact && s.controls.length >= 8, { timeout: 5000 });
+    assert.ok(full.controls.every((c) => c.inView), `every control in view at 1280 px: ${JSON.stringify(full.controls)}`);
+    for (const size of [{ width: 375, height: 812 }, { width: 360, height: 640 }]) {
+      const { s, items } = await checkPhone(bob, size);
+      note(`${size.width}x${size.height}: in the bar ${s.controls.filter((c) => c.inView).map((c) => c.id).join(' ')}; in the menu ${items.map((i) => i.for).join(' ')}`);
+    }
+    // A menu item does what its button does: raise the hand from the menu at 375 px.
+    await bob.page.setViewportSize({ width: 375, height: 812 });
+    await bob.page.click('[data-testid="more"]');
+    await bob.page.click('[data-testid="more-item"][data-for="hand-button"]');
+    await alice.page.waitForSelector(`[data-participant-id="${bob.participantId}"] [data-testid="hand-badge"]:not([hidden])`, { timeout: 5000 });
+    await bob.page.click('[data-testid="more"]');
+    await bob.page.click('[data-testid="more-item"][data-for="hand-button"]');
+    await alice.page.waitForSelector(`[data-participant-id="${bob.participantId}"] [data-testid="hand-badge"]`, { state: 'hidden', timeout: 5000 });
+    note('hand raised and lowered from the More menu at 375 px');
+    for (const size of [{ width: 3840, height: 2160 }, { width: 1280, height: 720 }]) {
+      await bob.page.setViewportSize(size);
+      const s = await waitFor(`the full bar at ${size.width} px`, () => barState(bob.page), (s) => s.vw === size.width && !s.compact, { timeout: 5000 });
+      assert.ok(s.controls.every((c) => c.inView) && !s.moreVisible, `every control in the bar at ${size.width} px: ${JSON.stringify(s)}`);
+    }
+
+    // 2. Speaker view with 8 and 25 tiles: Alice's page gets extra participants through its own code.
+    const addFakes = (n) => alice.page.evaluate((n) => {
+      for (let i = 0; i < n; i++) window.huddle.view.participantJoined({ participant_id: `fake-${i}`, name: `Guest ${i + 1}`, audio_muted: true, video_muted: true, tracks: [] });
+    }, n);
+    const dropFakes = (n) => alice.page.evaluate((n) => {
+      for (let i = 0; i < n; i++) window.huddle.view.participantLeft(`fake-${i}`);
+    }, n);
+    await addFakes(6);
+    await alice.page.click('[data-testid="speaker-view"]');
+    for (const [count, fakes] of [[8, 6], [25, 23]]) {
+      if (fakes > 6) await addFakes(fakes);
+      for (const size of SIZES) {
+        await alice.page.setViewportSize(size);
+        const b = await waitFor(`speaker view of ${count} at ${size.width}x${size.height}`, () => stageBounds(alice.page),
+          (b) => b.vw === size.width && b.focus && b.tiles.length === count && b.tiles.filter((t) => t.focused).length === 1, { timeout: 5000 });
+        assertInside(b, `speaker view of ${count} at ${size.width}x${size.height}`);
+        const big = b.tiles.find((t) => t.focused);
+        const small = Math.max(...b.tiles.filter((t) => !t.focused).map((t) => t.width * t.height));
+        assert.ok(big.width * big.height > 2 * small, `the speaker's tile must be the big one at ${size.width} px: ${big.width}x${big.height} vs ${small}`);
+      }
+    }
+    note('speaker view of 8 and 25 inside the stage at every size');
+    await alice.page.click('[data-testid="speaker-view"]');
+    await dropFakes(23);
+
+    // 3. Alice shares her screen; Bob's page shows it inside the stage at every size.
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    await alice.page.click('[data-testid="screen-share"]');
+    const how = await waitFor('Alice to be sharing', () => alice.page.evaluate(() => ({ sharing: !!window.huddle.call?.screenTrack, errors: window.huddle.errors })), (s) => s.sharing || s.errors.length > 0, { timeout: 10_000 });
+    assert.ok(how.sharing, `screen share did not start: ${JSON.stringify(how.errors)}`);
+    for (const size of SIZES) {
+      await bob.page.setViewportSize(size);
+      const b = await waitFor(`Bob to show Alice's screen at ${size.width}x${size.height}`, () => stageBounds(bob.page),
+        (b) => b.vw === size.width && b.tiles.some((t) => t.screen && t.focused && t.height > 50), { timeout: MEDIA_TIMEOUT_MS });
+      assertInside(b, `screen share at ${size.width}x${size.height}`);
+    }
+    const played = await bob.page.evaluate(() => document.querySelector('[data-testid="screen-tile"] video')?.videoWidth || 0);
+    assert.ok(played > 0, 'the shared screen does not play at Bob');
+    note('the shared screen stays inside the stage at every size');
+    await alice.page.click('[data-testid="screen-share"]');
+    await bob.page.waitForSelector('[data-testid="screen-tile"]', { state: 'detached', timeout: 10_000 }).catch(() => {});
+    await bob.page.setViewportSize({ width: 1280, height: 720 });
+
+    for (const p of [alice, bob]) {
+      assert.deepEqual(await p.page.evaluate(() => window.huddle.errors), [], `${p.name} reported errors`);
+      assert.deepEqual(p.pageErrors, [], `${p.name} had page errors`);
+    }
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
