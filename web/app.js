@@ -6,6 +6,7 @@ import { Call } from './call.js';
 import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
 import { ControlBar } from './controlbar.js';
+import { HostUI } from './host.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
@@ -294,7 +295,7 @@ class JoinScreen {
         const res = await fetch('/api/token', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ room: this.room, name }),
+          body: JSON.stringify({ room: this.room, name, invite: params.get('invite') || undefined }),
         });
         if (res.status === 403) throw Object.assign(new Error('forbidden'), { code: 'open_join_disabled' });
         if (!res.ok) throw Object.assign(new Error(`HTTP ${res.status}`), { code: 'token_failed' });
@@ -403,6 +404,7 @@ function startCall({ room, token, stream, join, name, password }) {
   let view = null;
   let mod = null;
   let rich = null;
+  let host = null;
   const call = new Call({
     room,
     token,
@@ -431,7 +433,7 @@ function startCall({ room, token, stream, join, name, password }) {
           canChat: !msg.grants || msg.grants.chat !== false,
           onToggleMic: () => toggleLocal('audio'),
           onToggleCamera: () => toggleLocal('video'),
-          onInvite: () => invite(room),
+          onInvite: () => invite(room, host),
           onLeave: () => leave(),
           onSendChat: (text) => (mod ? mod.sendChat(text) : !!call.sendChat(text)),
           onVideoSizes: (tracks) => call.sendVideoSizes(tracks),
@@ -450,6 +452,9 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.view = view;
         mod = new ModerationUI({ view, call, selfId: msg.participant_id, selfName: msg.name || name, canChat: !msg.grants || msg.grants.chat !== false });
         huddle.mod = mod;
+        host = new HostUI({ call, mod, selfId: msg.participant_id });
+        huddle.host = host;
+        host.fromJoined(msg);
         rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
         huddle.rich = rich;
         huddle.bar?.destroy();
@@ -458,6 +463,7 @@ function startCall({ room, token, stream, join, name, password }) {
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
           view.participantJoined(p);
+          host.note(p);
           if (p.hand_raised) mod.setHand(p.participant_id, true);
         }
         showScreen('room');
@@ -516,6 +522,7 @@ function startCall({ room, token, stream, join, name, password }) {
         view?.removeTrack(participantId, track);
       },
       participantJoined(p) {
+        host?.note(p);
         if (!view || !p) return;
         view.participantJoined(p);
         if (p.hand_raised) mod?.setHand(p.participant_id, true);
@@ -527,6 +534,7 @@ function startCall({ room, token, stream, join, name, password }) {
         const tile = view.tiles.get(id);
         view.participantLeft(id);
         mod?.participantLeft(id);
+        host?.participantLeft(id);
         if (tile) toast(t('toast.left', { name: tile.name }));
       },
       trackPublished: (id, track) => view?.trackPublished(id, track),
@@ -551,6 +559,7 @@ function startCall({ room, token, stream, join, name, password }) {
         });
       },
       knock: (msg) => mod?.knock(msg),
+      other: (msg) => !!host?.onMessage(msg),
       knockEnded: (id) => mod?.knockEnded(id),
       speakers(list) {
         huddle.speakers = list.map((s) => s && s.participant_id).filter(Boolean);
@@ -638,6 +647,9 @@ function startCall({ room, token, stream, join, name, password }) {
   }
 
   function teardown() {
+    host?.destroy();
+    host = null;
+    huddle.host = null;
     huddle.bar?.destroy();
     huddle.bar = null;
     if (mod) mod.destroy();
@@ -665,9 +677,16 @@ function startCall({ room, token, stream, join, name, password }) {
   call.connect();
 }
 
-async function invite(room) {
-  // An end-to-end encrypted room's link keeps #e2ee (the passphrase is shared separately).
-  const url = `${location.origin}/r/${encodeURIComponent(room)}${e2eeRequested() ? '#e2ee' : ''}`;
+async function invite(room, host) {
+  // A host's link carries a signed invite (it admits people where open joining is off); an
+  // end-to-end encrypted room's link keeps #e2ee (the passphrase is shared separately).
+  let query = '';
+  if (host?.myHost) {
+    const answer = await host.requestInvite();
+    if (answer && typeof answer.invite === 'string') query = `?invite=${encodeURIComponent(answer.invite)}`;
+  }
+  const url = `${location.origin}/r/${encodeURIComponent(room)}${query}${e2eeRequested() ? '#e2ee' : ''}`;
+  huddle.lastInvite = url;
   if (await copyText(url)) toast(t('toast.link_copied'));
   else toast(t('toast.copy_failed', { url }), 6000);
 }

@@ -171,6 +171,9 @@ struct TokenRequest {
     room: String,
     #[serde(default)]
     name: String,
+    /// An invite a host made for this room (`invite`): admits even with open joining off.
+    #[serde(default)]
+    invite: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -203,11 +206,26 @@ async fn token(
     body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let cfg = &state.inner.config;
-    if !cfg.open_join {
+    let Ok(Json(req)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected JSON {\"room\", \"name\"}",
+        );
+    };
+    // With open joining off, only a host's invite for this very room gets a guest token.
+    let invited = req.invite.as_deref().is_some_and(|i| {
+        state
+            .inner
+            .keys
+            .verify_invite(i)
+            .is_ok_and(|room| room == req.room)
+    });
+    if !cfg.open_join && !invited {
         return api_error(
             StatusCode::FORBIDDEN,
             "open_join_disabled",
-            "this server admits only tokens from its operator's application",
+            "this server admits only tokens from its operator's application, or a host's invite link",
         );
     }
     // Each guest token is a new identity: without a per-address rate, per-identity limits
@@ -229,13 +247,6 @@ async fn token(
             );
         }
     }
-    let Ok(Json(req)) = body else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected JSON {\"room\", \"name\"}",
-        );
-    };
     if !valid_room_name(&req.room) {
         return api_error(
             StatusCode::BAD_REQUEST,

@@ -222,3 +222,119 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
     throw err;
   }
 });
+
+// Hosts: Alice opened the room by link first, so she hosts (local mode); Bob does not. From
+// her participants panel she mutes Bob and stops his video, turns the lobby on, removes him;
+// Bob's rejoin waits in the lobby until Alice admits him; she makes him a host; her invite link
+// carries a signed invite; she locks the room and ends the meeting for all.
+test('hosts: the first by link hosts; mute, stop video, lobby, remove, admit, make host, lock, end from the page', { timeout: 120_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, bob, base, room } = ctx;
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    await bob.page.setViewportSize({ width: 1280, height: 720 });
+    await waitFor('Alice to be the host, Bob not', () => Promise.all([alice, bob].map((p) => p.page.evaluate(() => !!window.huddle.host?.myHost))), ([a, b]) => a && !b, { timeout: 5000 });
+    await alice.page.click('[data-testid="people-toggle"]');
+    await alice.page.waitForSelector('[data-testid="host-controls"]', { state: 'visible', timeout: 3000 });
+    await bob.page.click('[data-testid="people-toggle"]');
+    await bob.page.waitForSelector('[data-testid="people-panel"]', { state: 'visible', timeout: 3000 });
+    assert.equal(await bob.page.isVisible('[data-testid="host-controls"]'), false, 'Bob (no host) must not see host controls');
+    assert.equal(await bob.page.locator('[data-testid="host-remove"]').count(), 0, 'Bob (no host) must not see per-person actions');
+    assert.ok(await bob.page.isVisible(`[data-testid="person"][data-participant-id="${alice.participantId}"] [data-testid="host-badge"]`), "Bob's list marks Alice as host");
+    // A non-host's moderate is refused by the server.
+    await bob.page.evaluate((id) => window.huddle.call.send({ type: 'moderate', participant_id: id, action: 'remove', request_id: 'not-host' }), alice.participantId);
+    await waitFor("the server to refuse Bob's moderate", () => bob.page.evaluate(() => window.huddle.trace.filter((e) => e.dir === 'in' && e.type === 'error').map((e) => e.code)), (codes) => codes.includes('forbidden'), { timeout: 5000 });
+    await bob.page.evaluate(() => { window.huddle.call.lastError = null; window.huddle.errors.length = 0; });
+    assert.equal(await alice.page.evaluate(() => window.huddle.state), 'joined', 'Alice must still be in the room');
+
+    const person = `[data-testid="person"][data-participant-id="${bob.participantId}"]`;
+    const bobTile = `[data-testid="tile"][data-participant-id="${bob.participantId}"]`;
+    // Mute and stop video.
+    await alice.page.click(`${person} [data-testid="host-mute"]`);
+    await waitFor("Bob's microphone to be muted by the host", () => bob.page.evaluate(() => window.huddle.audioMuted), Boolean, { timeout: 5000 });
+    await alice.page.waitForSelector(`${bobTile} .mic-badge:not([hidden])`, { timeout: 5000 });
+    await alice.page.click(`${person} [data-testid="host-stop-video"]`);
+    await waitFor("Bob's camera to be stopped by the host", () => bob.page.evaluate(() => window.huddle.videoMuted), Boolean, { timeout: 5000 });
+    await alice.page.waitForSelector(`${bobTile} .cam-badge:not([hidden])`, { timeout: 5000 });
+    note('Alice muted Bob and stopped his video from the page');
+
+    // Lobby on: everyone is told.
+    await alice.page.click('label:has([data-testid="host-lobby"])');
+    await waitFor('the lobby to be on for both', () => Promise.all([alice, bob].map((p) => p.page.evaluate(() => window.huddle.host?.flags.lobby))), (v) => v.every(Boolean), { timeout: 5000 });
+
+    // Remove Bob: his page says so.
+    await alice.page.click(`${person} [data-testid="host-remove"]`);
+    await bob.page.waitForSelector('#left:not([hidden])', { timeout: 10_000 });
+    assert.match(await bob.page.textContent('#left-reason'), /removed/i);
+    await alice.page.waitForSelector(bobTile, { state: 'detached', timeout: 10_000 });
+    note('Alice removed Bob');
+
+    // Bob rejoins: the lobby holds him until Alice admits him.
+    await Promise.all([bob.page.waitForNavigation({ waitUntil: 'load' }), bob.page.click('[data-testid="rejoin"]')]);
+    await bob.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+    await bob.page.fill('[data-testid="name"]', 'Bob');
+    await bob.page.click('[data-testid="join"]');
+    await bob.page.waitForSelector('[data-testid="lobby"]', { state: 'visible', timeout: 10_000 });
+    await alice.page.waitForSelector('[data-testid="knock"]', { state: 'visible', timeout: 10_000 });
+    await alice.page.click('[data-testid="knock-admit"]');
+    const back = await waitFor('Bob to be admitted', () => bob.page.evaluate(() => ({ state: window.huddle.state, id: window.huddle.participantId })), (s) => s.state === 'joined' && !!s.id, { timeout: 10_000 });
+    bob.participantId = back.id;
+    note('Bob waited in the lobby and was admitted');
+
+    // Make Bob a host: he gets the controls.
+    const person2 = `[data-testid="person"][data-participant-id="${bob.participantId}"]`;
+    await alice.page.waitForSelector(`${person2} [data-testid="host-make-host"]`, { timeout: 10_000 });
+    await alice.page.click(`${person2} [data-testid="host-make-host"]`);
+    await waitFor('Bob to become a host', () => bob.page.evaluate(() => !!window.huddle.host?.myHost), Boolean, { timeout: 5000 });
+
+    // A host's invite link carries a signed invite that /api/token accepts.
+    await alice.page.click('[data-testid="invite"]');
+    const link = await waitFor("Alice's invite link", () => alice.page.evaluate(() => window.huddle.lastInvite || null), Boolean, { timeout: 5000 });
+    const invite = new URL(link).searchParams.get('invite');
+    assert.ok(invite && invite.split('.').length === 3, `the invite link has no signed invite: ${link}`);
+    const res = await fetch(`${base}/api/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ room, name: 'Invited', invite }) });
+    assert.equal(res.status, 200, 'the invite should get a guest token');
+
+    // Lock: a newcomer is refused.
+    await alice.page.click('label:has([data-testid="host-lock"])');
+    await waitFor('the room to be locked', () => alice.page.evaluate(() => window.huddle.host?.flags.locked), Boolean, { timeout: 5000 });
+    const refused = await joinWs(alice.page, room);
+    assert.equal(refused.code, 'room_locked', `a newcomer of a locked room: ${JSON.stringify(refused)}`);
+    note('invite link made; the locked room refused a newcomer');
+
+    // End for all.
+    alice.page.once('dialog', (d) => d.accept());
+    await alice.page.click('[data-testid="host-end"]');
+    for (const p of [alice, bob]) {
+      await p.page.waitForSelector('#left:not([hidden])', { timeout: 10_000 });
+      assert.match(await p.page.textContent('#left-reason'), /ended/i, `${p.name}'s page after the host ended the meeting`);
+    }
+    for (const p of [alice, bob]) assert.deepEqual(p.pageErrors, [], `${p.name} had page errors`);
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
+
+// A newcomer's WebSocket join, from a page of the server's origin: the first error, joined or
+// lobby it gets.
+function joinWs(page, room) {
+  return page.evaluate(async (room) => {
+    const res = await fetch('/api/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ room, name: 'Late' }) });
+    const { token } = await res.json();
+    const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/ws`);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ type: 'timeout' }), 5000);
+      ws.onopen = () => ws.send(JSON.stringify({ type: 'join', protocol: 1, token }));
+      ws.onmessage = (e) => {
+        const m = JSON.parse(e.data);
+        if (['error', 'joined', 'lobby'].includes(m.type)) {
+          clearTimeout(timer);
+          ws.close();
+          resolve(m);
+        }
+      };
+      ws.onerror = () => resolve({ type: 'socket_error' });
+    });
+  }, room);
+}
