@@ -7,6 +7,8 @@ import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
 import { ControlBar } from './controlbar.js';
 import { HostUI } from './host.js';
+import { StatsPopover } from './stats.js';
+import { Shortcuts } from './shortcuts.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
@@ -459,6 +461,10 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.rich = rich;
         huddle.bar?.destroy();
         huddle.bar = new ControlBar();
+        huddle.statsPopover?.destroy();
+        huddle.statsPopover = new StatsPopover({ view, getPeer: () => huddle.pc });
+        huddle.shortcuts?.destroy();
+        huddle.shortcuts = new Shortcuts();
         view.opts.decorateChat = (item, m) => rich.decorate(item, m);
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
@@ -652,6 +658,10 @@ function startCall({ room, token, stream, join, name, password }) {
     huddle.host = null;
     huddle.bar?.destroy();
     huddle.bar = null;
+    huddle.statsPopover?.destroy();
+    huddle.statsPopover = null;
+    huddle.shortcuts?.destroy();
+    huddle.shortcuts = null;
     if (mod) mod.destroy();
     mod = null;
     huddle.mod = null;

@@ -68,6 +68,7 @@ export class RoomView {
     this.parkedTracks = new Map(); // track_id -> {streamId, track, receiver}: source not known yet
     this.speakerView = false;
     this.focusId = null;
+    this.pinnedId = null; // a pinned tile is large whatever the view and the speaker
     this.lastSizes = '';
     this.sizeTimer = setInterval(() => this.reportSizes(), 500);
     this.updateCount();
@@ -92,7 +93,8 @@ export class RoomView {
     const micBadge = el('span', { class: 'tile-badge mic-badge', hidden: true, title: t('tile.muted') }, icon('mic-off'));
     const camBadge = el('span', { class: 'tile-badge cam-badge', hidden: true, title: t('tile.camera_off') }, icon('video-off'));
     const nameEl = el('span', { class: 'tile-name', text: self ? t('tile.you', { name }) : name });
-    const qualityEl = el('span', { class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
+    // A button: it opens the connection popover (stats.js).
+    const qualityEl = el('button', { type: 'button', class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
     const label = el('div', { class: 'tile-label' }, qualityEl, micBadge, camBadge, nameEl);
     const root = el('div', { class: self ? 'tile self' : 'tile', dataset: { participantId: id } }, video, avatar, label);
     micBadge.setAttribute('aria-label', t('tile.muted'));
@@ -128,6 +130,11 @@ export class RoomView {
       tile.audioTrack = null;
       tile.audioReceiver = null;
       tile.tracks = new Map(); // track_id -> kind, from the server's Track objects
+      tile.pinButton = el('button', { type: 'button', class: 'tile-pin', 'aria-pressed': 'false', dataset: { testid: 'pin' } }, icon('pin'));
+      tile.pinButton.setAttribute('aria-label', t('tile.pin', { name }));
+      tile.pinButton.title = t('tile.pin', { name });
+      tile.pinButton.addEventListener('click', () => this.pin(this.pinnedId === id ? null : id));
+      tile.el.append(tile.pinButton);
       this.watchFrames(tile.video);
       tile.video.addEventListener('resize', () => this.renderTile(tile));
       this.grid.insertBefore(tile.el, this.selfTile.el);
@@ -187,6 +194,7 @@ export class RoomView {
   participantLeft(id) {
     const tile = this.tiles.get(id);
     this.gone.add(id);
+    if (this.pinnedId === id) this.pinnedId = null;
     if (!tile) return;
     this.stopTileMedia(tile);
     tile.el.remove();
@@ -396,6 +404,21 @@ export class RoomView {
     this.layout();
   }
 
+  // Pins a remote tile (null: unpins): it is shown large, beside any shared screen, until
+  // unpinned or its participant leaves.
+  pin(id) {
+    this.pinnedId = id && this.tiles.has(id) ? id : null;
+    for (const tile of this.tiles.values()) {
+      const on = tile.id === this.pinnedId;
+      tile.el.classList.toggle('pinned', on);
+      tile.pinButton?.setAttribute('aria-pressed', String(on));
+      const label = on ? t('tile.unpin', { name: tile.name }) : t('tile.pin', { name: tile.name });
+      tile.pinButton?.setAttribute('aria-label', label);
+      if (tile.pinButton) tile.pinButton.title = label;
+    }
+    this.layout();
+  }
+
   toggleSpeakerView() {
     this.speakerView = !this.speakerView;
     if (this.speakerView && !this.tiles.has(this.focusId)) this.focusId = this.tiles.keys().next().value || null;
@@ -455,7 +478,8 @@ export class RoomView {
   }
 
   layout() {
-    for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', this.speakerView && tile.id === this.focusId);
+    const big = this.pinnedId || (this.speakerView ? this.focusId : null);
+    for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', tile.id === big);
     const focused = [...this.grid.children].filter((c) => !c.hidden && c.classList.contains('focused'));
     this.grid.classList.toggle('focus', focused.length > 0);
     if (focused.length) return this.layoutFocus(focused);

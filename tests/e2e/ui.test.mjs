@@ -206,8 +206,7 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
         (b) => b.vw === size.width && b.tiles.some((t) => t.screen && t.focused && t.height > 50), { timeout: MEDIA_TIMEOUT_MS });
       assertInside(b, `screen share at ${size.width}x${size.height}`);
     }
-    const played = await bob.page.evaluate(() => document.querySelector('[data-testid="screen-tile"] video')?.videoWidth || 0);
-    assert.ok(played > 0, 'the shared screen does not play at Bob');
+    await waitFor('the shared screen to play at Bob', () => bob.page.evaluate(() => document.querySelector('[data-testid="screen-tile"] video')?.videoWidth || 0), (w) => w > 0, { timeout: MEDIA_TIMEOUT_MS });
     note('the shared screen stays inside the stage at every size');
     await alice.page.click('[data-testid="screen-share"]');
     await bob.page.waitForSelector('[data-testid="screen-tile"]', { state: 'detached', timeout: 10_000 }).catch(() => {});
@@ -217,6 +216,97 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       assert.deepEqual(await p.page.evaluate(() => window.huddle.errors), [], `${p.name} reported errors`);
       assert.deepEqual(p.pageErrors, [], `${p.name} had page errors`);
     }
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
+
+// Connection quality on a clean loopback call: every tile's dot (the server's verdict, from
+// loss, round trip and jitter judged per media kind) is "good" on both pages, and the dot's
+// popover shows the page's own measurements.
+test('connection quality: good on every tile of a clean call; the popover shows round trip, loss, bitrate, resolution, fps', { timeout: 90_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, bob } = ctx;
+    const dots = (p) => p.page.evaluate(() => [...document.querySelectorAll('#grid > .tile:not(.screen)')].map((t) => ({ id: t.dataset.participantId, q: t.querySelector('[data-testid="quality"]:not([hidden])')?.dataset.quality || null })));
+    for (const p of [alice, bob]) {
+      const seen = await waitFor(`${p.name}'s tiles to show a connection quality`, () => dots(p), (d) => d.length === 2 && d.every((x) => x.q), { timeout: 30_000, interval: 500 });
+      assert.ok(seen.every((x) => x.q === 'good'), `${p.name}: every tile should be good on a clean loopback call: ${JSON.stringify(seen)}`);
+    }
+    // And it stays good over the next verdicts (the server sends one every 5 s on a change).
+    const until = Date.now() + 6000;
+    while (Date.now() < until) {
+      for (const p of [alice, bob]) {
+        const d = await dots(p);
+        assert.ok(d.every((x) => x.q === 'good'), `${p.name}: a false alarm on a clean link: ${JSON.stringify(d)}`);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    note('connection quality good on every tile of both pages');
+
+    await alice.page.click(`[data-testid="tile"][data-participant-id="${bob.participantId}"] [data-testid="quality"]`);
+    await alice.page.waitForSelector('[data-testid="stats-popover"]', { state: 'visible', timeout: 3000 });
+    const stats = await waitFor('the popover to show measurements', () => alice.page.evaluate(() => {
+      const v = (id) => document.querySelector(`[data-testid="${id}"] dd`)?.textContent || '';
+      return { rtt: v('stats-rtt'), lossA: v('stats-loss-audio'), lossV: v('stats-loss-video'), bitrate: v('stats-bitrate'), res: v('stats-resolution'), fps: v('stats-fps') };
+    }), (s) => /\d+ ms/.test(s.rtt) && /%/.test(s.lossA) && /%/.test(s.lossV) && parseInt(s.bitrate, 10) > 0 && /\d+×\d+/.test(s.res) && parseInt(s.fps, 10) > 0, { timeout: 10_000, interval: 500 });
+    note(`popover for Bob at Alice: ${JSON.stringify(stats)}`);
+    await alice.page.keyboard.press('Escape');
+    await alice.page.waitForSelector('[data-testid="stats-popover"]', { state: 'hidden', timeout: 2000 });
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
+
+// Pinning and keyboard shortcuts: Alice pins Bob's tile, which stays large (over speaker
+// updates and a change of window size) until she unpins it; `?` lists the shortcuts, Esc closes
+// the list, C opens the chat and H raises the hand.
+test('a pinned tile stays large; keyboard shortcuts and their list', { timeout: 60_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, bob } = ctx;
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    const bobTile = `[data-testid="tile"][data-participant-id="${bob.participantId}"]`;
+    const sizes = () => alice.page.evaluate((sel) => {
+      const b = document.querySelector(sel).getBoundingClientRect();
+      const s = document.querySelector('[data-testid="self-tile"]').getBoundingClientRect();
+      return { bob: b.width * b.height, self: s.width * s.height, pinned: document.querySelector(sel).classList.contains('pinned') };
+    }, bobTile);
+    await alice.page.hover(bobTile);
+    await alice.page.click(`${bobTile} [data-testid="pin"]`);
+    for (const [i, size] of [{ width: 1280, height: 720 }, { width: 375, height: 812 }, { width: 1280, height: 720 }].entries()) {
+      await alice.page.setViewportSize(size);
+      const s = await waitFor(`Bob's pinned tile to be large at ${size.width} px`, sizes, (s) => s.pinned && s.bob > 2 * s.self, { timeout: 5000 });
+      if (i === 0) await new Promise((r) => setTimeout(r, 3000)); // speaker updates come and go
+      const again = await sizes();
+      assert.ok(again.pinned && again.bob > 2 * again.self, `the pinned tile must stay large: ${JSON.stringify({ s, again })}`);
+    }
+    await alice.page.click(`${bobTile} [data-testid="pin"]`);
+    await waitFor('the grid back after unpinning', sizes, (s) => !s.pinned && s.bob < 1.5 * s.self, { timeout: 5000 });
+    note('a pinned tile stayed large; unpinned, the grid is back');
+
+    // Shortcuts: ? opens the list (Esc closes it), C toggles the chat, H the hand.
+    await bob.page.click('#stage');
+    await bob.page.keyboard.press('Shift+Slash');
+    await bob.page.waitForSelector('[data-testid="shortcuts"]', { state: 'visible', timeout: 3000 });
+    const listed = await bob.page.$$eval('[data-testid="shortcut"]', (els) => els.map((e) => e.textContent));
+    assert.ok(listed.length >= 9, `shortcut list: ${JSON.stringify(listed)}`);
+    await bob.page.keyboard.press('Escape');
+    await bob.page.waitForSelector('[data-testid="shortcuts"]', { state: 'hidden', timeout: 2000 });
+    const chatBefore = await bob.page.getAttribute('#chat-button', 'aria-pressed');
+    await bob.page.keyboard.press('c');
+    await waitFor('C to toggle the chat', () => bob.page.getAttribute('#chat-button', 'aria-pressed'), (v) => v !== chatBefore, { timeout: 2000 });
+    await bob.page.keyboard.press('c');
+    await bob.page.click('#stage');
+    await bob.page.keyboard.press('h');
+    await alice.page.waitForSelector(`${bobTile} [data-testid="hand-badge"]:not([hidden])`, { timeout: 5000 });
+    await waitFor("Bob's own page to show his hand up", () => bob.page.evaluate(() => window.huddle.mod.myHand), Boolean, { timeout: 5000 });
+    await bob.page.keyboard.press('h');
+    await waitFor("H again to lower Bob's hand", () => bob.page.evaluate(() => ({ up: window.huddle.mod.myHand, focus: document.activeElement?.id || document.activeElement?.tagName })), (s) => !s.up, { timeout: 5000 });
+    await alice.page.waitForSelector(`${bobTile} [data-testid="hand-badge"]`, { state: 'hidden', timeout: 5000 });
+    note('shortcuts: ?, Esc, C, H work');
   } catch (err) {
     console.log('server log tail:\n' + serverLogTail());
     throw err;
