@@ -111,10 +111,19 @@ export class ModerationUI {
     this.knocks = el('div', { id: 'knocks', class: 'knocks', 'aria-live': 'polite' });
     document.body.append(this.knocks);
     this.renderTimer = setInterval(() => this.peopleOpen && this.renderPeople(), 1000);
+    // Esc closes the participants panel (focus goes back to its button).
+    this.onKey = (e) => {
+      if (e.key === 'Escape' && this.peopleOpen && !document.querySelector('dialog[open]')) {
+        this.setPeopleOpen(false);
+        this.peopleButton.focus();
+      }
+    };
+    document.addEventListener('keydown', this.onKey);
   }
 
   destroy() {
     clearInterval(this.renderTimer);
+    document.removeEventListener('keydown', this.onKey);
     for (const timer of this.typists.values()) clearTimeout(timer);
     this.typists.clear();
     this.handButton.remove();

@@ -11,8 +11,10 @@
 //   HUDDLE_BIN=target/release/huddle node --test tests/e2e/ui.test.mjs
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import {
-  CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, cleanup, serverLogTail,
+  ROOT, CHROMIUM_ARGS, MEDIA_TIMEOUT_MS, note, waitFor, startServer, openParticipant, remoteVideos, isPlaying, cleanup, serverLogTail,
 } from './harness.mjs';
 
 // getDisplayMedia without a picker: Chromium captures the (virtual) screen by itself.
@@ -307,6 +309,55 @@ test('a pinned tile stays large; keyboard shortcuts and their list', { timeout: 
     await waitFor("H again to lower Bob's hand", () => bob.page.evaluate(() => ({ up: window.huddle.mod.myHand, focus: document.activeElement?.id || document.activeElement?.tagName })), (s) => !s.up, { timeout: 5000 });
     await alice.page.waitForSelector(`${bobTile} [data-testid="hand-badge"]`, { state: 'hidden', timeout: 5000 });
     note('shortcuts: ?, Esc, C, H work');
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
+
+// Accessibility: axe-core finds no serious or critical violation on the landing page, the join
+// page and the meeting (with the participants panel, the More menu and the connection popover
+// open in turn).
+const AXE = readFileSync(path.join(ROOT, 'node_modules/axe-core/axe.min.js'), 'utf8');
+
+async function axeViolations(page, what) {
+  // Not addScriptTag: the page's content security policy (script-src 'self') refuses inline
+  // scripts, as it should; evaluating through the DevTools protocol is not a page script.
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(AXE);
+  const res = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = res.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  return bad.map((v) => ({ where: what, id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+}
+
+test('accessibility: no serious or critical axe-core violation on the landing, join and meeting pages', { timeout: 90_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, base } = ctx;
+    const found = [];
+    const page = await alice.page.context().newPage();
+    await page.goto(`${base}/`, { waitUntil: 'load' });
+    await page.waitForSelector('[data-testid="room-input"]', { state: 'visible' });
+    found.push(...(await axeViolations(page, 'landing')));
+    assert.ok(await page.isVisible('#landing main'), 'the landing page has a main landmark');
+    await page.goto(`${base}/r/axe-${Math.random().toString(36).slice(2, 8)}`, { waitUntil: 'load' });
+    await page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+    found.push(...(await axeViolations(page, 'join')));
+    assert.ok(await page.isVisible('#join main'), 'the join page has a main landmark');
+    await page.close();
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    found.push(...(await axeViolations(alice.page, 'meeting')));
+    await alice.page.click('[data-testid="people-toggle"]');
+    found.push(...(await axeViolations(alice.page, 'meeting with the participants panel')));
+    await alice.page.keyboard.press('Escape');
+    await alice.page.waitForSelector('[data-testid="people-panel"]', { state: 'hidden', timeout: 2000 });
+    await alice.page.setViewportSize({ width: 375, height: 812 });
+    await alice.page.waitForSelector('[data-testid="more"]', { state: 'visible', timeout: 5000 });
+    await alice.page.click('[data-testid="more"]');
+    found.push(...(await axeViolations(alice.page, 'meeting at 375 px with the More menu')));
+    await alice.page.keyboard.press('Escape');
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    assert.deepEqual(found, [], `axe-core violations: ${JSON.stringify(found, null, 1)}`);
+    note('axe-core: no serious or critical violation on landing, join and meeting pages');
   } catch (err) {
     console.log('server log tail:\n' + serverLogTail());
     throw err;
