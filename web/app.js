@@ -6,14 +6,16 @@ import { Call } from './call.js';
 import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
 import { ControlBar } from './controlbar.js';
+import { ROOM_RE, roomFromTitle, roomTitle } from './roomname.js';
 import { HostUI } from './host.js';
 import { StatsPopover } from './stats.js';
 import { Shortcuts } from './shortcuts.js';
+import { noteMessage as noteE2eeHint } from './e2eehint.js';
+import { speakerPicker, MicLevel } from './audio-out.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
 
-const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const NAME_KEY = 'huddle.name';
 const MIC_KEY = 'huddle.mic';
 const CAMERA_KEY = 'huddle.camera';
@@ -89,7 +91,7 @@ function showLanding(prefill) {
   input.value = prefill || '';
   const check = () => {
     const v = input.value.trim();
-    const bad = v !== '' && !ROOM_RE.test(v);
+    const bad = v !== '' && !roomFromTitle(v);
     hint.textContent = bad ? t('landing.invalid_room') : t('landing.room_hint');
     hint.classList.toggle('invalid', bad);
     input.setAttribute('aria-invalid', String(bad));
@@ -107,7 +109,7 @@ function showLanding(prefill) {
       input.focus();
       return;
     }
-    const room = input.value.trim() || randomRoomName();
+    const room = roomFromTitle(input.value) || randomRoomName();
     location.assign(`/r/${encodeURIComponent(room)}`);
   });
   check();
@@ -150,9 +152,10 @@ class JoinScreen {
     huddle.state = 'join';
     huddle.room = this.room;
     showScreen('join');
-    document.title = `${this.room} · ${t('app.name')}`;
-    $('#join-room-name').textContent = this.room;
+    document.title = `${roomTitle(this.room)} · ${t('app.name')}`;
+    $('#join-room-name').textContent = roomTitle(this.room);
     $('#e2ee-field').hidden = !e2eeRequested();
+    speakerPicker();
 
     const claims = this.token ? decodeJwtClaims(this.token) : null;
     $('#join-token-note').hidden = !this.token;
@@ -465,7 +468,12 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.statsPopover = new StatsPopover({ view, getPeer: () => huddle.pc });
         huddle.shortcuts?.destroy();
         huddle.shortcuts = new Shortcuts();
-        view.opts.decorateChat = (item, m) => rich.decorate(item, m);
+        huddle.micLevel?.destroy();
+        huddle.micLevel = new MicLevel(stream);
+        view.opts.decorateChat = (item, m) => {
+          rich.decorate(item, m);
+          noteE2eeHint(m, () => call.leave());
+        };
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
           view.participantJoined(p);
@@ -605,7 +613,7 @@ function startCall({ room, token, stream, join, name, password }) {
             // Turned away from the lobby, or the room ended while waiting.
             for (const tr of stream.getTracks()) tr.stop();
             huddle.state = 'left';
-            showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`));
+            showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`), info.serverLeaveReason);
             return;
           }
           if (!info.lastError) reportError('connect_failed', null, { sticky: true });
@@ -662,6 +670,8 @@ function startCall({ room, token, stream, join, name, password }) {
     huddle.statsPopover = null;
     huddle.shortcuts?.destroy();
     huddle.shortcuts = null;
+    huddle.micLevel?.destroy();
+    huddle.micLevel = null;
     if (mod) mod.destroy();
     mod = null;
     huddle.mod = null;
@@ -715,9 +725,12 @@ function audioBlocked() {
   document.addEventListener('keydown', unlock, { once: true });
 }
 
-function showLeft(title, reason) {
+function showLeft(title, reason, code) {
   showScreen('left');
-  $('#left-title').textContent = title;
+  // Turned away at the lobby: say so, and offer no Rejoin (it would only knock again).
+  const denied = code === 'denied';
+  $('#left-title').textContent = denied ? t('left.denied_title') : title;
+  $('#rejoin-button').hidden = denied;
   $('#left-reason').textContent = reason || '';
   document.title = t('app.name');
 }
@@ -743,7 +756,12 @@ let joinScreen = null;
 
 function route() {
   const m = location.pathname.match(/^\/r\/([^/]+)\/?$/);
-  if (!m) return showLanding();
+  if (!m) {
+    showLanding();
+    // The server answers every unknown path with this page (status 404): say so.
+    if (location.pathname !== '/') reportError('not_found', null, { sticky: true });
+    return;
+  }
   let room = '';
   try {
     room = decodeURIComponent(m[1]);
@@ -751,6 +769,12 @@ function route() {
     room = '';
   }
   if (!ROOM_RE.test(room)) {
+    // A name in another script (typed into the address bar): its URL-safe form.
+    const safe = roomFromTitle(room);
+    if (safe) {
+      location.replace(`/r/${safe}${location.search}${location.hash}`);
+      return;
+    }
     showLanding();
     reportError('invalid_room', null, { sticky: true });
     return;

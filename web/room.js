@@ -2,6 +2,8 @@
 import { t, tn, setLabel, lang } from './i18n.js';
 import { icon } from './icons.js';
 import { $, el, initials, hueFor } from './ui.js';
+import { roomTitle } from './roomname.js';
+import { applySpeaker } from './audio-out.js';
 
 const GAP = 12;
 // Tile shapes tried: wide ones on a landscape stage, taller ones on a portrait (phone) stage.
@@ -47,7 +49,8 @@ export class RoomView {
     this.chatLog = $('#chat-log');
     this.audioBlocked = false;
 
-    $('#room-name').textContent = opts.room;
+    $('#room-name').textContent = roomTitle(opts.room);
+    $('#room-name').title = opts.room;
     this.grid.replaceChildren();
     this.chatLog.replaceChildren($('#chat-empty') || el('p', { id: 'chat-empty', class: 'chat-empty' }));
     $('#chat-empty').textContent = t('chat.empty');
@@ -285,6 +288,7 @@ export class RoomView {
       tile.audioTrack = track;
       tile.audioReceiver = receiver;
       tile.audio.srcObject = new MediaStream([track]);
+      applySpeaker(tile.audio);
       tile.audio.play().catch((err) => {
         if (err && err.name === 'NotAllowedError') this.opts.onAudioBlocked?.();
       });

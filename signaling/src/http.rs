@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
         // A body (an upload) that pauses longer than this is cut; the time between its parts,
         // not its whole length, is bounded, so slow links can still upload large files.
@@ -286,9 +287,35 @@ async fn index() -> Response {
 
 async fn room_page(Path(room): Path<String>) -> Response {
     if !valid_room_name(&room) {
-        return api_error(StatusCode::NOT_FOUND, "bad_room", "no such room name");
+        // The page, not JSON: it tells the user what a room name may be (a name in another
+        // script, typed into the address bar, is sent on to its URL-safe form).
+        return page_not_found();
     }
     serve_file("index.html")
+}
+
+/// Any other path: `/r/NAME/` goes to `/r/NAME`; the API answers JSON; everything else gets the
+/// web client with status 404, which says there is no page there.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if let Some(room) = path
+        .strip_prefix("/r/")
+        .and_then(|r| r.strip_suffix('/'))
+        .filter(|r| valid_room_name(r))
+    {
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        return axum::response::Redirect::permanent(&format!("/r/{room}{query}")).into_response();
+    }
+    if path.starts_with("/api/") || path == "/ws" {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "not found");
+    }
+    page_not_found()
+}
+
+fn page_not_found() -> Response {
+    let mut res = serve_file("index.html");
+    *res.status_mut() = StatusCode::NOT_FOUND;
+    res
 }
 
 async fn asset(Path(path): Path<String>) -> Response {

@@ -24,6 +24,13 @@ after(cleanup);
 
 const ctx = { base: null, room: null, alice: null, bob: null };
 
+// The screenshot gallery in docs/screenshots/ (docs/web-client.md): written when E2E_GALLERY=1,
+// so that ordinary runs leave the tree clean.
+async function shot(page, name) {
+  if (process.env.E2E_GALLERY !== '1') return;
+  await page.screenshot({ path: path.join(ROOT, 'docs', 'screenshots', `${name}.png`) });
+}
+
 async function join(p, url) {
   await p.page.goto(url, { waitUntil: 'load', timeout: 15_000 });
   await p.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
@@ -157,6 +164,10 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       const { s, items } = await checkPhone(bob, size);
       note(`${size.width}x${size.height}: in the bar ${s.controls.filter((c) => c.inView).map((c) => c.id).join(' ')}; in the menu ${items.map((i) => i.for).join(' ')}`);
     }
+    await bob.page.setViewportSize({ width: 375, height: 812 });
+    await bob.page.click('[data-testid="more"]');
+    await shot(bob.page, 'phone-more-menu');
+    await bob.page.keyboard.press('Escape');
     // A menu item does what its button does: raise the hand from the menu at 375 px.
     await bob.page.setViewportSize({ width: 375, height: 812 });
     await bob.page.click('[data-testid="more"]');
@@ -180,6 +191,11 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       for (let i = 0; i < n; i++) window.huddle.view.participantLeft(`fake-${i}`);
     }, n);
     await addFakes(6);
+    for (const [size, name] of [[{ width: 1920, height: 1080 }, 'fullhd-grid-8'], [{ width: 375, height: 812 }, 'phone-grid-8']]) {
+      await alice.page.setViewportSize(size);
+      await stageBounds(alice.page);
+      await shot(alice.page, name);
+    }
     await alice.page.click('[data-testid="speaker-view"]');
     for (const [count, fakes] of [[8, 6], [25, 23]]) {
       if (fakes > 6) await addFakes(fakes);
@@ -188,6 +204,8 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
         const b = await waitFor(`speaker view of ${count} at ${size.width}x${size.height}`, () => stageBounds(alice.page),
           (b) => b.vw === size.width && b.focus && b.tiles.length === count && b.tiles.filter((t) => t.focused).length === 1, { timeout: 5000 });
         assertInside(b, `speaker view of ${count} at ${size.width}x${size.height}`);
+        if (count === 8 && size.width === 1280) await shot(alice.page, 'laptop-speaker-8');
+        if (count === 8 && size.width === 375) await shot(alice.page, 'phone-speaker-8');
         const big = b.tiles.find((t) => t.focused);
         const small = Math.max(...b.tiles.filter((t) => !t.focused).map((t) => t.width * t.height));
         assert.ok(big.width * big.height > 2 * small, `the speaker's tile must be the big one at ${size.width} px: ${big.width}x${big.height} vs ${small}`);
@@ -207,6 +225,8 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       const b = await waitFor(`Bob to show Alice's screen at ${size.width}x${size.height}`, () => stageBounds(bob.page),
         (b) => b.vw === size.width && b.tiles.some((t) => t.screen && t.focused && t.height > 50), { timeout: MEDIA_TIMEOUT_MS });
       assertInside(b, `screen share at ${size.width}x${size.height}`);
+      if (size.width === 1280) await shot(bob.page, 'laptop-screen-share');
+      if (size.width === 375) await shot(bob.page, 'phone-screen-share');
     }
     await waitFor('the shared screen to play at Bob', () => bob.page.evaluate(() => document.querySelector('[data-testid="screen-tile"] video')?.videoWidth || 0), (w) => w > 0, { timeout: MEDIA_TIMEOUT_MS });
     note('the shared screen stays inside the stage at every size');
@@ -265,7 +285,7 @@ test('connection quality: good on every tile of a clean call; the popover shows 
 // Pinning and keyboard shortcuts: Alice pins Bob's tile, which stays large (over speaker
 // updates and a change of window size) until she unpins it; `?` lists the shortcuts, Esc closes
 // the list, C opens the chat and H raises the hand.
-test('a pinned tile stays large; keyboard shortcuts and their list', { timeout: 60_000 }, async () => {
+test('a pinned tile stays large; keyboard shortcuts and their list; the microphone meter', { timeout: 60_000 }, async () => {
   try {
     await ensureCall();
     const { alice, bob } = ctx;
@@ -298,8 +318,10 @@ test('a pinned tile stays large; keyboard shortcuts and their list', { timeout: 
     await bob.page.keyboard.press('Escape');
     await bob.page.waitForSelector('[data-testid="shortcuts"]', { state: 'hidden', timeout: 2000 });
     const chatBefore = await bob.page.getAttribute('#chat-button', 'aria-pressed');
+    if (chatBefore === 'true') await shot(bob.page, 'laptop-chat');
     await bob.page.keyboard.press('c');
     await waitFor('C to toggle the chat', () => bob.page.getAttribute('#chat-button', 'aria-pressed'), (v) => v !== chatBefore, { timeout: 2000 });
+    if (chatBefore === 'false') await shot(bob.page, 'laptop-chat');
     await bob.page.keyboard.press('c');
     await bob.page.click('#stage');
     await bob.page.keyboard.press('h');
@@ -309,6 +331,9 @@ test('a pinned tile stays large; keyboard shortcuts and their list', { timeout: 
     await waitFor("H again to lower Bob's hand", () => bob.page.evaluate(() => ({ up: window.huddle.mod.myHand, focus: document.activeElement?.id || document.activeElement?.tagName })), (s) => !s.up, { timeout: 5000 });
     await alice.page.waitForSelector(`${bobTile} [data-testid="hand-badge"]`, { state: 'hidden', timeout: 5000 });
     note('shortcuts: ?, Esc, C, H work');
+    // The microphone meter: the fake microphone beeps, so the ring on the button moves.
+    const level = await waitFor("Bob's microphone level on his button", () => bob.page.evaluate(() => Number(document.querySelector('#mic-button').style.getPropertyValue('--level') || 0)), (l) => l > 0.05, { timeout: 10_000, interval: 100 });
+    note(`microphone level shown: ${level}`);
   } catch (err) {
     console.log('server log tail:\n' + serverLogTail());
     throw err;
@@ -343,6 +368,14 @@ test('accessibility: no serious or critical axe-core violation on the landing, j
     await page.waitForSelector('[data-testid="name"]', { state: 'visible' });
     found.push(...(await axeViolations(page, 'join')));
     assert.ok(await page.isVisible('#join main'), 'the join page has a main landmark');
+    // The speaker picker and its test sound.
+    const speakers = await page.$$eval('[data-testid="speaker-select"] option', (os) => os.length);
+    assert.ok(speakers >= 1, 'the speaker picker lists an output');
+    await page.click('[data-testid="speaker-test"]');
+    await waitFor('the test sound to play', () => page.evaluate(() => {
+      const a = document.querySelector('[data-testid="speaker-test-audio"]');
+      return { t: a.currentTime, paused: a.paused, err: a.error && a.error.code };
+    }), (s) => s.t > 0.1, { timeout: 5000 });
     await page.close();
     await alice.page.setViewportSize({ width: 1280, height: 720 });
     found.push(...(await axeViolations(alice.page, 'meeting')));
@@ -358,6 +391,63 @@ test('accessibility: no serious or critical axe-core violation on the landing, j
     await alice.page.setViewportSize({ width: 1280, height: 720 });
     assert.deepEqual(found, [], `axe-core violations: ${JSON.stringify(found, null, 1)}`);
     note('axe-core: no serious or critical violation on landing, join and meeting pages');
+  } catch (err) {
+    console.log('server log tail:\n' + serverLogTail());
+    throw err;
+  }
+});
+
+// Friendly pages and names: bad room names and unknown paths get the page (status 404), which
+// says what is wrong; /r/NAME/ goes to /r/NAME; a room name in another script gets its
+// URL-safe form ("xn--" Punycode) and is shown as typed; a plain page in an end-to-end
+// encrypted room is told to add the passphrase.
+test('friendly pages: bad room names, unknown paths, names in any language, the E2EE passphrase hint', { timeout: 60_000 }, async () => {
+  try {
+    await ensureCall();
+    const { alice, bob, base } = ctx;
+    for (const p of ['/r/bad%20room', `/r/${'x'.repeat(65)}`, '/nope', '/r/room/extra']) {
+      const res = await fetch(`${base}${p}`);
+      const body = await res.text();
+      assert.equal(res.status, 404, `${p}: status`);
+      assert.match(res.headers.get('content-type') || '', /text\/html/, `${p}: an HTML page, not JSON`);
+      assert.match(body, /<html/i, `${p}: the page`);
+    }
+    const api = await fetch(`${base}/api/nope`);
+    assert.equal(api.status, 404);
+    assert.match(api.headers.get('content-type') || '', /json/, '/api/ stays JSON');
+    const slash = await fetch(`${base}/r/some-room/?lang=de`, { redirect: 'manual' });
+    assert.equal(slash.status, 308);
+    assert.equal(slash.headers.get('location'), '/r/some-room?lang=de');
+
+    const page = await alice.page.context().newPage();
+    await page.goto(`${base}/nope`, { waitUntil: 'load' });
+    await page.waitForSelector('[data-testid="room-input"]', { state: 'visible' });
+    assert.match(await page.textContent('[data-testid="banner"]'), /no page at this address/i);
+    await page.goto(`${base}/r/bad%20room`, { waitUntil: 'load' });
+    await page.waitForSelector('[data-testid="room-input"]', { state: 'visible' });
+    assert.match(await page.textContent('[data-testid="banner"]'), /room name is not valid/i);
+    // A name in another script, typed on the landing page and into the address bar.
+    await page.goto(`${base}/`, { waitUntil: 'load' });
+    await page.fill('[data-testid="room-input"]', '项目周会');
+    await Promise.all([page.waitForURL(/\/r\/xn--/), page.click('[data-testid="go"]')]);
+    assert.equal(new URL(page.url()).pathname, '/r/xn--6oq12ksw9amb2a');
+    await page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+    assert.equal(await page.textContent('#join-room-name'), '项目周会');
+    await page.goto(`${base}/r/${encodeURIComponent('café')}`, { waitUntil: 'load' });
+    await page.waitForURL(/\/r\/xn--caf-dma$/);
+    await page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+    assert.equal(await page.textContent('#join-room-name'), 'café');
+    await page.close();
+    note('bad names and unknown paths get the page with a message; names in any script work');
+
+    // An `e2ee1:` message (what an encrypted client sends) reaches Bob's plain page: he is
+    // told the call is end-to-end encrypted and offered the passphrase screen.
+    await alice.page.evaluate(() => window.huddle.call.send({ type: 'chat', text: 'e2ee1:AAAA' }));
+    await bob.page.waitForSelector('[data-testid="e2ee-plain"]', { state: 'visible', timeout: 5000 });
+    assert.match(await bob.page.textContent('[data-testid="e2ee-plain"]'), /end-to-end encrypted: enter the passphrase/);
+    await bob.page.keyboard.press('Escape');
+    await bob.page.waitForSelector('[data-testid="e2ee-plain"]', { state: 'hidden', timeout: 2000 });
+    note('a plain page in an encrypted room is told to enter the passphrase');
   } catch (err) {
     console.log('server log tail:\n' + serverLogTail());
     throw err;
@@ -391,6 +481,7 @@ test('hosts: the first by link hosts; mute, stop video, lobby, remove, admit, ma
     const person = `[data-testid="person"][data-participant-id="${bob.participantId}"]`;
     const bobTile = `[data-testid="tile"][data-participant-id="${bob.participantId}"]`;
     // Mute and stop video.
+    await shot(alice.page, 'laptop-host-panel');
     await alice.page.click(`${person} [data-testid="host-mute"]`);
     await waitFor("Bob's microphone to be muted by the host", () => bob.page.evaluate(() => window.huddle.audioMuted), Boolean, { timeout: 5000 });
     await alice.page.waitForSelector(`${bobTile} .mic-badge:not([hidden])`, { timeout: 5000 });
@@ -412,6 +503,19 @@ test('hosts: the first by link hosts; mute, stop video, lobby, remove, admit, ma
 
     // Bob rejoins: the lobby holds him until Alice admits him.
     await Promise.all([bob.page.waitForNavigation({ waitUntil: 'load' }), bob.page.click('[data-testid="rejoin"]')]);
+    await bob.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
+    await bob.page.fill('[data-testid="name"]', 'Bob');
+    await bob.page.click('[data-testid="join"]');
+    await bob.page.waitForSelector('[data-testid="lobby"]', { state: 'visible', timeout: 10_000 });
+    // Denied first: Bob's page says so, with no Rejoin.
+    await alice.page.waitForSelector('[data-testid="knock"]', { state: 'visible', timeout: 10_000 });
+    await alice.page.click('[data-testid="knock-deny"]');
+    await bob.page.waitForSelector('#left:not([hidden])', { timeout: 10_000 });
+    assert.match(await bob.page.textContent('#left-title'), /not let in/i);
+    assert.equal(await bob.page.isVisible('[data-testid="rejoin"]'), false, 'no Rejoin after a denial');
+    note('Bob was denied at the lobby and told so');
+    // He opens the link again and is admitted.
+    await bob.page.goto(`${base}/r/${room}`, { waitUntil: 'load' });
     await bob.page.waitForSelector('[data-testid="name"]', { state: 'visible' });
     await bob.page.fill('[data-testid="name"]', 'Bob');
     await bob.page.click('[data-testid="join"]');
