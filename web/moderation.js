@@ -166,6 +166,7 @@ export class ModerationUI {
       let badge = tile.el.querySelector('.hand-badge');
       if (!badge) {
         badge = el('span', { class: 'tile-badge hand-badge', dataset: { testid: 'hand-badge' }, title: t('tile.hand_raised'), text: '✋' });
+        badge.setAttribute('role', 'img');
         badge.setAttribute('aria-label', t('tile.hand_raised'));
         tile.el.querySelector('.tile-label')?.prepend(badge);
       }

@@ -100,6 +100,9 @@ export class RoomView {
     const qualityEl = el('button', { type: 'button', class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
     const label = el('div', { class: 'tile-label' }, qualityEl, micBadge, camBadge, nameEl);
     const root = el('div', { class: self ? 'tile self' : 'tile', dataset: { participantId: id } }, video, avatar, label);
+    // role="img": an aria-label needs a role that takes one (axe: aria-prohibited-attr).
+    micBadge.setAttribute('role', 'img');
+    camBadge.setAttribute('role', 'img');
     micBadge.setAttribute('aria-label', t('tile.muted'));
     camBadge.setAttribute('aria-label', t('tile.camera_off'));
     return { id, el: root, video, avatar, micBadge, camBadge, nameEl, qualityEl, name, audioMuted: false, videoMuted: false };

@@ -196,6 +196,8 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       await stageBounds(alice.page);
       await shot(alice.page, name);
     }
+    await alice.page.setViewportSize({ width: 1280, height: 720 });
+    await waitFor("Alice's full control bar", () => barState(alice.page), (s) => !s.compact, { timeout: 5000 });
     await alice.page.click('[data-testid="speaker-view"]');
     for (const [count, fakes] of [[8, 6], [25, 23]]) {
       if (fakes > 6) await addFakes(fakes);
@@ -378,6 +380,12 @@ test('accessibility: no serious or critical axe-core violation on the landing, j
     }), (s) => s.t > 0.1, { timeout: 5000 });
     await page.close();
     await alice.page.setViewportSize({ width: 1280, height: 720 });
+    // Two more tiles through the page's own code: one muted with camera off and a raised hand.
+    await alice.page.evaluate(() => {
+      window.huddle.view.participantJoined({ participant_id: 'axe-1', name: 'Muted Guest', audio_muted: true, video_muted: true, tracks: [] });
+      window.huddle.mod.setHand('axe-1', true);
+      window.huddle.view.participantJoined({ participant_id: 'axe-2', name: 'Guest', tracks: [] });
+    });
     found.push(...(await axeViolations(alice.page, 'meeting')));
     await alice.page.click('[data-testid="people-toggle"]');
     found.push(...(await axeViolations(alice.page, 'meeting with the participants panel')));
@@ -389,6 +397,10 @@ test('accessibility: no serious or critical axe-core violation on the landing, j
     found.push(...(await axeViolations(alice.page, 'meeting at 375 px with the More menu')));
     await alice.page.keyboard.press('Escape');
     await alice.page.setViewportSize({ width: 1280, height: 720 });
+    await alice.page.evaluate(() => {
+      window.huddle.mod.setHand('axe-1', false);
+      for (const id of ['axe-1', 'axe-2']) window.huddle.view.participantLeft(id);
+    });
     assert.deepEqual(found, [], `axe-core violations: ${JSON.stringify(found, null, 1)}`);
     note('axe-core: no serious or critical violation on landing, join and meeting pages');
   } catch (err) {
@@ -423,7 +435,7 @@ test('friendly pages: bad room names, unknown paths, names in any language, the 
     await page.goto(`${base}/nope`, { waitUntil: 'load' });
     await page.waitForSelector('[data-testid="room-input"]', { state: 'visible' });
     assert.match(await page.textContent('[data-testid="banner"]'), /no page at this address/i);
-    await page.goto(`${base}/r/bad%20room`, { waitUntil: 'load' });
+    await page.goto(`${base}/r/bad%3Croom%3E`, { waitUntil: 'load' });
     await page.waitForSelector('[data-testid="room-input"]', { state: 'visible' });
     assert.match(await page.textContent('[data-testid="banner"]'), /room name is not valid/i);
     // A name in another script, typed on the landing page and into the address bar.
