@@ -472,7 +472,8 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.micLevel = new MicLevel(stream);
         view.opts.decorateChat = (item, m) => {
           rich.decorate(item, m);
-          noteE2eeHint(m, () => call.leave());
+          // Not our own messages: a page without the passphrase never sends ciphertext.
+          if (m && m.participant_id !== huddle.participantId) noteE2eeHint(m, () => call.leave());
         };
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {

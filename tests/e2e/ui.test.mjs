@@ -459,6 +459,7 @@ test('friendly pages: bad room names, unknown paths, names in any language, the 
     assert.match(await bob.page.textContent('[data-testid="e2ee-plain"]'), /end-to-end encrypted: enter the passphrase/);
     await bob.page.keyboard.press('Escape');
     await bob.page.waitForSelector('[data-testid="e2ee-plain"]', { state: 'hidden', timeout: 2000 });
+    assert.equal(await alice.page.isVisible('[data-testid="e2ee-plain"]'), false, "the sender's own message does not raise the hint");
     note('a plain page in an encrypted room is told to enter the passphrase');
   } catch (err) {
     console.log('server log tail:\n' + serverLogTail());
