@@ -191,6 +191,8 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
       for (let i = 0; i < n; i++) window.huddle.view.participantLeft(`fake-${i}`);
     }, n);
     await addFakes(6);
+    // The chat (open by default on a wide window) would cover the stage of a phone.
+    await alice.page.evaluate(() => window.huddle.view.setChatOpen(false));
     for (const [size, name] of [[{ width: 1920, height: 1080 }, 'fullhd-grid-8'], [{ width: 375, height: 812 }, 'phone-grid-8']]) {
       await alice.page.setViewportSize(size);
       await stageBounds(alice.page);
