@@ -157,6 +157,8 @@ test('layout: the control bar fits from 360 px to 4K; speaker view and screen sh
     await ensureCall();
     const { alice, bob } = ctx;
 
+    // The chat (open by default on a wide window) would cover a phone's stage in the gallery.
+    for (const p of [alice, bob]) await p.page.evaluate(() => window.huddle.view.setChatOpen(false));
     // 1. The control bar.
     const full = await waitFor('the full control bar at 1280 px', () => barState(bob.page), (s) => !s.compact && s.controls.length >= 8, { timeout: 5000 });
     assert.ok(full.controls.every((c) => c.inView), `every control in view at 1280 px: ${JSON.stringify(full.controls)}`);
