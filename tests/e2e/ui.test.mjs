@@ -258,12 +258,14 @@ test('connection quality: good on every tile of a clean call; the popover shows 
     await ensureCall();
     const { alice, bob } = ctx;
     const dots = (p) => p.page.evaluate(() => [...document.querySelectorAll('#grid > .tile:not(.screen)')].map((t) => ({ id: t.dataset.participantId, q: t.querySelector('[data-testid="quality"]:not([hidden])')?.dataset.quality || null })));
+    // The layout test before this one shared a 1080p screen and resized the pages up to 4K on
+    // a busy 2-core machine: a verdict covering that (the server judges the last 5 s) may be
+    // fair. So: every tile good within 30 s, then good over the next two verdicts.
     for (const p of [alice, bob]) {
-      const seen = await waitFor(`${p.name}'s tiles to show a connection quality`, () => dots(p), (d) => d.length === 2 && d.every((x) => x.q), { timeout: 30_000, interval: 500 });
-      assert.ok(seen.every((x) => x.q === 'good'), `${p.name}: every tile should be good on a clean loopback call: ${JSON.stringify(seen)}`);
+      await waitFor(`${p.name}'s tiles all to show "good"`, () => dots(p), (d) => d.length === 2 && d.every((x) => x.q === 'good'), { timeout: 30_000, interval: 500 });
     }
     // And it stays good over the next verdicts (the server sends one every 5 s on a change).
-    const until = Date.now() + 6000;
+    const until = Date.now() + 11_000;
     while (Date.now() < until) {
       for (const p of [alice, bob]) {
         const d = await dots(p);
