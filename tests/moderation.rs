@@ -832,3 +832,141 @@ fn the_openapi_file_parses_and_documents_every_route() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_first_in_a_room_opened_by_link_hosts_from_the_socket() {
+    let server = Server::start(&[]);
+    let (mut a, j) = join_guest(&server, "link", "Ada").await;
+    assert_eq!(j["host"], true, "the first by link hosts: {j}");
+    let a_id = j["participant_id"].as_str().unwrap().to_string();
+    let (mut b, j) = join_guest(&server, "link", "Bo").await;
+    assert!(j.get("host").is_none(), "only the first hosts: {j}");
+    assert_eq!(j["participants"][0]["host"], true, "{j}");
+    let b_id = j["participant_id"].as_str().unwrap().to_string();
+
+    // A non-host is refused, and nothing happens.
+    for m in [
+        json!({"type": "moderate", "participant_id": a_id, "action": "remove", "request_id": "r1"}),
+        json!({"type": "room_settings", "lobby": true, "request_id": "r2"}),
+        json!({"type": "end_room", "request_id": "r3"}),
+        json!({"type": "invite", "request_id": "r4"}),
+    ] {
+        b.send(m).await;
+        let (e, _) = b.recv_type("error").await;
+        assert_eq!(e["code"], "forbidden", "{e}");
+    }
+    // The host mutes and stops video: as the room API's mute.
+    a.send(json!({"type": "moderate", "participant_id": b_id, "action": "mute_audio"}))
+        .await;
+    let (m, _) = b.recv_type("mute").await;
+    assert_eq!(
+        (m["kind"].as_str(), m["by_server"].as_bool()),
+        (Some("audio"), Some(true))
+    );
+    a.send(json!({"type": "moderate", "participant_id": b_id, "action": "mute_video"}))
+        .await;
+    let (m, _) = b.recv_type("mute").await;
+    assert_eq!(m["kind"], "video");
+    a.send(json!({"type": "moderate", "participant_id": "PA_nobody", "action": "remove", "request_id": "x"}))
+        .await;
+    let (e, _) = a.recv_type("error").await;
+    assert_eq!(e["code"], "bad_message");
+
+    // Lobby on: everyone is told; a newcomer waits and only a host may admit.
+    a.send(json!({"type": "room_settings", "lobby": true}))
+        .await;
+    for s in [&mut a, &mut b] {
+        let (r, _) = s.recv_type("room_settings").await;
+        assert_eq!(
+            (r["lobby"].as_bool(), r["locked"].as_bool()),
+            (Some(true), Some(false))
+        );
+    }
+    let c = server.guest_token("link", "Cy").await;
+    let (mut c, m) = join_raw(&server, &c, None).await;
+    assert_eq!(m["type"], "lobby", "{m}");
+    let (knock, _) = a.recv_type("knock").await;
+    b.send(json!({"type": "admit", "participant_id": knock["participant_id"], "request_id": "y"}))
+        .await;
+    let (e, _) = b.recv_type("error").await;
+    assert_eq!(e["code"], "forbidden");
+    a.send(json!({"type": "admit", "participant_id": knock["participant_id"]}))
+        .await;
+    let (j, _) = c.recv_type("joined").await;
+    assert_eq!(j["lobby"], true, "{j}");
+    let c_id = j["participant_id"].as_str().unwrap().to_string();
+
+    // Make host: Bo may now lock the room; a newcomer is refused.
+    a.send(json!({"type": "moderate", "participant_id": b_id, "action": "make_host"}))
+        .await;
+    let (h, _) = b.recv_type("host").await;
+    assert_eq!(
+        (h["participant_id"].as_str(), h["host"].as_bool()),
+        (Some(b_id.as_str()), Some(true))
+    );
+    b.send(json!({"type": "room_settings", "locked": true}))
+        .await;
+    let (r, _) = a.recv_type("room_settings").await;
+    assert_eq!(r["locked"], true);
+    let d = server.guest_token("link", "Di").await;
+    let (_d, m) = join_raw(&server, &d, None).await;
+    assert_eq!(m["code"], "room_locked", "{m}");
+
+    // Remove, then end for all.
+    a.send(json!({"type": "moderate", "participant_id": c_id, "action": "remove"}))
+        .await;
+    let (l, _) = c.recv_type("leave").await;
+    assert_eq!(l["reason"], "removed");
+    a.send(json!({"type": "end_room"})).await;
+    for s in [&mut a, &mut b] {
+        let (l, _) = s.recv_type("leave").await;
+        assert_eq!(l["reason"], "room_ended");
+    }
+}
+
+#[tokio::test]
+async fn a_hosts_invite_gets_a_guest_token_where_open_joining_is_off() {
+    let server = Server::start(&["--no-open-join"]);
+    let token = |body: Value| {
+        let url = format!("{}/api/token", server.url);
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(token(json!({"room": "desk", "name": "X"})).await.0, 403);
+    // Nobody hosts by arrival with open joining off; an admin token does.
+    let host = participant_token(&server, "desk", "host", true);
+    let (mut host, j) = join_raw(&server, &host, None).await;
+    assert_eq!(j["host"], true, "{j}");
+    host.send(json!({"type": "invite"})).await;
+    let (inv, _) = host.recv_type("invite").await;
+    let invite = inv["invite"].as_str().unwrap().to_string();
+    assert!(inv["expires_at"].as_u64().unwrap() > now());
+    // The invite admits to its room only, and is no access token itself.
+    assert_eq!(
+        token(json!({"room": "other", "name": "X", "invite": invite}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        token(json!({"room": "desk", "name": "X", "invite": "a.b.c"}))
+            .await
+            .0,
+        403
+    );
+    let (_s, first) = join_raw(&server, &invite, None).await;
+    assert_eq!(first["code"], "invalid_token", "{first}");
+    let (status, t) = token(json!({"room": "desk", "name": "Guest", "invite": invite})).await;
+    assert_eq!(status, 200, "{t}");
+    let (_guest, j) = join_raw(&server, t["token"].as_str().unwrap(), None).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    assert!(j.get("host").is_none());
+}

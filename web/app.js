@@ -5,11 +5,17 @@ import { openLocalMedia, getTrack, listDevices, LevelMeter } from './devices.js'
 import { Call } from './call.js';
 import { RoomView } from './room.js';
 import { ModerationUI, showLobby, askPassword } from './moderation.js';
+import { ControlBar } from './controlbar.js';
+import { ROOM_RE, roomFromTitle, roomTitle } from './roomname.js';
+import { HostUI } from './host.js';
+import { StatsPopover } from './stats.js';
+import { Shortcuts } from './shortcuts.js';
+import { noteMessage as noteE2eeHint } from './e2eehint.js';
+import { speakerPicker, MicLevel } from './audio-out.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
 
-const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const NAME_KEY = 'huddle.name';
 const MIC_KEY = 'huddle.mic';
 const CAMERA_KEY = 'huddle.camera';
@@ -85,7 +91,7 @@ function showLanding(prefill) {
   input.value = prefill || '';
   const check = () => {
     const v = input.value.trim();
-    const bad = v !== '' && !ROOM_RE.test(v);
+    const bad = v !== '' && !roomFromTitle(v);
     hint.textContent = bad ? t('landing.invalid_room') : t('landing.room_hint');
     hint.classList.toggle('invalid', bad);
     input.setAttribute('aria-invalid', String(bad));
@@ -103,7 +109,7 @@ function showLanding(prefill) {
       input.focus();
       return;
     }
-    const room = input.value.trim() || randomRoomName();
+    const room = roomFromTitle(input.value) || randomRoomName();
     location.assign(`/r/${encodeURIComponent(room)}`);
   });
   check();
@@ -146,9 +152,10 @@ class JoinScreen {
     huddle.state = 'join';
     huddle.room = this.room;
     showScreen('join');
-    document.title = `${this.room} · ${t('app.name')}`;
-    $('#join-room-name').textContent = this.room;
+    document.title = `${roomTitle(this.room)} · ${t('app.name')}`;
+    $('#join-room-name').textContent = roomTitle(this.room);
     $('#e2ee-field').hidden = !e2eeRequested();
+    speakerPicker();
 
     const claims = this.token ? decodeJwtClaims(this.token) : null;
     $('#join-token-note').hidden = !this.token;
@@ -293,7 +300,7 @@ class JoinScreen {
         const res = await fetch('/api/token', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ room: this.room, name }),
+          body: JSON.stringify({ room: this.room, name, invite: params.get('invite') || undefined }),
         });
         if (res.status === 403) throw Object.assign(new Error('forbidden'), { code: 'open_join_disabled' });
         if (!res.ok) throw Object.assign(new Error(`HTTP ${res.status}`), { code: 'token_failed' });
@@ -402,6 +409,7 @@ function startCall({ room, token, stream, join, name, password }) {
   let view = null;
   let mod = null;
   let rich = null;
+  let host = null;
   const call = new Call({
     room,
     token,
@@ -430,7 +438,7 @@ function startCall({ room, token, stream, join, name, password }) {
           canChat: !msg.grants || msg.grants.chat !== false,
           onToggleMic: () => toggleLocal('audio'),
           onToggleCamera: () => toggleLocal('video'),
-          onInvite: () => invite(room),
+          onInvite: () => invite(room, host),
           onLeave: () => leave(),
           onSendChat: (text) => (mod ? mod.sendChat(text) : !!call.sendChat(text)),
           onVideoSizes: (tracks) => call.sendVideoSizes(tracks),
@@ -449,12 +457,28 @@ function startCall({ room, token, stream, join, name, password }) {
         huddle.view = view;
         mod = new ModerationUI({ view, call, selfId: msg.participant_id, selfName: msg.name || name, canChat: !msg.grants || msg.grants.chat !== false });
         huddle.mod = mod;
+        host = new HostUI({ call, mod, selfId: msg.participant_id });
+        huddle.host = host;
+        host.fromJoined(msg);
         rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
         huddle.rich = rich;
-        view.opts.decorateChat = (item, m) => rich.decorate(item, m);
+        huddle.bar?.destroy();
+        huddle.bar = new ControlBar();
+        huddle.statsPopover?.destroy();
+        huddle.statsPopover = new StatsPopover({ view, getPeer: () => huddle.pc });
+        huddle.shortcuts?.destroy();
+        huddle.shortcuts = new Shortcuts();
+        huddle.micLevel?.destroy();
+        huddle.micLevel = new MicLevel(stream);
+        view.opts.decorateChat = (item, m) => {
+          rich.decorate(item, m);
+          // Not our own messages: a page without the passphrase never sends ciphertext.
+          if (m && m.participant_id !== huddle.participantId) noteE2eeHint(m, () => call.leave());
+        };
         setupE2eeIndicators(huddle.e2ee);
         for (const p of msg.participants || []) {
           view.participantJoined(p);
+          host.note(p);
           if (p.hand_raised) mod.setHand(p.participant_id, true);
         }
         showScreen('room');
@@ -513,6 +537,7 @@ function startCall({ room, token, stream, join, name, password }) {
         view?.removeTrack(participantId, track);
       },
       participantJoined(p) {
+        host?.note(p);
         if (!view || !p) return;
         view.participantJoined(p);
         if (p.hand_raised) mod?.setHand(p.participant_id, true);
@@ -524,6 +549,7 @@ function startCall({ room, token, stream, join, name, password }) {
         const tile = view.tiles.get(id);
         view.participantLeft(id);
         mod?.participantLeft(id);
+        host?.participantLeft(id);
         if (tile) toast(t('toast.left', { name: tile.name }));
       },
       trackPublished: (id, track) => view?.trackPublished(id, track),
@@ -548,6 +574,7 @@ function startCall({ room, token, stream, join, name, password }) {
         });
       },
       knock: (msg) => mod?.knock(msg),
+      other: (msg) => !!host?.onMessage(msg),
       knockEnded: (id) => mod?.knockEnded(id),
       speakers(list) {
         huddle.speakers = list.map((s) => s && s.participant_id).filter(Boolean);
@@ -587,7 +614,7 @@ function startCall({ room, token, stream, join, name, password }) {
             // Turned away from the lobby, or the room ended while waiting.
             for (const tr of stream.getTracks()) tr.stop();
             huddle.state = 'left';
-            showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`));
+            showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`), info.serverLeaveReason);
             return;
           }
           if (!info.lastError) reportError('connect_failed', null, { sticky: true });
@@ -635,6 +662,17 @@ function startCall({ room, token, stream, join, name, password }) {
   }
 
   function teardown() {
+    host?.destroy();
+    host = null;
+    huddle.host = null;
+    huddle.bar?.destroy();
+    huddle.bar = null;
+    huddle.statsPopover?.destroy();
+    huddle.statsPopover = null;
+    huddle.shortcuts?.destroy();
+    huddle.shortcuts = null;
+    huddle.micLevel?.destroy();
+    huddle.micLevel = null;
     if (mod) mod.destroy();
     mod = null;
     huddle.mod = null;
@@ -660,9 +698,16 @@ function startCall({ room, token, stream, join, name, password }) {
   call.connect();
 }
 
-async function invite(room) {
-  // An end-to-end encrypted room's link keeps #e2ee (the passphrase is shared separately).
-  const url = `${location.origin}/r/${encodeURIComponent(room)}${e2eeRequested() ? '#e2ee' : ''}`;
+async function invite(room, host) {
+  // A host's link carries a signed invite (it admits people where open joining is off); an
+  // end-to-end encrypted room's link keeps #e2ee (the passphrase is shared separately).
+  let query = '';
+  if (host?.myHost) {
+    const answer = await host.requestInvite();
+    if (answer && typeof answer.invite === 'string') query = `?invite=${encodeURIComponent(answer.invite)}`;
+  }
+  const url = `${location.origin}/r/${encodeURIComponent(room)}${query}${e2eeRequested() ? '#e2ee' : ''}`;
+  huddle.lastInvite = url;
   if (await copyText(url)) toast(t('toast.link_copied'));
   else toast(t('toast.copy_failed', { url }), 6000);
 }
@@ -681,9 +726,12 @@ function audioBlocked() {
   document.addEventListener('keydown', unlock, { once: true });
 }
 
-function showLeft(title, reason) {
+function showLeft(title, reason, code) {
   showScreen('left');
-  $('#left-title').textContent = title;
+  // Turned away at the lobby: say so, and offer no Rejoin (it would only knock again).
+  const denied = code === 'denied';
+  $('#left-title').textContent = denied ? t('left.denied_title') : title;
+  $('#rejoin-button').hidden = denied;
   $('#left-reason').textContent = reason || '';
   document.title = t('app.name');
 }
@@ -709,7 +757,12 @@ let joinScreen = null;
 
 function route() {
   const m = location.pathname.match(/^\/r\/([^/]+)\/?$/);
-  if (!m) return showLanding();
+  if (!m) {
+    showLanding();
+    // The server answers every unknown path with this page (status 404): say so.
+    if (location.pathname !== '/') reportError('not_found', null, { sticky: true });
+    return;
+  }
   let room = '';
   try {
     room = decodeURIComponent(m[1]);
@@ -717,6 +770,12 @@ function route() {
     room = '';
   }
   if (!ROOM_RE.test(room)) {
+    // A name in another script (typed into the address bar): its URL-safe form.
+    const safe = roomFromTitle(room);
+    if (safe) {
+      location.replace(`/r/${safe}${location.search}${location.hash}`);
+      return;
+    }
     showLanding();
     reportError('invalid_room', null, { sticky: true });
     return;

@@ -23,7 +23,7 @@ export const SIMULCAST_ENCODINGS = [
 ];
 
 // Error codes after which the server closes the socket.
-export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full', 'password_required', 'wrong_password']);
+export const FATAL_ERRORS = new Set(['unsupported_protocol', 'invalid_token', 'token_expired', 'wrong_room', 'room_full', 'password_required', 'wrong_password', 'room_locked']);
 
 function iceServersFrom(list) {
   if (!Array.isArray(list)) return [];
@@ -324,6 +324,7 @@ export class Call {
         this.lastError = msg;
         return this.on.error?.(msg, FATAL_ERRORS.has(msg.code));
       default:
+        if (this.on.other?.(msg)) return;
         this.log('ignoring unknown server message', msg.type);
     }
   }

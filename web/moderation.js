@@ -3,7 +3,7 @@
 // lobby waiting screen and the password prompt. Its elements are built here so that the room
 // markup stays as it is.
 
-import { $, el, showScreen } from './ui.js';
+import { $, el, showScreen, toast } from './ui.js';
 import { icon } from './icons.js';
 import { t, setLabel } from './i18n.js';
 
@@ -111,10 +111,19 @@ export class ModerationUI {
     this.knocks = el('div', { id: 'knocks', class: 'knocks', 'aria-live': 'polite' });
     document.body.append(this.knocks);
     this.renderTimer = setInterval(() => this.peopleOpen && this.renderPeople(), 1000);
+    // Esc closes the participants panel (focus goes back to its button).
+    this.onKey = (e) => {
+      if (e.key === 'Escape' && this.peopleOpen && !document.querySelector('dialog[open]')) {
+        this.setPeopleOpen(false);
+        this.peopleButton.focus();
+      }
+    };
+    document.addEventListener('keydown', this.onKey);
   }
 
   destroy() {
     clearInterval(this.renderTimer);
+    document.removeEventListener('keydown', this.onKey);
     for (const timer of this.typists.values()) clearTimeout(timer);
     this.typists.clear();
     this.handButton.remove();
@@ -136,7 +145,16 @@ export class ModerationUI {
     setLabel(this.handButton, this.myHand ? t('controls.hand_lower') : t('controls.hand_raise'));
   }
 
+  // A notice for everyone (the toast is a polite live region).
+  announce(text) {
+    toast(text, 4000);
+  }
+
   setHand(id, raised) {
+    if (raised && !this.hands.has(id) && id !== this.selfId) {
+      const who = this.view.tiles.get(id)?.name || '?';
+      this.announce(t('hand.notice', { name: who, position: this.hands.size + 1 }));
+    }
     if (raised) this.hands.add(id);
     else this.hands.delete(id);
     if (id === this.selfId) {
@@ -148,6 +166,7 @@ export class ModerationUI {
       let badge = tile.el.querySelector('.hand-badge');
       if (!badge) {
         badge = el('span', { class: 'tile-badge hand-badge', dataset: { testid: 'hand-badge' }, title: t('tile.hand_raised'), text: '✋' });
+        badge.setAttribute('role', 'img');
         badge.setAttribute('aria-label', t('tile.hand_raised'));
         tile.el.querySelector('.tile-label')?.prepend(badge);
       }
@@ -167,6 +186,7 @@ export class ModerationUI {
 
   setPeopleOpen(open) {
     this.peopleOpen = open;
+    this.lastPeopleKey = null;
     this.peoplePanel.hidden = !open;
     this.peopleButton.classList.toggle('active', open);
     this.peopleButton.setAttribute('aria-pressed', String(open));
@@ -178,15 +198,26 @@ export class ModerationUI {
     if (!this.peopleOpen) return;
     const people = [{ id: this.selfId, name: t('tile.you', { name: this.selfName }), tile: this.view.selfTile }];
     for (const [id, tile] of this.view.tiles) people.push({ id, name: tile.name, tile });
-    people.sort((a, b) => Number(this.hands.has(b.id)) - Number(this.hands.has(a.id)));
+    // Raised hands first, in the order they were raised (a Set keeps insertion order).
+    const order = [...this.hands];
+    const rank = (id) => (order.includes(id) ? order.indexOf(id) : order.length);
+    people.sort((a, b) => rank(a.id) - rank(b.id));
+    // Rebuilt only when something shown changed, so that a button is never replaced under
+    // the pointer.
+    const key = JSON.stringify(people.map((p) => [p.id, p.name, rank(p.id), !!p.tile?.audioMuted, !!p.tile?.videoMuted])) + (this.peopleKey?.() || '');
+    if (key === this.lastPeopleKey) return;
+    this.lastPeopleKey = key;
     this.peopleList.replaceChildren(
-      ...people.map((p) =>
-        el('li', { class: 'people-item', dataset: { participantId: p.id, testid: 'person' } },
+      ...people.map((p) => {
+        const li = el('li', { class: 'people-item', dataset: { participantId: p.id, testid: 'person' } },
           el('span', { class: 'people-name', text: p.name }),
           el('span', { class: 'people-state' },
-            this.hands.has(p.id) ? el('span', { title: t('tile.hand_raised'), text: '✋' }) : '',
+            this.hands.has(p.id) ? el('span', { title: t('tile.hand_raised'), text: `✋ ${rank(p.id) + 1}` }) : '',
             p.tile && p.tile.audioMuted ? el('span', { title: t('tile.muted'), text: '🔇' }) : '',
-            p.tile && p.tile.videoMuted ? el('span', { title: t('tile.camera_off'), text: '📷' }) : ''))),
+            p.tile && p.tile.videoMuted ? el('span', { title: t('tile.camera_off'), text: '📷' }) : ''));
+        this.decoratePerson?.(li, p);
+        return li;
+      }),
     );
   }
 

@@ -231,6 +231,18 @@ export class RichChat {
       picker.append(b);
     }
     anchor.append(picker);
+    // Esc closes the picker.
+    const onKey = (e) => {
+      if (e.key !== 'Escape') return;
+      picker.remove();
+    };
+    document.addEventListener('keydown', onKey);
+    new MutationObserver((_, obs) => {
+      if (!picker.isConnected) {
+        document.removeEventListener('keydown', onKey);
+        obs.disconnect();
+      }
+    }).observe(anchor, { childList: true });
   }
 
   edit(item, m) {

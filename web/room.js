@@ -2,6 +2,8 @@
 import { t, tn, setLabel, lang } from './i18n.js';
 import { icon } from './icons.js';
 import { $, el, initials, hueFor } from './ui.js';
+import { roomTitle } from './roomname.js';
+import { applySpeaker } from './audio-out.js';
 
 const GAP = 12;
 // Tile shapes tried: wide ones on a landscape stage, taller ones on a portrait (phone) stage.
@@ -47,7 +49,8 @@ export class RoomView {
     this.chatLog = $('#chat-log');
     this.audioBlocked = false;
 
-    $('#room-name').textContent = opts.room;
+    $('#room-name').textContent = roomTitle(opts.room);
+    $('#room-name').title = opts.room;
     this.grid.replaceChildren();
     this.chatLog.replaceChildren($('#chat-empty') || el('p', { id: 'chat-empty', class: 'chat-empty' }));
     $('#chat-empty').textContent = t('chat.empty');
@@ -68,6 +71,7 @@ export class RoomView {
     this.parkedTracks = new Map(); // track_id -> {streamId, track, receiver}: source not known yet
     this.speakerView = false;
     this.focusId = null;
+    this.pinnedId = null; // a pinned tile is large whatever the view and the speaker
     this.lastSizes = '';
     this.sizeTimer = setInterval(() => this.reportSizes(), 500);
     this.updateCount();
@@ -92,9 +96,13 @@ export class RoomView {
     const micBadge = el('span', { class: 'tile-badge mic-badge', hidden: true, title: t('tile.muted') }, icon('mic-off'));
     const camBadge = el('span', { class: 'tile-badge cam-badge', hidden: true, title: t('tile.camera_off') }, icon('video-off'));
     const nameEl = el('span', { class: 'tile-name', text: self ? t('tile.you', { name }) : name });
-    const qualityEl = el('span', { class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
+    // A button: it opens the connection popover (stats.js).
+    const qualityEl = el('button', { type: 'button', class: 'tile-quality', hidden: true, dataset: { testid: 'quality' } });
     const label = el('div', { class: 'tile-label' }, qualityEl, micBadge, camBadge, nameEl);
     const root = el('div', { class: self ? 'tile self' : 'tile', dataset: { participantId: id } }, video, avatar, label);
+    // role="img": an aria-label needs a role that takes one (axe: aria-prohibited-attr).
+    micBadge.setAttribute('role', 'img');
+    camBadge.setAttribute('role', 'img');
     micBadge.setAttribute('aria-label', t('tile.muted'));
     camBadge.setAttribute('aria-label', t('tile.camera_off'));
     return { id, el: root, video, avatar, micBadge, camBadge, nameEl, qualityEl, name, audioMuted: false, videoMuted: false };
@@ -128,6 +136,11 @@ export class RoomView {
       tile.audioTrack = null;
       tile.audioReceiver = null;
       tile.tracks = new Map(); // track_id -> kind, from the server's Track objects
+      tile.pinButton = el('button', { type: 'button', class: 'tile-pin', 'aria-pressed': 'false', dataset: { testid: 'pin' } }, icon('pin'));
+      tile.pinButton.setAttribute('aria-label', t('tile.pin', { name }));
+      tile.pinButton.title = t('tile.pin', { name });
+      tile.pinButton.addEventListener('click', () => this.pin(this.pinnedId === id ? null : id));
+      tile.el.append(tile.pinButton);
       this.watchFrames(tile.video);
       tile.video.addEventListener('resize', () => this.renderTile(tile));
       this.grid.insertBefore(tile.el, this.selfTile.el);
@@ -187,6 +200,7 @@ export class RoomView {
   participantLeft(id) {
     const tile = this.tiles.get(id);
     this.gone.add(id);
+    if (this.pinnedId === id) this.pinnedId = null;
     if (!tile) return;
     this.stopTileMedia(tile);
     tile.el.remove();
@@ -277,6 +291,7 @@ export class RoomView {
       tile.audioTrack = track;
       tile.audioReceiver = receiver;
       tile.audio.srcObject = new MediaStream([track]);
+      applySpeaker(tile.audio);
       tile.audio.play().catch((err) => {
         if (err && err.name === 'NotAllowedError') this.opts.onAudioBlocked?.();
       });
@@ -396,6 +411,21 @@ export class RoomView {
     this.layout();
   }
 
+  // Pins a remote tile (null: unpins): it is shown large, beside any shared screen, until
+  // unpinned or its participant leaves.
+  pin(id) {
+    this.pinnedId = id && this.tiles.has(id) ? id : null;
+    for (const tile of this.tiles.values()) {
+      const on = tile.id === this.pinnedId;
+      tile.el.classList.toggle('pinned', on);
+      tile.pinButton?.setAttribute('aria-pressed', String(on));
+      const label = on ? t('tile.unpin', { name: tile.name }) : t('tile.pin', { name: tile.name });
+      tile.pinButton?.setAttribute('aria-label', label);
+      if (tile.pinButton) tile.pinButton.title = label;
+    }
+    this.layout();
+  }
+
   toggleSpeakerView() {
     this.speakerView = !this.speakerView;
     if (this.speakerView && !this.tiles.has(this.focusId)) this.focusId = this.tiles.keys().next().value || null;
@@ -455,7 +485,8 @@ export class RoomView {
   }
 
   layout() {
-    for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', this.speakerView && tile.id === this.focusId);
+    const big = this.pinnedId || (this.speakerView ? this.focusId : null);
+    for (const tile of this.tiles.values()) tile.el.classList.toggle('focused', tile.id === big);
     const focused = [...this.grid.children].filter((c) => !c.hidden && c.classList.contains('focused'));
     this.grid.classList.toggle('focus', focused.length > 0);
     if (focused.length) return this.layoutFocus(focused);
@@ -480,19 +511,35 @@ export class RoomView {
     });
   }
 
-  // Screens and the speaker big, side by side; everyone else in a strip below.
+  // Screens and the speaker big, side by side; everyone else in a strip below. The strip is
+  // laid out like a small grid (bestLayout) in at most a quarter of the stage's height, so it
+  // holds any count in its rows and the big tiles get what is left: nothing leaves the stage.
   layoutFocus(focused) {
     const rect = this.stage.getBoundingClientRect();
     const style = getComputedStyle(this.stage);
-    const W = rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
-    const H = rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    const W = Math.floor(rect.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight));
+    const H = Math.floor(rect.height - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom));
     const others = [...this.grid.children].filter((c) => !c.hidden).length - focused.length;
-    const stripH = others ? Math.max(60, Math.min(140, H * 0.2)) : 0;
+    let stripW = 0;
+    let stripH = 0;
+    let stripTotal = 0;
+    if (others) {
+      const budget = Math.max(48, Math.min(140 * Math.ceil(others / 8), H * 0.25));
+      const fit = bestLayout(others, W, budget);
+      stripW = Math.floor(fit.w);
+      stripH = Math.floor(fit.h);
+      stripTotal = fit.rows * stripH + (fit.rows - 1) * GAP;
+    }
+    // Side by side on a wide stage, one above the other on a tall one.
+    const n = focused.length;
+    const rows = n > 1 && W < H - stripTotal ? n : 1;
+    const cols = Math.ceil(n / rows);
+    const focusH = Math.max(0, Math.floor((H - stripTotal - (others ? GAP : 0) - GAP * (rows - 1)) / rows));
     const gs = this.grid.style;
-    gs.setProperty('--strip-h', `${Math.floor(stripH)}px`);
-    gs.setProperty('--strip-w', `${Math.floor((stripH * 16) / 9)}px`);
-    gs.setProperty('--focus-w', `${Math.floor((W - GAP * (focused.length - 1)) / focused.length)}px`);
-    gs.setProperty('--focus-h', `${Math.floor(H - stripH - (others ? GAP : 0))}px`);
+    gs.setProperty('--strip-h', `${stripH}px`);
+    gs.setProperty('--strip-w', `${stripW}px`);
+    gs.setProperty('--focus-w', `${Math.floor((W - GAP * (cols - 1)) / cols)}px`);
+    gs.setProperty('--focus-h', `${focusH}px`);
     for (const c of this.grid.children) c.style.gridColumn = '';
   }
 

@@ -149,8 +149,9 @@ impl Quality {
         }
     }
 
-    /// Classifies a connection by its worst loss fraction (either direction), the jitter of
-    /// what it sends us (seconds) and its round trip time (seconds).
+    /// Classifies a connection by its worst loss fraction (either direction, audio and video),
+    /// the jitter of what it sends us (seconds, in audio terms: video jitter is weighed against
+    /// video's norm first, see `note_jitter`) and its round trip time (seconds).
     pub fn classify(loss: f32, jitter: f64, rtt: f64) -> Quality {
         if loss >= 0.08 || jitter >= 0.060 || rtt >= 0.600 {
             Quality::Poor

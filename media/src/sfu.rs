@@ -430,6 +430,7 @@ impl Sfu {
                 quality_loss: 0.0,
                 quality_jitter: 0.0,
                 quality_rtt: 0.0,
+                ingress_packets: Vec::new(),
                 paused: Vec::new(),
             },
         );

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
         // A body (an upload) that pauses longer than this is cut; the time between its parts,
         // not its whole length, is bounded, so slow links can still upload large files.
@@ -171,6 +172,9 @@ struct TokenRequest {
     room: String,
     #[serde(default)]
     name: String,
+    /// An invite a host made for this room (`invite`): admits even with open joining off.
+    #[serde(default)]
+    invite: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -203,11 +207,26 @@ async fn token(
     body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let cfg = &state.inner.config;
-    if !cfg.open_join {
+    let Ok(Json(req)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected JSON {\"room\", \"name\"}",
+        );
+    };
+    // With open joining off, only a host's invite for this very room gets a guest token.
+    let invited = req.invite.as_deref().is_some_and(|i| {
+        state
+            .inner
+            .keys
+            .verify_invite(i)
+            .is_ok_and(|room| room == req.room)
+    });
+    if !cfg.open_join && !invited {
         return api_error(
             StatusCode::FORBIDDEN,
             "open_join_disabled",
-            "this server admits only tokens from its operator's application",
+            "this server admits only tokens from its operator's application, or a host's invite link",
         );
     }
     // Each guest token is a new identity: without a per-address rate, per-identity limits
@@ -229,13 +248,6 @@ async fn token(
             );
         }
     }
-    let Ok(Json(req)) = body else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected JSON {\"room\", \"name\"}",
-        );
-    };
     if !valid_room_name(&req.room) {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -275,9 +287,35 @@ async fn index() -> Response {
 
 async fn room_page(Path(room): Path<String>) -> Response {
     if !valid_room_name(&room) {
-        return api_error(StatusCode::NOT_FOUND, "bad_room", "no such room name");
+        // The page, not JSON: it tells the user what a room name may be (a name in another
+        // script, typed into the address bar, is sent on to its URL-safe form).
+        return page_not_found();
     }
     serve_file("index.html")
+}
+
+/// Any other path: `/r/NAME/` goes to `/r/NAME`; the API answers JSON; everything else gets the
+/// web client with status 404, which says there is no page there.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if let Some(room) = path
+        .strip_prefix("/r/")
+        .and_then(|r| r.strip_suffix('/'))
+        .filter(|r| valid_room_name(r))
+    {
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        return axum::response::Redirect::permanent(&format!("/r/{room}{query}")).into_response();
+    }
+    if path.starts_with("/api/") || path == "/ws" {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "not found");
+    }
+    page_not_found()
+}
+
+fn page_not_found() -> Response {
+    let mut res = serve_file("index.html");
+    *res.status_mut() = StatusCode::NOT_FOUND;
+    res
 }
 
 async fn asset(Path(path): Path<String>) -> Response {

@@ -175,6 +175,10 @@ impl SignalingMetrics {
                 ClientMsg::Typing { .. } => "typing",
                 ClientMsg::Admit { .. } => "admit",
                 ClientMsg::Deny { .. } => "deny",
+                ClientMsg::Moderate { .. } => "moderate",
+                ClientMsg::RoomSettings { .. } => "room_settings",
+                ClientMsg::EndRoom => "end_room",
+                ClientMsg::Invite => "invite",
             },
         };
         self.ws_messages.with_label_values(&["in", ty]).inc();
@@ -208,6 +212,9 @@ impl SignalingMetrics {
             ServerMsg::Lobby { .. } => "lobby",
             ServerMsg::Knock { .. } => "knock",
             ServerMsg::KnockEnded { .. } => "knock_ended",
+            ServerMsg::Host { .. } => "host",
+            ServerMsg::RoomSettings { .. } => "room_settings",
+            ServerMsg::Invite { .. } => "invite",
             ServerMsg::Error { code, .. } => {
                 self.errors.with_label_values(&[error_code(*code)]).inc();
                 "error"

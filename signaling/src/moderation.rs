@@ -4,9 +4,14 @@
 //! the chat database so they survive a restart) until it is ended through the API. A room that
 //! someone simply joins gets the defaults: no password, no lobby, the node's participant cap.
 //!
-//! Who may let people in: participants whose token has the `admin` grant. When no admin is in the
-//! room, every participant may (otherwise a lobby room without a host would be a dead end);
-//! knocks then go to everyone. Admins skip the password and the lobby.
+//! Who may let people in: the room's hosts, that is participants whose token has the `admin`
+//! grant, those a host made hosts, and, on a server with open joining (the local default), the
+//! first person in a room opened by link (one not created through the API). When no host is in
+//! the room, every participant may (otherwise a lobby room without a host would be a dead end);
+//! knocks then go to everyone. Admins skip the password, the lobby and the lock.
+//!
+//! Hosts may also turn the lobby on and off and lock the room from the page ([`LiveFlags`]);
+//! those settings live in memory while the room has members.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -48,6 +53,16 @@ pub(crate) enum Gate {
     Refused(ErrorCode, &'static str),
 }
 
+/// The lobby and lock of a room as its hosts set them from the page. They override the API's
+/// lobby flag while the room has members, and are forgotten when it empties.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LiveFlags {
+    /// Joiners wait in the lobby.
+    pub(crate) lobby: bool,
+    /// Nobody new may join (admins excepted).
+    pub(crate) locked: bool,
+}
+
 /// How a lobby wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LobbyOutcome {
@@ -66,8 +81,19 @@ struct Waiter {
 struct State {
     settings: HashMap<String, RoomSettings>,
     lobbies: HashMap<String, HashMap<ParticipantId, Waiter>>,
-    /// Members per room, with whether they have the admin grant.
+    /// Members per room, with whether they are hosts.
     members: HashMap<String, HashMap<ParticipantId, bool>>,
+    /// Rooms whose hosts changed their lobby or lock from the page.
+    live: HashMap<String, LiveFlags>,
+}
+
+impl State {
+    fn flags(&self, room: &str) -> LiveFlags {
+        self.live.get(room).copied().unwrap_or(LiveFlags {
+            lobby: self.settings.get(room).is_some_and(|s| s.lobby),
+            locked: false,
+        })
+    }
 }
 
 /// Room settings and lobbies of this node.
@@ -203,12 +229,19 @@ impl Moderation {
     /// Checks a joiner against the room's password and lobby. Admins pass both. May block
     /// for a few milliseconds (password hashing): call it from a blocking task.
     pub(crate) fn gate(&self, room: &str, admin: bool, password: Option<&str>) -> Gate {
-        let Some(s) = self.settings(room) else {
-            return Gate::Open;
+        let (settings, flags) = {
+            let st = self.lock();
+            (st.settings.get(room).cloned(), st.flags(room))
         };
         if admin {
             return Gate::Open;
         }
+        if flags.locked {
+            return Gate::Refused(ErrorCode::RoomLocked, "the host has locked this room");
+        }
+        let Some(s) = settings else {
+            return if flags.lobby { Gate::Lobby } else { Gate::Open };
+        };
         if let Some(hash) = &s.password_hash {
             match password.filter(|p| !p.is_empty()) {
                 None => {
@@ -220,10 +253,75 @@ impl Moderation {
                 Some(_) => {}
             }
         }
-        if s.lobby {
+        if flags.lobby {
             Gate::Lobby
         } else {
             Gate::Open
+        }
+    }
+
+    /// The room's lobby and lock now.
+    pub(crate) fn flags(&self, room: &str) -> LiveFlags {
+        self.lock().flags(room)
+    }
+
+    /// A host changes the lobby or the lock (`None` keeps it). Returns the new flags. Turning
+    /// the lobby off does not admit those already waiting: they are still answered one by one.
+    pub(crate) fn set_flags(
+        &self,
+        room: &str,
+        lobby: Option<bool>,
+        locked: Option<bool>,
+    ) -> LiveFlags {
+        let mut st = self.lock();
+        let mut f = st.flags(room);
+        if let Some(l) = lobby {
+            f.lobby = l;
+        }
+        if let Some(l) = locked {
+            f.locked = l;
+        }
+        st.live.insert(room.to_string(), f);
+        f
+    }
+
+    /// Whether `pid` is a host of `room`.
+    pub(crate) fn is_host(&self, room: &str, pid: ParticipantId) -> bool {
+        let st = self.lock();
+        st.members
+            .get(room)
+            .and_then(|m| m.get(&pid))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Whether `pid` is in `room` (entered, not waiting).
+    pub(crate) fn is_member(&self, room: &str, pid: ParticipantId) -> bool {
+        self.lock()
+            .members
+            .get(room)
+            .is_some_and(|m| m.contains_key(&pid))
+    }
+
+    /// Makes a member a host. `false` when `pid` is not in the room.
+    pub(crate) fn make_host(&self, room: &str, pid: ParticipantId) -> bool {
+        let mut st = self.lock();
+        match st.members.get_mut(room).and_then(|m| m.get_mut(&pid)) {
+            Some(h) => {
+                *h = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Turns everyone in a room's lobby away (the room was ended by a host).
+    pub(crate) fn end_lobby(&self, room: &str) {
+        let mut st = self.lock();
+        if let Some(waiters) = st.lobbies.remove(room) {
+            for w in waiters.into_values() {
+                let _ = w.decide.send(LobbyOutcome::RoomEnded);
+            }
         }
     }
 
@@ -270,7 +368,10 @@ impl Moderation {
         let Some(m) = st.members.get(room) else {
             return false;
         };
-        m.contains_key(&pid) && (admin || !m.values().any(|a| *a))
+        let Some(&host) = m.get(&pid) else {
+            return false;
+        };
+        host || admin || !m.values().any(|a| *a)
     }
 
     /// The admins in a room, or `None` when there are none (then everyone decides).
@@ -316,13 +417,22 @@ impl Moderation {
         })
     }
 
-    /// A member entered the room.
-    pub(crate) fn entered(&self, room: &str, pid: ParticipantId, admin: bool) {
-        self.lock()
-            .members
-            .entry(room.to_string())
-            .or_default()
-            .insert(pid, admin);
+    /// A member entered the room: a host when it has the admin grant, or when `first_host`
+    /// (open joining: the first person in the room) and the room was opened by link, not
+    /// created through the API. Returns whether it is a host.
+    pub(crate) fn entered(
+        &self,
+        room: &str,
+        pid: ParticipantId,
+        admin: bool,
+        first_host: bool,
+    ) -> bool {
+        let mut st = self.lock();
+        let by_link = !st.settings.contains_key(room);
+        let members = st.members.entry(room.to_string()).or_default();
+        let host = admin || (first_host && by_link && members.is_empty());
+        members.insert(pid, host);
+        host
     }
 
     /// A member left the room. Returns whether it had entered.
@@ -334,6 +444,16 @@ impl Moderation {
         let was = m.remove(&pid).is_some();
         if m.is_empty() {
             st.members.remove(room);
+            // The page's lobby and lock go with the last member. In a room opened by link
+            // nobody is left to answer a knock, so its waiters are told the meeting ended.
+            st.live.remove(room);
+            if !st.settings.contains_key(room) {
+                if let Some(waiters) = st.lobbies.remove(room) {
+                    for w in waiters.into_values() {
+                        let _ = w.decide.send(LobbyOutcome::RoomEnded);
+                    }
+                }
+            }
         }
         was
     }
@@ -468,9 +588,9 @@ mod tests {
         let m = moderation();
         let (a, b) = (ParticipantId(1), ParticipantId(2));
         assert!(!m.may_decide("r", b, false), "not a member");
-        m.entered("r", b, false);
+        m.entered("r", b, false, false);
         assert!(m.may_decide("r", b, false));
-        m.entered("r", a, true);
+        m.entered("r", a, true, false);
         assert!(m.may_decide("r", a, true));
         assert!(!m.may_decide("r", b, false));
         assert_eq!(m.deciders("r"), Some(vec![a]));
@@ -488,5 +608,53 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), LobbyOutcome::RoomEnded);
         assert!(m.settings("r").is_none());
         assert!(!m.end("r").unwrap());
+    }
+
+    #[test]
+    fn the_first_in_a_room_opened_by_link_hosts_and_hosts_lock_and_open_a_lobby() {
+        let m = moderation();
+        let (a, b, c) = (ParticipantId(1), ParticipantId(2), ParticipantId(3));
+        assert!(
+            m.entered("link", a, false, true),
+            "the first one by link is host"
+        );
+        assert!(!m.entered("link", b, false, true), "only the first");
+        assert!(m.is_host("link", a) && !m.is_host("link", b));
+        assert!(m.may_decide("link", a, false) && !m.may_decide("link", b, false));
+        assert!(m.make_host("link", b) && m.is_host("link", b));
+        assert!(!m.make_host("link", c), "not a member");
+        // A room created through the API keeps the API's rules: no host by arrival.
+        m.save("api", settings(None, false)).unwrap();
+        assert!(!m.entered("api", c, false, true));
+
+        assert!(matches!(m.gate("link", false, None), Gate::Open));
+        assert_eq!(
+            m.set_flags("link", Some(true), None),
+            LiveFlags {
+                lobby: true,
+                locked: false
+            }
+        );
+        assert!(matches!(m.gate("link", false, None), Gate::Lobby));
+        m.set_flags("link", None, Some(true));
+        assert!(matches!(
+            m.gate("link", false, None),
+            Gate::Refused(ErrorCode::RoomLocked, _)
+        ));
+        assert!(
+            matches!(m.gate("link", true, None), Gate::Open),
+            "admins pass the lock"
+        );
+        // The API room's lobby can be turned on from the page too.
+        m.set_flags("api", Some(true), None);
+        assert!(matches!(m.gate("api", false, None), Gate::Lobby));
+
+        // The flags go with the last member; a waiter of a link room is told it ended.
+        let mut rx = m.knock("link", ParticipantId(9), "w", "W");
+        m.left("link", a);
+        m.left("link", b);
+        assert_eq!(rx.try_recv().unwrap(), LobbyOutcome::RoomEnded);
+        assert_eq!(m.flags("link"), LiveFlags::default());
+        assert!(matches!(m.gate("link", false, None), Gate::Open));
     }
 }

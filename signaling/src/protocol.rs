@@ -145,6 +145,26 @@ pub enum ClientMsg {
         /// The waiting participant's id, from `knock`.
         participant_id: String,
     },
+    /// A host acts on a participant (hosts only; see [`HostAction`]).
+    Moderate {
+        /// The participant acted on.
+        participant_id: String,
+        /// What to do.
+        action: HostAction,
+    },
+    /// A host changes the room's lobby or lock (hosts only); a field left out stays as it is.
+    RoomSettings {
+        /// Joiners wait in the lobby.
+        #[serde(default)]
+        lobby: Option<bool>,
+        /// Nobody new may join (hosts' admin tokens excepted).
+        #[serde(default)]
+        locked: Option<bool>,
+    },
+    /// A host ends the meeting for everyone (hosts only).
+    EndRoom,
+    /// A host asks for an invite link's secret (hosts only): answered with `invite`.
+    Invite,
     /// Leaving.
     Leave,
     /// Keepalive.
@@ -153,6 +173,20 @@ pub enum ClientMsg {
         #[serde(default)]
         ts: serde_json::Value,
     },
+}
+
+/// What a host does to a participant with `moderate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostAction {
+    /// Mute the microphone (as the room API's mute: the participant may unmute).
+    MuteAudio,
+    /// Stop the camera (likewise).
+    MuteVideo,
+    /// Remove from the room (`leave` with `removed`).
+    Remove,
+    /// Make a host too.
+    MakeHost,
 }
 
 /// Where a published track comes from.
@@ -238,6 +272,9 @@ pub struct ParticipantInfo {
     /// Sharing a screen.
     #[serde(default)]
     pub screen_sharing: bool,
+    /// A host of the room (may mute, remove, admit, lock and end).
+    #[serde(default)]
+    pub host: bool,
 }
 
 fn yes() -> bool {
@@ -431,6 +468,8 @@ pub enum ErrorCode {
     /// `chat` with an `attachment_id` another identity uploaded: only the uploader may attach
     /// a file. The message was not sent.
     NotYourFile,
+    /// The room is locked by its host: nobody new may join.
+    RoomLocked,
     /// Server fault.
     Internal,
 }
@@ -461,6 +500,15 @@ pub enum ServerMsg {
         chat_history: Vec<ChatMessage>,
         /// Secret for `resume` after a dropped socket.
         resume_token: String,
+        /// This participant hosts the room (left out when not).
+        #[serde(default, skip_serializing_if = "is_false")]
+        host: bool,
+        /// The room has its lobby on (left out when off).
+        #[serde(default, skip_serializing_if = "is_false")]
+        lobby: bool,
+        /// The room is locked (left out when not).
+        #[serde(default, skip_serializing_if = "is_false")]
+        locked: bool,
     },
     /// Reply to a good `resume`: the participant is back on this socket. Messages the server
     /// queued while the socket was down follow.
@@ -605,6 +653,29 @@ pub enum ServerMsg {
         /// Sharing now.
         sharing: bool,
     },
+    /// Someone became a host, or stopped being one (to everyone, the participant included).
+    Host {
+        /// Who.
+        participant_id: String,
+        /// A host now.
+        host: bool,
+    },
+    /// The room's lobby and lock, whenever a host changes them (to everyone; `joined` has them
+    /// too).
+    RoomSettings {
+        /// Joiners wait in the lobby.
+        lobby: bool,
+        /// Nobody new may join.
+        locked: bool,
+    },
+    /// Reply to `invite`: the secret of an invite link (`/r/ROOM?invite=…`), which `POST
+    /// /api/token` exchanges for a guest token of this room until `expires_at`.
+    Invite {
+        /// The signed invite.
+        invite: String,
+        /// Expiry, seconds since the Unix epoch.
+        expires_at: u64,
+    },
     /// Reply to ping.
     Pong {
         /// Echoed.
@@ -713,6 +784,12 @@ mod tests {
             r#"{"type":"typing"}"#,
             r#"{"type":"admit","participant_id":"PA_1"}"#,
             r#"{"type":"deny","participant_id":"PA_1"}"#,
+            r#"{"type":"moderate","participant_id":"PA_1","action":"mute_audio"}"#,
+            r#"{"type":"moderate","participant_id":"PA_1","action":"make_host"}"#,
+            r#"{"type":"room_settings","lobby":true}"#,
+            r#"{"type":"room_settings","locked":false}"#,
+            r#"{"type":"end_room"}"#,
+            r#"{"type":"invite"}"#,
             r#"{"type":"leave"}"#,
             r#"{"type":"ping","ts":5}"#,
         ];

@@ -527,6 +527,16 @@ impl Session {
 
     /// Joins the room and sends `joined`.
     async fn enter(&mut self, inbox: crate::rooms::Inbox) -> Result<(), End> {
+        // A member (and maybe the host: the first in a room opened by link, with open joining)
+        // before the others hear of it, so that `participant_joined` says so.
+        let moderation = &self.state.inner.moderation;
+        let host = moderation.entered(
+            &self.claims.room,
+            self.pid,
+            self.claims.grants.admin,
+            self.state.inner.config.open_join,
+        );
+        let flags = moderation.flags(&self.claims.room);
         let info = ParticipantInfo {
             participant_id: self.pid.to_string(),
             identity: self.claims.sub.clone(),
@@ -536,6 +546,7 @@ impl Session {
             tracks: Vec::new(),
             hand_raised: false,
             screen_sharing: false,
+            host,
         };
         let cfg = &self.state.inner.config;
         let max_participants = self
@@ -553,6 +564,10 @@ impl Session {
         ) {
             Ok(o) => o,
             Err(JoinRefused::TooManyRooms) => {
+                self.state
+                    .inner
+                    .moderation
+                    .left(&self.claims.room, self.pid);
                 self.state.inner.counters.hit(Limit::Rooms);
                 self.conn
                     .error(
@@ -564,6 +579,10 @@ impl Session {
                 return Err(End::Gone(LeaveReason::Left));
             }
             Err(JoinRefused::Full) => {
+                self.state
+                    .inner
+                    .moderation
+                    .left(&self.claims.room, self.pid);
                 self.state
                     .inner
                     .ops
@@ -607,6 +626,9 @@ impl Session {
             ice_servers: (self.state.inner.ice)(&self.claims.sub),
             chat_history: history,
             resume_token: self.resume_token.clone(),
+            host,
+            lobby: flags.lobby,
+            locked: flags.locked,
         };
         self.conn
             .send(&joined)
@@ -868,7 +890,11 @@ impl Session {
             m @ (ClientMsg::Hand { .. }
             | ClientMsg::Typing { .. }
             | ClientMsg::Admit { .. }
-            | ClientMsg::Deny { .. }) => {
+            | ClientMsg::Deny { .. }
+            | ClientMsg::Moderate { .. }
+            | ClientMsg::RoomSettings { .. }
+            | ClientMsg::EndRoom
+            | ClientMsg::Invite) => {
                 if self.on_participant_msg(m, rid).await.is_err() {
                     return Some(End::Gone(LeaveReason::Disconnected));
                 }

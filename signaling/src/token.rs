@@ -67,6 +67,10 @@ pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Invite links are signed with a key derived from the secret, so that an invite is never
+    /// accepted as an access token (nor the reverse).
+    invite_encoding: EncodingKey,
+    invite_decoding: DecodingKey,
     /// The longest time ahead of now an accepted token's `exp` may be.
     max_lifetime: Duration,
 }
@@ -88,9 +92,12 @@ pub fn unix_now() -> u64 {
 impl TokenKeys {
     /// Keys from the shared secret.
     pub fn new(secret: &[u8]) -> Self {
+        let invite = [secret, b"\0huddle-invite-v1"].concat();
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            invite_encoding: EncodingKey::from_secret(&invite),
+            invite_decoding: DecodingKey::from_secret(&invite),
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
     }
@@ -156,6 +163,42 @@ impl TokenKeys {
         }
         claims.name = crate::text::clean_name(&claims.name);
         Ok(claims)
+    }
+}
+
+impl TokenKeys {
+    /// Signs an invite for `room`, valid for `ttl`: `POST /api/token` exchanges it for a guest
+    /// token of that room even where open joining is off. Returns the invite and its expiry.
+    pub fn issue_invite(&self, room: &str, ttl: Duration) -> Result<(String, u64), SignalingError> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: "invite".to_string(),
+            name: String::new(),
+            room: room.to_string(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            grants: Grants::default(),
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.invite_encoding,
+        )
+        .map(|t| (t, claims.exp))
+        .map_err(|e| SignalingError::Token(e.to_string()))
+    }
+
+    /// Checks an invite's signature and expiry; returns the room it admits to.
+    pub fn verify_invite(&self, invite: &str) -> Result<String, TokenError> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match decode::<Claims>(invite, &self.invite_decoding, &v) {
+            Ok(data) if data.claims.sub == "invite" => Ok(data.claims.room),
+            Ok(_) => Err(TokenError::Invalid),
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(_) => Err(TokenError::Invalid),
+        }
     }
 }
 
@@ -338,5 +381,32 @@ mod tests {
     fn base64_url(b: &[u8]) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    #[test]
+    fn invites_are_not_access_tokens_and_expire() {
+        let k = TokenKeys::new(b"secret");
+        let (invite, exp) = k.issue_invite("room-1", Duration::from_secs(60)).unwrap();
+        assert!(exp > unix_now());
+        assert_eq!(k.verify_invite(&invite).unwrap(), "room-1");
+        // Signed with another key: an invite is no access token, an access token no invite.
+        assert!(matches!(k.verify(&invite), Err(TokenError::Invalid)));
+        let access = k
+            .issue(
+                "room-1",
+                "alice",
+                "Alice",
+                Grants::default(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(k.verify_invite(&access), Err(TokenError::Invalid));
+        assert_eq!(
+            TokenKeys::new(b"other").verify_invite(&invite),
+            Err(TokenError::Invalid)
+        );
+        let (old, _) = k.issue_invite("room-1", Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(k.verify_invite(&old), Err(TokenError::Expired));
     }
 }

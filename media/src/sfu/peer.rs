@@ -61,6 +61,9 @@ pub(super) struct Peer {
     pub(super) quality_loss: f32,
     pub(super) quality_jitter: f64,
     pub(super) quality_rtt: f64,
+    /// Packets received per incoming stream (mid, rid) at its last stats report: a stream that
+    /// stopped (a paused simulcast layer) keeps reporting its last jitter, which must not count.
+    pub(super) ingress_packets: Vec<((str0m::media::Mid, Option<str0m::media::Rid>), u64)>,
     /// Kinds whose tracks are not forwarded (a moderator muted them), see [`Sfu::set_paused`].
     pub(super) paused: Vec<TrackKind>,
 }

@@ -9,7 +9,9 @@ use tracing::{debug, info};
 
 use super::{Conn, Read, Session};
 use crate::moderation::{Gate, LobbyOutcome};
-use crate::protocol::{ClientMsg, ErrorCode, Kind, KnockOutcome, LeaveReason, ServerMsg};
+use crate::protocol::{
+    ClientMsg, ErrorCode, HostAction, Kind, KnockOutcome, LeaveReason, ServerMsg,
+};
 use crate::token::Claims;
 use crate::webhooks::{EventKind, EventParticipant};
 use crate::AppState;
@@ -180,11 +182,10 @@ impl Session {
         }
     }
 
-    /// The participant is now a member of its room (`first`: it opened the room).
+    /// The participant is now in its room (`first`: it opened the room). It became a member
+    /// of the room's moderation (and maybe its host) just before, in `enter`.
     pub(super) fn entered(&mut self, first: bool) {
         let st = &self.state.inner;
-        st.moderation
-            .entered(&self.claims.room, self.pid, self.claims.grants.admin);
         if first {
             st.webhooks
                 .emit(EventKind::RoomStarted, &self.claims.room, None, None);
@@ -233,14 +234,16 @@ impl Session {
         }
     }
 
-    /// `hand`, `typing`, `admit`, `deny`. `Err` when the socket failed.
+    /// `hand`, `typing`, `admit`, `deny` and the hosts' `moderate`, `room_settings`,
+    /// `end_room`, `invite`. `Err` when the socket failed.
     pub(super) async fn on_participant_msg(
         &mut self,
         msg: ClientMsg,
         rid: Option<String>,
     ) -> Result<(), ()> {
         let room = self.claims.room.clone();
-        let rooms = &self.state.inner.rooms;
+        let state = self.state.clone();
+        let rooms = &state.inner.rooms;
         match msg {
             ClientMsg::Hand { raised } => {
                 let msg = ServerMsg::Hand {
@@ -296,8 +299,128 @@ impl Session {
                     knock_ended(&self.state, &room, t, outcome);
                 }
             }
+            ClientMsg::Moderate {
+                ref participant_id,
+                action,
+            } => {
+                if !self.host_or_refuse(rid.clone()).await? {
+                    return Ok(());
+                }
+                let m = &self.state.inner.moderation;
+                let Some(target) = participant_id
+                    .parse::<ParticipantId>()
+                    .ok()
+                    .filter(|t| m.is_member(&room, *t))
+                else {
+                    self.conn
+                        .error(
+                            ErrorCode::BadMessage,
+                            "nobody with that id is in the room",
+                            rid,
+                        )
+                        .await;
+                    return Ok(());
+                };
+                info!(host = %self.pid, %target, ?action, "host action");
+                match action {
+                    HostAction::MuteAudio => server_mute(&self.state, &room, target, Kind::Audio),
+                    HostAction::MuteVideo => server_mute(&self.state, &room, target, Kind::Video),
+                    HostAction::Remove => {
+                        rooms.send(
+                            &room,
+                            Some(&[target]),
+                            &ServerMsg::Leave {
+                                reason: LeaveReason::Removed,
+                            },
+                        );
+                    }
+                    HostAction::MakeHost => {
+                        if m.make_host(&room, target) {
+                            rooms.update_and_broadcast(
+                                &room,
+                                target,
+                                |i| i.host = true,
+                                ServerMsg::Host {
+                                    participant_id: target.to_string(),
+                                    host: true,
+                                },
+                                true,
+                            );
+                        }
+                    }
+                }
+            }
+            ClientMsg::RoomSettings { lobby, locked } => {
+                if !self.host_or_refuse(rid).await? {
+                    return Ok(());
+                }
+                let f = self.state.inner.moderation.set_flags(&room, lobby, locked);
+                info!(host = %self.pid, lobby = f.lobby, locked = f.locked, "room settings changed");
+                rooms.send(
+                    &room,
+                    None,
+                    &ServerMsg::RoomSettings {
+                        lobby: f.lobby,
+                        locked: f.locked,
+                    },
+                );
+            }
+            ClientMsg::EndRoom => {
+                if !self.host_or_refuse(rid).await? {
+                    return Ok(());
+                }
+                info!(host = %self.pid, "meeting ended by a host");
+                self.state.inner.moderation.end_lobby(&room);
+                rooms.send(
+                    &room,
+                    None,
+                    &ServerMsg::Leave {
+                        reason: LeaveReason::RoomEnded,
+                    },
+                );
+            }
+            ClientMsg::Invite => {
+                if !self.host_or_refuse(rid.clone()).await? {
+                    return Ok(());
+                }
+                match self.state.inner.keys.issue_invite(&room, INVITE_TTL) {
+                    Ok((invite, expires_at)) => {
+                        let msg = ServerMsg::Invite { invite, expires_at };
+                        self.conn.send(&msg).await?;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "invite signing failed");
+                        self.conn
+                            .error(ErrorCode::Internal, "internal error", rid)
+                            .await;
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())
     }
+
+    /// `Ok(true)` for a host; otherwise answers `forbidden` and gives `Ok(false)`.
+    async fn host_or_refuse(&mut self, rid: Option<String>) -> Result<bool, ()> {
+        if self
+            .state
+            .inner
+            .moderation
+            .is_host(&self.claims.room, self.pid)
+        {
+            return Ok(true);
+        }
+        self.conn
+            .error(
+                ErrorCode::Forbidden,
+                "only the room's hosts may do that",
+                rid,
+            )
+            .await;
+        Ok(false)
+    }
 }
+
+/// How long an invite link made by a host admits people.
+pub(crate) const INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
