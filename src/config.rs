@@ -227,7 +227,8 @@ pub struct ServerConfig {
     /// once). Ignored when `tls_cert` is set. Default false.
     pub tls_self_signed: bool,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) may take: joins are refused at once, every
-    /// participant is told `leave` with `server_shutdown`, and the process exits when their
+    /// participant is told `leave` with `server_shutdown` (SIGTERM: action `reconnect`, a
+    /// restart; Ctrl-C: action `disconnect`), and the process exits when their
     /// sockets have closed or this time is up. Default 10.
     pub drain_secs: u64,
     /// Seconds a connection may take to send a request's headers: the first request after the

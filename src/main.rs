@@ -230,7 +230,7 @@ fn main() -> Result<()> {
                 for (t, a) in turn.local_addrs() {
                     println!("TURN {t:?} on {a}");
                 }
-                shutdown_signal().await;
+                let _ = shutdown_signal().await;
                 turn.shutdown().await;
                 Ok(())
             })
@@ -626,7 +626,7 @@ async fn run(cfg: Config) -> Result<()> {
     let h = handle.clone();
     let drain = Duration::from_secs(cfg.server.drain_secs);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        let kind = shutdown_signal().await;
         let started = tokio::time::Instant::now();
         // Give up this node's place first, so that reconnecting participants go elsewhere.
         if let Some(c) = drain_state.cluster() {
@@ -636,7 +636,7 @@ async fn run(cfg: Config) -> Result<()> {
         }
         // The listener stays open while draining, so new joins get 503 rather than a refused
         // connection; then whatever is left of the drain time bounds the HTTP connections.
-        drain_state.shutdown(drain).await;
+        drain_state.shutdown(drain, kind).await;
         let left = drain.saturating_sub(started.elapsed());
         h.graceful_shutdown(Some(left.max(Duration::from_millis(100))));
     });
@@ -835,7 +835,11 @@ fn ice_servers(
     })
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT. SIGTERM is what `systemctl restart`, container runtimes and
+/// rolling deploys send: participants are told to come back ([`Shutdown::Restart`]). SIGINT
+/// (Ctrl-C) is an operator stopping the server by hand: meetings end ([`Shutdown::Stop`]).
+async fn shutdown_signal() -> huddle_signaling::Shutdown {
+    use huddle_signaling::Shutdown;
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -848,9 +852,10 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+    let kind = tokio::select! {
+        _ = ctrl_c => Shutdown::Stop,
+        _ = term => Shutdown::Restart,
+    };
+    tracing::info!(?kind, "shutting down");
+    kind
 }

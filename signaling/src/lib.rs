@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub use http::router;
 use huddle_media::MediaHandle;
+pub use ops::Shutdown;
 use protocol::IceServer;
 pub use rooms::Rooms;
 

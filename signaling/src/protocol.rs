@@ -371,6 +371,18 @@ pub enum LeaveReason {
     Denied,
 }
 
+/// What a client told `leave` should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveAction {
+    /// The session is over: show that it ended; do not come back by yourself.
+    Disconnect,
+    /// The server is going away for a moment (a restart or a deploy): wait
+    /// `reconnect_after_ms`, then `join` again (a new session: resume tokens do not survive),
+    /// retrying while the server does not answer.
+    Reconnect,
+}
+
 /// How a lobby knock ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -622,6 +634,12 @@ pub enum ServerMsg {
     Leave {
         /// Why.
         reason: LeaveReason,
+        /// What the client should do next.
+        action: LeaveAction,
+        /// With `reconnect`: how long to wait before joining again, in milliseconds (a hint;
+        /// clients add jitter).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_after_ms: Option<u64>,
     },
     /// Something went wrong.
     Error {
@@ -635,7 +653,29 @@ pub enum ServerMsg {
     },
 }
 
+/// How long a client told to `reconnect` waits before it joins again, by default.
+pub const RECONNECT_AFTER_MS: u64 = 1000;
+
 impl ServerMsg {
+    /// A `leave` that ends the session for good (action `disconnect`).
+    pub fn leave(reason: LeaveReason) -> Self {
+        ServerMsg::Leave {
+            reason,
+            action: LeaveAction::Disconnect,
+            reconnect_after_ms: None,
+        }
+    }
+
+    /// A `leave` for a server that is restarting: come back after a moment (action
+    /// `reconnect`, reason `server_shutdown`).
+    pub fn leave_to_reconnect() -> Self {
+        ServerMsg::Leave {
+            reason: LeaveReason::ServerShutdown,
+            action: LeaveAction::Reconnect,
+            reconnect_after_ms: Some(RECONNECT_AFTER_MS),
+        }
+    }
+
     /// An `error` message.
     pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<String>) -> Self {
         ServerMsg::Error {

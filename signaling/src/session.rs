@@ -29,6 +29,8 @@ enum End {
     Gone(LeaveReason),
     /// We end it: send `leave` with this reason, then close.
     Kick(LeaveReason),
+    /// The room or the server ends it: send this `leave` as it is, then close.
+    Told(LeaveReason, ServerMsg),
 }
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
@@ -52,8 +54,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             .ops
             .metrics
             .join_failed(JoinFailure::ServerShutdown);
-        let reason = LeaveReason::ServerShutdown;
-        let _ = conn.send(&ServerMsg::Leave { reason }).await;
+        let _ = conn.send(&state.farewell()).await;
         let _ = conn.socket.close().await;
         return;
     }
@@ -97,7 +98,11 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
         let reason = match end {
             End::Gone(r) => r,
             End::Kick(r) => {
-                let _ = s.conn.send(&ServerMsg::Leave { reason: r }).await;
+                let _ = s.conn.send(&ServerMsg::leave(r)).await;
+                r
+            }
+            End::Told(r, leave) => {
+                let _ = s.conn.send(&leave).await;
                 r
             }
         };
@@ -650,8 +655,8 @@ impl Session {
                 }
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { return End::Gone(LeaveReason::Disconnected) };
-                    if let ServerMsg::Leave { reason } = msg {
-                        return End::Kick(reason);
+                    if let ServerMsg::Leave { reason, .. } = msg {
+                        return End::Told(reason, msg);
                     }
                     if self.conn.send(&msg).await.is_err() {
                         return End::Gone(LeaveReason::Disconnected);

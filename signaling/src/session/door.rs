@@ -117,7 +117,7 @@ async fn lobby(
         LobbyOutcome::Denied => LeaveReason::Denied,
         LobbyOutcome::RoomEnded => LeaveReason::RoomEnded,
     };
-    let _ = conn.send(&ServerMsg::Leave { reason }).await;
+    let _ = conn.send(&ServerMsg::leave(reason)).await;
     Err(())
 }
 
