@@ -549,7 +549,6 @@ function startCall({ room, token, stream, join, name, password, previous = null,
         if (tile) toast(t('toast.left', { name: tile.name }));
       },
       trackPublished: (id, track) => view?.trackPublished(id, track),
-      trackUnpublished: (id, trackId) => view?.trackUnpublished(id, trackId),
       mute(id, kind, muted, byServer) {
         if (id === huddle.participantId) {
           if (byServer && muted) forcedMute(kind);

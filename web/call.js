@@ -312,8 +312,6 @@ export class Call {
         return this.on.participantLeft?.(msg.participant_id, msg.reason);
       case 'track_published':
         return this.on.trackPublished?.(msg.participant_id, msg.track);
-      case 'track_unpublished':
-        return this.on.trackUnpublished?.(msg.participant_id, msg.track_id);
       case 'mute':
         return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted, !!msg.by_server);
       case 'chat':

@@ -117,10 +117,7 @@ async fn ws(
             "the server has as many connections as it is configured for",
         );
     };
-    let hard_cap = cfg
-        .max_message_bytes
-        .saturating_mul(16)
-        .max(cfg.max_sdp_bytes.saturating_mul(2));
+    let hard_cap = cfg.hard_cap();
     // The session logs in this request's span (its request id).
     let span = tracing::Span::current();
     upgrade

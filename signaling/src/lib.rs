@@ -169,6 +169,17 @@ impl Default for SignalingConfig {
     }
 }
 
+impl SignalingConfig {
+    /// The largest frame the socket library reads at all: 16 times `max_message_bytes` or twice
+    /// `max_sdp_bytes`, whichever is more. A larger one closes the connection at once (close
+    /// code 1009).
+    pub fn hard_cap(&self) -> usize {
+        self.max_message_bytes
+            .saturating_mul(16)
+            .max(self.max_sdp_bytes.saturating_mul(2))
+    }
+}
+
 /// Gives each joining participant its ICE servers (TURN credentials are per identity).
 pub type IceServerProvider = Arc<dyn Fn(&str) -> Vec<IceServer> + Send + Sync>;
 

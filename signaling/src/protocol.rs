@@ -511,13 +511,6 @@ pub enum ServerMsg {
         /// The track.
         track: TrackInfo,
     },
-    /// Someone's track ended.
-    TrackUnpublished {
-        /// Publisher.
-        participant_id: String,
-        /// The track.
-        track_id: String,
-    },
     /// Someone's mute state changed.
     Mute {
         /// Who.

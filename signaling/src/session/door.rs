@@ -45,7 +45,7 @@ pub(super) async fn pass(
         Gate::Open => Ok(()),
         Gate::Refused(code, message) => {
             debug!(?code, "join refused at the door");
-            conn.error(code, message, None).await;
+            conn.error(code, message, conn.join_rid.clone()).await;
             Err(())
         }
         Gate::Lobby => lobby(conn, state, claims, pid).await,
