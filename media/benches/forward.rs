@@ -142,7 +142,11 @@ impl Call {
         change.add_channel("huddle".into());
         let (offer, pending) = change.apply().unwrap();
         let pid = ParticipantId(u64::from(n));
-        let grants = Grants { publish, subscribe };
+        let grants = Grants {
+            publish,
+            subscribe,
+            ..Grants::default()
+        };
         self.sfu
             .offer(self.now, pid, "room", grants, &offer.to_sdp_string())
             .unwrap();

@@ -108,10 +108,7 @@ impl Net {
         let n = self.clients.len() as u8 + 1;
         let mut c = Client::with_kind(n, self.now, publish);
         let offer = String::from_utf8(c.inbox.pop_front().unwrap()).unwrap();
-        let grants = Grants {
-            publish: true,
-            subscribe: true,
-        };
+        let grants = Grants::default();
         self.sfu
             .offer(self.now, c.pid, "room", grants, &offer)
             .unwrap();

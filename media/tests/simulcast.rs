@@ -167,10 +167,7 @@ impl Net {
         let n = self.clients.len() as u8 + 1;
         let mut c = Client::new(n, self.now, publish);
         let offer = c.inbox.pop_front().unwrap();
-        let grants = Grants {
-            publish: true,
-            subscribe: true,
-        };
+        let grants = Grants::default();
         self.sfu
             .offer(self.now, c.pid, "room", grants, &offer)
             .unwrap();

@@ -21,7 +21,7 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::moderation::{hash_password, RoomSettings};
-use crate::protocol::{Kind, LeaveReason, ParticipantInfo, ServerMsg};
+use crate::protocol::{LeaveReason, ParticipantInfo, ServerMsg, TrackKind};
 use crate::token::{valid_room_name, Grants};
 use crate::{AppState, SignalingError};
 
@@ -596,7 +596,7 @@ async fn remove_participant(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MuteRequest {
-    kind: Kind,
+    kind: TrackKind,
     #[serde(default = "yes")]
     muted: bool,
 }

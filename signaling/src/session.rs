@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use huddle_media::{Grants as MediaGrants, ParticipantId, PeerEvent};
+use huddle_media::{ParticipantId, PeerEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -12,8 +12,8 @@ use tracing::{debug, info, warn, Instrument};
 use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
 use crate::protocol::{
-    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveAction, LeaveReason, MediaSlot,
-    ParticipantInfo, QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
+    decode_client_msg, ClientMsg, ErrorCode, LeaveAction, LeaveReason, MediaSlot, ParticipantInfo,
+    QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
 };
 use crate::rooms::JoinRefused;
 use crate::token::{Claims, TokenError};
@@ -30,7 +30,7 @@ enum End {
     /// We end it: send `leave` with this reason, then close.
     Kick(LeaveReason),
     /// The room or the server ends it: send this `leave` as it is, then close.
-    Told(LeaveReason, ServerMsg),
+    Told(LeaveReason, Box<ServerMsg>),
 }
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
@@ -803,7 +803,7 @@ impl Session {
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { return End::Gone(LeaveReason::Disconnected) };
                     if let ServerMsg::Leave { reason, .. } = msg {
-                        return End::Told(reason, msg);
+                        return End::Told(reason, Box::new(msg));
                     }
                     if self.conn.send(&msg).await.is_err() {
                         return End::Gone(LeaveReason::Disconnected);
@@ -916,11 +916,8 @@ impl Session {
                         .error(ErrorCode::Forbidden, "this token may not publish", rid)
                         .await;
                 } else {
-                    let grants = MediaGrants {
-                        publish: self.claims.grants.publish,
-                        subscribe: self.claims.grants.subscribe,
-                    };
-                    let sources = sources.into_iter().map(|(m, s)| (m, s.into())).collect();
+                    let grants = self.claims.grants;
+                    let sources = sources.into_iter().collect();
                     self.media_rids.offer.clone_from(&rid);
                     match media.offer_with_sources(
                         &room,
@@ -1006,8 +1003,8 @@ impl Session {
                     &room,
                     self.pid,
                     |i| match kind {
-                        Kind::Audio => i.audio_muted = muted,
-                        Kind::Video => i.video_muted = muted,
+                        TrackKind::Audio => i.audio_muted = muted,
+                        TrackKind::Video => i.video_muted = muted,
                     },
                     msg,
                     false,
@@ -1186,13 +1183,10 @@ impl Session {
                     .into_iter()
                     .map(|s| MediaSlot {
                         mid: s.mid,
-                        kind: match s.kind {
-                            huddle_media::TrackKind::Audio => Kind::Audio,
-                            huddle_media::TrackKind::Video => Kind::Video,
-                        },
+                        kind: s.kind,
                         participant_id: s.track.map(|t| t.participant.to_string()),
                         track_id: s.track.map(|t| t.track_id.to_string()),
-                        source: s.track.map(|t| t.source.into()),
+                        source: s.track.map(|t| t.source),
                     })
                     .collect();
                 self.conn.send(&ServerMsg::MediaSlots { slots }).await
@@ -1230,11 +1224,8 @@ impl Session {
             } => {
                 let track = TrackInfo {
                     track_id: track_id.to_string(),
-                    kind: match kind {
-                        huddle_media::TrackKind::Audio => Kind::Audio,
-                        huddle_media::TrackKind::Video => Kind::Video,
-                    },
-                    source: source.into(),
+                    kind,
+                    source,
                 };
                 let msg = ServerMsg::TrackPublished {
                     participant_id: self.pid.to_string(),

@@ -9,8 +9,8 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
-    allocate, clock_rate, layer_for_size, vp8_keyframe_size, ConsumerState, Output, PeerEvent,
-    Quality, Sfu, Source, TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+    allocate, clock_rate, layer_for_size, track_kind, vp8_keyframe_size, ConsumerState, Output,
+    PeerEvent, Quality, Sfu, Source, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -129,7 +129,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let Some(kind) = peer.rtc.media(s.mid).map(|m| TrackKind::from(m.kind())) else {
+        let Some(kind) = peer.rtc.media(s.mid).map(|m| track_kind(m.kind())) else {
             return;
         };
         if s.packets > 0 {

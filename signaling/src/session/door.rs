@@ -3,23 +3,16 @@
 //! and leaving.
 
 use axum::extract::ws::Message;
-use huddle_media::{ParticipantId, TrackKind};
+use huddle_media::ParticipantId;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{Conn, Read, Session};
 use crate::moderation::{Gate, LobbyOutcome};
-use crate::protocol::{ClientMsg, ErrorCode, Kind, KnockOutcome, LeaveReason, ServerMsg};
+use crate::protocol::{ClientMsg, ErrorCode, KnockOutcome, LeaveReason, ServerMsg, TrackKind};
 use crate::token::Claims;
 use crate::webhooks::{EventKind, EventParticipant};
 use crate::AppState;
-
-fn media_kind(kind: Kind) -> TrackKind {
-    match kind {
-        Kind::Audio => TrackKind::Audio,
-        Kind::Video => TrackKind::Video,
-    }
-}
 
 /// Checks the room's password and, for a lobby room, waits until someone admits the joiner.
 /// `Err` when the joiner was refused, denied or went away (already told; close the socket).
@@ -140,17 +133,14 @@ fn knock_ended(state: &AppState, room: &str, pid: ParticipantId, outcome: KnockO
 
 /// A moderator's mute (room API): the server stops forwarding the participant's tracks of that
 /// kind and tells everyone, the participant included. The participant may unmute themselves.
-pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind: Kind) {
-    state
-        .inner
-        .media
-        .set_paused(room, pid, media_kind(kind), true);
+pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind: TrackKind) {
+    state.inner.media.set_paused(room, pid, kind, true);
     state.inner.rooms.update_and_broadcast(
         room,
         pid,
         |i| match kind {
-            Kind::Audio => i.audio_muted = true,
-            Kind::Video => i.video_muted = true,
+            TrackKind::Audio => i.audio_muted = true,
+            TrackKind::Video => i.video_muted = true,
         },
         ServerMsg::Mute {
             participant_id: pid.to_string(),
@@ -164,11 +154,8 @@ pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind
 
 /// The participant unmuted: forward its tracks of that kind again (a no-op unless a moderator
 /// had muted them).
-pub(super) fn resume_forwarding(state: &AppState, room: &str, pid: ParticipantId, kind: Kind) {
-    state
-        .inner
-        .media
-        .set_paused(room, pid, media_kind(kind), false);
+pub(super) fn resume_forwarding(state: &AppState, room: &str, pid: ParticipantId, kind: TrackKind) {
+    state.inner.media.set_paused(room, pid, kind, false);
 }
 
 impl Session {
