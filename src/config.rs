@@ -459,18 +459,15 @@ pub enum LogFormat {
 
 /// Loads defaults, then the file (if any), then `HUDDLE_*` variables (`__` separates sections:
 /// `HUDDLE_MEDIA__PUBLIC_IP`), then `overrides` (from flags).
-pub fn load(
-    file: Option<&std::path::Path>,
-    overrides: Figment,
-) -> Result<Config, Box<figment::Error>> {
+pub fn load(file: Option<&std::path::Path>, overrides: Figment) -> Result<Config, ConfigError> {
     // Every section has `#[serde(default)]`: keys absent everywhere take their defaults.
     let mut fig = Figment::new();
     if let Some(f) = file {
         if !f.exists() {
-            return Err(Box::new(figment::Error::from(format!(
+            return Err(ConfigError(format!(
                 "config file {} does not exist",
                 f.display()
-            ))));
+            )));
         }
         fig = fig.merge(Toml::file(f));
     }
@@ -480,10 +477,60 @@ pub fn load(
         let top = key.as_str().split("__").next().unwrap_or_default();
         CONFIG_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
     });
-    fig.merge(env.split("__"))
-        .merge(overrides)
-        .extract()
-        .map_err(Box::new)
+    let fig = fig.merge(env.split("__")).merge(overrides);
+    fig.extract()
+        .map_err(|e| ConfigError::from_figment(&fig, e))
+}
+
+/// A configuration that does not load, said for an operator: each bad key with its value and
+/// where it came from (the file, an environment variable, a flag), never Rust's type names or
+/// source locations.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn from_figment(fig: &Figment, e: figment::Error) -> ConfigError {
+        use figment::Source;
+        let lines: Vec<String> = e
+            .into_iter()
+            .map(|err| {
+                let key = err.path.join(".");
+                let value = (!key.is_empty())
+                    .then(|| fig.find_value(&key).ok())
+                    .flatten()
+                    .and_then(|v| serde_json::to_string(&v).ok());
+                let from = match err.metadata.as_ref() {
+                    Some(m) => match &m.source {
+                        Some(Source::File(p)) => format!(" in {}", p.display()),
+                        Some(Source::Code(_)) => " (a command-line flag)".to_string(),
+                        // The variable as the operator wrote it (`load` reads HUDDLE_*, `__`
+                        // between a section and its key).
+                        _ if m.name.contains("environment") => format!(
+                            " (environment variable HUDDLE_{})",
+                            err.path.join("__").to_uppercase()
+                        ),
+                        _ => String::new(),
+                    },
+                    None => String::new(),
+                };
+                let what = err.kind.to_string();
+                match (key.is_empty(), value) {
+                    (true, _) => what,
+                    (false, Some(v)) => format!("{key} = {v}{from}: {what}"),
+                    (false, None) => format!("{key}{from}: {what}"),
+                }
+            })
+            .collect();
+        ConfigError(lines.join("; "))
+    }
 }
 
 #[cfg(test)]
