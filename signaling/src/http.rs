@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
+        .layer(axum::middleware::from_fn(crate::compress::json))
         .layer(axum::middleware::from_fn(security_headers))
         // A body (an upload) that pauses longer than this is cut; the time between its parts,
         // not its whole length, is bounded, so slow links can still upload large files.
@@ -266,34 +267,48 @@ async fn token(
     }
 }
 
-async fn index() -> Response {
-    serve_file("index.html")
+async fn index(headers: HeaderMap) -> Response {
+    serve_file("index.html", &headers)
 }
 
-async fn room_page(Path(room): Path<String>) -> Response {
+async fn room_page(Path(room): Path<String>, headers: HeaderMap) -> Response {
     if !valid_room_name(&room) {
         return api_error(StatusCode::NOT_FOUND, "bad_room", "no such room name");
     }
-    serve_file("index.html")
+    serve_file("index.html", &headers)
 }
 
-async fn asset(Path(path): Path<String>) -> Response {
-    serve_file(&path)
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    serve_file(&path, &headers)
 }
 
-fn serve_file(path: &str) -> Response {
-    match WebAssets::get(path) {
-        Some(file) => {
-            let mime = mime_guess::from_path(path).first_or_octet_stream();
-            (
-                [
-                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
-                    (header::CACHE_CONTROL, "no-cache".to_string()),
-                ],
-                file.data,
-            )
-                .into_response()
+fn serve_file(path: &str, headers: &HeaderMap) -> Response {
+    let Some(file) = WebAssets::get(path) else {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "not found");
+    };
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let compressible = crate::compress::compressible(mime.as_ref());
+    let mut res = match crate::compress::gzip_accepted(headers)
+        .then(|| compressible)
+        .filter(|c| *c)
+        .and_then(|_| crate::compress::cached_gzip(path, &file))
+    {
+        // Compressed once per file (per version of it: the key is its hash), not per request.
+        Some(gz) => {
+            let mut res = axum::body::Body::from(gz).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            res
         }
-        None => api_error(StatusCode::NOT_FOUND, "not_found", "not found"),
+        None => axum::body::Body::from(file.data).into_response(),
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime.as_ref()) {
+        h.insert(header::CONTENT_TYPE, v);
     }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if compressible {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    res
 }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod chat;
 mod chat_pg;
 pub mod cluster;
+mod compress;
 pub mod files;
 mod http;
 pub mod limits;
