@@ -28,7 +28,7 @@ pub const CONFIG_KEYS: &[&str] = &[
 ];
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the generated secret and the chat database live. Default `./huddle-data`.
@@ -85,7 +85,7 @@ impl Default for Config {
 /// `[cluster]`: several nodes behind one address, sharing Redis (node registry, room placement)
 /// and PostgreSQL (chat history). Off unless `redis_url` is set; then `postgres_url`,
 /// `public_url` and an explicit `auth.secret` (or `auth.secret_file`) are required.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// `redis://host:6379/0`. Default: none (a single node).
@@ -105,7 +105,7 @@ pub struct ClusterSection {
 /// `[api]`: the room API (`/api/rooms…`). Callers present a JWT signed (HS256) with `secret`,
 /// whose `iss` is `key` and whose grants include `admin` (see docs/api.md). Without a key and
 /// a secret the room API answers 401.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// The API key: admin tokens carry it as `iss`. Default: none.
@@ -117,7 +117,7 @@ pub struct ApiSection {
 }
 
 /// `[chat]`: pictures and files in chat, kept in `data_dir/files`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChatSection {
     /// Largest upload, bytes; larger ones get 413. Default 20971520 (20 MiB).
@@ -165,7 +165,7 @@ impl Default for ChatSection {
 }
 
 /// `[webhooks]`: room and participant events POSTed to your URLs, signed with HMAC-SHA256.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksSection {
     /// URLs that receive every event. Default: none (no webhooks).
@@ -190,7 +190,7 @@ impl Default for WebhooksSection {
 }
 
 /// `[ice]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IceSection {
     /// Run the bundled TURN server and hand its URLs with fresh credentials to every
@@ -214,7 +214,7 @@ impl Default for IceSection {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the HTTP/WebSocket listener. Default `127.0.0.1:8080`. Port 0 picks a free port.
@@ -268,7 +268,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Token signing secret. Prefer `secret_file` or the `HUDDLE_AUTH__SECRET` environment
@@ -299,7 +299,7 @@ impl Default for AuthConfig {
 }
 
 /// `[media]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaSection {
     /// Address the media UDP sockets bind to. Default `127.0.0.1`.
@@ -335,7 +335,7 @@ impl Default for MediaSection {
 }
 
 /// `[signaling]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalingSection {
     /// Largest signaling message answered normally, bytes. Default 65536.
@@ -382,7 +382,7 @@ impl Default for SignalingSection {
 
 /// `[limits]`: what one node accepts. Going over a limit affects only the offender, gets a
 /// specific error code (or HTTP status) and is counted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Rooms open at once on this node; a join that would open another gets `too_many_rooms`.
@@ -429,7 +429,7 @@ impl Default for LimitsSection {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"text"` (default) or `"json"`.

@@ -312,3 +312,44 @@ fn logs_to_a_pipe_have_no_colour_and_a_taken_port_is_named() {
     no_internals(&err);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn config_show_prints_toml_that_config_check_accepts_with_secrets_hidden() {
+    let dir = scratch("show");
+    let d = dir.join("data");
+    let secret = "a-secret-nobody-may-see-0123";
+    let out = huddle(
+        &[
+            "config",
+            "show",
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:8443",
+        ],
+        &[
+            ("HUDDLE_AUTH__SECRET", secret),
+            ("HUDDLE_TURN__SECRET", "another-hidden-secret-456"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains(secret) && !text.contains("another-hidden"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# auth.secret is set; hidden here."),
+        "{text}"
+    );
+    assert!(text.contains("bind = \"127.0.0.1:8443\""), "{text}");
+    let file = dir.join("shown.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = huddle(&["config", "check", file.to_str().unwrap()], &[]);
+    assert!(
+        check.status.success(),
+        "config check refused config show's output: {}\n{text}",
+        stderr(&check)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

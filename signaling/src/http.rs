@@ -288,11 +288,10 @@ fn serve_file(path: &str, headers: &HeaderMap) -> Response {
     };
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let compressible = crate::compress::compressible(mime.as_ref());
-    let mut res = match crate::compress::gzip_accepted(headers)
-        .then(|| compressible)
-        .filter(|c| *c)
-        .and_then(|_| crate::compress::cached_gzip(path, &file))
-    {
+    let gz = (compressible && crate::compress::gzip_accepted(headers))
+        .then(|| crate::compress::cached_gzip(path, &file))
+        .flatten();
+    let mut res = match gz {
         // Compressed once per file (per version of it: the key is its hash), not per request.
         Some(gz) => {
             let mut res = axum::body::Body::from(gz).into_response();
