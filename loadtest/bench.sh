@@ -20,7 +20,8 @@
 # RUNS (space-separated subset of: huddle-audio janus-audio huddle-livestream janus-livestream
 # huddle-meeting janus-meeting huddle-meeting25 janus-meeting25 huddle-audio-large
 # janus-audio-large; and, not run by default, huddle-livestream-mix-simulcast3
-# huddle-livestream-mix-simulcast1 huddle-churn), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# huddle-livestream-mix-simulcast1 huddle-churn, huddle-audio-overload janus-audio-overload:
+# audio to AUDIO_SUBS_OVERLOAD (100) listeners with a busy loop on the server's core), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
 # The churn run (huddle-churn; Huddle only: the Janus driver has no churn) takes CHURN_STEADY (8)
@@ -43,6 +44,7 @@ TESTER_CPU=${TESTER_CPU:-0}
 AUDIO_PUBS=${AUDIO_PUBS:-10}
 AUDIO_SUBS=${AUDIO_SUBS:-40}
 AUDIO_SUBS_LARGE=${AUDIO_SUBS_LARGE:-100}
+AUDIO_SUBS_OVERLOAD=${AUDIO_SUBS_OVERLOAD:-100}
 LIVE_SUBS=${LIVE_SUBS:-40}
 MEETING=${MEETING:-8}
 MEETING_LARGE=${MEETING_LARGE:-25}
@@ -243,9 +245,18 @@ run() {
     --label "$name" --report "$OUT/$name.json" --plot "$OUT/$name.svg" --no-progress)
   echo "${cmd[*]}" >"$OUT/$name.cmd"
   echo "$name start $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
-  local tester_drops server_drops
+  local tester_drops server_drops busy=
   tester_drops=$(udp_drops) server_drops=$(udp_drops ns)
-  "${cmd[@]}" | tee "$OUT/$name.txt"
+  : >"$OUT/$name.txt"
+  if [ -n "${BUSY_SERVER_CPU:-}" ]; then
+    # Overload: a busy loop shares the server's core for the whole run (the same priority), so
+    # the server has about half of it. Killed right after the tester ends.
+    taskset -c "$SERVER_CPU" sh -c 'while :; do :; done' &
+    busy=$!
+    echo "busy loop $busy on CPU $SERVER_CPU" | tee -a "$OUT/$name.txt"
+  fi
+  "${cmd[@]}" | tee -a "$OUT/$name.txt"
+  if [ -n "$busy" ]; then kill "$busy" 2>/dev/null || true; wait "$busy" 2>/dev/null || true; fi
   echo "$name end $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
   # Where datagrams were dropped for want of socket buffer: at the tester (it fell behind) or
   # at the server.
@@ -266,6 +277,8 @@ MEET25=(--scenario meeting --participants "$MEETING_LARGE" --video-kbps "$VIDEO_
 # size gets its own layer (q, h, f); with one layer, everyone gets the full stream.
 LIVE_MIX=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS"
   --subscriber-mix small,medium,large)
+# Overload: audio to AUDIO_SUBS_OVERLOAD listeners while a busy loop takes half the server's core.
+AUDIO_OVERLOAD=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS_OVERLOAD")
 # Steady participants while others join and leave (each with audio and simulcast video, one in
 # four sharing a screen); bounded by CHURN_TOTAL and CHURN_DURATION.
 CHURN=(--scenario churn --participants "$CHURN_STEADY" --churn-total "$CHURN_TOTAL"
@@ -290,6 +303,8 @@ for rep in $(seq "$REPEAT"); do
       huddle-livestream-mix-simulcast3) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 3 ;;
       huddle-livestream-mix-simulcast1) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 1 ;;
       huddle-churn) RUN_DURATION=$CHURN_DURATION run "$r-$rep" huddle "${CHURN[@]}" ;;
+      huddle-audio-overload) BUSY_SERVER_CPU=1 run "$r-$rep" huddle "${AUDIO_OVERLOAD[@]}" ;;
+      janus-audio-overload) [ -n "${SKIP_JANUS:-}" ] || BUSY_SERVER_CPU=1 run "$r-$rep" janus "${AUDIO_OVERLOAD[@]}" ;;
       *) echo "unknown run $r" >&2; exit 1 ;;
     esac
   done

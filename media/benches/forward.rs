@@ -1,8 +1,8 @@
 //! The SFU's forwarding hot path, measured: one SRTP-protected audio packet from a publisher in,
 //! one SRTP-protected copy out per subscriber, through the real [`Sfu`] core.
 //!
-//! The call is set up outside the measurement, over an in-memory network on virtual time (the
-//! approach of `tests/in_memory.rs`): P publishers, N subscribers, all str0m client peers that
+//! The call is set up outside the measurement, over the in-memory network on virtual time that the
+//! core's tests use (`tests/harness/mod.rs`): P publishers, N subscribers, all str0m client peers that
 //! did real ICE, DTLS and SDP with the core. Group `forward_audio_packet` has P = 1 and N = 1,
 //! 10, 40; group `audio_room_tick` is the load tester's audio scenario, P = 10 and N = 40;
 //! group `meeting_tick` is a meeting of 25, each participant publishing audio and receiving
@@ -25,44 +25,24 @@
 //!
 //!     cargo bench -p huddle-media --bench forward
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use huddle_media::{Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Rtc};
+use harness::{Net, Publish};
+use huddle_media::{Grants, Output};
+use str0m::media::MediaTime;
 
-const SFU_ADDR: &str = "10.0.0.1:5000";
 /// One audio frame every 20 ms, as a browser sends Opus.
 const FRAME: Duration = Duration::from_millis(20);
-
-struct Client {
-    pid: ParticipantId,
-    addr: SocketAddr,
-    rtc: Rtc,
-    pending: Option<SdpPendingOffer>,
-    send_mid: Option<Mid>,
-    connected: bool,
-    /// Media frames received (subscribers).
-    frames: u64,
-}
 
 /// One room: the first `publishers` clients publish audio (and subscribe to nothing, like the
 /// load tester's audio scenario), the others subscribe.
 struct Call {
-    now: Instant,
-    sfu: Sfu,
-    sfu_addr: SocketAddr,
-    clients: Vec<Client>,
-    by_addr: HashMap<SocketAddr, usize>,
-    /// Datagrams from the clients, waiting for the core.
-    to_sfu: Vec<(SocketAddr, Vec<u8>)>,
-    /// The core's output of the last iteration, waiting for the clients.
-    from_sfu: Vec<Output>,
+    net: Net,
     publishers: usize,
     /// Index of the first client that receives (0 in a meeting: everyone does).
     first_receiver: usize,
@@ -71,6 +51,19 @@ struct Call {
     timeouts: u64,
     /// RTP/RTCP datagrams the core sent (first byte 128..=191), for the sanity check.
     srtp_out: u64,
+}
+
+impl Deref for Call {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        &self.net
+    }
+}
+
+impl DerefMut for Call {
+    fn deref_mut(&mut self) -> &mut Net {
+        &mut self.net
+    }
 }
 
 impl Call {
@@ -84,21 +77,11 @@ impl Call {
     }
 
     fn build(publishers: usize, subscribers: usize, meeting: bool) -> Call {
-        huddle_media::init_crypto();
-        let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
+        let mut net = Net::new();
+        // Only counted: the bench keeps no frames.
+        net.record = false;
         let mut call = Call {
-            now: Instant::now(),
-            sfu: Sfu::new(SfuConfig {
-                candidates: vec![sfu_addr],
-                local_addr: sfu_addr,
-                worker_index: 0,
-                max_tracks_per_participant: 8,
-            }),
-            sfu_addr,
-            clients: Vec::new(),
-            by_addr: HashMap::new(),
-            to_sfu: Vec::new(),
-            from_sfu: Vec::new(),
+            net,
             publishers,
             first_receiver: if meeting { 0 } else { publishers },
             frame_no: 0,
@@ -106,18 +89,32 @@ impl Call {
             srtp_out: 0,
         };
         for _ in 0..publishers {
-            call.join(true, meeting);
+            call.net.join_with(
+                Publish::AUDIO,
+                Grants {
+                    publish: true,
+                    subscribe: meeting,
+                    ..Grants::default()
+                },
+            );
         }
         for _ in 0..subscribers {
-            call.join(false, true);
+            call.net.join_with(
+                Publish::NOTHING,
+                Grants {
+                    publish: false,
+                    subscribe: true,
+                    ..Grants::default()
+                },
+            );
         }
         // ICE, DTLS, the answers and the SFU's renegotiations for the consumers.
         for _ in 0..600 {
-            call.step_setup(Duration::from_millis(5));
+            call.net.step(Duration::from_millis(5));
             if call.clients.iter().all(|c| c.connected)
-                && call.clients[..publishers]
+                && call.net.clients[..publishers]
                     .iter_mut()
-                    .all(Client::writer_ready)
+                    .all(|c| c.writer_ready())
             {
                 break;
             }
@@ -129,136 +126,15 @@ impl Call {
         call
     }
 
-    fn join(&mut self, publish: bool, subscribe: bool) {
-        let n = self.clients.len() as u32 + 1;
-        let addr: SocketAddr = format!("10.{}.{}.{}:6000", 1 + n / 65536, (n / 256) % 256, n % 256)
-            .parse()
-            .unwrap();
-        let mut rtc = Rtc::builder().build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        let mut change = rtc.sdp_api();
-        let send_mid = publish
-            .then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-        change.add_channel("huddle".into());
-        let (offer, pending) = change.apply().unwrap();
-        let pid = ParticipantId(u64::from(n));
-        let grants = Grants {
-            publish,
-            subscribe,
-            ..Grants::default()
-        };
-        self.sfu
-            .offer(self.now, pid, "room", grants, &offer.to_sdp_string())
-            .unwrap();
-        self.by_addr.insert(addr, self.clients.len());
-        self.clients.push(Client {
-            pid,
-            addr,
-            rtc,
-            pending: Some(pending),
-            send_mid,
-            connected: false,
-            frames: 0,
-        });
-    }
-
-    /// Hands the core's pending output to the clients (signaling events too).
-    fn deliver(&mut self) {
-        while let Some(o) = self.sfu.poll_output() {
-            self.from_sfu.push(o);
-        }
-        for out in std::mem::take(&mut self.from_sfu) {
-            match out {
-                Output::Transmit {
-                    destination,
-                    contents,
-                } => {
-                    let Some(&i) = self.by_addr.get(&destination) else {
-                        continue;
-                    };
-                    let input = Input::Receive(
-                        self.now,
-                        Receive {
-                            proto: Protocol::Udp,
-                            source: self.sfu_addr,
-                            destination,
-                            contents: contents.as_slice().try_into().unwrap(),
-                        },
-                    );
-                    self.clients[i].rtc.handle_input(input).unwrap();
-                }
-                Output::Event(pid, ev) => {
-                    let c = self.clients.iter_mut().find(|c| c.pid == pid).unwrap();
-                    match ev {
-                        PeerEvent::Answer { sdp } => {
-                            let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
-                            c.rtc
-                                .sdp_api()
-                                .accept_answer(c.pending.take().unwrap(), answer)
-                                .unwrap();
-                        }
-                        PeerEvent::Offer { sdp } => {
-                            let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
-                            let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
-                            self.sfu
-                                .answer(self.now, pid, &answer.to_sdp_string())
-                                .unwrap();
-                        }
-                        PeerEvent::Closed { reason } => panic!("{pid} closed: {reason:?}"),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Collects every client's pending datagrams into `to_sfu`.
-    fn collect(&mut self) {
-        for c in &mut self.clients {
-            loop {
-                match c.rtc.poll_output().unwrap() {
-                    str0m::Output::Timeout(_) => break,
-                    str0m::Output::Transmit(t) => {
-                        self.to_sfu.push((c.addr, Vec::from(t.contents)));
-                    }
-                    str0m::Output::Event(Event::Connected) => c.connected = true,
-                    str0m::Output::Event(Event::MediaData(_)) => c.frames += 1,
-                    str0m::Output::Event(_) => {}
-                }
-            }
-        }
-    }
-
-    /// Moves time forward: the clients' and the core's timers.
-    fn advance(&mut self, dt: Duration) {
-        self.now += dt;
-        for c in &mut self.clients {
-            c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
-        }
-    }
-
-    fn step_setup(&mut self, dt: Duration) {
-        self.deliver();
-        self.collect();
-        for (from, data) in std::mem::take(&mut self.to_sfu) {
-            self.sfu.handle_receive(self.now, from, &data);
-        }
-        self.advance(dt);
-        self.sfu.handle_timeout(self.now);
-    }
-
     /// Every publisher writes its next 20 ms frame (an Opus-sized payload).
     fn speak(&mut self) {
         let n = self.frame_no;
         self.frame_no += 1;
-        let now = self.now;
-        for c in &mut self.clients[..self.publishers] {
-            let w = c.rtc.writer(c.send_mid.unwrap()).unwrap();
-            let pt = w.payload_params().next().unwrap().pt();
+        for i in 0..self.publishers {
             let mut frame = vec![0xfc];
             frame.extend((0..79u64).map(|i| (i ^ n) as u8));
-            w.write(pt, now, MediaTime::from_90khz(n * 1800), frame)
-                .unwrap();
+            self.net
+                .write_audio(i, MediaTime::from_90khz(n * 1800), None, frame);
         }
     }
 
@@ -266,26 +142,27 @@ impl Call {
     /// core spent.
     fn tick(&mut self) -> Duration {
         self.speak();
-        self.collect();
+        self.net.collect();
+        let net = &mut self.net;
         let start = Instant::now();
-        for (from, data) in self.to_sfu.drain(..) {
-            self.sfu.handle_receive(self.now, from, &data);
+        for (from, data) in net.to_sfu.drain(..) {
+            net.sfu.handle_receive(net.now, from, &data);
         }
         // The core's timers until the next tick, as the driver would fire them: tokio's timer
         // wakes at whole milliseconds, so a deadline is rounded up to one, and one wake-up
         // handles everything due by then.
-        let end = self.now + FRAME;
-        let mut t = self.now;
+        let end = net.now + FRAME;
+        let mut t = net.now;
         loop {
-            while let Some(o) = self.sfu.poll_output() {
-                self.from_sfu.push(o);
+            while let Some(o) = net.sfu.poll_output() {
+                net.from_sfu.push(o);
             }
-            let Some(due) = self.sfu.poll_timeout() else {
+            let Some(due) = net.sfu.poll_timeout() else {
                 break;
             };
-            let wake = self.now
+            let wake = net.now
                 + Duration::from_millis(
-                    due.saturating_duration_since(self.now)
+                    due.saturating_duration_since(net.now)
                         .as_micros()
                         .div_ceil(1000) as u64,
                 );
@@ -293,24 +170,18 @@ impl Call {
             if t >= end {
                 break;
             }
-            self.sfu.handle_timeout(t);
+            net.sfu.handle_timeout(t);
             self.timeouts += 1;
         }
         let spent = start.elapsed();
-        self.srtp_out += self
+        self.srtp_out += net
             .from_sfu
             .iter()
             .filter(|o| matches!(o, Output::Transmit { contents, .. } if (128..192).contains(&contents[0])))
             .count() as u64;
-        self.deliver();
-        self.advance(FRAME);
+        net.deliver();
+        net.advance(FRAME);
         spent
-    }
-}
-
-impl Client {
-    fn writer_ready(&mut self) -> bool {
-        self.send_mid.is_some_and(|m| self.rtc.writer(m).is_some())
     }
 }
 

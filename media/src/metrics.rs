@@ -78,6 +78,7 @@ pub struct MediaMetrics {
     pub(crate) unrouted: IntCounter,
     pub(crate) workers: IntGauge,
     pub(crate) keyframe_requests_suppressed: IntCounter,
+    pub(crate) late_dropped: ByKind<IntCounter>,
 }
 
 /// The registrable families (the children above share their atomics).
@@ -103,6 +104,7 @@ struct Families {
     unrouted: IntCounter,
     workers: IntGauge,
     keyframe_requests_suppressed: IntCounter,
+    late_dropped: IntCounterVec,
 }
 
 // The definitions below are constants: building them fails only on an invalid name or label,
@@ -252,6 +254,11 @@ impl MediaMetrics {
                 "huddle_keyframe_requests_suppressed_total",
                 "Subscribers' keyframe requests (PLI/FIR) not passed on to the publisher because that subscriber kept asking (over 5 in 10 s; a decoder that cannot decode).",
             ),
+            late_dropped: counter_vec(
+                "huddle_media_late_packets_dropped_total",
+                "Publishers' RTP packets not forwarded because they reached the SFU too late to be of use (audio over 200 ms behind its RTP clock; video while every publisher's audio is over 100 ms late: an overloaded worker), by kind.",
+                &["kind"],
+            ),
         };
         MediaMetrics {
             rtp_packets: in_out_kind(&|l: &[&str]| f.rtp_packets.with_label_values(l)),
@@ -283,6 +290,10 @@ impl MediaMetrics {
             unrouted: f.unrouted.clone(),
             workers: f.workers.clone(),
             keyframe_requests_suppressed: f.keyframe_requests_suppressed.clone(),
+            late_dropped: ByKind {
+                audio: f.late_dropped.with_label_values(&["audio"]),
+                video: f.late_dropped.with_label_values(&["video"]),
+            },
             families: f,
         }
     }
@@ -310,6 +321,7 @@ impl MediaMetrics {
         registry.register(Box::new(f.unrouted))?;
         registry.register(Box::new(f.workers))?;
         registry.register(Box::new(f.keyframe_requests_suppressed))?;
+        registry.register(Box::new(f.late_dropped))?;
         Ok(())
     }
 

@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid,
-    Rids,
-};
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
@@ -25,6 +23,7 @@ mod negotiation;
 mod peer;
 mod producer;
 mod router;
+mod rtp;
 mod stats;
 mod timers;
 
@@ -32,6 +31,7 @@ use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
 use producer::{Layer, Producer};
 pub use router::Router;
+use rtp::{starts_keyframe, vp8_frame_part, Behind, Codec, Rewrite};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
@@ -226,7 +226,7 @@ pub struct Sfu {
     /// Layers must be chosen again before the next output.
     realloc: bool,
     /// Debug capture of published frames (`media.capture_path`).
-    capture: Option<crate::capture::FrameCapture>,
+    capture: Option<rtp::Capture>,
     /// Every connection's next timeout.
     timers: Timers,
     /// Connections by the local ICE ufrag of their current (and earlier) credentials.
@@ -235,13 +235,17 @@ pub struct Sfu {
     due: Vec<ParticipantId>,
     /// The earliest postponed keyframe request (see [`Layer::keyframe_pending`]).
     postponed_keyframes: Option<Instant>,
+    /// Whether the worker is behind (video yields), from the lateness of everyone's audio.
+    behind: Behind,
+    /// The time of the last datagram, for polling the connections it left with output.
+    last_input: Option<Instant>,
 }
 
 impl Sfu {
     /// Records every published frame into `capture` from now on (a debugging aid, see
     /// [`crate::capture`]).
     pub fn set_capture(&mut self, capture: crate::capture::FrameCapture) {
-        self.capture = Some(capture);
+        self.capture = Some(rtp::Capture::new(capture));
     }
 
     /// A worker core with no participants, counting into metrics of its own.
@@ -271,6 +275,8 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             due: Vec::new(),
             postponed_keyframes: None,
+            behind: Behind::default(),
+            last_input: None,
         }
     }
 
@@ -325,6 +331,8 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true)
+            // Packets are forwarded as they come (see `forward`), not reassembled into frames.
+            .set_rtp_mode(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             // No send-side estimator: str0m paces by it, one packet per timeout with a scan of
             // every stream each time (the cost of a packet grew with the meeting). The downlink
@@ -365,7 +373,7 @@ impl Sfu {
         self.peers.insert(
             participant,
             Peer {
-                room: room.to_string(),
+                room: std::sync::Arc::from(room),
                 rtc,
                 grants,
                 producers: Vec::new(),
@@ -587,8 +595,11 @@ impl Sfu {
                 tracing::debug!(participant = %pid, error = %e, "input refused");
             }
         }
-        self.mark_dirty(pid);
-        self.drive(now);
+        // Only the sender is polled now: its packet goes into every subscriber's send queue,
+        // and the subscribers are polled when the output is asked for, once for all the
+        // datagrams of a batch (each poll of a connection costs a walk over its streams).
+        self.last_input = Some(now);
+        self.poll_peer(now, pid);
     }
 
     /// Time has passed: call when [`Sfu::poll_timeout`] is reached (calling more often is harmless).
@@ -618,6 +629,10 @@ impl Sfu {
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(now) = self.last_input.filter(|_| !self.dirty.is_empty()) {
+            // Connections with input not yet polled (`poll_output` would).
+            return Some(now);
+        }
         let peers = self.timers.next()?;
         let rooms = self
             .routers
@@ -640,6 +655,11 @@ impl Sfu {
 
     /// The next thing to do: a datagram to send or an event for signaling.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(now) = self.last_input.filter(|_| self.out.is_empty()) {
+            if !self.dirty.is_empty() || self.realloc {
+                self.drive(now);
+            }
+        }
         self.out.pop_front()
     }
 
@@ -658,8 +678,15 @@ impl Sfu {
             self.allocate_all(now);
         }
         while let Some(pid) = self.dirty.pop() {
+            self.poll_peer(now, pid);
+        }
+    }
+
+    /// Polls one connection until it waits for time or datagrams, handling its events.
+    fn poll_peer(&mut self, now: Instant, pid: ParticipantId) {
+        {
             let Some(peer) = self.peers.get_mut(&pid) else {
-                continue;
+                return;
             };
             peer.dirty = false;
             self.negotiate_if_needed(pid);
@@ -735,7 +762,7 @@ impl Sfu {
                     self.add_producer(pid, added.mid, added.kind);
                 }
             }
-            Event::MediaData(data) => self.forward(now, pid, data),
+            Event::RtpPacket(packet) => self.forward(now, pid, packet),
             Event::KeyframeRequest(req) => self.keyframe_from_subscriber(now, pid, req),
             Event::MediaIngressStats(s) => {
                 self.note_jitter(pid, &s);
@@ -789,6 +816,7 @@ impl Sfu {
             kind,
             source,
             layers,
+            params: None,
         });
         let room = peer.room.clone();
         self.out.push_back(Output::Event(
@@ -802,7 +830,7 @@ impl Sfu {
         let prod = peer.producers.last().map(|p| Consumer::new(pid, p));
         let members = self
             .routers
-            .get(&room)
+            .get(&*room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
         for other in members {
@@ -821,32 +849,94 @@ impl Sfu {
         }
     }
 
-    /// The fan-out: one incoming frame written to every open consumer of its producer.
-    fn forward(&mut self, now: Instant, publisher: ParticipantId, data: MediaData) {
-        if self
-            .peers
-            .get(&publisher)
-            .is_some_and(|p| p.is_paused(data.mid))
-        {
-            return;
-        }
-        if !data.contiguous {
-            self.request_keyframe(now, publisher, data.mid, data.rid, KeyframeRequestKind::Pli);
-        }
-        let is_keyframe = data.is_keyframe();
-        let Some(room) = self.note_layer(now, publisher, &data, is_keyframe) else {
+    /// The fan-out: one incoming RTP packet written to every open consumer of its producer,
+    /// its payload shared, its header rewritten per slot (see [`rtp`]).
+    fn forward(&mut self, now: Instant, publisher: ParticipantId, packet: RtpPacket) {
+        let Some(peer) = self.peers.get_mut(&publisher) else {
             return;
         };
-        if let Some(capture) = &self.capture {
-            let codec = data.params.spec().codec.to_string().to_ascii_lowercase();
-            capture.record(&room, publisher, &codec, data.rid.as_deref(), &data.data);
-        }
-        let Some(router) = self.routers.get_mut(&room) else {
+        let Some((mid, rid)) = peer
+            .rtc
+            .direct_api()
+            .stream_rx(&packet.header.ssrc)
+            .map(|s| (s.mid(), s.rid()))
+        else {
             return;
         };
-        if let Some(level) = data.ext_vals.audio_level {
+        if peer.is_paused(mid) {
+            return;
+        }
+        let pt = packet.header.payload_type;
+        let Peer { rtc, producers, .. } = peer;
+        let Some(prod) = producers.iter_mut().find(|p| p.mid == mid) else {
+            return;
+        };
+        let (params, codec) = match prod.params {
+            Some((p, params, codec)) if p == pt => (params, codec),
+            _ => {
+                let Some(params) = rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+                    return;
+                };
+                let codec = Codec::of(params.spec().codec);
+                prod.params = Some((pt, params, codec));
+                (params, codec)
+            }
+        };
+        let video = prod.kind == MediaKind::Video;
+        let vp8 = if codec == Codec::Vp8 {
+            Vp8Descriptor::parse(&packet.payload).ok()
+        } else {
+            None
+        };
+        let is_keyframe = video && starts_keyframe(codec, &packet.payload, vp8.as_ref());
+        let keyframe_size = if is_keyframe && codec == Codec::Vp8 {
+            vp8_frame_part(&packet.payload)
+                .and_then(|(at, _)| vp8_keyframe_size(&packet.payload[at..]))
+        } else {
+            None
+        };
+        let arrival = allocation::Arrival {
+            mid,
+            rid,
+            bytes: packet.payload.len(),
+            keyframe_size,
+            time: packet.time,
+        };
+        let Some((room, late)) = self.note_layer(now, publisher, arrival) else {
+            return;
+        };
+        // Too late to be of use: dropped here (and counted), video before audio, rather than
+        // queued behind everything else (see `rtp::Lateness`).
+        if late {
+            let kind = if video {
+                TrackKind::Video
+            } else {
+                TrackKind::Audio
+            };
+            self.metrics.late_dropped.get(kind).inc();
+            if video {
+                self.video_fell_behind(publisher, mid, rid);
+            }
+            return;
+        }
+        if let Some(capture) = &mut self.capture {
+            capture.packet(&room, publisher, mid, rid, codec, &packet);
+        }
+        let Some(router) = self.routers.get_mut(&*room) else {
+            return;
+        };
+        let h = &packet.header;
+        if let Some(level) = h.ext_vals.audio_level {
             router.speakers.observe(now, publisher, level);
         }
+        let ext = ExtensionValues {
+            audio_level: h.ext_vals.audio_level,
+            voice_activity: h.ext_vals.voice_activity,
+            video_orientation: h.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let hz = if video { 90_000 } else { 48_000 };
+        let seq = *packet.seq_no;
         let mut written = false;
         for &sub_id in &router.members {
             if sub_id == publisher {
@@ -855,48 +945,116 @@ impl Sfu {
             let Some(sub) = self.peers.get_mut(&sub_id) else {
                 continue;
             };
-            let Some(&ci) = sub.consumer_index.get(&(publisher, data.mid)) else {
+            let Some(&ci) = sub.consumer_index.get(&(publisher, mid)) else {
                 continue;
             };
             let c = &mut sub.consumers[ci];
-            let ConsumerState::Open(mid) = c.state else {
+            if !matches!(c.state, ConsumerState::Open(_)) {
                 continue;
-            };
+            }
             let Some(slot) = c.slot.and_then(|i| sub.slots.get_mut(i)) else {
                 continue;
             };
             // Video goes out only on its chosen layer, and changes layer (or starts) only at
-            // a keyframe of the new one: the subscriber's decoder never sees a gap. Audio is
-            // never held back.
-            if c.kind == MediaKind::Video && c.current != Some(data.rid) {
-                if is_keyframe && c.target == Some(data.rid) {
-                    c.current = Some(data.rid);
+            // the first packet of a keyframe of the new one: the subscriber's decoder never
+            // sees a gap. Audio is never held back.
+            if video && c.current != Some(rid) {
+                if is_keyframe && c.target == Some(rid) {
+                    c.current = Some(rid);
+                    c.rewrite = None;
                 } else {
                     continue;
                 }
             }
-            let Some(writer) = sub.rtc.writer(mid) else {
+            let rw = *c.rewrite.get_or_insert_with(|| {
+                Rewrite::start(&slot.out, seq, h.timestamp, vp8.as_ref(), hz, now)
+            });
+            let Some(out) = rw.apply(&mut slot.out, seq, h.timestamp, vp8.as_ref(), now) else {
                 continue;
             };
-            let Some(pt) = writer.match_params(data.params) else {
-                continue;
-            };
-            let time = c.out_time(slot, data.time, now);
-            match writer.write(pt, data.network_time, time, data.data.clone()) {
-                Ok(()) => {
-                    written = true;
-                    slot.last_written = Some((time, now));
+            let out_pt = match c.pt {
+                Some((i, o)) if i == pt => o,
+                _ => {
+                    let Some(o) = sub.rtc.codec_config().match_params(params).map(|p| p.pt())
+                    else {
+                        continue;
+                    };
+                    c.pt = Some((pt, o));
+                    o
                 }
-                Err(e) => tracing::debug!(participant = %sub_id, error = %e, "write failed"),
+            };
+            let mut api = sub.rtc.direct_api();
+            let ssrc = match slot.ssrc {
+                Some(s) => s,
+                None => {
+                    let Some(s) = api.stream_tx_by_mid(slot.mid, None).map(|s| s.ssrc()) else {
+                        continue;
+                    };
+                    slot.ssrc = Some(s);
+                    s
+                }
+            };
+            let Some(tx) = api.stream_tx(&ssrc) else {
+                continue;
+            };
+            let mut write = RtpWrite::new(
+                out_pt,
+                out.seq.into(),
+                out.ts,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(h.marker)
+            .nackable(video)
+            .ext_vals(ext.clone());
+            if let (Some((picture_id, tl0)), Some(d)) = (out.vp8, vp8.as_ref()) {
+                let mut patch = d.patch();
+                if let Some(p) = picture_id {
+                    patch = patch.picture_id(p);
+                }
+                if let Some(t) = tl0 {
+                    patch = patch.tl0_pic_idx(t);
+                }
+                if let Ok(patch) = patch.build() {
+                    write = write.vp8_patch(patch);
+                }
             }
+            tx.write_rtp(write);
+            written = true;
             if !sub.dirty {
                 sub.dirty = true;
                 self.dirty.push(sub_id);
             }
         }
         if written {
-            let latency = now.saturating_duration_since(data.network_time);
+            let latency = now.saturating_duration_since(packet.timestamp);
             self.metrics.forward_latency.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// A packet of the publisher's video on `mid` (layer `rid`) was dropped as late: every
+    /// consumer of that layer waits for a keyframe before it goes on (the frame cannot be
+    /// decoded without it), and one is asked for by the next periodic allocation (it sees
+    /// `current` unset), not at once: a keyframe now would only add to the load.
+    fn video_fell_behind(&mut self, publisher: ParticipantId, mid: Mid, rid: Option<Rid>) {
+        let Some(members) = self
+            .peers
+            .get(&publisher)
+            .and_then(|p| self.routers.get(&*p.room))
+            .map(|r| &r.members)
+        else {
+            return;
+        };
+        for sub_id in members {
+            let Some(sub) = self.peers.get_mut(sub_id) else {
+                continue;
+            };
+            if let Some(&ci) = sub.consumer_index.get(&(publisher, mid)) {
+                let c = &mut sub.consumers[ci];
+                if c.current == Some(rid) {
+                    c.current = None;
+                }
+            }
         }
     }
 
@@ -946,12 +1104,12 @@ impl Sfu {
         for u in &peer.ufrags {
             self.by_ufrag.remove(u);
         }
-        let members = match self.routers.get_mut(&peer.room) {
+        let members = match self.routers.get_mut(&*peer.room) {
             Some(router) => {
                 router.members.retain(|m| *m != pid);
                 router.speakers.remove(pid);
                 if router.members.is_empty() {
-                    self.routers.remove(&peer.room);
+                    self.routers.remove(&*peer.room);
                     Vec::new()
                 } else {
                     router.members.clone()

@@ -459,7 +459,15 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
             immediate += 1;
             sfu.handle_timeout(Instant::now());
             // Datagrams and commands that arrived meanwhile come before the next timeout.
-            read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only);
+            read_ready(
+                &socket,
+                &state,
+                &mut rx,
+                &mut sfu,
+                loopback_only,
+                &mut tx,
+                &mut sessions,
+            );
             while let Ok(cmd) = commands.try_recv() {
                 handle_command(&mut sfu, &mut sessions, cmd);
             }
@@ -468,7 +476,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
         immediate = 0;
         tokio::select! {
             r = socket.readable() => match r {
-                Ok(()) => read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only),
+                Ok(()) => read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only, &mut tx, &mut sessions),
                 Err(e) => tracing::debug!(error = %e, "media socket receive error"),
             },
             cmd = commands.recv() => {
@@ -502,13 +510,17 @@ impl RecvBufs {
     }
 }
 
-/// Reads every datagram the socket has (batch by batch) into the core.
+/// Reads every datagram the socket has (batch by batch) into the core, sending what each
+/// batch produced before the next is read (so the first packet of a burst does not wait for
+/// the last, and the output queue stays one batch deep).
 fn read_ready(
     socket: &UdpSocket,
     state: &UdpSocketState,
     rx: &mut RecvBufs,
     sfu: &mut Sfu,
     loopback_only: bool,
+    tx: &mut SendBatch,
+    sessions: &mut HashMap<ParticipantId, mpsc::UnboundedSender<PeerEvent>>,
 ) {
     // A bounded number of batches, so that timers and commands get their turn under a flood.
     for _ in 0..64 {
@@ -536,6 +548,7 @@ fn read_ready(
                 sfu.handle_receive(now, source, datagram);
             }
         }
+        flush(socket, state, tx, sfu, sessions);
     }
 }
 

@@ -1,31 +1,25 @@
-//! Simulcast, pausing and dynacast over an in-memory network on virtual time (the harness of
-//! `in_memory.rs`, with a str0m client publishing a three-layer VP8 simulcast track).
+//! Simulcast, pausing and dynacast over an in-memory network on virtual time (the harness in
+//! `harness/mod.rs`, with a str0m client publishing a three-layer VP8 simulcast track).
 //!
 //! The publisher answers keyframe requests per rid and keyframes are otherwise never sent, so a
 //! subscriber that received a layer's frames got them from one of its keyframes on.
 
-use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+mod harness;
+
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use huddle_media::{
-    Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig, Source, TrackId, TrackKind,
-};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{
-    Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
-};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Rtc};
+use harness::{Client, Net, Publish};
+use huddle_media::{Sfu, Source, TrackId, TrackKind};
+use str0m::media::{KeyframeRequestKind, MediaTime};
 
-const SFU: &str = "10.0.0.1:5000";
 /// rid, frame size on the wire, picture size in its keyframes.
 const LAYERS: [(&str, usize, (u16, u16)); 3] = [
     ("q", 200, (160, 120)),
     ("h", 800, (320, 240)),
     ("f", 2400, (640, 480)),
 ];
+const RIDS: &[&str] = &["q", "h", "f"];
 
 /// A received video frame: which layer it came from and whether it was a keyframe.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,255 +29,81 @@ struct Got {
     at: Instant,
 }
 
-struct Client {
-    pid: ParticipantId,
-    addr: SocketAddr,
-    rtc: Rtc,
-    pending: Option<SdpPendingOffer>,
-    audio_mid: Option<Mid>,
-    video_mid: Option<Mid>,
-    connected: bool,
-    /// Video frames received, in order.
-    video: Vec<Got>,
-    audio_frames: usize,
-    /// The publisher's side: layers it sends, and layers owed a keyframe.
-    active: HashSet<String>,
-    owe_keyframe: HashSet<String>,
-    layer_events: Vec<Vec<String>>,
-    tracks: Vec<(TrackId, TrackKind, Source)>,
-    speakers: Vec<Vec<ParticipantId>>,
-    inbox: VecDeque<String>,
-    /// Keyframe requests the publisher received.
-    keyframe_requests: usize,
-    /// The subscriber's receiving video m-lines.
-    recv_video: Vec<Mid>,
+/// The video frames `c` received, in order (byte 10 of each names its layer, see `vp8_frame`).
+fn video(c: &Client) -> Vec<Got> {
+    c.received
+        .iter()
+        .filter(|r| r.data.len() > 10 && r.data[10].is_ascii_lowercase())
+        .map(|r| Got {
+            layer: r.data[10],
+            key: r.keyframe,
+            at: r.at,
+        })
+        .collect()
 }
 
-impl Client {
-    fn new(n: u8, now: Instant, publish: bool) -> Client {
-        huddle_media::init_crypto();
-        let addr: SocketAddr = format!("10.0.0.{}:6000", n + 1).parse().unwrap();
-        let mut rtc = Rtc::builder().build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        let mut change = rtc.sdp_api();
-        let (mut audio_mid, mut video_mid) = (None, None);
-        if publish {
-            audio_mid =
-                Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            let mut sim = Simulcast::new();
-            for (rid, _, _) in LAYERS {
-                sim.add_send_layer(SimulcastLayer::new(rid));
-            }
-            video_mid = Some(change.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                None,
-                None,
-                Some(sim),
-            ));
-        }
-        change.add_channel("huddle".into());
-        let (offer, pending) = change.apply().unwrap();
-        let mut c = Client {
-            pid: ParticipantId(u64::from(n)),
-            addr,
-            rtc,
-            pending: Some(pending),
-            audio_mid,
-            video_mid,
-            connected: false,
-            video: Vec::new(),
-            audio_frames: 0,
-            active: LAYERS.iter().map(|l| l.0.to_string()).collect(),
-            // A browser starts every encoding with a keyframe.
-            owe_keyframe: LAYERS.iter().map(|l| l.0.to_string()).collect(),
-            layer_events: Vec::new(),
-            tracks: Vec::new(),
-            speakers: Vec::new(),
-            inbox: VecDeque::new(),
-            keyframe_requests: 0,
-            recv_video: Vec::new(),
-        };
-        c.inbox.push_back(offer.to_sdp_string());
-        c
-    }
-
-    fn video_track(&self) -> TrackId {
-        self.tracks
-            .iter()
-            .find(|t| t.1 == TrackKind::Video)
-            .unwrap()
-            .0
-    }
-
-    /// Layers received from `since` on.
-    fn layers_since(&self, since: Instant) -> Vec<u8> {
-        self.video
-            .iter()
-            .filter(|g| g.at >= since)
-            .map(|g| g.layer)
-            .collect()
-    }
+/// The audio frames `c` received.
+fn audio_frames(c: &Client) -> usize {
+    c.received.len() - video(c).len()
 }
 
-struct Net {
-    now: Instant,
-    sfu: Sfu,
+/// Layers `c` received from `since` on.
+fn layers_since(c: &Client, since: Instant) -> Vec<u8> {
+    video(c)
+        .iter()
+        .filter(|g| g.at >= since)
+        .map(|g| g.layer)
+        .collect()
+}
+
+/// The harness's network with a simulcast publisher's sending loop.
+struct Room {
+    net: Net,
     metrics: huddle_media::MediaMetrics,
-    clients: Vec<Client>,
     frame_no: u32,
+    /// Audio frames sent (20 ms each): their RTP time follows the clock, as a real one does.
+    audio_no: u32,
     /// At most how many video RTP packets publishers have written (a frame over 1,100 bytes
     /// counted as three).
     video_packets_upper: u64,
 }
 
-impl Net {
-    fn new() -> Net {
-        let addr: SocketAddr = SFU.parse().unwrap();
+impl Deref for Room {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        &self.net
+    }
+}
+
+impl DerefMut for Room {
+    fn deref_mut(&mut self) -> &mut Net {
+        &mut self.net
+    }
+}
+
+impl Room {
+    fn new() -> Room {
         let metrics = huddle_media::MediaMetrics::new();
-        let mut sfu = Sfu::with_metrics(
-            SfuConfig {
-                candidates: vec![addr],
-                local_addr: addr,
-                worker_index: 0,
-                max_tracks_per_participant: 8,
-            },
-            metrics.clone(),
-        );
+        let mut sfu = Sfu::with_metrics(harness::config(), metrics.clone());
         // str0m's estimator does not model this zero-delay network (its estimate sinks to
         // what is sent); the tests set the downlink with set_max_bitrate instead.
         sfu.use_bandwidth_estimate = false;
-        Net {
-            now: Instant::now(),
-            sfu,
+        Room {
+            net: Net::with_sfu(sfu),
             metrics,
-            clients: Vec::new(),
             frame_no: 0,
+            audio_no: 0,
             video_packets_upper: 0,
         }
     }
 
+    /// A participant publishing audio and three-layer simulcast video, or nothing.
     fn join(&mut self, publish: bool) -> usize {
-        let n = self.clients.len() as u8 + 1;
-        let mut c = Client::new(n, self.now, publish);
-        let offer = c.inbox.pop_front().unwrap();
-        let grants = Grants::default();
-        self.sfu
-            .offer(self.now, c.pid, "room", grants, &offer)
-            .unwrap();
-        self.clients.push(c);
-        self.clients.len() - 1
-    }
-
-    fn step(&mut self, dt: Duration) {
-        let sfu_addr: SocketAddr = SFU.parse().unwrap();
-        while let Some(out) = self.sfu.poll_output() {
-            match out {
-                Output::Transmit {
-                    destination,
-                    contents,
-                } => {
-                    if let Some(c) = self.clients.iter_mut().find(|c| c.addr == destination) {
-                        let input = Input::Receive(
-                            self.now,
-                            Receive {
-                                proto: Protocol::Udp,
-                                source: sfu_addr,
-                                destination,
-                                contents: contents.as_slice().try_into().unwrap(),
-                            },
-                        );
-                        c.rtc.handle_input(input).unwrap();
-                    }
-                }
-                Output::Event(pid, ev) => {
-                    let c = self.clients.iter_mut().find(|c| c.pid == pid).unwrap();
-                    match ev {
-                        PeerEvent::Answer { sdp } => {
-                            let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
-                            c.rtc
-                                .sdp_api()
-                                .accept_answer(c.pending.take().unwrap(), answer)
-                                .unwrap();
-                        }
-                        PeerEvent::Offer { sdp } => {
-                            let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
-                            let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
-                            let pid = c.pid;
-                            self.sfu
-                                .answer(self.now, pid, &answer.to_sdp_string())
-                                .unwrap();
-                        }
-                        PeerEvent::TrackPublished {
-                            track_id,
-                            kind,
-                            source,
-                        } => {
-                            c.tracks.push((track_id, kind, source));
-                        }
-                        PeerEvent::Layers { active, .. } => {
-                            // As the web client does: setParameters, and a resumed encoding
-                            // starts with a keyframe.
-                            for rid in &active {
-                                if !c.active.contains(rid) {
-                                    c.owe_keyframe.insert(rid.clone());
-                                }
-                            }
-                            c.active = active.iter().cloned().collect();
-                            c.layer_events.push(active);
-                        }
-                        PeerEvent::Speakers { speakers } => {
-                            c.speakers
-                                .push(speakers.iter().map(|s| s.participant).collect());
-                        }
-                        PeerEvent::Closed { reason } => panic!("{pid} closed: {reason:?}"),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let mut to_sfu = Vec::new();
-        let now = self.now;
-        for c in &mut self.clients {
-            loop {
-                match c.rtc.poll_output().unwrap() {
-                    str0m::Output::Timeout(_) => break,
-                    str0m::Output::Transmit(t) => to_sfu.push((c.addr, Vec::from(t.contents))),
-                    str0m::Output::Event(Event::Connected) => c.connected = true,
-                    str0m::Output::Event(Event::MediaData(d)) => {
-                        if d.data.len() > 10 && d.data[10].is_ascii_lowercase() {
-                            c.video.push(Got {
-                                layer: d.data[10],
-                                key: d.is_keyframe(),
-                                at: now,
-                            });
-                        } else {
-                            c.audio_frames += 1;
-                        }
-                    }
-                    str0m::Output::Event(Event::MediaAdded(m)) => {
-                        if m.kind == MediaKind::Video && m.direction == Direction::RecvOnly {
-                            c.recv_video.push(m.mid);
-                        }
-                    }
-                    str0m::Output::Event(Event::KeyframeRequest(r)) => {
-                        c.keyframe_requests += 1;
-                        if let Some(rid) = r.rid {
-                            c.owe_keyframe.insert(rid.to_string());
-                        }
-                    }
-                    str0m::Output::Event(_) => {}
-                }
-            }
-        }
-        for (from, data) in to_sfu {
-            self.sfu.handle_receive(self.now, from, &data);
-        }
-        self.now += dt;
-        self.sfu.handle_timeout(self.now);
-        for c in &mut self.clients {
-            c.rtc.handle_input(Input::Timeout(self.now)).unwrap();
-        }
+        self.net.join(if publish {
+            Publish::simulcast(RIDS)
+        } else {
+            Publish::NOTHING
+        })
     }
 
     /// Runs for `d`; publisher `p` sends an audio frame every 20 ms and a frame on each active
@@ -306,48 +126,27 @@ impl Net {
     }
 
     fn send_audio(&mut self, i: usize) {
-        let now = self.now;
-        let n = self.frame_no;
-        let c = &mut self.clients[i];
-        let Some(mid) = c.audio_mid else { return };
-        let Some(w) = c.rtc.writer(mid) else { return };
-        let pt = w.payload_params().next().unwrap().pt();
+        self.audio_no += 1;
+        let time = MediaTime::from_90khz(u64::from(self.audio_no) * 1800);
         // -30 dBov: speech.
-        let w = w.audio_level(-30, true);
-        let _ = w.write(
-            pt,
-            now,
-            MediaTime::from_90khz(u64::from(n) * 1800),
-            vec![0xfc, 1, 2, 3],
-        );
+        self.net
+            .write_audio(i, time, Some(-30), vec![0xfc, 1, 2, 3]);
     }
 
     fn send_video(&mut self, i: usize) {
         self.frame_no += 1;
-        let now = self.now;
-        let n = self.frame_no;
-        let c = &mut self.clients[i];
-        let Some(mid) = c.video_mid else { return };
-        if c.rtc.writer(mid).is_none() {
-            return;
-        }
+        let time = MediaTime::from_90khz(u64::from(self.frame_no) * 3000);
         for (rid, len, (w, h)) in LAYERS {
-            if !c.active.contains(rid) {
+            if !self.clients[i].active.contains(rid) {
                 continue;
             }
-            let key = c.owe_keyframe.remove(rid);
-            self.video_packets_upper += if len > 1100 { 3 } else { 1 };
+            let key = self.net.clients[i].owe_keyframe.remove(rid);
             let frame = vp8_frame(key, rid.as_bytes()[0], len, w, h);
-            let writer = c.rtc.writer(mid).unwrap();
-            let pt = writer
-                .payload_params()
-                .find(|p| p.spec().codec == Codec::Vp8)
-                .unwrap()
-                .pt();
-            writer
-                .rid(Rid::from(rid))
-                .write(pt, now, MediaTime::from_90khz(u64::from(n) * 3000), frame)
-                .unwrap();
+            if self.net.write_video(i, Some(rid), time, frame) {
+                self.video_packets_upper += if len > 1100 { 3 } else { 1 };
+            } else if key {
+                self.net.clients[i].owe_keyframe.insert(rid.to_string());
+            }
         }
     }
 
@@ -388,11 +187,11 @@ fn assert_switches_only_at_keyframes(got: &[Got], who: &str) {
 }
 
 fn last_layer(c: &Client) -> Option<char> {
-    c.video.last().map(|g| g.layer as char)
+    video(c).last().map(|g| g.layer as char)
 }
 
-fn room() -> (Net, usize, usize, usize, TrackId) {
-    let mut net = Net::new();
+fn room() -> (Room, usize, usize, usize, TrackId) {
+    let mut net = Room::new();
     let alice = net.join(true);
     let bob = net.join(false);
     let carol = net.join(false);
@@ -414,8 +213,8 @@ fn each_subscriber_gets_the_layer_its_tile_needs_and_switches_only_at_keyframes(
     net.run(Some(alice), Duration::from_secs(2));
     let t = net.now;
     net.run(Some(alice), Duration::from_secs(1));
-    let b = net.clients[bob].layers_since(t);
-    let c = net.clients[carol].layers_since(t);
+    let b = layers_since(&net.clients[bob], t);
+    let c = layers_since(&net.clients[carol], t);
     assert!(
         b.len() >= 25 && b.iter().all(|&l| l == b'f'),
         "bob (large tile) got {:?}",
@@ -432,7 +231,7 @@ fn each_subscriber_gets_the_layer_its_tile_needs_and_switches_only_at_keyframes(
     net.run(Some(alice), Duration::from_secs(2));
     assert_eq!(last_layer(&net.clients[carol]), Some('h'));
     for (who, i) in [("bob", bob), ("carol", carol)] {
-        assert_switches_only_at_keyframes(&net.clients[i].video, who);
+        assert_switches_only_at_keyframes(&video(&net.clients[i]), who);
     }
     // Nobody watches the quarter layer any more: the publisher was told to pause it.
     assert_eq!(
@@ -458,8 +257,8 @@ fn a_low_bandwidth_subscriber_gets_the_low_layer_and_audio_first() {
     net.run(Some(alice), Duration::from_secs(3));
     let t = net.now;
     net.run(Some(alice), Duration::from_secs(1));
-    let b = net.clients[bob].layers_since(t);
-    let c = net.clients[carol].layers_since(t);
+    let b = layers_since(&net.clients[bob], t);
+    let c = layers_since(&net.clients[carol], t);
     assert!(
         b.len() >= 25 && b.iter().all(|&l| l == b'q'),
         "bob (150 kbit/s) got {:?}",
@@ -475,13 +274,13 @@ fn a_low_bandwidth_subscriber_gets_the_low_layer_and_audio_first() {
     let now = net.now;
     net.sfu.set_max_bitrate(now, bob_pid, Some(45_000)).unwrap();
     net.run(Some(alice), Duration::from_millis(500));
-    let (t, audio_before) = (net.now, net.clients[bob].audio_frames);
+    let (t, audio_before) = (net.now, audio_frames(&net.clients[bob]));
     net.run(Some(alice), Duration::from_secs(1));
     assert!(
-        net.clients[bob].layers_since(t).is_empty(),
+        layers_since(&net.clients[bob], t).is_empty(),
         "video still sent to bob"
     );
-    let audio = net.clients[bob].audio_frames - audio_before;
+    let audio = audio_frames(&net.clients[bob]) - audio_before;
     assert!(
         audio >= 45,
         "bob got {audio} audio frames in 1 s with video paused"
@@ -492,12 +291,12 @@ fn a_low_bandwidth_subscriber_gets_the_low_layer_and_audio_first() {
     net.sfu.set_max_bitrate(now, bob_pid, None).unwrap();
     net.run(Some(alice), Duration::from_secs(2));
     assert_eq!(last_layer(&net.clients[bob]), Some('f'));
-    assert_switches_only_at_keyframes(&net.clients[bob].video, "bob");
+    assert_switches_only_at_keyframes(&video(&net.clients[bob]), "bob");
 }
 
 #[test]
 fn a_hidden_tile_gets_nothing_and_unwatched_layers_are_paused_at_the_publisher() {
-    let mut net = Net::new();
+    let mut net = Room::new();
     let alice = net.join(true);
     let bob = net.join(false);
     net.run(Some(alice), Duration::from_secs(2));
@@ -514,14 +313,14 @@ fn a_hidden_tile_gets_nothing_and_unwatched_layers_are_paused_at_the_publisher()
     net.sizes(bob, track, 0, 0);
     net.run(Some(alice), Duration::from_millis(200));
     let t = net.now;
-    let audio_before = net.clients[bob].audio_frames;
+    let audio_before = audio_frames(&net.clients[bob]);
     net.run(Some(alice), Duration::from_secs(2));
     assert!(
-        net.clients[bob].layers_since(t).is_empty(),
+        layers_since(&net.clients[bob], t).is_empty(),
         "a hidden tile still gets video"
     );
     assert!(
-        net.clients[bob].audio_frames - audio_before >= 90,
+        audio_frames(&net.clients[bob]) - audio_before >= 90,
         "audio goes on"
     );
     assert_eq!(
@@ -537,12 +336,12 @@ fn a_hidden_tile_gets_nothing_and_unwatched_layers_are_paused_at_the_publisher()
         net.clients[alice].layer_events.last(),
         Some(&vec!["h".to_string()])
     );
-    assert_switches_only_at_keyframes(&net.clients[bob].video, "bob");
+    assert_switches_only_at_keyframes(&video(&net.clients[bob]), "bob");
 }
 
 #[test]
 fn the_talking_participant_is_announced_to_the_room() {
-    let mut net = Net::new();
+    let mut net = Room::new();
     let alice = net.join(true);
     let bob = net.join(false);
     net.run(None, Duration::from_secs(1));
@@ -588,7 +387,7 @@ fn after_a_congestion_downgrade_layers_go_up_again_only_after_a_hold() {
     net.sfu.set_max_bitrate(now, bob_pid, None).unwrap();
     let t = net.now;
     net.run(Some(alice), Duration::from_secs(4));
-    let held = net.clients[bob].layers_since(t);
+    let held = layers_since(&net.clients[bob], t);
     assert!(
         held.len() >= 100 && held.iter().all(|&l| l == b'q'),
         "bob went up during the hold: {:?}",
@@ -600,7 +399,7 @@ fn after_a_congestion_downgrade_layers_go_up_again_only_after_a_hold() {
         Some('f'),
         "bob is back up after the hold"
     );
-    assert_switches_only_at_keyframes(&net.clients[bob].video, "bob");
+    assert_switches_only_at_keyframes(&video(&net.clients[bob]), "bob");
 }
 
 #[test]

@@ -476,7 +476,12 @@ pub fn spawn_publisher(
         let mut seq: u16 = 1;
         let mut ts: u32 = 0;
         let mut n: u32 = 0;
+        // Paced by the clock, as a capture device is (a sleep after each packet would run
+        // slower than the RTP times say, and the SFU drops audio that falls 200 ms behind).
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
             let pkt = webrtc::rtp::packet::Packet {
                 header: webrtc::rtp::header::Header {
                     version: 2,
@@ -490,7 +495,6 @@ pub fn spawn_publisher(
             seq = seq.wrapping_add(1);
             ts = ts.wrapping_add(960);
             n += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
 }

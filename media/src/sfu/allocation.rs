@@ -5,12 +5,16 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use std::sync::Arc;
+
+use super::rtp::AUDIO_LATE;
+
+use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
-    allocate, clock_rate, layer_for_size, track_kind, vp8_keyframe_size, ConsumerState, Output,
-    PeerEvent, Quality, Sfu, Source, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+    allocate, clock_rate, layer_for_size, track_kind, ConsumerState, Output, PeerEvent, Quality,
+    Sfu, Source, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -36,6 +40,18 @@ const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
 struct Decision {
     consumer: usize,
     target: Option<Option<Rid>>,
+}
+
+/// What [`Sfu::note_layer`] learns from one incoming packet.
+pub(super) struct Arrival {
+    pub(super) mid: Mid,
+    pub(super) rid: Option<Rid>,
+    /// Payload bytes.
+    pub(super) bytes: usize,
+    /// The frame size, when it starts a VP8 keyframe.
+    pub(super) keyframe_size: Option<(u32, u32)>,
+    /// Its extended RTP time.
+    pub(super) time: MediaTime,
 }
 
 impl Sfu {
@@ -85,13 +101,19 @@ impl Sfu {
         &mut self,
         now: Instant,
         publisher: ParticipantId,
-        data: &MediaData,
-        is_keyframe: bool,
-    ) -> Option<String> {
+        packet: Arrival,
+    ) -> Option<(Arc<str>, bool)> {
+        let Arrival {
+            mid,
+            rid,
+            bytes,
+            keyframe_size,
+            time,
+        } = packet;
         let peer = self.peers.get_mut(&publisher)?;
-        if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == data.mid) {
-            let kind = prod.kind;
-            let layer = prod.layer_mut(data.rid);
+        if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == mid) {
+            let audio = prod.kind == MediaKind::Audio;
+            let layer = prod.layer_mut(rid);
             match layer.last_seen {
                 // A layer to choose from: choose again.
                 None => self.realloc = true,
@@ -103,7 +125,7 @@ impl Sfu {
                 Some(_) => {}
             }
             layer.last_seen = Some(now);
-            layer.window_bytes += data.data.len() as u64;
+            layer.window_bytes += bytes as u64;
             match layer.window_start {
                 None => layer.window_start = Some(now),
                 Some(t) => {
@@ -116,13 +138,23 @@ impl Sfu {
                     }
                 }
             }
-            if is_keyframe && kind == MediaKind::Video {
-                if let Some(size) = vp8_keyframe_size(&data.data) {
-                    layer.size = size;
-                }
+            if let Some(size) = keyframe_size {
+                layer.size = size;
             }
+            // Audio is timed by its RTP clock. Video is not (a publisher's pacer spreads a
+            // large keyframe over hundreds of milliseconds): it yields while the worker is
+            // behind, as judged from everyone's audio.
+            if audio {
+                let late =
+                    layer
+                        .lateness
+                        .observe(now, time.numer(), u64::from(time.frequency().get()));
+                self.behind.audio(now, late);
+                return Some((peer.room.clone(), late > AUDIO_LATE));
+            }
+            return Some((peer.room.clone(), self.behind.is_behind(now)));
         }
-        Some(peer.room.clone())
+        Some((peer.room.clone(), false))
     }
 
     pub(super) fn note_jitter(&mut self, pid: ParticipantId, s: &MediaIngressStats) {

@@ -1,8 +1,11 @@
 //! One subscriber's copy of a producer (mediasoup's Consumer), its send slot and its
 //! keyframe budget.
 
+use super::rtp::SlotOut;
 #[allow(unused_imports)]
 use super::*;
+use str0m::media::Pt;
+use str0m::rtp::Ssrc;
 
 /// One subscriber's copy of a producer (mediasoup's Consumer).
 #[derive(Debug, Clone)]
@@ -25,9 +28,11 @@ pub(super) struct Consumer {
     pub(super) source: Source,
     /// Its place in the subscriber's send slots, once it has one.
     pub(super) slot: Option<usize>,
-    /// Added to the producer's RTP times so that they go on from what the slot carried before
-    /// (`None` until the first frame is written).
-    pub(super) ts_offset: Option<i64>,
+    /// How its producer's packets map onto its slot, from the packet where it started or last
+    /// switched layer (`None`: fixed by the next packet forwarded).
+    pub(super) rewrite: Option<Rewrite>,
+    /// The producer's payload type and the subscriber's for the same codec.
+    pub(super) pt: Option<(Pt, Pt)>,
 }
 
 /// A subscriber's keyframe requests for one consumer. A decoder that works asks for a keyframe
@@ -88,29 +93,9 @@ impl Consumer {
             keyframes: KeyframeBudget::default(),
             source: prod.source,
             slot: None,
-            ts_offset: None,
+            rewrite: None,
+            pt: None,
         }
-    }
-
-    /// The RTP time to write a frame of the producer at `t` with, on its slot: the producer's
-    /// own times, shifted once so that a reused slot's timestamps go on from the last frame the
-    /// slot carried (as much later as the wall clock moved), never back.
-    pub(super) fn out_time(&mut self, slot: &Slot, t: MediaTime, now: Instant) -> MediaTime {
-        let offset = *self
-            .ts_offset
-            .get_or_insert_with(|| match slot.last_written {
-                None => 0,
-                Some((last, at)) => {
-                    let hz = u64::from(t.frequency().get());
-                    let last = last.rebase(t.frequency()).numer();
-                    let ticks = (now.saturating_duration_since(at).as_micros() as u64 * hz
-                        / 1_000_000)
-                        .max(1);
-                    (last + ticks) as i64 - t.numer() as i64
-                }
-            });
-        let numer = (t.numer() as i64).saturating_add(offset).max(0) as u64;
-        MediaTime::new(numer, t.frequency())
     }
 }
 
@@ -125,8 +110,10 @@ pub(super) struct Slot {
     pub(super) open: bool,
     /// The consumer it carries: (publisher, producer mid).
     pub(super) consumer: Option<(ParticipantId, Mid)>,
-    /// RTP time and wall clock of the last frame written to it.
-    pub(super) last_written: Option<(MediaTime, Instant)>,
+    /// What it sent last (see [`SlotOut`]).
+    pub(super) out: SlotOut,
+    /// Its send stream's SSRC, once looked up.
+    pub(super) ssrc: Option<Ssrc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

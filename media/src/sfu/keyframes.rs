@@ -89,10 +89,8 @@ impl Sfu {
         }
         layer.last_keyframe_request = Some(now);
         layer.keyframe_pending = None;
-        if let Some(mut writer) = peer.rtc.writer(mid) {
-            if let Err(e) = writer.request_keyframe(rid, kind) {
-                tracing::debug!(participant = %publisher, error = %e, "keyframe request failed");
-            }
+        if let Some(stream) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            stream.request_keyframe(kind);
         }
         self.mark_dirty(publisher);
     }

@@ -65,7 +65,20 @@ impl Sfu {
                         Some(c.producer.to_string()),
                         None,
                     );
-                    planned.push((i, mid));
+                    planned.push((Some(i), mid, c.kind));
+                }
+            }
+            // A kind that ran out of slots grows by spares too, so that the next few tracks
+            // (the rest of a meeting arriving) take slots without an offer each.
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                let wanted = planned.iter().filter(|(_, _, k)| *k == kind).count();
+                if wanted == 0 {
+                    continue;
+                }
+                let existing = peer.slots.iter().filter(|s| s.kind == kind).count();
+                for _ in 0..spare_slots(existing, wanted) {
+                    let mid = change.add_media(kind, Direction::SendOnly, None, None, None);
+                    planned.push((None, mid, kind));
                 }
             }
             if let Some((offer, pending)) = change.apply() {
@@ -79,17 +92,21 @@ impl Sfu {
                         self.by_ufrag.remove(&old);
                     }
                 }
-                for (i, mid) in planned {
-                    let c = &mut peer.consumers[i];
-                    c.state = ConsumerState::Negotiating(mid);
-                    c.slot = Some(peer.slots.len());
+                for (i, mid, kind) in planned {
+                    let consumer = i.map(|i| {
+                        let c = &mut peer.consumers[i];
+                        c.state = ConsumerState::Negotiating(mid);
+                        c.slot = Some(peer.slots.len());
+                        (c.publisher, c.producer_mid)
+                    });
                     peer.slots_changed.push(peer.slots.len());
                     peer.slots.push(Slot {
                         mid,
-                        kind: c.kind,
+                        kind,
                         open: false,
-                        consumer: Some((c.publisher, c.producer_mid)),
-                        last_written: None,
+                        consumer,
+                        out: Default::default(),
+                        ssrc: None,
                     });
                 }
                 peer.pending = Some(pending);
@@ -137,5 +154,37 @@ impl Sfu {
         }
         self.out
             .push_back(Output::Event(pid, PeerEvent::Slots { slots }));
+    }
+}
+
+/// How many spare slots of a kind an offer adds beside the `wanted` new ones, when the
+/// subscriber already has `existing`: half of what it will have, at least 2 and at most
+/// [`MAX_SPARE_SLOTS`]. A meeting filling up then costs each subscriber a handful of offers,
+/// not one per arrival, and the SDP stays within the peak number of tracks plus that margin.
+pub(super) fn spare_slots(existing: usize, wanted: usize) -> usize {
+    ((existing + wanted) / 2).clamp(2, MAX_SPARE_SLOTS)
+}
+
+/// The most spare slots of one kind an offer adds.
+pub(super) const MAX_SPARE_SLOTS: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::spare_slots;
+
+    #[test]
+    fn a_meeting_filling_up_costs_a_subscriber_a_few_offers() {
+        // Arrivals one at a time: count the offers until 24 tracks of a kind are held.
+        let (mut slots, mut offers) = (0, 0);
+        for held in 1..=24 {
+            if held > slots {
+                slots += 1 + spare_slots(slots, 1);
+                offers += 1;
+            }
+        }
+        assert!(offers <= 6, "{offers} offers for 24 arrivals");
+        assert!(slots <= 24 + 8, "{slots} slots for 24 tracks");
+        assert_eq!(spare_slots(0, 1), 2);
+        assert_eq!(spare_slots(40, 2), 8);
     }
 }

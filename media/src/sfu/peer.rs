@@ -6,7 +6,8 @@ use super::*;
 /// One participant's media connection (mediasoup's WebRtcTransport with its producers and
 /// consumers).
 pub(super) struct Peer {
-    pub(super) room: String,
+    /// The room's name (shared, so the data path takes it without an allocation).
+    pub(super) room: std::sync::Arc<str>,
     pub(super) rtc: Rtc,
     pub(super) grants: Grants,
     pub(super) producers: Vec<Producer>,

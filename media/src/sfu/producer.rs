@@ -1,7 +1,10 @@
 //! What a participant publishes (mediasoup's Producer) and each of its encodings.
 
+use super::rtp::Lateness;
 #[allow(unused_imports)]
 use super::*;
+use str0m::format::PayloadParams;
+use str0m::media::Pt;
 
 /// An incoming track (mediasoup's Producer).
 #[derive(Debug)]
@@ -12,6 +15,9 @@ pub(super) struct Producer {
     pub(super) source: Source,
     /// The encodings it sends, lowest first: one per simulcast rid, or a single one without rid.
     pub(super) layers: Vec<Layer>,
+    /// The payload type of its last packet, its parameters and codec (one lookup per change
+    /// of payload type, not per packet).
+    pub(super) params: Option<(Pt, PayloadParams, Codec)>,
 }
 
 impl Producer {
@@ -51,6 +57,8 @@ pub(super) struct Layer {
     /// interval ends rather than dropped, so a second subscriber is not left waiting for the
     /// publisher's next periodic keyframe.
     pub(super) keyframe_pending: Option<KeyframeRequestKind>,
+    /// How late its packets arrive (see [`Lateness`]).
+    pub(super) lateness: Lateness,
 }
 
 impl Layer {
@@ -66,6 +74,7 @@ impl Layer {
             resumed_at: None,
             last_keyframe_request: None,
             keyframe_pending: None,
+            lateness: Lateness::default(),
         }
     }
 
