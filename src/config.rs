@@ -28,7 +28,7 @@ pub const CONFIG_KEYS: &[&str] = &[
 ];
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the generated secret and the chat database live. Default `./huddle-data`.
@@ -85,7 +85,7 @@ impl Default for Config {
 /// `[cluster]`: several nodes behind one address, sharing Redis (node registry, room placement)
 /// and PostgreSQL (chat history). Off unless `redis_url` is set; then `postgres_url`,
 /// `public_url` and an explicit `auth.secret` (or `auth.secret_file`) are required.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// `redis://host:6379/0`. Default: none (a single node).
@@ -105,7 +105,7 @@ pub struct ClusterSection {
 /// `[api]`: the room API (`/api/rooms…`). Callers present a JWT signed (HS256) with `secret`,
 /// whose `iss` is `key` and whose grants include `admin` (see docs/api.md). Without a key and
 /// a secret the room API answers 401.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// The API key: admin tokens carry it as `iss`. Default: none.
@@ -117,7 +117,7 @@ pub struct ApiSection {
 }
 
 /// `[chat]`: pictures and files in chat, kept in `data_dir/files`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChatSection {
     /// Largest upload, bytes; larger ones get 413. Default 20971520 (20 MiB).
@@ -165,7 +165,7 @@ impl Default for ChatSection {
 }
 
 /// `[webhooks]`: room and participant events POSTed to your URLs, signed with HMAC-SHA256.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksSection {
     /// URLs that receive every event. Default: none (no webhooks).
@@ -190,7 +190,7 @@ impl Default for WebhooksSection {
 }
 
 /// `[ice]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IceSection {
     /// Run the bundled TURN server and hand its URLs with fresh credentials to every
@@ -214,7 +214,7 @@ impl Default for IceSection {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the HTTP/WebSocket listener. Default `127.0.0.1:8080`. Port 0 picks a free port.
@@ -227,7 +227,8 @@ pub struct ServerConfig {
     /// once). Ignored when `tls_cert` is set. Default false.
     pub tls_self_signed: bool,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) may take: joins are refused at once, every
-    /// participant is told `leave` with `server_shutdown`, and the process exits when their
+    /// participant is told `leave` with `server_shutdown` (SIGTERM: action `reconnect`, a
+    /// restart; Ctrl-C: action `disconnect`), and the process exits when their
     /// sockets have closed or this time is up. Default 10.
     pub drain_secs: u64,
     /// Seconds a connection may take to send a request's headers: the first request after the
@@ -267,7 +268,7 @@ impl Default for ServerConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Token signing secret. Prefer `secret_file` or the `HUDDLE_AUTH__SECRET` environment
@@ -298,7 +299,7 @@ impl Default for AuthConfig {
 }
 
 /// `[media]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaSection {
     /// Address the media UDP sockets bind to. Default `127.0.0.1`.
@@ -334,7 +335,7 @@ impl Default for MediaSection {
 }
 
 /// `[signaling]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SignalingSection {
     /// Largest signaling message answered normally, bytes. Default 65536.
@@ -381,7 +382,7 @@ impl Default for SignalingSection {
 
 /// `[limits]`: what one node accepts. Going over a limit affects only the offender, gets a
 /// specific error code (or HTTP status) and is counted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Rooms open at once on this node; a join that would open another gets `too_many_rooms`.
@@ -428,7 +429,7 @@ impl Default for LimitsSection {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"text"` (default) or `"json"`.
@@ -458,18 +459,15 @@ pub enum LogFormat {
 
 /// Loads defaults, then the file (if any), then `HUDDLE_*` variables (`__` separates sections:
 /// `HUDDLE_MEDIA__PUBLIC_IP`), then `overrides` (from flags).
-pub fn load(
-    file: Option<&std::path::Path>,
-    overrides: Figment,
-) -> Result<Config, Box<figment::Error>> {
+pub fn load(file: Option<&std::path::Path>, overrides: Figment) -> Result<Config, ConfigError> {
     // Every section has `#[serde(default)]`: keys absent everywhere take their defaults.
     let mut fig = Figment::new();
     if let Some(f) = file {
         if !f.exists() {
-            return Err(Box::new(figment::Error::from(format!(
+            return Err(ConfigError(format!(
                 "config file {} does not exist",
                 f.display()
-            ))));
+            )));
         }
         fig = fig.merge(Toml::file(f));
     }
@@ -479,10 +477,60 @@ pub fn load(
         let top = key.as_str().split("__").next().unwrap_or_default();
         CONFIG_KEYS.iter().any(|k| top.eq_ignore_ascii_case(k))
     });
-    fig.merge(env.split("__"))
-        .merge(overrides)
-        .extract()
-        .map_err(Box::new)
+    let fig = fig.merge(env.split("__")).merge(overrides);
+    fig.extract()
+        .map_err(|e| ConfigError::from_figment(&fig, e))
+}
+
+/// A configuration that does not load, said for an operator: each bad key with its value and
+/// where it came from (the file, an environment variable, a flag), never Rust's type names or
+/// source locations.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn from_figment(fig: &Figment, e: figment::Error) -> ConfigError {
+        use figment::Source;
+        let lines: Vec<String> = e
+            .into_iter()
+            .map(|err| {
+                let key = err.path.join(".");
+                let value = (!key.is_empty())
+                    .then(|| fig.find_value(&key).ok())
+                    .flatten()
+                    .and_then(|v| serde_json::to_string(&v).ok());
+                let from = match err.metadata.as_ref() {
+                    Some(m) => match &m.source {
+                        Some(Source::File(p)) => format!(" in {}", p.display()),
+                        Some(Source::Code(_)) => " (a command-line flag)".to_string(),
+                        // The variable as the operator wrote it (`load` reads HUDDLE_*, `__`
+                        // between a section and its key).
+                        _ if m.name.contains("environment") => format!(
+                            " (environment variable HUDDLE_{})",
+                            err.path.join("__").to_uppercase()
+                        ),
+                        _ => String::new(),
+                    },
+                    None => String::new(),
+                };
+                let what = err.kind.to_string();
+                match (key.is_empty(), value) {
+                    (true, _) => what,
+                    (false, Some(v)) => format!("{key} = {v}{from}: {what}"),
+                    (false, None) => format!("{key}{from}: {what}"),
+                }
+            })
+            .collect();
+        ConfigError(lines.join("; "))
+    }
 }
 
 #[cfg(test)]

@@ -56,9 +56,14 @@ enum ConfigCommand {
     Check {
         /// The TOML file.
         file: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
-    /// Print the effective configuration (secrets hidden).
-    Show,
+    /// Print the effective configuration as TOML (secrets left out).
+    Show {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 #[derive(clap::Args, Default, Clone)]
@@ -193,32 +198,56 @@ impl ServeArgs {
     }
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with their chain of causes on one line ("what: why: why"), never
+/// a backtrace or a debug dump.
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Config(ConfigCommand::Check { file })) => {
-            match config::load(Some(&file), Figment::new()) {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
-                    Ok(())
-                }
-                Err(e) => bail!("{}: {e}", file.display()),
-            }
+        Some(Command::Config(ConfigCommand::Check { file, serve })) => {
+            // What `serve --config FILE` would read (the file, HUDDLE_* and these flags), held
+            // to what `serve` checks before it starts anything.
+            let cfg = config::load(Some(&file), serve.overrides())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            check(&cfg).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
         }
-        Some(Command::Config(ConfigCommand::Show)) => {
-            let mut cfg = load(cli.config.as_deref(), &cli.serve)?;
-            if cfg.auth.secret.is_some() {
-                cfg.auth.secret = Some("<hidden>".into());
+        Some(Command::Config(ConfigCommand::Show { serve })) => {
+            let mut cfg = load(cli.config.as_deref(), &serve)?;
+            // Secrets are left out (a placeholder would be a short secret `serve` refuses):
+            // the output is a file `serve --config` accepts, with comments naming what is set.
+            let mut hidden = Vec::new();
+            for (key, secret) in [
+                ("auth.secret", &mut cfg.auth.secret),
+                ("api.secret", &mut cfg.api.secret),
+                ("webhooks.secret", &mut cfg.webhooks.secret),
+                ("turn.secret", &mut cfg.turn.secret),
+            ] {
+                if secret.take().is_some() {
+                    hidden.push(key);
+                }
             }
-            if cfg.api.secret.is_some() {
-                cfg.api.secret = Some("<hidden>".into());
-            }
-            if cfg.webhooks.secret.is_some() {
-                cfg.webhooks.secret = Some("<hidden>".into());
+            if !cfg.turn.users.is_empty() {
+                cfg.turn.users.clear();
+                hidden.push("turn.users");
             }
             cluster::hide_secrets(&mut cfg);
-            // TurnConfig's Debug hides its secret and passwords itself.
-            println!("{cfg:#?}");
+            let text = toml::to_string(&cfg).context("writing the configuration as TOML")?;
+            println!("# The effective configuration (huddle config show).");
+            for key in hidden {
+                println!("# {key} is set; hidden here.");
+            }
+            print!("{text}");
             Ok(())
         }
         Some(Command::Turn(args)) => {
@@ -230,14 +259,22 @@ fn main() -> Result<()> {
                 for (t, a) in turn.local_addrs() {
                     println!("TURN {t:?} on {a}");
                 }
-                shutdown_signal().await;
+                let _ = shutdown_signal().await;
                 turn.shutdown().await;
                 Ok(())
             })
         }
         Some(Command::Token(t)) => {
             let cfg = load(cli.config.as_deref(), &t.serve)?;
-            let keys = token_keys(&cfg)?;
+            if !huddle_signaling::token::valid_room_name(&t.room) {
+                bail!(
+                    "--room {:?} is not a room name: 1 to 64 characters of A-Z a-z 0-9 - _ .",
+                    t.room
+                );
+            }
+            // The server's own secret, never a new one: a token signed with another secret
+            // would be refused by the server.
+            let keys = token_keys(&cfg, Secret::Existing)?;
             if t.ttl > cfg.auth.max_token_lifetime_secs {
                 bail!(
                     "--ttl {} is longer than auth.max_token_lifetime_secs ({}): the server would refuse the token",
@@ -299,8 +336,10 @@ fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
+    // Colour codes only for a person at a terminal, not in a log file or a journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
@@ -315,7 +354,7 @@ const MIN_SECRET_LEN: usize = 16;
 /// The token secret: from the configuration, a file, or generated once into the data directory.
 /// A secret under [`MIN_SECRET_LEN`] is refused wherever it comes from: an empty one would
 /// make every token forgeable (and the TURN secret is derived from it).
-fn secret(cfg: &Config) -> Result<Vec<u8>> {
+fn secret(cfg: &Config, use_secret: Secret) -> Result<Vec<u8>> {
     if let Some(s) = &cfg.auth.secret {
         if s.len() < MIN_SECRET_LEN {
             bail!("auth.secret must be at least {MIN_SECRET_LEN} characters");
@@ -350,7 +389,11 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
             }
             return Ok(s.as_bytes().to_vec());
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if use_secret == Secret::Existing {
+                return Err(NoSecretYet(path).into());
+            }
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     std::fs::create_dir_all(&cfg.data_dir)
@@ -362,8 +405,9 @@ fn secret(cfg: &Config) -> Result<Vec<u8>> {
     Ok(s.into_bytes())
 }
 
-/// The token keys, with the configured token rules.
-fn token_keys(cfg: &Config) -> Result<TokenKeys> {
+/// Everything `serve` refuses before it starts anything, without side effects (no secret
+/// is generated, nothing is bound): `serve` and `config check` both run it.
+fn check(cfg: &Config) -> Result<()> {
     if cfg.auth.guest_token_ttl_secs > cfg.auth.max_token_lifetime_secs {
         bail!(
             "auth.guest_token_ttl_secs ({}) is longer than auth.max_token_lifetime_secs ({}): every guest token would be refused",
@@ -371,7 +415,83 @@ fn token_keys(cfg: &Config) -> Result<TokenKeys> {
             cfg.auth.max_token_lifetime_secs
         );
     }
-    Ok(TokenKeys::new(&secret(cfg)?)
+    // The token secret as configured, or the generated one when it exists already.
+    match secret(cfg, Secret::Existing) {
+        Ok(_) => {}
+        Err(e) if e.downcast_ref::<NoSecretYet>().is_some() => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(s) = &cfg.turn.secret {
+        if s.len() < MIN_SECRET_LEN {
+            bail!("turn.secret must be at least {MIN_SECRET_LEN} characters");
+        }
+    }
+    cluster::settings(cfg)?;
+    for p in &cfg.signaling.trusted_proxies {
+        p.parse::<huddle_signaling::limits::IpNet>()
+            .map_err(|e| anyhow::anyhow!("signaling.trusted_proxies: {p:?}: {e}"))?;
+    }
+    let api = api_credentials(cfg)?;
+    webhooks(cfg, api.as_ref())?;
+    match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            for (what, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                std::fs::metadata(path)
+                    .with_context(|| format!("{what} = {:?}: cannot read it", path.display()))?;
+            }
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            bail!("server.tls_cert and server.tls_key go together")
+        }
+        (None, None) => {}
+    }
+    if cfg.media.bind_ip.is_unspecified() && cfg.media.public_ip.is_none() {
+        bail!(
+            "media.bind_ip = \"{}\" binds every address, so clients need to be told which one \
+             reaches this machine: set media.public_ip",
+            cfg.media.bind_ip
+        );
+    }
+    Ok(())
+}
+
+/// Whether [`secret`] may generate the secret file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secret {
+    /// `serve` (and `turn`): generate `data_dir/secret.key` at first start.
+    CreateIfMissing,
+    /// `token` and `config check`: only the secret the server has.
+    Existing,
+}
+
+/// No token secret is configured and none was generated yet.
+#[derive(Debug)]
+struct NoSecretYet(PathBuf);
+
+impl std::fmt::Display for NoSecretYet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no token secret: auth.secret and auth.secret_file are not set and {} does not exist \
+             (`huddle serve` creates it at first start). Run this with the same --config, \
+             --data-dir and HUDDLE_* settings as the server",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for NoSecretYet {}
+
+/// The token keys, with the configured token rules.
+fn token_keys(cfg: &Config, use_secret: Secret) -> Result<TokenKeys> {
+    if cfg.auth.guest_token_ttl_secs > cfg.auth.max_token_lifetime_secs {
+        bail!(
+            "auth.guest_token_ttl_secs ({}) is longer than auth.max_token_lifetime_secs ({}): every guest token would be refused",
+            cfg.auth.guest_token_ttl_secs,
+            cfg.auth.max_token_lifetime_secs
+        );
+    }
+    Ok(TokenKeys::new(&secret(cfg, use_secret)?)
         .with_max_lifetime(Duration::from_secs(cfg.auth.max_token_lifetime_secs)))
 }
 
@@ -479,7 +599,8 @@ fn serve(cfg: Config) -> Result<()> {
 async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let keys = token_keys(&cfg)?;
+    check(&cfg)?;
+    let keys = token_keys(&cfg, Secret::CreateIfMissing)?;
     // Checked here so that a short TURN secret stops the start even when the bundled TURN
     // server is off.
     turn_secret(&cfg)?;
@@ -519,8 +640,20 @@ async fn run(cfg: Config) -> Result<()> {
         },
         bandwidth_estimate: cfg.media.bandwidth_estimate,
     };
-    let media =
-        huddle_media::MediaHandle::start(&media_cfg).context("starting the media workers")?;
+    let media = huddle_media::MediaHandle::start(&media_cfg).with_context(|| {
+        if media_cfg.port == 0 {
+            format!(
+                "starting the media workers on {} (free UDP ports)",
+                media_cfg.bind_ip
+            )
+        } else {
+            format!(
+                "starting the media workers on UDP {}:{} (media.port = {}, and one more port per \
+                 worker after the first: {} in all; is another program using them?)",
+                media_cfg.bind_ip, media_cfg.port, media_cfg.port, media_cfg.workers
+            )
+        }
+    })?;
 
     let signaling = SignalingConfig {
         open_join: cfg.auth.open_join,
@@ -626,7 +759,7 @@ async fn run(cfg: Config) -> Result<()> {
     let h = handle.clone();
     let drain = Duration::from_secs(cfg.server.drain_secs);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        let kind = shutdown_signal().await;
         let started = tokio::time::Instant::now();
         // Give up this node's place first, so that reconnecting participants go elsewhere.
         if let Some(c) = drain_state.cluster() {
@@ -636,7 +769,7 @@ async fn run(cfg: Config) -> Result<()> {
         }
         // The listener stays open while draining, so new joins get 503 rather than a refused
         // connection; then whatever is left of the drain time bounds the HTTP connections.
-        drain_state.shutdown(drain).await;
+        drain_state.shutdown(drain, kind).await;
         let left = drain.saturating_sub(started.elapsed());
         h.graceful_shutdown(Some(left.max(Duration::from_millis(100))));
     });
@@ -732,7 +865,10 @@ fn turn_secret(cfg: &Config) -> Result<String> {
     }
     // HMAC-SHA256 of a fixed label under the token secret: a leaked TURN secret does not
     // reveal the token secret, and one generated secret serves both.
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret(cfg)?);
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret(cfg, Secret::CreateIfMissing)?,
+    );
     let tag = ring::hmac::sign(&key, b"huddle turn rest secret v1");
     let out: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Ok(out)
@@ -755,9 +891,14 @@ async fn start_turn(
     }
     tc.secret = Some(turn_secret(cfg)?);
     tc.media_addrs.extend_from_slice(media_addrs);
-    let turn = huddle_turn::TurnServer::start(tc).await.context(
-        "starting the bundled TURN server (set ice.turn = false or turn.listen to change it)",
-    )?;
+    let addrs: Vec<String> = tc.listen.iter().map(|a| a.to_string()).collect();
+    let turn = huddle_turn::TurnServer::start(tc).await.with_context(|| {
+        format!(
+            "starting the bundled TURN server on {} (UDP and TCP; is another program using them? \
+             set ice.turn = false or turn.listen to change it)",
+            addrs.join(", ")
+        )
+    })?;
     for (t, a) in turn.local_addrs() {
         tracing::info!(transport = ?t, addr = %a, "TURN listening");
     }
@@ -835,7 +976,11 @@ fn ice_servers(
     })
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT. SIGTERM is what `systemctl restart`, container runtimes and
+/// rolling deploys send: participants are told to come back ([`Shutdown::Restart`]). SIGINT
+/// (Ctrl-C) is an operator stopping the server by hand: meetings end ([`Shutdown::Stop`]).
+async fn shutdown_signal() -> huddle_signaling::Shutdown {
+    use huddle_signaling::Shutdown;
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -848,9 +993,10 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+    let kind = tokio::select! {
+        _ = ctrl_c => Shutdown::Stop,
+        _ = term => Shutdown::Restart,
+    };
+    tracing::info!(?kind, "shutting down");
+    kind
 }

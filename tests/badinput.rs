@@ -148,6 +148,23 @@ async fn hostile_sdp_and_foreign_candidates_are_refused_without_harm() {
         || alice.saw(|m| m["type"] == "error" && m["code"] == "invalid_candidate"),
     )
     .await;
+    // Refused later by media, still answered with the candidate's request id, in plain words.
+    let refusal = alice.messages_where(|m| m["code"] == "invalid_candidate");
+    assert_eq!(refusal[0]["request_id"], "bad", "{refusal:?}");
+    assert_eq!(refusal[0]["message"], "the candidate could not be parsed");
+    // The answer holds the server's one candidate, in the first m-line, then end-of-candidates.
+    let answer = alice.messages_where(|m| m["type"] == "answer");
+    let sdp = answer[0]["sdp"].as_str().expect("an answer with SDP");
+    let first = sdp.split("\r\nm=").nth(1).expect("an m-line");
+    assert_eq!(sdp.matches("a=candidate:").count(), 1, "{sdp}");
+    assert!(first.contains("a=candidate:"), "{sdp}");
+    let lines: Vec<&str> = first.split("\r\n").collect();
+    let at = lines.iter().position(|l| l.starts_with("a=candidate:"));
+    assert_eq!(
+        at.and_then(|i| lines.get(i + 1)).copied(),
+        Some("a=end-of-candidates"),
+        "{sdp}"
+    );
     let n = bob.payloads_from(&alice.participant_id).len();
     eventually(Duration::from_secs(10), "the call goes on", || {
         bob.payloads_from(&alice.participant_id).len() >= n + 50

@@ -17,11 +17,12 @@ fn huddle(args: &[&str]) -> std::process::Output {
         .expect("huddle runs")
 }
 
-/// `section.key` (or `key` at the top level) for every key in `huddle config show`'s output:
-/// fields at indent 4 are top-level, fields at indent 8 under a `name: Struct {` line are keys of
-/// that section.
-fn server_keys() -> BTreeSet<String> {
-    let out = huddle(&["config", "show"]);
+/// `section.key` (or `key` at the top level) for every key in `huddle config show`'s TOML for
+/// `file`, and the keys it says it left out (secrets). `config show` prints every key that has
+/// a value, so with the example's commented keys all set (see [`full_example`]) that is every
+/// key the server knows; a new key whose default is "unset" shows only once the example sets it.
+fn server_keys(file: &Path) -> BTreeSet<String> {
+    let out = huddle(&["config", "show", "--config", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -29,38 +30,56 @@ fn server_keys() -> BTreeSet<String> {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut keys = BTreeSet::new();
-    let mut section: Option<String> = None;
+    let mut section = String::new();
     for line in text.lines() {
-        let indent = line.len() - line.trim_start().len();
-        let Some((name, rest)) = line.trim().split_once(": ") else {
-            continue;
-        };
-        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            continue;
-        }
-        match indent {
-            4 => {
-                let is_section = rest.ends_with('{')
-                    && rest
-                        .split(' ')
-                        .next()
-                        .is_some_and(|t| t.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
-                if is_section {
-                    section = Some(name.to_string());
-                } else {
-                    section = None;
-                    keys.insert(name.to_string());
-                }
+        if let Some(hidden) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is set; hidden here."))
+        {
+            keys.insert(hidden.to_string());
+        } else if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = format!("{s}.");
+        } else if let Some((k, _)) = line.split_once(" = ") {
+            if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                keys.insert(format!("{section}{k}"));
             }
-            8 => {
-                if let Some(s) = &section {
-                    keys.insert(format!("{s}.{name}"));
-                }
-            }
-            _ => {}
         }
     }
     keys
+}
+
+/// The example with every commented key set, in `dir`, with the files it names made there
+/// (`config check` checks that they exist, as `serve` would; their contents are not parsed).
+fn full_example(example: &str, dir: &Path) -> PathBuf {
+    let mut all_set: String = example
+        .lines()
+        .map(|l| {
+            match l
+                .strip_prefix("# ")
+                .and_then(|r| Some((r, r.split_once(" = ")?.0)))
+            {
+                Some((rest, k)) if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') => rest,
+                _ => l,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for path in ["/etc/huddle/", "/run/credentials/huddle.service/"] {
+        all_set = all_set.replace(path, &format!("{}/", dir.display()));
+    }
+    for name in [
+        "cert.pem",
+        "key.pem",
+        "turn-cert.pem",
+        "turn-key.pem",
+        "api.secret",
+        "token-secret",
+    ] {
+        std::fs::write(dir.join(name), "0123456789abcdef0123456789abcdef\n").unwrap();
+    }
+    let full = dir.join("full.toml");
+    std::fs::write(&full, all_set).unwrap();
+    full
 }
 
 fn doc_keys() -> BTreeSet<String> {
@@ -93,11 +112,17 @@ fn example_keys(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_documentation_the_example_and_the_server_name_the_same_keys() {
-    let server = server_keys();
-    assert!(server.contains("server.drain_secs") && server.contains("turn.secret"));
-    let documented = doc_keys();
     let example_path = docs().join("huddle.example.toml");
     let example = std::fs::read_to_string(&example_path).unwrap();
+    let dir = std::env::temp_dir().join(format!("huddle-cfgdoc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = full_example(&example, &dir);
+    let server = server_keys(&full);
+    assert!(
+        server.contains("server.drain_secs") && server.contains("turn.secret"),
+        "{server:?}"
+    );
+    let documented = doc_keys();
     let in_example = example_keys(&example);
     let missing: Vec<_> = server.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&server).collect();
@@ -119,23 +144,6 @@ fn the_documentation_the_example_and_the_server_name_the_same_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let all_set: String = example
-        .lines()
-        .map(|l| {
-            match l
-                .strip_prefix("# ")
-                .and_then(|r| Some((r, r.split_once(" = ")?.0)))
-            {
-                Some((rest, k)) if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') => rest,
-                _ => l,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let dir = std::env::temp_dir().join(format!("huddle-cfgdoc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let full = dir.join("full.toml");
-    std::fs::write(&full, all_set).unwrap();
     let out = huddle(&["config", "check", full.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(

@@ -224,7 +224,7 @@ async fn readyz_reports_each_check() {
 
 /// The real binary with a drain time, whose process this test signals and waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_drain() {
+async fn sigterm_tells_everyone_to_come_back_flushes_chat_and_exits_zero_within_the_drain() {
     let dir = std::env::temp_dir().join(format!(
         "huddle-drain-{}-{:x}",
         std::process::id(),
@@ -257,6 +257,11 @@ async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_
 
     let (leave, _) = alice.recv_type("leave").await;
     assert_eq!(leave["reason"], "server_shutdown", "{leave}");
+    assert_eq!(
+        leave["action"], "reconnect",
+        "SIGTERM is a restart: {leave}"
+    );
+    assert_eq!(leave["reconnect_after_ms"], 1000, "{leave}");
     assert!(
         alice.recv_timeout(Duration::from_secs(3)).await.is_none(),
         "the server closes the socket after the leave"
@@ -302,5 +307,52 @@ async fn sigterm_tells_everyone_to_leave_flushes_chat_and_exits_zero_within_the_
             .len()
             > 0
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C (SIGINT) is an operator stopping the server: the meeting ends for everyone (action
+/// `disconnect`, no reconnect hint), where SIGTERM (above) is a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_ends_the_meetings() {
+    let dir = std::env::temp_dir().join(format!(
+        "huddle-stop-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("huddle.toml");
+    std::fs::write(&config, "[server]\ndrain_secs = 2\n").unwrap();
+    let mut server = Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let token = server.guest_token("stop", "Alice").await;
+    let mut alice = Signal::connect(&server.ws_url()).await;
+    alice
+        .send(json!({"type": "join", "protocol": 1, "token": token}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "joined");
+    let sent = Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &server.process().id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let (leave, _) = alice.recv_type("leave").await;
+    assert_eq!(leave["reason"], "server_shutdown", "{leave}");
+    assert_eq!(
+        leave["action"], "disconnect",
+        "Ctrl-C ends the meeting: {leave}"
+    );
+    assert!(leave.get("reconnect_after_ms").is_none(), "{leave}");
+    let exit = loop {
+        if let Some(s) = server.process().try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2 + 2),
+            "huddle still running {:?} after SIGINT with drain_secs = 2",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "huddle exited with {exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

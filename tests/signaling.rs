@@ -253,3 +253,85 @@ async fn tls_serves_the_client_and_tokens_over_https() {
     let plain = reqwest::get(server.url.replacen("https://", "http://", 1) + "/healthz").await;
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
 }
+
+/// GET (or POST) with an `Accept-Encoding`: status, `Content-Encoding`, body bytes as sent.
+async fn fetch(
+    url: &str,
+    post: Option<serde_json::Value>,
+    accept: &str,
+) -> (u16, Option<String>, Vec<u8>) {
+    let client = reqwest::Client::new();
+    let req = match post {
+        Some(body) => client.post(url).json(&body),
+        None => client.get(url),
+    };
+    let res = req
+        .header("accept-encoding", accept)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    let enc = res
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, enc, res.bytes().await.expect("body").to_vec())
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+/// The web client's files and the JSON API go out gzipped to a client that asks for it, the
+/// files compressed once (the same bytes every time), and as they are to one that does not.
+#[tokio::test]
+async fn the_web_client_and_the_json_api_are_gzipped_when_asked() {
+    let server = Server::start(&[]);
+    let (mut plain_total, mut gzip_total) = (0, 0);
+    for path in [
+        "/",
+        "/assets/app.js",
+        "/assets/style.css",
+        "/assets/room.js",
+        "/assets/i18n/en.json",
+        "/assets/favicon.svg",
+    ] {
+        let url = format!("{}{path}", server.url);
+        let (s, enc, plain) = fetch(&url, None, "identity").await;
+        assert_eq!((s, enc.as_deref()), (200, None), "{path} without gzip");
+        let (s, enc, gz) = fetch(&url, None, "gzip, deflate, br").await;
+        assert_eq!((s, enc.as_deref()), (200, Some("gzip")), "{path} with gzip");
+        assert_eq!(gunzip(&gz), plain, "{path}: the gzip holds the file");
+        assert!(
+            gz.len() < plain.len(),
+            "{path}: {} >= {}",
+            gz.len(),
+            plain.len()
+        );
+        let (_, _, again) = fetch(&url, None, "gzip").await;
+        assert_eq!(again, gz, "{path}: compressed once, served the same");
+        plain_total += plain.len();
+        gzip_total += gz.len();
+    }
+    println!("web client files: {plain_total} bytes plain, {gzip_total} gzipped");
+
+    let url = format!("{}/api/token", server.url);
+    let body = json!({"room": "zipped", "name": "A long enough display name for the answer"});
+    let (s, enc, plain) = fetch(&url, Some(body.clone()), "identity").await;
+    assert_eq!((s, enc), (200, None));
+    let (s, enc, gz) = fetch(&url, Some(body), "gzip").await;
+    assert_eq!(
+        (s, enc.as_deref()),
+        (200, Some("gzip")),
+        "the JSON API, {} bytes",
+        plain.len()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&gunzip(&gz)).expect("JSON inside");
+    assert!(v["token"].is_string(), "{v}");
+    // Pictures are not compressed again, and an upgrade is untouched (the other tests join).
+}

@@ -20,6 +20,8 @@ const NAME_KEY = 'huddle.name';
 const MIC_KEY = 'huddle.mic';
 const CAMERA_KEY = 'huddle.camera';
 const params = new URLSearchParams(location.search);
+// A page that lost its session (the server restarted) keeps trying to join again this long.
+const REJOIN_GIVE_UP_MS = 120_000;
 
 // Test hooks and a window into the client's state.
 const huddle = {
@@ -38,6 +40,8 @@ const huddle = {
   reconnecting: false, // the signaling socket dropped and is being resumed
   reconnects: 0, // times it dropped
   resumes: 0, // times the server took us back without a rejoin
+  rejoins: 0, // times the page joined afresh (resume too late, or the server restarted)
+  restartNoticedAt: 0, // when the server last said it was restarting (ms since the epoch)
   speakers: [], // participant ids the server last named as speaking, loudest first
   rtt: null,
   lang: null,
@@ -405,7 +409,7 @@ function setupE2eeIndicators(e2ee) {
   };
 }
 
-function startCall({ room, token, stream, join, name, password }) {
+function startCall({ room, token, stream, join, name, password, previous = null, retryJoinUntil = 0 }) {
   let view = null;
   let mod = null;
   let rich = null;
@@ -416,11 +420,20 @@ function startCall({ room, token, stream, join, name, password }) {
     stream,
     e2ee: huddle.e2ee || null,
     password,
+    retryJoinUntil,
     relay: params.get('relay') === '1',
     log: (...a) => console.warn('[huddle]', ...a),
     on: {
       traceList: huddle.trace,
       joined(msg) {
+        // A rejoin: the previous session's tiles give way to this one's.
+        if (previous) previous();
+        previous = null;
+        if (huddle.reconnecting) {
+          huddle.reconnecting = false;
+          hideBanner();
+          toast(t('toast.reconnected'));
+        }
         huddle.state = 'joined';
         huddle.participantId = msg.participant_id;
         huddle.identity = msg.identity;
@@ -496,7 +509,8 @@ function startCall({ room, token, stream, join, name, password }) {
       reconnecting() {
         huddle.reconnecting = true;
         huddle.reconnects += 1;
-        showBanner(t('banner.reconnecting'), { sticky: true, kind: 'warning' });
+        // A restart keeps its own (calmer) banner while the join is retried.
+        if (!huddle.restartNoticedAt || call.joined) showBanner(t('banner.reconnecting'), { sticky: true, kind: 'warning' });
       },
       resumed(msg) {
         huddle.reconnecting = false;
@@ -516,12 +530,20 @@ function startCall({ room, token, stream, join, name, password }) {
           mod?.renderPeople();
         }
       },
-      rejoin() {
-        // Too late to resume: the same person joins afresh with the same camera and mic.
-        huddle.reconnecting = false;
-        teardown();
-        huddle.state = 'connecting';
-        startCall({ room, token, stream, join, name, password });
+      rejoin(opts = {}) {
+        // Too late to resume, or the server restarted: the same person joins afresh with the
+        // same camera and mic. The tiles stay (frozen) under a calm banner until the new
+        // session's `joined` replaces them; the join is retried while the server is away.
+        huddle.reconnecting = true;
+        huddle.rejoins += 1;
+        huddle.state = 'reconnecting';
+        if (opts.restart) {
+          huddle.restartNoticedAt = Date.now();
+          showBanner(t('banner.server_restarting'), { sticky: true, kind: 'warning' });
+        }
+        const delay = (opts.delayMs || 0) * (1 + Math.random() * 0.5);
+        const retryJoinUntil = Date.now() + REJOIN_GIVE_UP_MS;
+        setTimeout(() => startCall({ room, token, stream, join, name, password, previous: teardown, retryJoinUntil }), delay);
       },
       connectionState(state) {
         huddle.connectionState = state;
@@ -553,7 +575,6 @@ function startCall({ room, token, stream, join, name, password }) {
         if (tile) toast(t('toast.left', { name: tile.name }));
       },
       trackPublished: (id, track) => view?.trackPublished(id, track),
-      trackUnpublished: (id, trackId) => view?.trackUnpublished(id, trackId),
       mute(id, kind, muted, byServer) {
         if (id === huddle.participantId) {
           if (byServer && muted) forcedMute(kind);
@@ -601,6 +622,17 @@ function startCall({ room, token, stream, join, name, password }) {
         reportError('negotiation_failed', `${type}: ${err && err.message ? err.message : err}`, { sticky: true });
       },
       closed(info) {
+        if (!info.joined && previous) {
+          // A rejoin that never got through: the meeting is over for this page.
+          previous();
+          previous = null;
+          huddle.reconnecting = false;
+          hideBanner();
+          endMeeting();
+          const reason = info.serverLeaveReason ? t(`leave_reason.${info.serverLeaveReason}`) : t('error.connection_lost');
+          showLeft(t('left.ended_title'), reason);
+          return;
+        }
         if (!info.joined) {
           const code = info.lastError && info.lastError.code;
           if (code === 'password_required' || code === 'wrong_password') {

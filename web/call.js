@@ -83,6 +83,12 @@ export class Call {
     this.reconnectTimer = 0;
     this.lastHeard = 0;
     this.roomBase = null; // cluster mode: the room's node, after a redirect
+    // The server said `leave` with action `reconnect` (a restart): join again after this many
+    // milliseconds instead of ending.
+    this.reconnectAfterMs = null;
+    // A rejoin after a restart: keep trying to join (the server may not answer yet) until
+    // this time (ms since the epoch).
+    this.retryJoinUntil = opts.retryJoinUntil || 0;
   }
 
   connect() {
@@ -144,6 +150,14 @@ export class Call {
     // Decide after the messages that arrived before the close are handled.
     this.queue = this.queue.then(() => {
       if (this.ended || ws !== this.ws) return;
+      if (this.reconnectAfterMs !== null) {
+        // The server is restarting: its sessions go with it, so join afresh when it is back.
+        return this.rejoin({ delayMs: this.reconnectAfterMs, restart: true });
+      }
+      if (this.mayRetryJoin()) {
+        this.scheduleReconnect();
+        return;
+      }
       if (this.mayResume()) {
         this.scheduleReconnect();
         return;
@@ -167,6 +181,14 @@ export class Call {
     const code = this.lastError && this.lastError.code;
     if (code && (FATAL_ERRORS.has(code) || code === 'rate_limited')) return false;
     return !this.reconnecting || Date.now() - this.reconnectStarted < RECONNECT_GIVE_UP_MS;
+  }
+
+  // A rejoin whose join did not get through yet (the restarted server is not up, or still
+  // draining) tries again, unless it was refused for good.
+  mayRetryJoin() {
+    if (this.joined || this.serverLeaveReason || Date.now() > this.retryJoinUntil) return false;
+    const code = this.lastError && this.lastError.code;
+    return !(code && FATAL_ERRORS.has(code));
   }
 
   scheduleReconnect() {
@@ -216,8 +238,9 @@ export class Call {
     this.on.resumed?.(msg);
   }
 
-  // The resume window had passed (or the server restarted): join afresh.
-  rejoin() {
+  // The resume window had passed (or the server restarted): join afresh. `opts` (for the
+  // page): {delayMs: wait this long first, restart: the server said it is restarting}.
+  rejoin(opts = {}) {
     this.ended = true;
     this.stopTimers();
     this.closePeer();
@@ -226,7 +249,7 @@ export class Call {
     } catch {
       /* closing anyway */
     }
-    this.on.rejoin?.();
+    this.on.rejoin?.(opts);
   }
 
   send(obj) {
@@ -289,8 +312,6 @@ export class Call {
         return this.on.participantLeft?.(msg.participant_id, msg.reason);
       case 'track_published':
         return this.on.trackPublished?.(msg.participant_id, msg.track);
-      case 'track_unpublished':
-        return this.on.trackUnpublished?.(msg.participant_id, msg.track_id);
       case 'mute':
         return this.on.mute?.(msg.participant_id, msg.kind, !!msg.muted, !!msg.by_server);
       case 'chat':
@@ -315,6 +336,11 @@ export class Call {
         if (typeof msg.ts === 'number') this.on.rtt?.(Date.now() - msg.ts);
         return;
       case 'leave':
+        if (msg.action === 'reconnect') {
+          const hint = Number(msg.reconnect_after_ms);
+          this.reconnectAfterMs = Number.isFinite(hint) ? Math.min(Math.max(hint, 0), 30000) : 1000;
+          return;
+        }
         this.serverLeaveReason = msg.reason || 'removed';
         return;
       case 'redirect':

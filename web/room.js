@@ -250,15 +250,6 @@ export class RoomView {
     }
   }
 
-  trackUnpublished(id, trackId) {
-    const tile = this.tiles.get(id);
-    if (!tile) return;
-    const kind = tile.tracks.get(trackId);
-    tile.tracks.delete(trackId);
-    const stillHasKind = [...tile.tracks.values()].includes(kind);
-    if (kind && !stillHasKind) this.detachKind(tile, kind);
-  }
-
   // A remote track arrived (RTCTrackEvent); streamId is the publisher's participant id.
   attachTrack(streamId, track, receiver) {
     const tile = this.ensureTile(streamId);

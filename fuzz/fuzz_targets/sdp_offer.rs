@@ -19,10 +19,7 @@ fuzz_target!(|data: &[u8]| {
         worker_index: 0,
         max_tracks_per_participant: 4,
     });
-    let grants = Grants {
-        publish: true,
-        subscribe: true,
-    };
+    let grants = Grants::default();
     let ok = sfu
         .offer(Instant::now(), ParticipantId(1), "fuzz", grants, sdp)
         .is_ok();

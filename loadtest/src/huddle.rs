@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use huddle_protocol::Grants;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -44,14 +45,6 @@ struct Claims<'a> {
     exp: u64,
     iat: u64,
     grants: Grants,
-}
-
-#[derive(serde::Serialize)]
-struct Grants {
-    publish: bool,
-    subscribe: bool,
-    chat: bool,
-    admin: bool,
 }
 
 /// Signs a token the way the server's issuer does (HS256 over the protocol's claims).

@@ -94,6 +94,7 @@ impl Call {
                 Grants {
                     publish: true,
                     subscribe: meeting,
+                    ..Grants::default()
                 },
             );
         }
@@ -103,6 +104,7 @@ impl Call {
                 Grants {
                     publish: false,
                     subscribe: true,
+                    ..Grants::default()
                 },
             );
         }

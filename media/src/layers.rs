@@ -13,27 +13,8 @@
 //! person talking is worse than a late one (Chrome's own sender does not suspend video
 //! either). An explicit cap ([`crate::Sfu::set_max_bitrate`]) is obeyed to the letter.
 
-/// How the core and the client name where a published track comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// A camera (may be simulcast).
-    Camera,
-    /// A microphone.
-    Microphone,
-    /// A shared screen or window (never simulcast; shown large).
-    Screen,
-}
-
-impl Source {
-    /// `"camera"`, `"microphone"` or `"screen"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Camera => "camera",
-            Source::Microphone => "microphone",
-            Source::Screen => "screen",
-        }
-    }
-}
+/// Where a published track comes from (camera, microphone, screen): the protocol's type.
+pub use huddle_protocol::Source;
 
 /// One video consumer's wish, for [`allocate`].
 #[derive(Clone, Debug, PartialEq, Eq)]

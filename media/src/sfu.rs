@@ -77,40 +77,15 @@ pub struct SfuConfig {
     pub max_tracks_per_participant: usize,
 }
 
-/// What a participant may do with media, from its access token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Grants {
-    /// May publish tracks.
-    pub publish: bool,
-    /// May receive other participants' tracks.
-    pub subscribe: bool,
-}
+/// What a participant may do with media (its access token's grants: media reads `publish`
+/// and `subscribe`), and audio or video: the protocol's types, shared with signaling.
+pub use huddle_protocol::{Grants, TrackKind};
 
-/// Audio or video.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TrackKind {
-    /// An audio track (Opus).
-    Audio,
-    /// A video track (VP8 or H.264).
-    Video,
-}
-
-impl TrackKind {
-    /// `"audio"` or `"video"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrackKind::Audio => "audio",
-            TrackKind::Video => "video",
-        }
-    }
-}
-
-impl From<MediaKind> for TrackKind {
-    fn from(k: MediaKind) -> Self {
-        match k {
-            MediaKind::Audio => TrackKind::Audio,
-            MediaKind::Video => TrackKind::Video,
-        }
+/// The protocol's kind of a str0m media kind.
+pub(crate) fn track_kind(k: MediaKind) -> TrackKind {
+    match k {
+        MediaKind::Audio => TrackKind::Audio,
+        MediaKind::Video => TrackKind::Video,
     }
 }
 
@@ -547,7 +522,7 @@ impl Sfu {
             let mids: Vec<Mid> = peer
                 .producers
                 .iter()
-                .filter(|p| TrackKind::from(p.kind) == kind)
+                .filter(|p| track_kind(p.kind) == kind)
                 .map(|p| p.mid)
                 .collect();
             for mid in mids {
@@ -827,7 +802,7 @@ impl Sfu {
             pid,
             PeerEvent::TrackPublished {
                 track_id: id,
-                kind: kind.into(),
+                kind: track_kind(kind),
                 source,
             },
         ));

@@ -40,10 +40,7 @@ fn mutated_offers_are_answered_or_refused_without_panicking() {
         x ^= x << 17;
         (x % n.max(1) as u64) as usize
     };
-    let grants = Grants {
-        publish: true,
-        subscribe: true,
-    };
+    let grants = Grants::default();
     let (mut accepted, mut refused) = (0, 0);
     for i in 0..150u64 {
         let mut ls: Vec<String> = lines.iter().map(|l| l.to_string()).collect();

@@ -21,7 +21,7 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::moderation::{hash_password, RoomSettings};
-use crate::protocol::{Kind, LeaveReason, ParticipantInfo, ServerMsg};
+use crate::protocol::{LeaveReason, ParticipantInfo, ServerMsg, TrackKind};
 use crate::token::{valid_room_name, Grants};
 use crate::{AppState, SignalingError};
 
@@ -523,13 +523,10 @@ async fn end_room(
             tracing::warn!(error = %e, %room, "room settings not removed from redis");
         }
     }
-    let told = state.inner.rooms.send(
-        &room,
-        None,
-        &ServerMsg::Leave {
-            reason: LeaveReason::RoomEnded,
-        },
-    );
+    let told = state
+        .inner
+        .rooms
+        .send(&room, None, &ServerMsg::leave(LeaveReason::RoomEnded));
     if !had_settings && told == 0 {
         return Err(ApiFailure::NotFound("no such room"));
     }
@@ -586,13 +583,10 @@ async fn remove_participant(
         .ok_or(ApiFailure::NotFound(
             "no participant with that identity in the room",
         ))?;
-    state.inner.rooms.send(
-        &room,
-        Some(&[pid]),
-        &ServerMsg::Leave {
-            reason: LeaveReason::Removed,
-        },
-    );
+    state
+        .inner
+        .rooms
+        .send(&room, Some(&[pid]), &ServerMsg::leave(LeaveReason::Removed));
     tracing::info!(%room, %identity, "participant removed through the API");
     Ok(Json(
         serde_json::json!({ "room": room, "identity": identity, "participant_id": pid.to_string(), "removed": true }),
@@ -602,7 +596,7 @@ async fn remove_participant(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MuteRequest {
-    kind: Kind,
+    kind: TrackKind,
     #[serde(default = "yes")]
     muted: bool,
 }

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/r/{room}", get(room_page))
         .route("/assets/{*path}", get(asset))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::compress::json))
         .layer(axum::middleware::from_fn(security_headers))
         // A body (an upload) that pauses longer than this is cut; the time between its parts,
         // not its whole length, is bounded, so slow links can still upload large files.
@@ -118,10 +119,7 @@ async fn ws(
             "the server has as many connections as it is configured for",
         );
     };
-    let hard_cap = cfg
-        .max_message_bytes
-        .saturating_mul(16)
-        .max(cfg.max_sdp_bytes.saturating_mul(2));
+    let hard_cap = cfg.hard_cap();
     // The session logs in this request's span (its request id).
     let span = tracing::Span::current();
     upgrade
@@ -281,22 +279,22 @@ async fn token(
     }
 }
 
-async fn index() -> Response {
-    serve_file("index.html")
+async fn index(headers: HeaderMap) -> Response {
+    serve_file("index.html", &headers)
 }
 
-async fn room_page(Path(room): Path<String>) -> Response {
+async fn room_page(Path(room): Path<String>, headers: HeaderMap) -> Response {
     if !valid_room_name(&room) {
         // The page, not JSON: it tells the user what a room name may be (a name in another
         // script, typed into the address bar, is sent on to its URL-safe form).
-        return page_not_found();
+        return page_not_found(&headers);
     }
-    serve_file("index.html")
+    serve_file("index.html", &headers)
 }
 
 /// Any other path: `/r/NAME/` goes to `/r/NAME`; the API answers JSON; everything else gets the
 /// web client with status 404, which says there is no page there.
-async fn not_found(uri: axum::http::Uri) -> Response {
+async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Response {
     let path = uri.path();
     if let Some(room) = path
         .strip_prefix("/r/")
@@ -309,32 +307,45 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     if path.starts_with("/api/") || path == "/ws" {
         return api_error(StatusCode::NOT_FOUND, "not_found", "not found");
     }
-    page_not_found()
+    page_not_found(&headers)
 }
 
-fn page_not_found() -> Response {
-    let mut res = serve_file("index.html");
+fn page_not_found(headers: &HeaderMap) -> Response {
+    let mut res = serve_file("index.html", headers);
     *res.status_mut() = StatusCode::NOT_FOUND;
     res
 }
 
-async fn asset(Path(path): Path<String>) -> Response {
-    serve_file(&path)
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    serve_file(&path, &headers)
 }
 
-fn serve_file(path: &str) -> Response {
-    match WebAssets::get(path) {
-        Some(file) => {
-            let mime = mime_guess::from_path(path).first_or_octet_stream();
-            (
-                [
-                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
-                    (header::CACHE_CONTROL, "no-cache".to_string()),
-                ],
-                file.data,
-            )
-                .into_response()
+fn serve_file(path: &str, headers: &HeaderMap) -> Response {
+    let Some(file) = WebAssets::get(path) else {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "not found");
+    };
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let compressible = crate::compress::compressible(mime.as_ref());
+    let gz = (compressible && crate::compress::gzip_accepted(headers))
+        .then(|| crate::compress::cached_gzip(path, &file))
+        .flatten();
+    let mut res = match gz {
+        // Compressed once per file (per version of it: the key is its hash), not per request.
+        Some(gz) => {
+            let mut res = axum::body::Body::from(gz).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            res
         }
-        None => api_error(StatusCode::NOT_FOUND, "not_found", "not found"),
+        None => axum::body::Body::from(file.data).into_response(),
+    };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime.as_ref()) {
+        h.insert(header::CONTENT_TYPE, v);
     }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if compressible {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    res
 }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod chat;
 mod chat_pg;
 pub mod cluster;
+mod compress;
 pub mod files;
 mod http;
 pub mod limits;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 pub use http::router;
 use huddle_media::MediaHandle;
+pub use ops::Shutdown;
 use protocol::IceServer;
 pub use rooms::Rooms;
 
@@ -165,6 +167,17 @@ impl Default for SignalingConfig {
             webhooks: webhooks::WebhookConfig::default(),
             files: files::FilesConfig::default(),
         }
+    }
+}
+
+impl SignalingConfig {
+    /// The largest frame the socket library reads at all: 16 times `max_message_bytes` or twice
+    /// `max_sdp_bytes`, whichever is more. A larger one closes the connection at once (close
+    /// code 1009).
+    pub fn hard_cap(&self) -> usize {
+        self.max_message_bytes
+            .saturating_mul(16)
+            .max(self.max_sdp_bytes.saturating_mul(2))
     }
 }
 

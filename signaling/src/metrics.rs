@@ -194,7 +194,6 @@ impl SignalingMetrics {
             ServerMsg::ParticipantJoined { .. } => "participant_joined",
             ServerMsg::ParticipantLeft { .. } => "participant_left",
             ServerMsg::TrackPublished { .. } => "track_published",
-            ServerMsg::TrackUnpublished { .. } => "track_unpublished",
             ServerMsg::Mute { .. } => "mute",
             ServerMsg::Chat { .. } => "chat",
             ServerMsg::ChatUpdate { .. } => "chat_update",

@@ -13,14 +13,25 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::metrics::SignalingMetrics;
-use crate::protocol::LeaveReason;
+use crate::protocol::{LeaveReason, ServerMsg};
 use crate::AppState;
+
+/// Why the server drains (see [`AppState::shutdown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// A restart or a deploy (SIGTERM): participants are told to come back.
+    Restart,
+    /// The operator stops the service (SIGINT, Ctrl-C): meetings end.
+    Stop,
+}
 
 /// The operational state in [`AppState`].
 pub(crate) struct Ops {
     pub(crate) metrics: SignalingMetrics,
     registry: prometheus::Registry,
     draining: AtomicBool,
+    /// What the drain tells participants: come back (a restart) rather than it is over.
+    restarting: AtomicBool,
 }
 
 impl Ops {
@@ -37,6 +48,7 @@ impl Ops {
             metrics,
             registry,
             draining: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
         }
     }
 
@@ -78,18 +90,41 @@ impl AppState {
         self.inner.ops.metrics.ws_connections.get().max(0) as usize
     }
 
+    /// The `leave` a draining server sends: `server_shutdown`, with action `reconnect` when
+    /// the server is restarting, `disconnect` when it is stopping for good.
+    pub(crate) fn farewell(&self) -> ServerMsg {
+        if self.inner.ops.restarting.load(Ordering::SeqCst) {
+            ServerMsg::leave_to_reconnect()
+        } else {
+            ServerMsg::leave(LeaveReason::ServerShutdown)
+        }
+    }
+
     /// Drains the server: refuses new joins, tells every participant `leave` with
     /// `server_shutdown` (their sessions close their sockets), waits up to `drain` for the
     /// sockets to close, then checkpoints the chat database. Returns the sockets still open.
-    pub async fn shutdown(&self, drain: Duration) -> usize {
+    ///
+    /// [`Shutdown::Restart`] tells participants to come back (`action: reconnect`, the web
+    /// client rejoins by itself once the server answers again); [`Shutdown::Stop`] ends their
+    /// meetings (`action: disconnect`).
+    pub async fn shutdown(&self, drain: Duration, kind: Shutdown) -> usize {
         let deadline = tokio::time::Instant::now() + drain;
+        self.inner
+            .ops
+            .restarting
+            .store(kind == Shutdown::Restart, Ordering::SeqCst);
         self.inner.ops.draining.store(true, Ordering::SeqCst);
-        let told = self.inner.rooms.kick_all(LeaveReason::ServerShutdown);
-        tracing::info!(participants = told, "draining: participants told to leave");
+        let leave = self.farewell();
+        let told = self.inner.rooms.kick_all(&leave);
+        tracing::info!(
+            participants = told,
+            ?kind,
+            "draining: participants told to leave"
+        );
         while self.open_sockets() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             // A join that raced the flag is told too (sessions already told have left).
-            self.inner.rooms.kick_all(LeaveReason::ServerShutdown);
+            self.inner.rooms.kick_all(&leave);
         }
         let open = self.open_sockets();
         if open > 0 {

@@ -82,9 +82,9 @@ impl Rooms {
         let r = rooms.entry(room.to_string()).or_default();
         for m in r.members.values() {
             if m.info.identity == info.identity {
-                let _ = m.inbox.send(ServerMsg::Leave {
-                    reason: LeaveReason::DuplicateIdentity,
-                });
+                let _ = m
+                    .inbox
+                    .send(ServerMsg::leave(LeaveReason::DuplicateIdentity));
             }
         }
         let staying = r
@@ -109,13 +109,13 @@ impl Rooms {
         Ok(others)
     }
 
-    /// Tells every member to leave with `reason` (their sessions then remove themselves).
-    /// Returns how many were told.
-    pub(crate) fn kick_all(&self, reason: LeaveReason) -> usize {
+    /// Sends every member `leave` (their sessions then remove themselves). Returns how many
+    /// were told.
+    pub(crate) fn kick_all(&self, leave: &ServerMsg) -> usize {
         let rooms = self.lock();
         let mut n = 0;
         for m in rooms.values().flat_map(|r| r.members.values()) {
-            let _ = m.inbox.send(ServerMsg::Leave { reason });
+            let _ = m.inbox.send(leave.clone());
             n += 1;
         }
         n

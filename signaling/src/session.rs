@@ -1,10 +1,10 @@
 //! One participant's WebSocket session.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use huddle_media::{Grants as MediaGrants, ParticipantId, PeerEvent};
+use huddle_media::{ParticipantId, PeerEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -12,8 +12,8 @@ use tracing::{debug, info, warn, Instrument};
 use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
 use crate::protocol::{
-    decode_client_msg, ClientMsg, ErrorCode, Kind, LeaveReason, MediaSlot, ParticipantInfo,
-    QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, PROTOCOL_VERSION,
+    decode_client_msg, ClientMsg, ErrorCode, LeaveAction, LeaveReason, MediaSlot, ParticipantInfo,
+    QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
 };
 use crate::rooms::JoinRefused;
 use crate::token::{Claims, TokenError};
@@ -29,6 +29,8 @@ enum End {
     Gone(LeaveReason),
     /// We end it: send `leave` with this reason, then close.
     Kick(LeaveReason),
+    /// The room or the server ends it: send this `leave` as it is, then close.
+    Told(LeaveReason, Box<ServerMsg>),
 }
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
@@ -42,7 +44,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             }
             return;
         }
-        let _ = conn.socket.close().await;
+        conn.close().await;
         return;
     };
     let join_started = Instant::now();
@@ -52,15 +54,19 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             .ops
             .metrics
             .join_failed(JoinFailure::ServerShutdown);
-        let reason = LeaveReason::ServerShutdown;
-        let _ = conn.send(&ServerMsg::Leave { reason }).await;
-        let _ = conn.socket.close().await;
+        let leave = state.farewell();
+        let _ = conn.send(&leave).await;
+        conn.close_code = CloseCode::after(&leave);
+        conn.close().await;
         return;
     }
     // Cluster mode: a room another node owns is joined there.
-    if let Some(msg) = crate::cluster::instead_of_join(&state, &claims.room).await {
+    if let Some(mut msg) = crate::cluster::instead_of_join(&state, &claims.room).await {
+        if let ServerMsg::Error { request_id, .. } = &mut msg {
+            request_id.clone_from(&conn.join_rid);
+        }
         let _ = conn.send(&msg).await;
-        let _ = conn.socket.close().await;
+        conn.close().await;
         return;
     }
     let span = tracing::info_span!("participant", id = %pid, room = %claims.room);
@@ -69,7 +75,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             .await
             .is_err()
         {
-            let _ = conn.socket.close().await;
+            conn.close().await;
             return;
         }
         info!(identity = %claims.sub, "joined");
@@ -88,6 +94,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
             media_tx,
             chat_bucket: chat_bucket(&state),
             join_started: Some(join_started),
+            media_rids: MediaRids::default(),
         };
         let end = match s.enter(inbox_tx).await {
             Ok(()) => s.run(inbox, media_rx).await,
@@ -97,14 +104,19 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
         let reason = match end {
             End::Gone(r) => r,
             End::Kick(r) => {
-                let _ = s.conn.send(&ServerMsg::Leave { reason: r }).await;
+                let _ = s.conn.send(&ServerMsg::leave(r)).await;
+                r
+            }
+            End::Told(r, leave) => {
+                let _ = s.conn.send(&leave).await;
+                s.conn.close_code = CloseCode::after(&leave);
                 r
             }
         };
         let closed = s.state.inner.rooms.leave(&s.claims.room, pid, reason);
         s.left(reason, closed);
         s.state.inner.media.remove(&s.claims.room, pid);
-        let _ = s.conn.socket.close().await;
+        s.conn.close().await;
         info!(?reason, "left");
     }
     .instrument(span)
@@ -123,6 +135,10 @@ struct Conn {
     /// The connection's message rate; `None` without a limit.
     bucket: Option<TokenBucket>,
     strikes: Strikes,
+    /// The status code of the Close frame that ends this connection.
+    close_code: CloseCode,
+    /// The `request_id` of the `join` (echoed on errors that refuse it).
+    join_rid: Option<String>,
 }
 
 /// What one read from the socket gave.
@@ -155,6 +171,8 @@ impl Conn {
             state: state.clone(),
             bucket,
             strikes: Strikes::default(),
+            close_code: CloseCode::Normal,
+            join_rid: None,
         }
     }
 
@@ -231,7 +249,7 @@ impl Conn {
 
     /// Takes a token for one client message. Over the rate: the message is dropped, the client
     /// is told once per strike, and the connection is closed at the configured strike count.
-    async fn admit(&mut self) -> Option<Read> {
+    async fn admit(&mut self, rid: Option<String>) -> Option<Read> {
         let now = std::time::Instant::now();
         let bucket = self.bucket.as_mut()?;
         if bucket.take(now) {
@@ -250,15 +268,16 @@ impl Conn {
             self.error(
                 ErrorCode::RateLimited,
                 format!("over {rate} messages per second again: closing the connection"),
-                None,
+                rid,
             )
             .await;
+            self.close_code = CloseCode::Policy;
             return Some(Read::Abuse);
         }
         self.error(
             ErrorCode::RateLimited,
             format!("over {rate} messages per second: messages dropped (strike {n} of {max})"),
-            None,
+            rid,
         )
         .await;
         Some(Read::Bad)
@@ -281,18 +300,39 @@ impl Conn {
             return std::future::pending().await;
         }
         let frame = match self.socket.next().await {
-            None | Some(Err(_)) => return Read::Closed,
+            None => return Read::Closed,
+            Some(Err(e)) => {
+                if over_hard_cap(e) {
+                    // The socket library stopped reading a frame over the hard cap: close at
+                    // once (no resume: the client would send it again).
+                    self.state.inner.counters.hit(Limit::MessageSize);
+                    warn!("closing a connection that sent a frame over the hard cap");
+                    let cap = self.state.inner.config.hard_cap();
+                    self.error(
+                        ErrorCode::MessageTooLarge,
+                        format!("a frame over {cap} bytes: closing the connection"),
+                        None,
+                    )
+                    .await;
+                    self.close_code = CloseCode::TooBig;
+                    return Read::Abuse;
+                }
+                return Read::Closed;
+            }
             Some(Ok(f)) => f,
         };
-        if matches!(frame, Message::Text(_) | Message::Binary(_)) {
-            if let Some(r) = self.admit().await {
-                return r;
-            }
-        }
         let text = match frame {
             Message::Text(t) => t,
-            Message::Close(_) => return Read::Closed,
+            Message::Close(_) => {
+                // The socket library has queued the answering Close frame: send it.
+                let limit = self.state.inner.config.idle_timeout;
+                let _ = tokio::time::timeout(limit, self.socket.flush()).await;
+                return Read::Closed;
+            }
             Message::Binary(_) => {
+                if let Some(r) = self.admit(None).await {
+                    return r;
+                }
                 self.state.inner.ops.metrics.message_in(None);
                 self.error(
                     ErrorCode::BadMessage,
@@ -312,6 +352,15 @@ impl Conn {
         );
         let large = text.len() > max_bytes;
         let decoded = (!large || text.len() <= max_sdp).then(|| decode_client_msg(text.as_str()));
+        let rid = match &decoded {
+            Some(Ok((_, rid))) => rid.clone(),
+            Some(Err(e)) => e.request_id.clone(),
+            None => None,
+        };
+        // The rate applies to every message, read far enough to echo its request id.
+        if let Some(r) = self.admit(rid.clone()).await {
+            return r;
+        }
         let sdp = matches!(
             decoded,
             Some(Ok((ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _)))
@@ -325,7 +374,7 @@ impl Conn {
                     "message of {} bytes is over the {max_bytes}-byte limit ({max_sdp} for an offer or answer)",
                     text.len(),
                 ),
-                None,
+                rid,
             )
             .await;
             return Read::Bad;
@@ -338,6 +387,94 @@ impl Conn {
                 let _ = self.send(&e.to_msg()).await;
                 Read::Bad
             }
+        }
+    }
+
+    /// Sends a Close frame with `self.close_code` (best effort) and closes the socket.
+    async fn close(&mut self) {
+        let frame = CloseFrame {
+            code: self.close_code.code(),
+            reason: Utf8Bytes::from_static(self.close_code.reason()),
+        };
+        let sent = self.send_frame(Message::Close(Some(frame))).await.is_ok();
+        if sent && self.close_code == CloseCode::TooBig {
+            // The rest of the frame over the cap is still unread (the socket library reads no
+            // more after refusing it), and closing TCP with unread bytes resets the
+            // connection, which can cost the client our Close frame: give it time to read it.
+            tokio::time::sleep(CLOSE_LINGER).await;
+        } else if sent {
+            // Wait briefly for the client's answering Close, as RFC 6455 has it.
+            let socket = &mut self.socket;
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                loop {
+                    match socket.next().await {
+                        None | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+            .await;
+        }
+        let _ = self.socket.close().await;
+    }
+}
+
+/// Whether a read error is the socket library refusing a frame over the hard cap.
+fn over_hard_cap(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+}
+
+/// The status code of the server's Close frame (documented in docs/protocol.md, "Closing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseCode {
+    /// 1000: the session ended normally (after `leave`, a fatal `error`, or the client's Close).
+    Normal,
+    /// 1001: the server is stopping (after `leave` `server_shutdown` with `disconnect`).
+    GoingAway,
+    /// 1008: over the message rate too often, or no `join` in time.
+    Policy,
+    /// 1009: a frame over the hard cap.
+    TooBig,
+    /// 1012: the server is restarting (after `leave` with action `reconnect`).
+    Restart,
+}
+
+impl CloseCode {
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Restart => 1012,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "",
+            CloseCode::GoingAway => "server stopping",
+            CloseCode::Policy => "policy violation",
+            CloseCode::TooBig => "message too big",
+            CloseCode::Restart => "server restarting",
+        }
+    }
+
+    /// The code that goes with the server's `leave`.
+    fn after(leave: &ServerMsg) -> CloseCode {
+        match leave {
+            ServerMsg::Leave {
+                action: LeaveAction::Reconnect,
+                ..
+            } => CloseCode::Restart,
+            ServerMsg::Leave {
+                reason: LeaveReason::ServerShutdown,
+                ..
+            } => CloseCode::GoingAway,
+            _ => CloseCode::Normal,
         }
     }
 }
@@ -353,6 +490,7 @@ async fn handshake(
     loop {
         let Ok(read) = tokio::time::timeout_at(deadline, conn.read()).await else {
             metrics.join_failed(JoinFailure::Timeout);
+            conn.close_code = CloseCode::Policy;
             return None;
         };
         let (msg, rid) = match read {
@@ -381,6 +519,7 @@ async fn handshake(
                 .await;
             continue;
         };
+        conn.join_rid.clone_from(&rid);
         if protocol != PROTOCOL_VERSION {
             conn.error(
                 ErrorCode::UnsupportedProtocol,
@@ -484,6 +623,9 @@ const MAX_OFFER_M_LINES: usize = 16;
 /// Entries of one `video_sizes` message that are applied (more than any screen shows).
 const MAX_VIDEO_SIZES: usize = 64;
 
+/// How long the server waits for the client's answer to its Close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// Messages kept for a client that is away, at most.
 const MAX_BACKLOG: usize = 2000;
 
@@ -499,6 +641,16 @@ struct Session {
     chat_bucket: Option<TokenBucket>,
     /// When `join` arrived, until media connects (for the join duration).
     join_started: Option<Instant>,
+    /// The `request_id`s of the last `offer`, `answer` and `candidate` handed to media, echoed
+    /// on media's refusal of it (media answers in the order it was given commands).
+    media_rids: MediaRids,
+}
+
+#[derive(Default)]
+struct MediaRids {
+    offer: Option<String>,
+    answer: Option<String>,
+    candidate: Option<String>,
 }
 
 /// The chat rate: `chat_per_minute`, in bursts of up to 5.
@@ -573,7 +725,7 @@ impl Session {
                     .error(
                         ErrorCode::TooManyRooms,
                         format!("this server has its limit of {} rooms", cfg.max_rooms),
-                        None,
+                        self.conn.join_rid.clone(),
                     )
                     .await;
                 return Err(End::Gone(LeaveReason::Left));
@@ -593,7 +745,7 @@ impl Session {
                     .error(
                         ErrorCode::RoomFull,
                         format!("the room is full ({max_participants} participants)"),
-                        None,
+                        self.conn.join_rid.clone(),
                     )
                     .await;
                 return Err(End::Gone(LeaveReason::Left));
@@ -672,8 +824,8 @@ impl Session {
                 }
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { return End::Gone(LeaveReason::Disconnected) };
-                    if let ServerMsg::Leave { reason } = msg {
-                        return End::Kick(reason);
+                    if let ServerMsg::Leave { reason, .. } = msg {
+                        return End::Told(reason, Box::new(msg));
                     }
                     if self.conn.send(&msg).await.is_err() {
                         return End::Gone(LeaveReason::Disconnected);
@@ -786,11 +938,9 @@ impl Session {
                         .error(ErrorCode::Forbidden, "this token may not publish", rid)
                         .await;
                 } else {
-                    let grants = MediaGrants {
-                        publish: self.claims.grants.publish,
-                        subscribe: self.claims.grants.subscribe,
-                    };
-                    let sources = sources.into_iter().map(|(m, s)| (m, s.into())).collect();
+                    let grants = self.claims.grants;
+                    let sources = sources.into_iter().collect();
+                    self.media_rids.offer.clone_from(&rid);
                     match media.offer_with_sources(
                         &room,
                         self.pid,
@@ -810,6 +960,7 @@ impl Session {
                 }
             }
             ClientMsg::Answer { sdp } => {
+                self.media_rids.answer.clone_from(&rid);
                 if let Err(e) = media.answer(&room, self.pid, sdp) {
                     warn!(error = %e, "media refused the answer");
                     self.conn
@@ -826,7 +977,10 @@ impl Session {
                             rid,
                         )
                         .await;
-                } else if let Err(e) = media.candidate(&room, self.pid, candidate) {
+                } else if let Err(e) = {
+                    self.media_rids.candidate.clone_from(&rid);
+                    media.candidate(&room, self.pid, candidate)
+                } {
                     warn!(error = %e, "media refused the candidate");
                 }
             }
@@ -871,8 +1025,8 @@ impl Session {
                     &room,
                     self.pid,
                     |i| match kind {
-                        Kind::Audio => i.audio_muted = muted,
-                        Kind::Video => i.video_muted = muted,
+                        TrackKind::Audio => i.audio_muted = muted,
+                        TrackKind::Video => i.video_muted = muted,
                     },
                     msg,
                     false,
@@ -1027,8 +1181,14 @@ impl Session {
 
     async fn on_media(&mut self, ev: PeerEvent) -> Option<End> {
         let sent = match ev {
-            PeerEvent::Answer { sdp } => self.conn.send(&ServerMsg::Answer { sdp }).await,
-            PeerEvent::Offer { sdp } => self.conn.send(&ServerMsg::Offer { sdp }).await,
+            PeerEvent::Answer { sdp } => {
+                let sdp = with_end_of_candidates(sdp);
+                self.conn.send(&ServerMsg::Answer { sdp }).await
+            }
+            PeerEvent::Offer { sdp } => {
+                let sdp = with_end_of_candidates(sdp);
+                self.conn.send(&ServerMsg::Offer { sdp }).await
+            }
             PeerEvent::Connected => {
                 if let Some(t) = self.join_started.take() {
                     let took = t.elapsed();
@@ -1049,13 +1209,10 @@ impl Session {
                     .into_iter()
                     .map(|s| MediaSlot {
                         mid: s.mid,
-                        kind: match s.kind {
-                            huddle_media::TrackKind::Audio => Kind::Audio,
-                            huddle_media::TrackKind::Video => Kind::Video,
-                        },
+                        kind: s.kind,
                         participant_id: s.track.map(|t| t.participant.to_string()),
                         track_id: s.track.map(|t| t.track_id.to_string()),
-                        source: s.track.map(|t| t.source.into()),
+                        source: s.track.map(|t| t.source),
                     })
                     .collect();
                 self.conn.send(&ServerMsg::MediaSlots { slots }).await
@@ -1093,11 +1250,8 @@ impl Session {
             } => {
                 let track = TrackInfo {
                     track_id: track_id.to_string(),
-                    kind: match kind {
-                        huddle_media::TrackKind::Audio => Kind::Audio,
-                        huddle_media::TrackKind::Video => Kind::Video,
-                    },
-                    source: source.into(),
+                    kind,
+                    source,
                 };
                 let msg = ServerMsg::TrackPublished {
                     participant_id: self.pid.to_string(),
@@ -1113,18 +1267,31 @@ impl Session {
                 Ok(())
             }
             PeerEvent::Error { code, message } => {
-                let code = match code {
+                // Media's own text names parser internals: it goes to the log, the client gets
+                // a fixed sentence and the request id of the message media refused.
+                info!(code, detail = %message, "media refused");
+                let rids = &mut self.media_rids;
+                let (code, text, rid) = match code {
                     "invalid_offer" => {
                         // The offer was refused: the client may send a corrected one.
                         self.offered = false;
-                        ErrorCode::InvalidSdp
+                        let text = "the offer could not be parsed or applied";
+                        (ErrorCode::InvalidSdp, text.to_string(), rids.offer.take())
                     }
-                    "invalid_sdp" => ErrorCode::InvalidSdp,
-                    "invalid_candidate" => ErrorCode::InvalidCandidate,
-                    "too_many_tracks" => ErrorCode::TooManyTracks,
-                    _ => ErrorCode::Internal,
+                    "invalid_sdp" => {
+                        let text = "the answer could not be parsed or applied";
+                        (ErrorCode::InvalidSdp, text.to_string(), rids.answer.take())
+                    }
+                    "invalid_candidate" => {
+                        let text = "the candidate could not be parsed";
+                        let rid = rids.candidate.take();
+                        (ErrorCode::InvalidCandidate, text.to_string(), rid)
+                    }
+                    // Not a reply: a track arrived over the limit (the text names the limit).
+                    "too_many_tracks" => (ErrorCode::TooManyTracks, message, None),
+                    _ => (ErrorCode::Internal, "internal error".to_string(), None),
                 };
-                self.conn.send(&ServerMsg::error(code, message, None)).await
+                self.conn.send(&ServerMsg::error(code, text, rid)).await
             }
             PeerEvent::Closed { reason } => {
                 info!(?reason, "media connection closed");
@@ -1153,4 +1320,71 @@ fn sdp_sends_media(sdp: &str) -> bool {
         }
     }
     false
+}
+
+/// The server is ICE-lite and knows all its candidates when it writes an SDP: each m-section
+/// that carries candidates gets `a=end-of-candidates` after the last one (str0m does not write
+/// it; clients such as aiortc wait for it). With BUNDLE only the first m-section has them.
+fn with_end_of_candidates(sdp: String) -> String {
+    if sdp.contains("a=end-of-candidates") {
+        return sdp;
+    }
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut pending = false;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if pending && !bare.starts_with("a=candidate:") {
+            out.push_str("a=end-of-candidates\r\n");
+            pending = false;
+        }
+        if bare.starts_with("a=candidate:") {
+            pending = true;
+        }
+        out.push_str(line);
+        if pending && !line.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+    }
+    if pending {
+        out.push_str("a=end-of-candidates\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{with_end_of_candidates, CloseCode};
+    use crate::protocol::{LeaveReason, ServerMsg};
+
+    #[test]
+    fn the_close_code_follows_the_leave() {
+        let code = |m: &ServerMsg| CloseCode::after(m).code();
+        assert_eq!(code(&ServerMsg::leave_to_reconnect()), 1012);
+        assert_eq!(code(&ServerMsg::leave(LeaveReason::ServerShutdown)), 1001);
+        assert_eq!(code(&ServerMsg::leave(LeaveReason::Removed)), 1000);
+        assert_eq!(code(&ServerMsg::leave(LeaveReason::RoomEnded)), 1000);
+    }
+
+    #[test]
+    fn end_of_candidates_follows_the_last_candidate_of_each_section_that_has_any() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+                   a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=rtpmap:111 opus/48000/2\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+        let out = with_end_of_candidates(sdp.to_string());
+        assert_eq!(
+            out,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n\
+             a=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"
+        );
+        // At the very end, and never twice.
+        let last = "m=audio 9 X 0\r\na=candidate:1 1 udp 1 127.0.0.1 1 typ host";
+        let once = with_end_of_candidates(last.to_string());
+        assert!(
+            once.ends_with("typ host\r\na=end-of-candidates\r\n"),
+            "{once:?}"
+        );
+        assert_eq!(with_end_of_candidates(once.clone()), once);
+        assert_eq!(with_end_of_candidates("v=0\r\n".into()), "v=0\r\n");
+    }
 }

@@ -9,37 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SignalingError;
 
-/// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grants {
-    /// May publish microphone and camera.
-    #[serde(default = "yes")]
-    pub publish: bool,
-    /// May receive others' media.
-    #[serde(default = "yes")]
-    pub subscribe: bool,
-    /// May send chat messages.
-    #[serde(default = "yes")]
-    pub chat: bool,
-    /// May moderate the room (admin API).
-    #[serde(default)]
-    pub admin: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for Grants {
-    fn default() -> Self {
-        Grants {
-            publish: true,
-            subscribe: true,
-            chat: true,
-            admin: false,
-        }
-    }
-}
+pub use huddle_protocol::Grants;
 
 /// A token's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,8 @@
 // server and the open browsers) belongs to one file; call cleanup() from its `after` hook.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import net from 'node:net';
 import { createInterface } from 'node:readline';
 import { appendFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -85,18 +87,24 @@ export async function startServer(extraArgs = [], env = {}) {
 
 // Starts `huddle serve` (media and TURN on free ports, a fresh data directory) and resolves
 // with `into` (a new object unless given) once it prints its ready line: {proc, dataDir, log,
-// url}. `args` must include --bind; `env` is added to the environment.
+// url}. `args` must include --bind; `env` is added to the environment. With `into.ports`
+// ({media, turn}) media and TURN use those ports; with `into.keepDataDir` its `dataDir` is
+// used again (see restartServer).
 export async function spawnHuddle(args, env = {}, into = { proc: null, dataDir: null, log: [], url: null }) {
   assert.ok(
     existsSync(HUDDLE_BIN),
     `Huddle server binary not found at ${HUDDLE_BIN}. Build it (cargo build --release) or set HUDDLE_BIN.`,
   );
   const s = into;
-  s.dataDir = mkdtempSync(path.join(tmpdir(), 'huddle-e2e-'));
+  if (!(s.keepDataDir && s.dataDir)) s.dataDir = mkdtempSync(path.join(tmpdir(), 'huddle-e2e-'));
+  s.args = args;
+  s.env = env;
+  s.url = null;
+  const ports = s.ports || { media: 0, turn: 0 };
   // HUDDLE_BIN is this test's own setting; the server reads HUDDLE_* as its configuration.
   const fullEnv = { ...process.env, NO_COLOR: '1', ...env };
   delete fullEnv.HUDDLE_BIN;
-  const proc = spawn(HUDDLE_BIN, ['serve', '--media-port', '0', '--turn-port', '0', '--data-dir', s.dataDir, ...args], {
+  const proc = spawn(HUDDLE_BIN, ['serve', '--media-port', String(ports.media), '--turn-port', String(ports.turn), '--data-dir', s.dataDir, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: fullEnv,
   });
@@ -133,6 +141,51 @@ export async function spawnHuddle(args, env = {}, into = { proc: null, dataDir: 
       }
     });
   });
+}
+
+// Starts a server stopped with stopServer again: same arguments, ports and data directory.
+export async function restartServer(s = server) {
+  assert.ok(s.keepDataDir && s.ports, 'restartServer needs a server started with fixed ports and keepDataDir');
+  return spawnHuddle(s.args, s.env, s);
+}
+
+// Free loopback ports for a server that is to be restarted on the same ones: {http, media
+// (the first of `workers` consecutive UDP ports), turn (UDP and TCP)}.
+export async function freePorts(workers = 2) {
+  const free = (kind, port) =>
+    new Promise((resolve) => {
+      const done = (ok, close) => {
+        try {
+          close();
+        } catch {
+          /* not open */
+        }
+        resolve(ok);
+      };
+      if (kind === 'tcp') {
+        const srv = net.createServer();
+        srv.once('error', () => resolve(false));
+        srv.listen(port, '127.0.0.1', () => done(true, () => srv.close()));
+      } else {
+        const sock = dgram.createSocket('udp4');
+        sock.once('error', () => resolve(false));
+        sock.bind(port, '127.0.0.1', () => done(true, () => sock.close()));
+      }
+    });
+  const pick = async (check) => {
+    for (let i = 0; i < 200; i++) {
+      const port = 20000 + Math.floor(Math.random() * 30000);
+      if (await check(port)) return port;
+    }
+    throw new Error('no free loopback port found');
+  };
+  const http = await pick((p) => free('tcp', p));
+  const media = await pick(async (p) => {
+    for (let i = 0; i < workers; i++) if (!(await free('udp', p + i))) return false;
+    return true;
+  });
+  const turn = await pick(async (p) => (await free('udp', p)) && (await free('tcp', p)));
+  return { http, media, turn };
 }
 
 // Every server this file started (killed on exit).

@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which peers an allocation may relay to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerMode {
     /// Relay only to the exact socket addresses in [`TurnConfig::media_addrs`]
@@ -25,7 +25,7 @@ pub enum PeerMode {
 }
 
 /// A static long-term credential (`username`, `password`).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaticUser {
     /// The USERNAME the client sends.
     pub username: String,
@@ -46,7 +46,7 @@ impl fmt::Debug for StaticUser {
 ///
 /// Every field has a default (see [`Default`]); a configuration file only
 /// needs the fields it changes. Secrets and passwords are redacted in `Debug`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TurnConfig {
     /// Addresses to serve TURN and STUN on, each over UDP *and* TCP on the same

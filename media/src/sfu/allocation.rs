@@ -13,8 +13,8 @@ use str0m::media::{KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid};
 use str0m::stats::{MediaIngressStats, PeerStats};
 
 use super::{
-    allocate, clock_rate, layer_for_size, ConsumerState, Output, PeerEvent, Quality, Sfu, Source,
-    TrackKind, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
+    allocate, clock_rate, layer_for_size, track_kind, ConsumerState, Output, PeerEvent, Quality,
+    Sfu, Source, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -164,7 +164,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let Some(kind) = peer.rtc.media(s.mid).map(|m| TrackKind::from(m.kind())) else {
+        let Some(kind) = peer.rtc.media(s.mid).map(|m| track_kind(m.kind())) else {
             return;
         };
         let key = (s.mid, s.rid);

@@ -8,7 +8,7 @@
 
 use str0m::media::{Direction, MediaKind};
 
-use super::{ConsumerState, Output, PeerEvent, Sfu, Slot, SlotInfo, SlotTrack, TrackKind};
+use super::{track_kind, ConsumerState, Output, PeerEvent, Sfu, Slot, SlotInfo, SlotTrack};
 use crate::ParticipantId;
 
 impl Sfu {
@@ -148,7 +148,7 @@ impl Sfu {
             });
             slots.push(SlotInfo {
                 mid: slot.mid.to_string(),
-                kind: TrackKind::from(slot.kind),
+                kind: track_kind(slot.kind),
                 track,
             });
         }

@@ -83,7 +83,7 @@ impl Peer {
             && self
                 .producers
                 .iter()
-                .any(|p| p.mid == mid && self.paused.contains(&TrackKind::from(p.kind)))
+                .any(|p| p.mid == mid && self.paused.contains(&track_kind(p.kind)))
     }
 }
 

@@ -10,9 +10,9 @@ impl Sfu {
             return;
         };
         let kind = match peer.producers.iter().find(|p| p.mid == s.mid) {
-            Some(p) => TrackKind::from(p.kind),
+            Some(p) => track_kind(p.kind),
             None => match peer.rtc.media(s.mid) {
-                Some(m) => TrackKind::from(m.kind()),
+                Some(m) => track_kind(m.kind()),
                 None => return,
             },
         };
@@ -64,9 +64,9 @@ impl Sfu {
             return;
         };
         let kind = match peer.consumers.iter().find(|c| c.state.mid() == Some(s.mid)) {
-            Some(c) => TrackKind::from(c.kind),
+            Some(c) => track_kind(c.kind),
             None => match peer.rtc.media(s.mid) {
-                Some(m) => TrackKind::from(m.kind()),
+                Some(m) => track_kind(m.kind()),
                 None => return,
             },
         };

@@ -195,6 +195,7 @@ impl Net {
             Grants {
                 publish: true,
                 subscribe: true,
+                ..Grants::default()
             },
         )
     }

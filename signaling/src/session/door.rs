@@ -3,25 +3,18 @@
 //! and leaving.
 
 use axum::extract::ws::Message;
-use huddle_media::{ParticipantId, TrackKind};
+use huddle_media::ParticipantId;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{Conn, Read, Session};
 use crate::moderation::{Gate, LobbyOutcome};
 use crate::protocol::{
-    ClientMsg, ErrorCode, HostAction, Kind, KnockOutcome, LeaveReason, ServerMsg,
+    ClientMsg, ErrorCode, HostAction, KnockOutcome, LeaveReason, ServerMsg, TrackKind,
 };
 use crate::token::Claims;
 use crate::webhooks::{EventKind, EventParticipant};
 use crate::AppState;
-
-fn media_kind(kind: Kind) -> TrackKind {
-    match kind {
-        Kind::Audio => TrackKind::Audio,
-        Kind::Video => TrackKind::Video,
-    }
-}
 
 /// Checks the room's password and, for a lobby room, waits until someone admits the joiner.
 /// `Err` when the joiner was refused, denied or went away (already told; close the socket).
@@ -47,7 +40,7 @@ pub(super) async fn pass(
         Gate::Open => Ok(()),
         Gate::Refused(code, message) => {
             debug!(?code, "join refused at the door");
-            conn.error(code, message, None).await;
+            conn.error(code, message, conn.join_rid.clone()).await;
             Err(())
         }
         Gate::Lobby => lobby(conn, state, claims, pid).await,
@@ -119,7 +112,7 @@ async fn lobby(
         LobbyOutcome::Denied => LeaveReason::Denied,
         LobbyOutcome::RoomEnded => LeaveReason::RoomEnded,
     };
-    let _ = conn.send(&ServerMsg::Leave { reason }).await;
+    let _ = conn.send(&ServerMsg::leave(reason)).await;
     Err(())
 }
 
@@ -142,17 +135,14 @@ fn knock_ended(state: &AppState, room: &str, pid: ParticipantId, outcome: KnockO
 
 /// A moderator's mute (room API): the server stops forwarding the participant's tracks of that
 /// kind and tells everyone, the participant included. The participant may unmute themselves.
-pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind: Kind) {
-    state
-        .inner
-        .media
-        .set_paused(room, pid, media_kind(kind), true);
+pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind: TrackKind) {
+    state.inner.media.set_paused(room, pid, kind, true);
     state.inner.rooms.update_and_broadcast(
         room,
         pid,
         |i| match kind {
-            Kind::Audio => i.audio_muted = true,
-            Kind::Video => i.video_muted = true,
+            TrackKind::Audio => i.audio_muted = true,
+            TrackKind::Video => i.video_muted = true,
         },
         ServerMsg::Mute {
             participant_id: pid.to_string(),
@@ -166,11 +156,8 @@ pub(crate) fn server_mute(state: &AppState, room: &str, pid: ParticipantId, kind
 
 /// The participant unmuted: forward its tracks of that kind again (a no-op unless a moderator
 /// had muted them).
-pub(super) fn resume_forwarding(state: &AppState, room: &str, pid: ParticipantId, kind: Kind) {
-    state
-        .inner
-        .media
-        .set_paused(room, pid, media_kind(kind), false);
+pub(super) fn resume_forwarding(state: &AppState, room: &str, pid: ParticipantId, kind: TrackKind) {
+    state.inner.media.set_paused(room, pid, kind, false);
 }
 
 impl Session {
@@ -323,8 +310,8 @@ impl Session {
                 };
                 info!(host = %self.pid, %target, ?action, "host action");
                 match action {
-                    HostAction::MuteAudio => server_mute(&self.state, &room, target, Kind::Audio),
-                    HostAction::MuteVideo => server_mute(&self.state, &room, target, Kind::Video),
+                    HostAction::MuteAudio => server_mute(&self.state, &room, target, TrackKind::Audio),
+                    HostAction::MuteVideo => server_mute(&self.state, &room, target, TrackKind::Video),
                     HostAction::Remove => {
                         rooms.send(
                             &room,
