@@ -16,7 +16,7 @@ use super::{
     allocate, clock_rate, layer_for_size, track_kind, ConsumerState, Output, PeerEvent, Quality,
     Sfu, Source, Want, ALLOCATION_INTERVAL, QUALITY_INTERVAL, QUALITY_REPEAT,
 };
-use crate::{MediaError, ParticipantId, TrackId};
+use crate::{MediaError, ParticipantId, TrackId, TrackKind};
 
 /// How much of a video stream's jitter counts against its connection's quality (see
 /// `note_jitter`): video jitter of 200 ms weighs as audio jitter of 30 ms.

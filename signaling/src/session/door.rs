@@ -310,15 +310,17 @@ impl Session {
                 };
                 info!(host = %self.pid, %target, ?action, "host action");
                 match action {
-                    HostAction::MuteAudio => server_mute(&self.state, &room, target, TrackKind::Audio),
-                    HostAction::MuteVideo => server_mute(&self.state, &room, target, TrackKind::Video),
+                    HostAction::MuteAudio => {
+                        server_mute(&self.state, &room, target, TrackKind::Audio)
+                    }
+                    HostAction::MuteVideo => {
+                        server_mute(&self.state, &room, target, TrackKind::Video)
+                    }
                     HostAction::Remove => {
                         rooms.send(
                             &room,
                             Some(&[target]),
-                            &ServerMsg::Leave {
-                                reason: LeaveReason::Removed,
-                            },
+                            &ServerMsg::leave(LeaveReason::Removed),
                         );
                     }
                     HostAction::MakeHost => {
@@ -358,13 +360,7 @@ impl Session {
                 }
                 info!(host = %self.pid, "meeting ended by a host");
                 self.state.inner.moderation.end_lobby(&room);
-                rooms.send(
-                    &room,
-                    None,
-                    &ServerMsg::Leave {
-                        reason: LeaveReason::RoomEnded,
-                    },
-                );
+                rooms.send(&room, None, &ServerMsg::leave(LeaveReason::RoomEnded));
             }
             ClientMsg::Invite => {
                 if !self.host_or_refuse(rid.clone()).await? {
