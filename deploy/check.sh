@@ -108,7 +108,9 @@ bin="${HUDDLE_BIN:-../target/debug/huddle}"
 if [ -x "$bin" ]; then
   tmp="$(mktemp)"
   "$PY" -c 'import yaml; print(yaml.safe_load(open("k8s/configmap.yaml"))["data"]["huddle.toml"])' > "$tmp"
-  "$bin" config check "$tmp"
+  # As deployment.yaml does, media.public_ip comes from the environment (the node's address
+  # there; a documentation address here), and `config check` reads it as `serve` would.
+  HUDDLE_MEDIA__PUBLIC_IP=203.0.113.10 "$bin" config check "$tmp"
   rm -f "$tmp"
 else
   echo "note: no huddle binary at $bin; the ConfigMap's huddle.toml was not checked"

@@ -55,18 +55,16 @@ fn no_internals(text: &str) {
 fn token_signs_only_with_the_servers_secret_and_never_makes_one() {
     let data = scratch("token");
     let d = data.to_str().unwrap();
-    let out = huddle(
-        &[
-            "token",
-            "--data-dir",
-            d,
-            "--room",
-            "standup",
-            "--identity",
-            "ann",
-        ],
-        &[],
-    );
+    let token_args = [
+        "token",
+        "--data-dir",
+        d,
+        "--room",
+        "standup",
+        "--identity",
+        "ann",
+    ];
+    let out = huddle(&token_args, &[]);
     assert!(!out.status.success(), "a token without the server's secret");
     let err = stderr(&out);
     assert!(
@@ -77,18 +75,7 @@ fn token_signs_only_with_the_servers_secret_and_never_makes_one() {
 
     // With the server's generated secret (as `serve` leaves it), the token is signed with it.
     std::fs::write(data.join("secret.key"), SECRET).unwrap();
-    let out = huddle(
-        &[
-            "token",
-            "--data-dir",
-            d,
-            "--room",
-            "standup",
-            "--identity",
-            "ann",
-        ],
-        &[],
-    );
+    let out = huddle(&token_args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(token.trim().split('.').count(), 3, "{token}");

@@ -283,17 +283,7 @@ async fn sigterm_tells_everyone_to_come_back_flushes_chat_and_exits_zero_within_
         other => panic!("a WebSocket upgrade while draining must get 503, got {other:?}"),
     }
 
-    let exit = loop {
-        if let Some(s) = server.process().try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(3 + 2),
-            "huddle still running {:?} after SIGTERM with drain_secs = 3",
-            sent.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = exited_within(&mut server, sent, Duration::from_secs(3 + 2), "SIGTERM").await;
     assert!(exit.success(), "huddle exited with {exit:?}");
     println!("exited {:?} after SIGTERM", sent.elapsed());
 
@@ -342,17 +332,27 @@ async fn sigint_ends_the_meetings() {
         "Ctrl-C ends the meeting: {leave}"
     );
     assert!(leave.get("reconnect_after_ms").is_none(), "{leave}");
-    let exit = loop {
+    let exit = exited_within(&mut server, sent, Duration::from_secs(2 + 2), "SIGINT").await;
+    assert!(exit.success(), "huddle exited with {exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits for the server to exit after `signal` was sent at `sent`; fails after `within`.
+async fn exited_within(
+    server: &mut Server,
+    sent: Instant,
+    within: Duration,
+    signal: &str,
+) -> std::process::ExitStatus {
+    loop {
         if let Some(s) = server.process().try_wait().expect("wait") {
-            break s;
+            return s;
         }
         assert!(
-            sent.elapsed() < Duration::from_secs(2 + 2),
-            "huddle still running {:?} after SIGINT with drain_secs = 2",
+            sent.elapsed() < within,
+            "huddle still running {:?} after {signal}",
             sent.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(exit.success(), "huddle exited with {exit:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    }
 }
