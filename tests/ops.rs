@@ -225,15 +225,7 @@ async fn readyz_reports_each_check() {
 /// The real binary with a drain time, whose process this test signals and waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_tells_everyone_to_come_back_flushes_chat_and_exits_zero_within_the_drain() {
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-drain-{}-{:x}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("huddle.toml");
-    std::fs::write(&config, "[server]\ndrain_secs = 3\n").unwrap();
-    let mut server = Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let (dir, mut server) = start_with_drain("drain", 3);
     let url = server.url.clone();
     let ws = server.ws_url();
     let token = server.guest_token("drain", "Alice").await;
@@ -304,15 +296,7 @@ async fn sigterm_tells_everyone_to_come_back_flushes_chat_and_exits_zero_within_
 /// `disconnect`, no reconnect hint), where SIGTERM (above) is a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_ends_the_meetings() {
-    let dir = std::env::temp_dir().join(format!(
-        "huddle-stop-{}-{:x}",
-        std::process::id(),
-        rand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("huddle.toml");
-    std::fs::write(&config, "[server]\ndrain_secs = 2\n").unwrap();
-    let mut server = Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let (dir, mut server) = start_with_drain("stop", 2);
     let token = server.guest_token("stop", "Alice").await;
     let mut alice = Signal::connect(&server.ws_url()).await;
     alice
@@ -355,4 +339,19 @@ async fn exited_within(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A server in a scratch directory of its own (`huddle-NAME-…`, returned for the test to remove)
+/// whose configuration sets `drain_secs`.
+fn start_with_drain(name: &str, drain_secs: u64) -> (std::path::PathBuf, Server) {
+    let dir = std::env::temp_dir().join(format!(
+        "huddle-{name}-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("huddle.toml");
+    std::fs::write(&config, format!("[server]\ndrain_secs = {drain_secs}\n")).unwrap();
+    let server = Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    (dir, server)
 }
