@@ -973,9 +973,6 @@ impl Sfu {
                     s
                 }
             };
-            let Some(tx) = api.stream_tx(&ssrc) else {
-                continue;
-            };
             let mut write = RtpWrite::new(
                 out_pt,
                 out.seq.into(),
@@ -998,7 +995,11 @@ impl Sfu {
                     write = write.vp8_patch(patch);
                 }
             }
-            tx.write_rtp(write);
+            // Through the direct path of our str0m (vendor/str0m/PATCHES.md): the next poll
+            // sends it, with no timeout round and no walk over the subscriber's streams.
+            if !api.write_rtp(ssrc, write) {
+                continue;
+            }
             written = true;
             if !sub.dirty {
                 sub.dirty = true;
