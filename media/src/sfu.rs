@@ -1,6 +1,13 @@
 //! The sans-IO core of one media worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// The maps on the packet path (peers, source addresses, ufrags, rooms, a subscriber's
+// consumers) hash with FxHash: a lookup per packet and poll, where SipHash was 8 % of the
+// forwarding cost. Their keys are the server's own (participant ids, room names, ufrags it
+// made) or the addresses of peers that passed ICE, so a stranger cannot fill one with keys
+// chosen to collide.
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -239,6 +246,19 @@ pub struct Sfu {
     behind: Behind,
 }
 
+/// What polling one connection ended with (see `Sfu::drive`).
+// Lives on the stack for one turn of the loop; boxing the event would allocate for every
+// received packet (`Event::RtpPacket`).
+#[allow(clippy::large_enum_variant)]
+enum Polled {
+    /// It waits for time or datagrams (its timer is set).
+    Waiting,
+    /// It has an event for the core.
+    Event(Event),
+    /// It is closed or failed: it goes.
+    Dead,
+}
+
 impl Sfu {
     /// Records every published frame into `capture` from now on (a debugging aid, see
     /// [`crate::capture`]).
@@ -256,9 +276,9 @@ impl Sfu {
     pub fn with_metrics(config: SfuConfig, metrics: MediaMetrics) -> Self {
         Sfu {
             config,
-            peers: HashMap::new(),
-            routers: HashMap::new(),
-            by_addr: HashMap::new(),
+            peers: HashMap::default(),
+            routers: HashMap::default(),
+            by_addr: HashMap::default(),
             dirty: Vec::new(),
             out: VecDeque::new(),
             next_track: 1,
@@ -270,7 +290,7 @@ impl Sfu {
             realloc: false,
             capture: None,
             timers: Timers::default(),
-            by_ufrag: HashMap::new(),
+            by_ufrag: HashMap::default(),
             due: Vec::new(),
             postponed_keyframes: None,
             behind: Behind::default(),
@@ -375,7 +395,7 @@ impl Sfu {
                 grants,
                 producers: Vec::new(),
                 consumers,
-                consumer_index: HashMap::new(),
+                consumer_index: HashMap::default(),
                 slots: Vec::new(),
                 slots_changed: Vec::new(),
                 pending: None,
@@ -387,10 +407,11 @@ impl Sfu {
                 rtx_out: Vec::new(),
                 timer: PeerTimer::new(now),
                 dirty: false,
+                negotiate: true,
                 connected: false,
                 created: now,
-                ingress_marks: HashMap::new(),
-                egress_marks: HashMap::new(),
+                ingress_marks: HashMap::default(),
+                egress_marks: HashMap::default(),
                 sources: sources
                     .iter()
                     .map(|(mid, s)| (Mid::from(mid.as_str()), *s))
@@ -438,6 +459,7 @@ impl Sfu {
             SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::SdpParse(e.to_string()))?;
         let pending = peer.pending.take().ok_or(MediaError::NoPendingOffer)?;
         peer.pending_sdp = None;
+        peer.negotiate = true;
         peer.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -671,49 +693,57 @@ impl Sfu {
             self.negotiate_if_needed(pid);
             let mut spins = 0;
             while let Some(peer) = self.peers.get_mut(&pid) {
-                if !peer.rtc.is_alive() {
-                    self.close(pid, CloseReason::Failed);
-                    break;
-                }
-                let event = match peer.rtc.poll_output() {
-                    Ok(str0m::Output::Timeout(t)) => {
-                        // A timeout str0m wants within PACER_SLACK is fed here and now, at the
-                        // time it asked for (never behind its clock, at most PACER_SLACK ahead
-                        // of ours), rather than through the driver's millisecond timer.
-                        if t <= now + PACER_SLACK && spins < MAX_SPINS {
-                            spins += 1;
-                            if let Err(e) = peer.rtc.handle_input(Input::Timeout(t.max(now))) {
-                                tracing::debug!(participant = %pid, error = %e, "timeout handling failed");
+                // Polled with this one lookup until it has an event (handled with all of
+                // `self`) or waits: its datagrams go out in between.
+                let polled = loop {
+                    if !peer.rtc.is_alive() {
+                        break Polled::Dead;
+                    }
+                    match peer.rtc.poll_output() {
+                        Ok(str0m::Output::Timeout(t)) => {
+                            // A timeout str0m wants within PACER_SLACK is fed here and now, at
+                            // the time it asked for (never behind its clock, at most
+                            // PACER_SLACK ahead of ours), rather than through the driver's
+                            // millisecond timer.
+                            if t <= now + PACER_SLACK && spins < MAX_SPINS {
+                                spins += 1;
+                                if let Err(e) = peer.rtc.handle_input(Input::Timeout(t.max(now))) {
+                                    tracing::debug!(participant = %pid, error = %e, "timeout handling failed");
+                                }
+                                continue;
                             }
-                            continue;
+                            if !peer.rtc.is_alive() {
+                                // Closed while draining (a DTLS close alert): nothing more
+                                // will ever be due on it, so it goes now.
+                                break Polled::Dead;
+                            }
+                            self.timers.schedule(pid, &mut peer.timer, t);
+                            break Polled::Waiting;
                         }
-                        if !peer.rtc.is_alive() {
-                            // Closed while draining (a DTLS close alert): nothing more will
-                            // ever be due on it, so it goes now.
-                            self.close(pid, CloseReason::Failed);
-                            break;
+                        Ok(str0m::Output::Transmit(t)) => {
+                            if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
+                                self.metrics.retransmissions.out.inc();
+                            }
+                            self.out.push_back(Output::Transmit {
+                                destination: t.destination,
+                                contents: t.contents.into(),
+                            });
                         }
-                        self.timers.schedule(pid, &mut peer.timer, t);
-                        break;
+                        Ok(str0m::Output::Event(e)) => break Polled::Event(e),
+                        Err(e) => {
+                            tracing::info!(participant = %pid, error = %e, "connection failed");
+                            break Polled::Dead;
+                        }
                     }
-                    Ok(str0m::Output::Transmit(t)) => {
-                        if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
-                            self.metrics.retransmissions.out.inc();
-                        }
-                        self.out.push_back(Output::Transmit {
-                            destination: t.destination,
-                            contents: t.contents.into(),
-                        });
-                        continue;
-                    }
-                    Ok(str0m::Output::Event(e)) => e,
-                    Err(e) => {
-                        tracing::info!(participant = %pid, error = %e, "connection failed");
+                };
+                match polled {
+                    Polled::Waiting => break,
+                    Polled::Dead => {
                         self.close(pid, CloseReason::Failed);
                         break;
                     }
-                };
-                self.handle_event(now, pid, event);
+                    Polled::Event(event) => self.handle_event(now, pid, event),
+                }
             }
         }
     }
@@ -1052,6 +1082,7 @@ impl Sfu {
             .get_mut(&participant)
             .ok_or(MediaError::UnknownParticipant(participant))?;
         peer.ice_restart = true;
+        peer.negotiate = true;
         if let Some(sdp) = peer.pending_sdp.clone() {
             self.out
                 .push_back(Output::Event(participant, PeerEvent::Offer { sdp }));

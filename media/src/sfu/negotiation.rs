@@ -18,6 +18,9 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        if !std::mem::take(&mut peer.negotiate) {
+            return;
+        }
         // Free slots first.
         for ci in 0..peer.consumers.len() {
             let c = &peer.consumers[ci];

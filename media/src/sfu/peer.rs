@@ -33,6 +33,10 @@ pub(super) struct Peer {
     pub(super) rtx_out: Vec<u32>,
     pub(super) timer: PeerTimer,
     pub(super) dirty: bool,
+    /// Something negotiation acts on changed (consumers, an answer, an ICE restart) since
+    /// `negotiate_if_needed` last looked: otherwise it returns at once, with no walk over the
+    /// consumers on each poll.
+    pub(super) negotiate: bool,
     pub(super) connected: bool,
     pub(super) created: Instant,
     /// The last cumulative stats of each incoming stream, to turn them into counter deltas.
@@ -71,6 +75,7 @@ pub(super) struct Peer {
 impl Peer {
     /// Rebuilds `consumer_index` after `consumers` changed.
     pub(super) fn reindex(&mut self) {
+        self.negotiate = true;
         self.consumer_index.clear();
         for (i, c) in self.consumers.iter().enumerate() {
             self.consumer_index.insert((c.publisher, c.producer_mid), i);

@@ -8,7 +8,9 @@
 //! is then stale and skipped when it comes up. So the heap holds about one entry per peer.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Instant;
 
 use super::Peer;
