@@ -2058,8 +2058,21 @@ impl Rtc {
         match input {
             Input::Timeout(now) => self.do_handle_timeout(now)?,
             Input::Receive(recv_time, r) => {
+                // An RTP packet makes no timer due at once. When nothing was due at
+                // `recv_time` (the cached timeout is fresh and later), the timeout round, a
+                // walk over every stream, is left out: the next poll recomputes the timeout
+                // (receiving arms it) and asks for it if this packet made anything due.
+                let skip_timeout = matches!(r.contents.inner, DatagramRecvInner::Rtp(_))
+                    && !self.need_init_time
+                    && recv_time >= self.last_now
+                    && !self.readiness.wants_timeout()
+                    && recv_time < self.cached_timeout;
                 self.do_handle_receive(recv_time, r)?;
-                self.do_handle_timeout(recv_time)?;
+                if skip_timeout {
+                    self.last_now = recv_time;
+                } else {
+                    self.do_handle_timeout(recv_time)?;
+                }
             }
         }
         Ok(())
