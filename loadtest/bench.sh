@@ -21,7 +21,7 @@
 # huddle-meeting janus-meeting huddle-meeting25 janus-meeting25 huddle-audio-large
 # janus-audio-large; and, not run by default, huddle-livestream-mix-simulcast3
 # huddle-livestream-mix-simulcast1 huddle-churn, huddle-audio-overload janus-audio-overload:
-# audio to AUDIO_SUBS_OVERLOAD (100) listeners with a busy loop on the server's core), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# audio to AUDIO_SUBS_OVERLOAD (100) listeners with BUSY_LOOPS (1) busy loops on the server's core), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
 # The churn run (huddle-churn; Huddle only: the Janus driver has no churn) takes CHURN_STEADY (8)
@@ -45,6 +45,7 @@ AUDIO_PUBS=${AUDIO_PUBS:-10}
 AUDIO_SUBS=${AUDIO_SUBS:-40}
 AUDIO_SUBS_LARGE=${AUDIO_SUBS_LARGE:-100}
 AUDIO_SUBS_OVERLOAD=${AUDIO_SUBS_OVERLOAD:-100}
+BUSY_LOOPS=${BUSY_LOOPS:-1}
 LIVE_SUBS=${LIVE_SUBS:-40}
 MEETING=${MEETING:-8}
 MEETING_LARGE=${MEETING_LARGE:-25}
@@ -249,14 +250,17 @@ run() {
   tester_drops=$(udp_drops) server_drops=$(udp_drops ns)
   : >"$OUT/$name.txt"
   if [ -n "${BUSY_SERVER_CPU:-}" ]; then
-    # Overload: a busy loop shares the server's core for the whole run (the same priority), so
-    # the server has about half of it. Killed right after the tester ends.
-    taskset -c "$SERVER_CPU" sh -c 'while :; do :; done' &
-    busy=$!
-    echo "busy loop $busy on CPU $SERVER_CPU" | tee -a "$OUT/$name.txt"
+    # Overload: BUSY_LOOPS busy loops share the server's core for the whole run (the same
+    # priority), so the server has about 1/(BUSY_LOOPS+1) of it. Killed right after the tester
+    # ends.
+    for _ in $(seq "$BUSY_LOOPS"); do
+      taskset -c "$SERVER_CPU" sh -c 'while :; do :; done' &
+      busy="$busy $!"
+    done
+    echo "busy loops$busy on CPU $SERVER_CPU" | tee -a "$OUT/$name.txt"
   fi
   "${cmd[@]}" | tee -a "$OUT/$name.txt"
-  if [ -n "$busy" ]; then kill "$busy" 2>/dev/null || true; wait "$busy" 2>/dev/null || true; fi
+  for pid in $busy; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   echo "$name end $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg.txt"
   # Where datagrams were dropped for want of socket buffer: at the tester (it fell behind) or
   # at the server.
