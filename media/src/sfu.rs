@@ -246,6 +246,12 @@ pub struct Sfu {
     behind: Behind,
 }
 
+/// Parses a client's SDP answer (the text work of [`Sfu::answer`], which can be done on any
+/// thread).
+pub fn parse_answer(sdp: &str) -> Result<SdpAnswer, MediaError> {
+    SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::SdpParse(e.to_string()))
+}
+
 /// What polling one connection ended with (see `Sfu::drive`).
 // Lives on the stack for one turn of the loop; boxing the event would allocate for every
 // received packet (`Event::RtpPacket`).
@@ -451,12 +457,26 @@ impl Sfu {
         participant: ParticipantId,
         sdp: &str,
     ) -> Result<(), MediaError> {
+        if !self.peers.contains_key(&participant) {
+            return Err(MediaError::UnknownParticipant(participant));
+        }
+        let answer = parse_answer(sdp)?;
+        self.answer_parsed(now, participant, answer)
+    }
+
+    /// [`Sfu::answer`] with the SDP already parsed ([`parse_answer`]): the worker's handle
+    /// parses on the caller's thread, since a subscriber's answer in a meeting of 25 is about
+    /// 100 KB and takes milliseconds to parse, which would hold up every packet of the worker.
+    pub fn answer_parsed(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        answer: SdpAnswer,
+    ) -> Result<(), MediaError> {
         let peer = self
             .peers
             .get_mut(&participant)
             .ok_or(MediaError::UnknownParticipant(participant))?;
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| MediaError::SdpParse(e.to_string()))?;
         let pending = peer.pending.take().ok_or(MediaError::NoPendingOffer)?;
         peer.pending_sdp = None;
         peer.negotiate = true;

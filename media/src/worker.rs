@@ -78,7 +78,8 @@ enum Command {
     },
     Answer {
         participant: ParticipantId,
-        sdp: String,
+        /// Parsed by the sender, off the media thread (see [`Sfu::answer_parsed`]).
+        answer: Result<str0m::change::SdpAnswer, MediaError>,
     },
     Candidate {
         participant: ParticipantId,
@@ -368,7 +369,10 @@ impl MediaHandle {
         sdp: String,
     ) -> Result<(), MediaError> {
         self.worker_for(room, participant)
-            .send(Command::Answer { participant, sdp })
+            .send(Command::Answer {
+                participant,
+                answer: crate::sfu::parse_answer(&sdp),
+            })
             .map_err(|_| MediaError::WorkerGone)
     }
 
@@ -647,7 +651,13 @@ fn handle_command(
             }
             return;
         }
-        Command::Answer { participant, sdp } => (participant, sfu.answer(now, participant, &sdp)),
+        Command::Answer {
+            participant,
+            answer,
+        } => (
+            participant,
+            answer.and_then(|a| sfu.answer_parsed(now, participant, a)),
+        ),
         Command::VideoSizes { participant, sizes } => {
             (participant, sfu.set_video_sizes(now, participant, &sizes))
         }
