@@ -14,6 +14,7 @@ import { noteMessage as noteE2eeHint } from './e2eehint.js';
 import { speakerPicker, MicLevel } from './audio-out.js';
 import { RichChat } from './richchat.js';
 import { E2EE, e2eeRequested } from './e2ee.js';
+import { Effects, EffectsUI, joinSwitches } from './effects.js';
 import { $, el, showScreen, showError, showBanner, hideBanner, initBanner, toast, errorText, isTypingTarget, copyText } from './ui.js';
 
 const NAME_KEY = 'huddle.name';
@@ -150,6 +151,11 @@ class JoinScreen {
     this.cameraSelect = $('#camera-select');
     this.mutedBox = $('#start-muted');
     this.cameraOffBox = $('#start-camera-off');
+    // Noise suppression and background blur (effects.js): one for the page, the join screen's
+    // and the meeting's.
+    huddle.effects = huddle.effects || new Effects();
+    this.effects = huddle.effects;
+    this.effects.onTrack = (kind, track) => publishedTrackChanged(kind, track);
   }
 
   show() {
@@ -160,6 +166,7 @@ class JoinScreen {
     $('#join-room-name').textContent = roomTitle(this.room);
     $('#e2ee-field').hidden = !e2eeRequested();
     speakerPicker();
+    joinSwitches(this.effects);
 
     const claims = this.token ? decodeJwtClaims(this.token) : null;
     $('#join-token-note').hidden = !this.token;
@@ -188,18 +195,26 @@ class JoinScreen {
     this.stream = stream;
     huddle.stream = stream;
     if (error) reportError(error);
-    this.video.srcObject = stream.getVideoTracks().length ? stream : null;
-    this.video.play().catch(() => {});
+    this.showPreview();
     this.meter.attach(stream.getAudioTracks()[0]);
     this.applyToggles();
+    // Effects left on last time start now (the preview shows the blur); joining does not wait
+    // for them: a track that is ready later replaces the published one.
+    this.effects.attach(stream);
     await this.refreshPickers();
     return stream;
   }
 
+  showPreview() {
+    this.video.srcObject = this.stream.getVideoTracks().length ? new MediaStream(this.stream.getVideoTracks()) : null;
+    this.video.play().catch(() => {});
+  }
+
   async refreshPickers() {
     const { mics, cameras } = await listDevices();
+    // The device's own track (the published one may be a processed copy).
     const current = (kind) => {
-      const tr = kind === 'audio' ? this.stream.getAudioTracks()[0] : this.stream.getVideoTracks()[0];
+      const tr = this.effects.raw[kind];
       return tr ? tr.getSettings().deviceId : null;
     };
     this.fillPicker(this.micSelect, mics, current('audio'), 'join.mic_fallback');
@@ -223,22 +238,14 @@ class JoinScreen {
 
   async switchDevice(kind, deviceId) {
     if (this.busy || !deviceId) return;
-    const old = kind === 'audio' ? this.stream.getAudioTracks() : this.stream.getVideoTracks();
-    for (const tr of old) tr.stop();
+    this.effects.raw[kind]?.stop();
     const { track, error } = await getTrack(kind, deviceId);
-    for (const tr of old) this.stream.removeTrack(tr);
-    if (error || !track) {
-      reportError(error || 'media_unavailable');
-    } else {
-      this.stream.addTrack(track);
-      storageSet(kind === 'audio' ? MIC_KEY : CAMERA_KEY, deviceId);
-    }
-    if (kind === 'video') {
-      this.video.srcObject = this.stream.getVideoTracks().length ? this.stream : null;
-      this.video.play().catch(() => {});
-    } else {
-      this.meter.attach(this.stream.getAudioTracks()[0]);
-    }
+    if (error || !track) reportError(error || 'media_unavailable');
+    else storageSet(kind === 'audio' ? MIC_KEY : CAMERA_KEY, deviceId);
+    // The stream gets the new device's track, or its processed copy (effects.js).
+    await this.effects.setRaw(kind, track || null);
+    if (kind === 'video') this.showPreview();
+    else this.meter.attach(this.stream.getAudioTracks()[0]);
     this.applyToggles();
   }
 
@@ -358,6 +365,29 @@ class JoinScreen {
 
 // ---------------------------------------------------------------- meeting
 
+// The published track of `kind` changed (an effect turned on or off, effects.js): what shows
+// it follows, in the meeting (the self tile, the microphone ring) or on the join screen.
+function publishedTrackChanged(kind, track) {
+  const view = huddle.view;
+  if (view && huddle.state !== 'join') {
+    if (kind === 'video' && view.selfTile) {
+      view.selfTile.video.srcObject = track ? new MediaStream([track]) : null;
+      view.selfTile.video.play().catch(() => {});
+    }
+    if (kind === 'audio') huddle.micLevel?.meter.attach(track);
+    return;
+  }
+  if (!joinScreen) return;
+  if (kind === 'video') joinScreen.showPreview();
+  else joinScreen.meter.attach(track);
+}
+
+// Every local track stops, the devices' own under any effect too.
+function stopLocal(stream) {
+  for (const tr of stream.getTracks()) tr.stop();
+  huddle.effects?.close();
+}
+
 // Starts or stops sharing the screen on the m-line negotiated at join (no new offer).
 async function toggleScreen(call) {
   const view = huddle.view;
@@ -475,6 +505,8 @@ function startCall({ room, token, stream, join, name, password, previous = null,
         host.fromJoined(msg);
         rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
         huddle.rich = rich;
+        huddle.effectsUI?.destroy();
+        huddle.effectsUI = canPublish ? new EffectsUI(huddle.effects) : null;
         huddle.bar?.destroy();
         huddle.bar = new ControlBar();
         huddle.statsPopover?.destroy();
@@ -589,7 +621,7 @@ function startCall({ room, token, stream, join, name, password, previous = null,
         huddle.state = 'lobby';
         showLobby(room, () => {
           call.leave();
-          for (const tr of stream.getTracks()) tr.stop();
+          stopLocal(stream);
           huddle.state = 'left';
           showLeft(t('left.title'), t('leave_reason.left'));
         });
@@ -644,7 +676,7 @@ function startCall({ room, token, stream, join, name, password, previous = null,
           }
           if (info.serverLeaveReason) {
             // Turned away from the lobby, or the room ended while waiting.
-            for (const tr of stream.getTracks()) tr.stop();
+            stopLocal(stream);
             huddle.state = 'left';
             showLeft(t('left.ended_title'), t(`leave_reason.${info.serverLeaveReason}`), info.serverLeaveReason);
             return;
@@ -663,6 +695,8 @@ function startCall({ room, token, stream, join, name, password, previous = null,
     },
   });
   huddle.call = call;
+  // An effect turned on or off in the meeting replaces the sender's track (no new offer).
+  if (huddle.effects) huddle.effects.senderFor = (kind) => call.publishing[kind] || null;
 
   function toggleLocal(kind) {
     if (!view) return;
@@ -694,6 +728,8 @@ function startCall({ room, token, stream, join, name, password, previous = null,
   }
 
   function teardown() {
+    huddle.effectsUI?.destroy();
+    huddle.effectsUI = null;
     host?.destroy();
     host = null;
     huddle.host = null;
@@ -715,7 +751,7 @@ function startCall({ room, token, stream, join, name, password, previous = null,
 
   function endMeeting() {
     teardown();
-    for (const tr of stream.getTracks()) tr.stop();
+    stopLocal(stream);
     huddle.state = 'left';
   }
 

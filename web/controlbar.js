@@ -7,6 +7,7 @@
 import { $, el } from './ui.js';
 import { icon } from './icons.js';
 import { t, setLabel } from './i18n.js';
+import { openLayer, closeLayer } from './popover.js';
 
 // Always in the bar.
 const PRIMARY = new Set(['mic-button', 'camera-button', 'chat-button', 'leave-button', 'more-button']);
@@ -26,16 +27,9 @@ export class ControlBar {
     this.group.insertBefore(this.button, $('#leave-button'));
     this.bar.append(this.menu);
     this.button.addEventListener('click', () => this.setOpen(this.menu.hidden));
-    this.onKey = (e) => {
-      if (e.key === 'Escape' && !this.menu.hidden) {
-        this.setOpen(false);
-        this.button.focus();
-      }
-    };
     this.onDown = (e) => {
       if (!this.menu.hidden && !this.menu.contains(e.target) && !this.button.contains(e.target)) this.setOpen(false);
     };
-    document.addEventListener('keydown', this.onKey);
     document.addEventListener('pointerdown', this.onDown);
     this.observer = new ResizeObserver(() => this.fit());
     this.observer.observe(this.bar);
@@ -48,7 +42,7 @@ export class ControlBar {
   destroy() {
     this.observer.disconnect();
     this.mutations.disconnect();
-    document.removeEventListener('keydown', this.onKey);
+    closeLayer(this.menu);
     document.removeEventListener('pointerdown', this.onDown);
     this.bar.classList.remove('compact');
     this.button.remove();
@@ -79,9 +73,12 @@ export class ControlBar {
     this.menu.hidden = !open;
     this.button.setAttribute('aria-expanded', String(open));
     this.button.classList.toggle('active', open);
+    // Esc closes it and Tab stays in it (popover.js); the focus goes back to the button.
     if (open) {
       this.render();
-      this.menu.querySelector('[role="menuitem"]')?.focus();
+      openLayer(this.menu, { close: () => this.setOpen(false), opener: this.button, focus: this.menu.querySelector('[role="menuitem"]') || undefined });
+    } else {
+      closeLayer(this.menu);
     }
   }
 

@@ -5,6 +5,7 @@
 import { $, el } from './ui.js';
 import { t } from './i18n.js';
 import { e2eeRequested } from './e2ee.js';
+import { showDialog } from './popover.js';
 
 let shown = false;
 
@@ -27,5 +28,5 @@ export function noteMessage(m, onLeave) {
   });
   stay.addEventListener('click', () => dialog.close());
   document.body.append(dialog);
-  dialog.showModal();
+  showDialog(dialog);
 }

@@ -5,6 +5,11 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 // 24x24 stroke icons. Each entry is a list of shapes: a string is a <path d>,
 // an object is any other element with its attributes.
 const ICONS = {
+  // Effects (noise suppression, background blur).
+  sparkles: [
+    'M11 3l1.8 4.7 4.7 1.8-4.7 1.8L11 16l-1.8-4.7L4.5 9.5l4.7-1.8z',
+    'M18.5 14l.9 2.1 2.1.9-2.1.9-.9 2.1-.9-2.1-2.1-.9 2.1-.9z',
+  ],
   screen: [
     { tag: 'rect', x: 2.5, y: 4, width: 19, height: 13, rx: 2 },
     'M8 21h8',

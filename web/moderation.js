@@ -6,6 +6,7 @@
 import { $, el, showScreen, toast } from './ui.js';
 import { icon } from './icons.js';
 import { t, setLabel } from './i18n.js';
+import { openLayer, closeLayer, showDialog } from './popover.js';
 
 const TYPING_SEND_MS = 3000; // at most one `typing` per this while typing
 const TYPING_SHOW_MS = 5000; // an indicator without a fresh `typing` goes away after this
@@ -65,8 +66,7 @@ export function askPassword(room, wrong) {
     });
     cancel.addEventListener('click', () => finish(null));
     dialog.addEventListener('cancel', () => finish(null));
-    dialog.showModal();
-    input.focus();
+    showDialog(dialog, { close: () => finish(null), focus: input });
   });
 }
 
@@ -96,7 +96,7 @@ export class ModerationUI {
     setLabel(this.peopleButton, t('controls.people'));
 
     this.peopleList = el('ul', { class: 'people-list', dataset: { testid: 'people-list' } });
-    this.peoplePanel = el('aside', { id: 'people-panel', class: 'people-panel', hidden: true, dataset: { testid: 'people-panel' } },
+    this.peoplePanel = el('aside', { id: 'people-panel', class: 'people-panel', hidden: true, tabindex: '-1', 'aria-label': t('people.title'), dataset: { testid: 'people-panel' } },
       el('h2', { class: 'people-title', text: t('people.title') }), this.peopleList);
     $('#room').append(this.peoplePanel);
 
@@ -111,19 +111,11 @@ export class ModerationUI {
     this.knocks = el('div', { id: 'knocks', class: 'knocks', 'aria-live': 'polite' });
     document.body.append(this.knocks);
     this.renderTimer = setInterval(() => this.peopleOpen && this.renderPeople(), 1000);
-    // Esc closes the participants panel (focus goes back to its button).
-    this.onKey = (e) => {
-      if (e.key === 'Escape' && this.peopleOpen && !document.querySelector('dialog[open]')) {
-        this.setPeopleOpen(false);
-        this.peopleButton.focus();
-      }
-    };
-    document.addEventListener('keydown', this.onKey);
   }
 
   destroy() {
     clearInterval(this.renderTimer);
-    document.removeEventListener('keydown', this.onKey);
+    closeLayer(this.peoplePanel);
     for (const timer of this.typists.values()) clearTimeout(timer);
     this.typists.clear();
     this.handButton.remove();
@@ -192,6 +184,10 @@ export class ModerationUI {
     this.peopleButton.setAttribute('aria-pressed', String(open));
     $('#room').classList.toggle('people-open', open);
     this.renderPeople();
+    // A popover (popover.js): Esc closes it, Tab stays in it while the focus is there, and the
+    // focus goes back to its button. Opening it moves the focus to it.
+    if (open) openLayer(this.peoplePanel, { close: () => this.setPeopleOpen(false), opener: this.peopleButton, focus: this.peoplePanel });
+    else closeLayer(this.peoplePanel);
   }
 
   renderPeople() {

@@ -4,7 +4,8 @@
 // with the access token (img tags cannot send it, and tokens stay out of URLs).
 import { t } from './i18n.js';
 import { icon } from './icons.js';
-import { $, el, showBanner, toast } from './ui.js';
+import { $, el, toast } from './ui.js';
+import { openLayer, closeLayer } from './popover.js';
 
 export const QUICK_EMOJIS = ['👍', '❤️', '😂', '🎉', '👏', '😮'];
 
@@ -57,15 +58,16 @@ export class RichChat {
       input.value = '';
       if (file) this.upload(file);
     });
-    const progress = el('div', { class: 'chat-upload', id: 'chat-upload', hidden: true, dataset: { testid: 'chat-upload' } },
+    const progress = el('div', { class: 'chat-upload', id: 'chat-upload', hidden: true, 'aria-live': 'polite', dataset: { testid: 'chat-upload' } },
       el('span', { class: 'chat-upload-name' }),
       el('progress', { class: 'chat-upload-bar', max: 100, value: 0 }));
     form.prepend(button, input);
     form.before(progress);
   }
 
+  // Shown once, in the upload box over the chat box (a live region), where the upload began:
+  // not in the banner too.
   uploadError(text) {
-    showBanner(text, { kind: 'error' });
     const box = $('#chat-upload');
     box.hidden = false;
     box.classList.add('failed');
@@ -198,7 +200,7 @@ export class RichChat {
     }
     const actions = el('div', { class: 'chat-actions' });
     const react = el('button', { type: 'button', class: 'chat-action', title: t('chat.react'), text: '☺', dataset: { testid: 'chat-react' } });
-    react.addEventListener('click', () => this.pickEmoji(item, (emoji) => this.call.send({ type: 'react', message_id: m.id, emoji })));
+    react.addEventListener('click', () => this.pickEmoji(item, (emoji) => this.call.send({ type: 'react', message_id: m.id, emoji }), react));
     actions.append(react);
     if (own) {
       if (m.text) {
@@ -215,34 +217,36 @@ export class RichChat {
     item.append(reactions, actions);
   }
 
-  pickEmoji(anchor, done) {
+  // A popover (popover.js): Esc or a click outside closes it, Tab stays in it, the focus
+  // goes back to the button that opened it.
+  pickEmoji(anchor, done, opener = document.activeElement) {
     const old = $('.emoji-picker', anchor);
     if (old) {
       old.remove();
+      closeLayer(old);
       return;
     }
-    const picker = el('div', { class: 'emoji-picker' });
+    const picker = el('div', { class: 'emoji-picker', role: 'dialog', 'aria-label': t('chat.react'), dataset: { testid: 'emoji-picker' } });
+    const onDown = (e) => {
+      if (!picker.contains(e.target) && !(opener instanceof Node && opener.contains(e.target))) close();
+    };
+    const close = () => {
+      picker.remove();
+      closeLayer(picker);
+      document.removeEventListener('pointerdown', onDown, true);
+    };
     for (const e of QUICK_EMOJIS) {
       const b = el('button', { type: 'button', text: e, dataset: { testid: 'emoji' } });
       b.addEventListener('click', () => {
-        picker.remove();
+        closeLayer(picker, { restore: true });
+        close();
         done(e);
       });
       picker.append(b);
     }
     anchor.append(picker);
-    // Esc closes the picker.
-    const onKey = (e) => {
-      if (e.key !== 'Escape') return;
-      picker.remove();
-    };
-    document.addEventListener('keydown', onKey);
-    new MutationObserver((_, obs) => {
-      if (!picker.isConnected) {
-        document.removeEventListener('keydown', onKey);
-        obs.disconnect();
-      }
-    }).observe(anchor, { childList: true });
+    document.addEventListener('pointerdown', onDown, true);
+    openLayer(picker, { close, opener });
   }
 
   edit(item, m) {
@@ -278,7 +282,7 @@ export class RichChat {
     button.setAttribute('aria-label', t('controls.react'));
     button.title = t('controls.react');
     const wrap = el('div', { class: 'react-wrap' }, button);
-    button.addEventListener('click', () => this.pickEmoji(wrap, (emoji) => this.call.send({ type: 'tile_reaction', emoji })));
+    button.addEventListener('click', () => this.pickEmoji(wrap, (emoji) => this.call.send({ type: 'tile_reaction', emoji }), button));
     const leave = $('#leave-button');
     group.insertBefore(wrap, leave);
   }

@@ -602,7 +602,16 @@ export class RoomView {
     this.chatAllowed = allowed;
     const input = $('#chat-input');
     input.disabled = !allowed;
-    input.placeholder = allowed ? t('chat.placeholder') : t('chat.not_allowed');
+    // The reason is a line of its own over the box (it would not fit in the box as a
+    // placeholder).
+    input.placeholder = allowed ? t('chat.placeholder') : '';
+    let note = $('#chat-note');
+    if (!note) {
+      note = el('p', { id: 'chat-note', class: 'chat-note', dataset: { testid: 'chat-note' } });
+      $('#chat-form').before(note);
+    }
+    note.textContent = allowed ? '' : t('chat.not_allowed');
+    note.hidden = allowed;
     $('#chat-send').disabled = true;
   }
 

@@ -4,6 +4,7 @@
 
 import { $, el, isTypingTarget } from './ui.js';
 import { t } from './i18n.js';
+import { showDialog } from './popover.js';
 
 // key (as in KeyboardEvent.key, lower case; 'L' = Shift+L) -> [button id, label key]
 const KEYS = [
@@ -55,7 +56,7 @@ export class Shortcuts {
     if (!entry) return;
     if (k === '?') {
       e.preventDefault();
-      this.dialog.showModal();
+      showDialog(this.dialog);
       return;
     }
     const button = entry[1] && document.getElementById(entry[1]);

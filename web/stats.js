@@ -5,6 +5,7 @@
 
 import { $, el } from './ui.js';
 import { t } from './i18n.js';
+import { openLayer, closeLayer } from './popover.js';
 
 export class StatsPopover {
   // opts: {view (RoomView), getPeer: () => RTCPeerConnection}
@@ -25,21 +26,12 @@ export class StatsPopover {
       }
       if (!this.el.hidden && !this.el.contains(e.target)) this.close();
     };
-    this.onKey = (e) => {
-      if (e.key === 'Escape' && !this.el.hidden) {
-        const dot = this.tile?.qualityEl;
-        this.close();
-        dot?.focus();
-      }
-    };
     document.addEventListener('click', this.onClick);
-    document.addEventListener('keydown', this.onKey);
   }
 
   destroy() {
     this.close();
     document.removeEventListener('click', this.onClick);
-    document.removeEventListener('keydown', this.onKey);
     this.el.remove();
   }
 
@@ -60,6 +52,8 @@ export class StatsPopover {
     clearInterval(this.timer);
     this.timer = setInterval(() => this.refresh(), 1000);
     this.refresh();
+    // Esc closes it, the focus goes back to the dot (popover.js).
+    openLayer(this.el, { close: () => this.close(), opener: anchor, focus: this.el });
   }
 
   close() {
@@ -67,6 +61,7 @@ export class StatsPopover {
     this.timer = null;
     this.tile = null;
     this.el.hidden = true;
+    closeLayer(this.el);
   }
 
   async refresh() {

@@ -33,13 +33,14 @@ pub(crate) fn gzip_accepted(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Text formats worth compressing (pictures and fonts of the web client are compressed
-/// already, except SVG).
+/// Formats worth compressing: text, SVG and WebAssembly (the vendored MediaPipe wasm shrinks
+/// by more than half); pictures and fonts of the web client are compressed already.
 pub(crate) fn compressible(mime: &str) -> bool {
     mime.starts_with("text/")
         || mime.contains("javascript")
         || mime.contains("json")
         || mime == "image/svg+xml"
+        || mime == "application/wasm"
 }
 
 fn gzip(data: &[u8]) -> Option<Vec<u8>> {

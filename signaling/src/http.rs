@@ -40,7 +40,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The page-wide content security policy, for responses whose route set none.
-const PAGE_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+/// `'wasm-unsafe-eval'` lets the page compile WebAssembly (the vendored RNNoise and MediaPipe
+/// builds of the noise suppression and background blur); it allows no JavaScript `eval`.
+const PAGE_CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self' 'wasm-unsafe-eval'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Adds the security headers to every response. A route that set its own content security
 /// policy keeps it (downloads are `sandbox`ed): the page-wide one only fills the gap.
