@@ -128,7 +128,7 @@ async fn ws(
         .on_upgrade(move |socket| {
             tracing::Instrument::instrument(
                 async move {
-                    crate::session::run(socket, state, q.room).await;
+                    crate::session::driver::run(socket, state, q.room).await;
                     drop(permit);
                 },
                 span,

@@ -151,37 +151,11 @@ impl SignalingMetrics {
         self.join_failures.with_label_values(&[why.as_str()]).inc();
     }
 
-    /// A client frame: `None` when it did not decode.
-    pub(crate) fn message_in(&self, msg: Option<&ClientMsg>) {
-        let ty = match msg {
-            None => "invalid",
-            Some(m) => match m {
-                ClientMsg::Join { .. } => "join",
-                ClientMsg::Resume { .. } => "resume",
-                ClientMsg::Offer { .. } => "offer",
-                ClientMsg::VideoSizes { .. } => "video_sizes",
-                ClientMsg::Screen { .. } => "screen",
-                ClientMsg::Answer { .. } => "answer",
-                ClientMsg::Candidate { .. } => "candidate",
-                ClientMsg::Mute { .. } => "mute",
-                ClientMsg::Chat { .. } => "chat",
-                ClientMsg::ChatEdit { .. } => "chat_edit",
-                ClientMsg::ChatDelete { .. } => "chat_delete",
-                ClientMsg::React { .. } => "react",
-                ClientMsg::TileReaction { .. } => "tile_reaction",
-                ClientMsg::Leave => "leave",
-                ClientMsg::Ping { .. } => "ping",
-                ClientMsg::Hand { .. } => "hand",
-                ClientMsg::Typing { .. } => "typing",
-                ClientMsg::Admit { .. } => "admit",
-                ClientMsg::Deny { .. } => "deny",
-                ClientMsg::Moderate { .. } => "moderate",
-                ClientMsg::RoomSettings { .. } => "room_settings",
-                ClientMsg::EndRoom => "end_room",
-                ClientMsg::Invite => "invite",
-            },
-        };
-        self.ws_messages.with_label_values(&["in", ty]).inc();
+    /// A client frame, by type (`None` when it did not decode).
+    pub(crate) fn message_in(&self, ty: Option<&str>) {
+        self.ws_messages
+            .with_label_values(&["in", ty.unwrap_or("invalid")])
+            .inc();
     }
 
     /// A server message sent; `error`s are also counted by code.
@@ -228,6 +202,35 @@ fn error_code(c: ErrorCode) -> String {
     match serde_json::to_value(c) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".to_owned(),
+    }
+}
+
+/// The `type` of a client message, as the metrics label it.
+pub(crate) fn client_msg_type(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Join { .. } => "join",
+        ClientMsg::Resume { .. } => "resume",
+        ClientMsg::Offer { .. } => "offer",
+        ClientMsg::VideoSizes { .. } => "video_sizes",
+        ClientMsg::Screen { .. } => "screen",
+        ClientMsg::Answer { .. } => "answer",
+        ClientMsg::Candidate { .. } => "candidate",
+        ClientMsg::Mute { .. } => "mute",
+        ClientMsg::Chat { .. } => "chat",
+        ClientMsg::ChatEdit { .. } => "chat_edit",
+        ClientMsg::ChatDelete { .. } => "chat_delete",
+        ClientMsg::React { .. } => "react",
+        ClientMsg::TileReaction { .. } => "tile_reaction",
+        ClientMsg::Leave => "leave",
+        ClientMsg::Ping { .. } => "ping",
+        ClientMsg::Hand { .. } => "hand",
+        ClientMsg::Typing { .. } => "typing",
+        ClientMsg::Admit { .. } => "admit",
+        ClientMsg::Deny { .. } => "deny",
+        ClientMsg::Moderate { .. } => "moderate",
+        ClientMsg::RoomSettings { .. } => "room_settings",
+        ClientMsg::EndRoom => "end_room",
+        ClientMsg::Invite => "invite",
     }
 }
 
