@@ -160,39 +160,14 @@ impl SignalingMetrics {
 
     /// A server message sent; `error`s are also counted by code.
     pub(crate) fn message_out(&self, msg: &ServerMsg) {
-        let ty = match msg {
-            ServerMsg::Joined { .. } => "joined",
-            ServerMsg::Resumed { .. } => "resumed",
-            ServerMsg::Answer { .. } => "answer",
-            ServerMsg::Offer { .. } => "offer",
-            ServerMsg::ParticipantJoined { .. } => "participant_joined",
-            ServerMsg::ParticipantLeft { .. } => "participant_left",
-            ServerMsg::TrackPublished { .. } => "track_published",
-            ServerMsg::Mute { .. } => "mute",
-            ServerMsg::Chat { .. } => "chat",
-            ServerMsg::ChatUpdate { .. } => "chat_update",
-            ServerMsg::TileReaction { .. } => "tile_reaction",
-            ServerMsg::Layers { .. } => "layers",
-            ServerMsg::MediaSlots { .. } => "media_slots",
-            ServerMsg::Speakers { .. } => "speakers",
-            ServerMsg::Quality { .. } => "quality",
-            ServerMsg::Screen { .. } => "screen",
-            ServerMsg::Pong { .. } => "pong",
-            ServerMsg::Leave { .. } => "leave",
-            ServerMsg::Redirect { .. } => "redirect",
-            ServerMsg::Hand { .. } => "hand",
-            ServerMsg::Typing { .. } => "typing",
-            ServerMsg::Lobby { .. } => "lobby",
-            ServerMsg::Knock { .. } => "knock",
-            ServerMsg::KnockEnded { .. } => "knock_ended",
-            ServerMsg::Host { .. } => "host",
-            ServerMsg::RoomSettings { .. } => "room_settings",
-            ServerMsg::Invite { .. } => "invite",
-            ServerMsg::Error { code, .. } => {
-                self.errors.with_label_values(&[error_code(*code)]).inc();
-                "error"
-            }
-        };
+        if let ServerMsg::Error { code, .. } = msg {
+            self.errors.with_label_values(&[error_code(*code)]).inc();
+        }
+        self.message_out_type(server_msg_type(msg));
+    }
+
+    /// A server message of type `ty` sent (a shared room message).
+    pub(crate) fn message_out_type(&self, ty: &str) {
         self.ws_messages.with_label_values(&["out", ty]).inc();
     }
 }
@@ -202,6 +177,40 @@ fn error_code(c: ErrorCode) -> String {
     match serde_json::to_value(c) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".to_owned(),
+    }
+}
+
+/// The `type` of a server message, as the metrics label it.
+pub(crate) fn server_msg_type(msg: &ServerMsg) -> &'static str {
+    match msg {
+        ServerMsg::Joined { .. } => "joined",
+        ServerMsg::Resumed { .. } => "resumed",
+        ServerMsg::Answer { .. } => "answer",
+        ServerMsg::Offer { .. } => "offer",
+        ServerMsg::ParticipantJoined { .. } => "participant_joined",
+        ServerMsg::ParticipantLeft { .. } => "participant_left",
+        ServerMsg::TrackPublished { .. } => "track_published",
+        ServerMsg::Mute { .. } => "mute",
+        ServerMsg::Chat { .. } => "chat",
+        ServerMsg::ChatUpdate { .. } => "chat_update",
+        ServerMsg::TileReaction { .. } => "tile_reaction",
+        ServerMsg::Layers { .. } => "layers",
+        ServerMsg::MediaSlots { .. } => "media_slots",
+        ServerMsg::Speakers { .. } => "speakers",
+        ServerMsg::Quality { .. } => "quality",
+        ServerMsg::Screen { .. } => "screen",
+        ServerMsg::Pong { .. } => "pong",
+        ServerMsg::Leave { .. } => "leave",
+        ServerMsg::Redirect { .. } => "redirect",
+        ServerMsg::Hand { .. } => "hand",
+        ServerMsg::Typing { .. } => "typing",
+        ServerMsg::Lobby { .. } => "lobby",
+        ServerMsg::Knock { .. } => "knock",
+        ServerMsg::KnockEnded { .. } => "knock_ended",
+        ServerMsg::Host { .. } => "host",
+        ServerMsg::RoomSettings { .. } => "room_settings",
+        ServerMsg::Invite { .. } => "invite",
+        ServerMsg::Error { .. } => "error",
     }
 }
 

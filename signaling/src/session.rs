@@ -62,6 +62,7 @@ use crate::protocol::{
     SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
 };
 use crate::richchat::Refused;
+pub use crate::rooms::{RoomMsg, Shared};
 use crate::token::{Claims, TokenError};
 use crate::SignalingError;
 
@@ -118,15 +119,17 @@ impl Limits {
 
 /// One thing that happened to the session.
 #[derive(Debug)]
+// Inputs are moved once, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Something from the socket.
     Frame(Frame),
     /// A message the driver could not deliver (the socket failed while sending it).
-    Unsent(ServerMsg),
+    Unsent(Outgoing),
     /// The answer to the last [`Output::Ask`].
     Reply(Reply),
     /// A message from the room (another session, the room API, a shutdown).
-    Room(ServerMsg),
+    Room(RoomMsg),
     /// The lobby's decision on this session's knock.
     Lobby(LobbyOutcome),
     /// An event from the media worker for this participant.
@@ -413,7 +416,7 @@ pub enum Metric {
 #[derive(Debug)]
 pub enum Output {
     /// A message for this client.
-    Send(ServerMsg),
+    Send(Outgoing),
     /// A WebSocket ping.
     Ping,
     /// Something for the room.
@@ -430,6 +433,16 @@ pub enum Output {
     HandOver,
     /// Close the socket with this code; the session is over.
     Close(CloseCode),
+}
+
+/// A message for this client: the session's own, or a room message serialized once for all
+/// its recipients.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// This session's message (serialized by the driver).
+    Msg(Box<ServerMsg>),
+    /// A room message, already serialized.
+    Shared(Shared),
 }
 
 /// The status code of the server's Close frame (documented in docs/protocol.md, "Closing").
@@ -593,7 +606,7 @@ pub struct Session {
     pending: Option<Pending>,
     outputs: VecDeque<Output>,
     /// Messages kept while detached.
-    backlog: VecDeque<ServerMsg>,
+    backlog: VecDeque<Outgoing>,
     join_deadline: Instant,
     last_heard: Instant,
     next_ping: Instant,
@@ -759,10 +772,16 @@ impl Session {
                 if !self.in_room() {
                     return;
                 }
-                if let ServerMsg::Leave { reason, .. } = msg {
-                    return self.end(End::Told(reason, Box::new(msg)));
+                match msg {
+                    RoomMsg::Leave(leave) => {
+                        let reason = match &*leave {
+                            ServerMsg::Leave { reason, .. } => *reason,
+                            _ => LeaveReason::Disconnected,
+                        };
+                        self.end(End::Told(reason, leave));
+                    }
+                    RoomMsg::Shared(shared) => self.deliver(Outgoing::Shared(shared)),
                 }
-                self.send(msg);
             }
             Input::Lobby(outcome) => self.on_decision(outcome),
             Input::Media(ev) => {
@@ -784,8 +803,13 @@ impl Session {
         self.out(Output::Metric(m));
     }
 
-    /// A message for the client: sent, or kept while the socket is away.
+    /// A message of this session's for the client.
     fn send(&mut self, msg: ServerMsg) {
+        self.deliver(Outgoing::Msg(Box::new(msg)));
+    }
+
+    /// A message for the client: sent, or kept while the socket is away.
+    fn deliver(&mut self, msg: Outgoing) {
         match self.phase {
             Phase::Detached { .. } => {
                 if self.backlog.len() >= MAX_BACKLOG {
@@ -814,7 +838,7 @@ impl Session {
 
     /// The driver could not send `msg`. In the room, with a resume window, the session waits
     /// for a `resume` and keeps `msg` and whatever else was on its way; otherwise it ends.
-    fn unsent(&mut self, now: Instant, msg: ServerMsg) {
+    fn unsent(&mut self, now: Instant, msg: Outgoing) {
         match self.phase {
             Phase::Joined if !self.limits.resume_window.is_zero() => {
                 info!("socket lost; waiting for resume");
@@ -1361,10 +1385,10 @@ impl Session {
         self.phase = Phase::Joined;
         self.last_heard = now;
         self.next_ping = now + self.limits.ping_interval;
-        self.out(Output::Send(ServerMsg::Resumed {
+        self.out(Output::Send(Outgoing::Msg(Box::new(ServerMsg::Resumed {
             participant_id: self.pid.to_string(),
             participants,
-        }));
+        }))));
         for m in std::mem::take(&mut self.backlog) {
             self.out(Output::Send(m));
         }

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 
 use super::{
-    Admission, Change, CloseCode, Entered, Frame, Hook, Input, Limits, MediaCmd, Metric, Output,
-    Query, Refusal, Reply, RoomOp, Session, StoreOp,
+    Admission, Change, CloseCode, Entered, Frame, Hook, Input, Limits, MediaCmd, Metric, Outgoing,
+    Output, Query, Refusal, Reply, RoomOp, Session, StoreOp,
 };
 use crate::moderation::{Gate, LobbyOutcome};
 use crate::protocol::{ErrorCode, KnockOutcome, ParticipantInfo, ServerMsg, TrackKind};
@@ -57,7 +57,7 @@ struct Driver {
     pid: ParticipantId,
     span: tracing::Span,
     /// The room's messages for this member (after `Enter`).
-    inbox: Option<mpsc::UnboundedReceiver<ServerMsg>>,
+    inbox: Option<mpsc::UnboundedReceiver<crate::rooms::RoomMsg>>,
     media_tx: mpsc::UnboundedSender<PeerEvent>,
     media_rx: mpsc::UnboundedReceiver<PeerEvent>,
     /// This session's resume token and where resumed sockets arrive.
@@ -163,18 +163,23 @@ impl Driver {
         let st = self.state.clone();
         let inner = &st.inner;
         match out {
-            Output::Send(msg) => {
-                inner.ops.metrics.message_out(&msg);
-                let text = match serde_json::to_string(&msg) {
-                    Ok(t) => t,
-                    Err(e) => return warn!(error = %e, "message not serialized"),
+            Output::Send(out) => {
+                let text = match &out {
+                    Outgoing::Msg(msg) => {
+                        inner.ops.metrics.message_out(msg);
+                        match serde_json::to_string(msg) {
+                            Ok(t) => Utf8Bytes::from(t),
+                            Err(e) => return warn!(error = %e, "message not serialized"),
+                        }
+                    }
+                    // Serialized once by the room: this is a handle on the same bytes.
+                    Outgoing::Shared(shared) => {
+                        inner.ops.metrics.message_out_type(shared.ty);
+                        shared.text.clone()
+                    }
                 };
-                if self
-                    .send_frame(Message::Text(Utf8Bytes::from(text)))
-                    .await
-                    .is_err()
-                {
-                    s.handle(now(), Input::Unsent(msg));
+                if self.send_frame(Message::Text(text)).await.is_err() {
+                    s.handle(now(), Input::Unsent(out));
                 }
             }
             Output::Ping => {

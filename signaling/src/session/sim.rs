@@ -162,8 +162,13 @@ impl Sim {
                 "output after the end: {out:?}"
             );
             match out {
-                Output::Send(m) => {
+                Output::Send(o) => {
                     if self.world.socket_up {
+                        let m = match o {
+                            super::Outgoing::Msg(m) => *m,
+                            super::Outgoing::Shared(s) => serde_json::from_str(s.text.as_str())
+                                .expect("a shared message is a server message"),
+                        };
                         if matches!(m, ServerMsg::Joined { .. }) {
                             assert!(
                                 !self
@@ -175,7 +180,7 @@ impl Sim {
                         }
                         self.sent.push(m);
                     } else {
-                        self.s.handle(self.now, Input::Unsent(m));
+                        self.s.handle(self.now, Input::Unsent(o));
                     }
                 }
                 Output::Ping if !self.world.socket_up => {
@@ -264,6 +269,11 @@ impl Sim {
             },
         }
     }
+}
+
+/// A room message as the registry sends it.
+pub(crate) fn room_msg(m: &ServerMsg) -> super::RoomMsg {
+    super::RoomMsg::new(m).expect("serializes")
 }
 
 /// Reads bytes as a script: the world first, then one input per step.
@@ -386,7 +396,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                         raised: true,
                     },
                 };
-                sim.input(Input::Room(m));
+                sim.input(Input::Room(room_msg(&m)));
             }
             13 => {
                 let d = match script.byte().unwrap_or(0) % 3 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::sim::{claims, Sim};
+use super::sim::{claims, room_msg, Sim};
 use super::{
     with_end_of_candidates, CloseCode, Frame, Hook, Input, MediaCmd, Metric, Output, Phase, Query,
     Refusal, RoomOp,
@@ -325,8 +325,8 @@ fn a_lost_socket_waits_for_resume_keeping_messages_and_resumes_in_order() {
         participant_id: "9".into(),
         raised,
     };
-    sim.input(Input::Room(hand(true)));
-    sim.input(Input::Room(hand(false)));
+    sim.input(Input::Room(room_msg(&hand(true))));
+    sim.input(Input::Room(room_msg(&hand(false))));
     assert!(sim.sent.is_empty(), "kept, not sent");
     sim.advance(Duration::from_secs(19));
     sim.input(Input::Reattached {
@@ -391,16 +391,16 @@ fn the_backlog_of_an_absent_client_is_bounded() {
     let mut sim = Sim::joined(Sim::limits());
     sim.input(Input::Frame(Frame::Lost));
     for i in 0..super::MAX_BACKLOG {
-        sim.input(Input::Room(ServerMsg::Typing {
+        sim.input(Input::Room(room_msg(&ServerMsg::Typing {
             participant_id: i.to_string(),
             active: true,
-        }));
+        })));
     }
     assert!(sim.closed.is_none());
-    sim.input(Input::Room(ServerMsg::Typing {
+    sim.input(Input::Room(room_msg(&ServerMsg::Typing {
         participant_id: "x".into(),
         active: true,
-    }));
+    })));
     assert!(sim.closed.is_some());
 }
 
@@ -424,7 +424,7 @@ fn silence_ends_a_joined_session_and_pings_go_out_on_their_period() {
 #[test]
 fn a_room_leave_ends_the_session_with_its_close_code() {
     let mut sim = Sim::joined(Sim::limits());
-    sim.input(Input::Room(ServerMsg::leave_to_reconnect()));
+    sim.input(Input::Room(room_msg(&ServerMsg::leave_to_reconnect())));
     assert_eq!(sim.take_sent(), [ServerMsg::leave_to_reconnect()]);
     assert_eq!(sim.closed, Some(CloseCode::Restart));
     assert!(asked(&sim, |q| matches!(
