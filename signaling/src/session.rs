@@ -50,7 +50,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use huddle_media::{ParticipantId, PeerEvent, TrackId};
+use huddle_media::{ParticipantId, PeerEvent, Refusal as MediaRefusal, TrackId};
 use tracing::{debug, info, warn};
 
 use crate::limits::{Limit, Strikes, TokenBucket};
@@ -1709,29 +1709,30 @@ impl Session {
                 };
                 self.broadcast(Change::Track(track), msg, false);
             }
-            PeerEvent::Error { code, message } => {
+            PeerEvent::Error { refusal, message } => {
                 // Media's own text names parser internals: it goes to the log, the client gets
                 // a fixed sentence and the request id of the message media refused.
-                info!(code, detail = %message, "media refused");
+                info!(?refusal, detail = %message, "media refused");
                 let rids = &mut self.media_rids;
-                let (code, text, rid) = match code {
-                    "invalid_offer" => {
+                let (code, text, rid) = match refusal {
+                    MediaRefusal::Offer => {
                         // The offer was refused: the client may send a corrected one.
                         self.offered = false;
                         let text = "the offer could not be parsed or applied";
                         (ErrorCode::InvalidSdp, text.to_string(), rids.offer.take())
                     }
-                    "invalid_sdp" => {
+                    MediaRefusal::Answer => {
                         let text = "the answer could not be parsed or applied";
                         (ErrorCode::InvalidSdp, text.to_string(), rids.answer.take())
                     }
-                    "invalid_candidate" => {
+                    MediaRefusal::Candidate => {
                         let text = "the candidate could not be parsed";
                         let rid = rids.candidate.take();
                         (ErrorCode::InvalidCandidate, text.to_string(), rid)
                     }
-                    // Not a reply: a track arrived over the limit (the text names the limit).
-                    "too_many_tracks" => (ErrorCode::TooManyTracks, message, None),
+                    // Not a reply: a track arrived over the limit (the text names the limit and
+                    // the track's mid, nothing internal).
+                    MediaRefusal::TooManyTracks { .. } => (ErrorCode::TooManyTracks, message, None),
                     _ => (ErrorCode::Internal, "internal error".to_string(), None),
                 };
                 self.error(code, text, rid);

@@ -413,7 +413,7 @@ pub(crate) fn fuzz(data: &[u8]) {
                     },
                     1 => huddle_media::PeerEvent::Connected,
                     2 => huddle_media::PeerEvent::Error {
-                        code: "invalid_offer",
+                        refusal: huddle_media::Refusal::Offer,
                         message: "parse error".into(),
                     },
                     _ => huddle_media::PeerEvent::Closed {

@@ -558,7 +558,7 @@ fn media_refusals_reach_the_client_with_the_request_id_of_what_was_refused() {
         Query::Media(MediaCmd::Offer { .. })
     )));
     sim.input(Input::Media(huddle_media::PeerEvent::Error {
-        code: "invalid_offer",
+        refusal: huddle_media::Refusal::Offer,
         message: "Parse error at PointerOffset(0x7f00)".into(),
     }));
     let sent = sim.take_sent();
