@@ -19,10 +19,10 @@
 
 pub mod api;
 pub mod chat;
-mod chat_pg;
 pub mod cluster;
 mod compress;
 pub mod files;
+mod files_pg;
 mod http;
 pub mod limits;
 mod metrics;
@@ -30,8 +30,6 @@ mod moderation;
 mod ops;
 pub mod protocol;
 mod resume;
-mod richchat;
-mod richchat_pg;
 mod rooms;
 mod session;
 pub mod text;
@@ -254,9 +252,6 @@ impl AppState {
             moderation::Moderation::empty(chat.clone())
         });
         let webhooks = webhooks::Webhooks::start(&config.webhooks);
-        if let Err(e) = richchat::init(&chat) {
-            tracing::error!(error = %e, "chat reactions and edits unavailable");
-        }
         let files = files::Files::start(config.files.clone(), chat.pg().cloned());
         AppState {
             inner: Arc::new(Inner {

@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use huddle_media::{ParticipantId, PeerEvent, Refusal as MediaRefusal, TrackId};
 use tracing::{debug, info, warn};
 
+use crate::chat::Refused;
 use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
 use crate::moderation::{Gate, LobbyOutcome};
@@ -61,7 +62,6 @@ use crate::protocol::{
     LeaveAction, LeaveReason, MediaSlot, ParticipantInfo, QualityInfo, ServerMsg, Source,
     SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
 };
-use crate::richchat::Refused;
 pub use crate::rooms::{RoomMsg, Shared};
 use crate::token::{Claims, TokenError};
 use crate::SignalingError;
@@ -1601,7 +1601,7 @@ impl Session {
         let max = self.limits.chat_max_chars;
         let op = match m {
             ClientMsg::TileReaction { emoji } => {
-                if !crate::richchat::valid_emoji(&emoji) {
+                if !crate::chat::valid_emoji(&emoji) {
                     return self.bad(rid, "a reaction is one emoji");
                 }
                 let msg = ServerMsg::TileReaction {
@@ -1615,7 +1615,7 @@ impl Session {
                 emoji,
                 active,
             } => {
-                if !crate::richchat::valid_emoji(&emoji) {
+                if !crate::chat::valid_emoji(&emoji) {
                     return self.bad(rid, "a reaction is one emoji");
                 }
                 StoreOp::React {

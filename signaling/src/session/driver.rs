@@ -429,7 +429,7 @@ impl Driver {
         let r = room.to_string();
         let history = tokio::task::spawn_blocking(move || {
             let mut h = chat.history(&r, crate::chat::HISTORY_ON_JOIN)?;
-            crate::richchat::decorate(&chat, &mut h)?;
+            chat.decorate(&mut h)?;
             Ok::<_, crate::SignalingError>(h)
         })
         .await
@@ -478,28 +478,29 @@ impl Driver {
             StoreOp::Append { text, attachment } => {
                 let mut m = chat.append(&room, &pid, &identity, &name, &text, now_ms())?;
                 if let Some(a) = attachment {
-                    crate::richchat::attach(&chat, m.id, &a)?;
+                    chat.attach(m.id, &a)?;
                     m.extra.attachment = Some(a);
                 }
                 Ok(Ok(m))
             }
             StoreOp::Edit { message_id, text } => {
-                crate::richchat::edit(&chat, &room, &identity, message_id, &text, now_ms())
+                chat.edit(&room, &identity, message_id, &text, now_ms())
             }
-            StoreOp::Delete { message_id } => Ok(crate::richchat::delete(
-                &chat, &room, &identity, message_id,
-            )?
-            .map(|(m, attachment)| {
-                if let Some(a) = attachment {
-                    files.remove_if_uploaded_by(&room, &a.id, &identity);
-                }
-                m
-            })),
+            StoreOp::Delete { message_id } => {
+                Ok(chat
+                    .delete(&room, &identity, message_id)?
+                    .map(|(m, attachment)| {
+                        if let Some(a) = attachment {
+                            files.remove_if_uploaded_by(&room, &a.id, &identity);
+                        }
+                        m
+                    }))
+            }
             StoreOp::React {
                 message_id,
                 emoji,
                 active,
-            } => crate::richchat::react(&chat, &room, &identity, message_id, &emoji, active),
+            } => chat.react(&room, &identity, message_id, &emoji, active),
         }
     }
 
@@ -555,7 +556,7 @@ impl Driver {
 
 /// What a store operation gives.
 type Stored =
-    Result<Result<crate::protocol::ChatMessage, crate::richchat::Refused>, crate::SignalingError>;
+    Result<Result<crate::protocol::ChatMessage, crate::chat::Refused>, crate::SignalingError>;
 
 /// A socket that failed (or did not take a frame in time).
 struct Lost;
