@@ -1455,8 +1455,8 @@ impl Session {
                 let sizes = tracks
                     .iter()
                     .filter_map(|t| {
-                        let id = t.track_id.parse().ok()?;
-                        Some((TrackId(id), t.width.min(16_384), t.height.min(16_384)))
+                        let id: TrackId = t.track_id.parse().ok()?;
+                        Some((id, t.width.min(16_384), t.height.min(16_384)))
                     })
                     .take(MAX_VIDEO_SIZES)
                     .collect();

@@ -579,6 +579,27 @@ fn media_refusals_reach_the_client_with_the_request_id_of_what_was_refused() {
 }
 
 #[test]
+fn video_sizes_name_tracks_by_their_wire_ids_and_are_clamped() {
+    let mut sim = Sim::joined(Sim::limits());
+    sim.client(
+        r#"{"type":"video_sizes","tracks":[{"track_id":"TR_1f","width":640,"height":360},
+            {"track_id":"bogus","width":1,"height":1},
+            {"track_id":"TR_2","width":99999,"height":0}]}"#,
+    );
+    let sizes = sim.log.iter().find_map(|o| match o {
+        Output::Media(MediaCmd::VideoSizes(s)) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        sizes,
+        Some(vec![
+            (huddle_media::TrackId(0x1f), 640, 360),
+            (huddle_media::TrackId(2), 16_384, 0)
+        ])
+    );
+}
+
+#[test]
 fn a_token_without_publish_may_not_offer_media() {
     let mut sim = Sim::new(Sim::limits());
     let mut c = claims("viewer", "standup");
