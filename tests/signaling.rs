@@ -287,12 +287,19 @@ fn gunzip(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The web client's files and the JSON API go out gzipped to a client that asks for it, the
-/// files compressed once (the same bytes every time), and as they are to one that does not.
+fn unbrotli(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &b[..], &mut out).expect("valid brotli");
+    out
+}
+
+/// The web client's files go out in brotli to a client that takes it, in gzip to one that takes
+/// only gzip, each compressed once (the same bytes every time), and as they are to one that
+/// takes neither; the JSON API is gzipped.
 #[tokio::test]
-async fn the_web_client_and_the_json_api_are_gzipped_when_asked() {
+async fn the_web_client_goes_out_in_brotli_or_gzip_and_the_json_api_gzipped_when_asked() {
     let server = Server::start(&[]);
-    let (mut plain_total, mut gzip_total) = (0, 0);
+    let (mut plain_total, mut gzip_total, mut br_total) = (0, 0, 0);
     for path in [
         "/",
         "/assets/app.js",
@@ -303,22 +310,35 @@ async fn the_web_client_and_the_json_api_are_gzipped_when_asked() {
     ] {
         let url = format!("{}{path}", server.url);
         let (s, enc, plain) = fetch(&url, None, "identity").await;
-        assert_eq!((s, enc.as_deref()), (200, None), "{path} without gzip");
-        let (s, enc, gz) = fetch(&url, None, "gzip, deflate, br").await;
+        assert_eq!(
+            (s, enc.as_deref()),
+            (200, None),
+            "{path} without compression"
+        );
+        let (s, enc, br) = fetch(&url, None, "gzip, deflate, br, zstd").await;
+        assert_eq!((s, enc.as_deref()), (200, Some("br")), "{path} with brotli");
+        assert_eq!(unbrotli(&br), plain, "{path}: the brotli holds the file");
+        let (s, enc, gz) = fetch(&url, None, "gzip, deflate").await;
         assert_eq!((s, enc.as_deref()), (200, Some("gzip")), "{path} with gzip");
         assert_eq!(gunzip(&gz), plain, "{path}: the gzip holds the file");
         assert!(
-            gz.len() < plain.len(),
-            "{path}: {} >= {}",
+            br.len() <= gz.len() && gz.len() < plain.len(),
+            "{path}: {} / {} / {}",
+            br.len(),
             gz.len(),
             plain.len()
         );
         let (_, _, again) = fetch(&url, None, "gzip").await;
         assert_eq!(again, gz, "{path}: compressed once, served the same");
+        let (_, _, again) = fetch(&url, None, "br").await;
+        assert_eq!(again, br, "{path}: compressed once, served the same");
         plain_total += plain.len();
         gzip_total += gz.len();
+        br_total += br.len();
     }
-    println!("web client files: {plain_total} bytes plain, {gzip_total} gzipped");
+    println!(
+        "web client files: {plain_total} bytes plain, {gzip_total} gzipped, {br_total} in brotli"
+    );
 
     let url = format!("{}/api/token", server.url);
     let body = json!({"room": "zipped", "name": "A long enough display name for the answer"});

@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use huddle_protocol::Grants;
+use huddle_protocol::{
+    encode_client_msg, ClientMsg, ErrorCode, Grants, MediaSlot, ParticipantInfo, ServerMsg, Source,
+    TrackInfo, TrackKind, VideoSize, PROTOCOL_VERSION,
+};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -166,8 +169,12 @@ pub async fn run(
     let token = target.token(&http, &url, &p).await?;
     p.stage("signaling connect");
     Participant::mark(&p.signal_start_us);
-    let send = |v: Value| Message::Text(v.to_string().into());
-    let join = json!({"type": "join", "protocol": 1, "token": token});
+    let send = |m: ClientMsg| Message::Text(encode_client_msg(&m, None).into());
+    let join = ClientMsg::Join {
+        protocol: PROTOCOL_VERSION,
+        token,
+        password: None,
+    };
     let mut redirects = 0;
     let (mut tx, mut rx, joined) = loop {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url(&url))
@@ -176,53 +183,56 @@ pub async fn run(
         let (mut tx, mut rx) = ws.split();
         tx.send(send(join.clone())).await?;
         p.stage("join sent");
-        let answer = next_json(&mut rx)
+        let answer = next_msg(&mut rx)
             .await?
             .context("socket closed before joined")?;
-        match answer["type"].as_str() {
-            Some("joined") => break (tx, rx, answer),
-            Some("redirect") if redirects < MAX_REDIRECTS => {
+        match answer {
+            ServerMsg::Joined {
+                participant_id,
+                participants,
+                ..
+            } => break (tx, rx, (participant_id, participants)),
+            ServerMsg::Redirect { url: to, .. } if redirects < MAX_REDIRECTS => {
                 redirects += 1;
                 p.redirects
                     .store(redirects, std::sync::atomic::Ordering::Relaxed);
-                url = answer["url"]
-                    .as_str()
-                    .context("redirect without a url")?
-                    .trim_end_matches('/')
-                    .to_string();
+                url = to.trim_end_matches('/').to_string();
                 let _ = tx.close().await;
                 p.stage("redirected");
             }
-            _ => bail!("join at {url} answered with {answer}"),
+            other => bail!("join at {url} answered with {other:?}"),
         }
     };
     Participant::mark(&p.joined_us);
     *p.node_url.lock().expect("node lock") = Some(url);
-    let pid = joined["participant_id"].as_str().unwrap_or_default();
+    let (pid, others) = joined;
+    let pid = pid.as_str();
     p.stage("joined: creating the peer connection");
     let (pc, published) = peer::new_peer(&ctx, &p, pid, true).await?;
     p.stage("gathering");
     let offer = peer::offer_with_candidates(&pc).await?;
-    let mut first = json!({"type": "offer", "sdp": offer});
+    let mut sources = std::collections::BTreeMap::new();
     if p.role.screen {
         // The screen's m-line is named in `sources`; it sends from the start, and `screen`
         // {sharing: true} follows the answer (docs/protocol.md, screen sharing).
         let mid = peer::screen_mid(&pc)
             .await
             .context("no m-line for the shared screen")?;
-        first["sources"] = json!({ mid: "screen" });
+        sources.insert(mid, Source::Screen);
     }
-    tx.send(send(first)).await?;
+    tx.send(send(ClientMsg::Offer {
+        sdp: offer,
+        sources,
+    }))
+    .await?;
     p.stage("offer sent");
     let switch = Arc::new(peer::LayerSwitch::default());
     peer::start_publishing(&ctx, published, switch.clone(), stop.clone());
 
     // Who publishes what, from the signaling (for tile sizes and the track count).
     let mut room = RoomView::default();
-    if let Some(others) = joined["participants"].as_array() {
-        for o in others {
-            room.participant(o);
-        }
+    for o in &others {
+        room.participant(o);
     }
     room.record_peak(&p);
     // The video tracks whose tile size was reported (with a tile in the role), and those of
@@ -237,24 +247,22 @@ pub async fn run(
     ping.tick().await;
     let result: Result<()> = async { loop {
         tokio::select! {
-            m = next_json(&mut rx) => {
+            m = next_msg(&mut rx) => {
                 let m = match m {
                     Ok(Some(m)) => m,
                     Ok(None) => break Err(anyhow::anyhow!("the server closed the signaling socket")),
                     Err(e) => break Err(e),
                 };
-                match m["type"].as_str() {
-                    Some("answer") => {
-                        let sdp = m["sdp"].as_str().unwrap_or_default().to_string();
+                match m {
+                    ServerMsg::Answer { sdp } => {
                         p.note_sdp(sdp.len());
                         peer::apply_answer(&pc, sdp).await?;
                         p.stage("answer applied: ICE/DTLS");
                         if p.role.screen {
-                            tx.send(send(json!({"type": "screen", "sharing": true}))).await?;
+                            tx.send(send(ClientMsg::Screen { sharing: true })).await?;
                         }
                     }
-                    Some("offer") => {
-                        let offer = m["sdp"].as_str().unwrap_or_default().to_string();
+                    ServerMsg::Offer { sdp: offer } => {
                         p.note_sdp(offer.len());
                         p.offers.fetch_add(1, Ordering::Relaxed);
                         let sdp = match peer::answer_offer(&pc, offer.clone(), false).await {
@@ -267,7 +275,9 @@ pub async fn run(
                             }
                         };
                         answers += 1;
-                        tx.send(send(json!({"type": "answer", "sdp": sdp, "request_id": format!("answer-{answers}")}))).await?;
+                        let rid = format!("answer-{answers}");
+                        let answer = encode_client_msg(&ClientMsg::Answer { sdp }, Some(&rid));
+                        tx.send(Message::Text(answer.into())).await?;
                         if !slots_seen && p.role.sizes_tiles() {
                             // A server that does not send media_slots: the msids say it. Every
                             // video track it receives is shown at the role's tile size for its
@@ -287,61 +297,55 @@ pub async fn run(
                             }
                         }
                     }
-                    Some("media_slots") => {
+                    ServerMsg::MediaSlots { slots } => {
                         slots_seen = true;
                         // What each receiving m-line carries now (free m-lines are reused).
-                        send_slot_sizes(&mut tx, &p, &room, &mut sized, &m["slots"]).await?;
+                        send_slot_sizes(&mut tx, &p, &room, &mut sized, &slots).await?;
                     }
-                    Some("participant_joined") => {
-                        room.participant(&m["participant"]);
+                    ServerMsg::ParticipantJoined { participant } => {
+                        room.participant(&participant);
                         room.record_peak(&p);
                     }
-                    Some("track_published") => {
-                        let owner = m["participant_id"].as_str().unwrap_or_default();
-                        room.track(owner, &m["track"]);
+                    ServerMsg::TrackPublished { participant_id, track } => {
+                        room.track(&participant_id, &track);
                         room.record_peak(&p);
-                        let track = m["track"]["track_id"].as_str().unwrap_or_default().to_string();
+                        let track = track.track_id;
                         if let Some(i) = pending.iter().position(|t| *t == track) {
                             pending.swap_remove(i);
                             send_sizes(&mut tx, &p, &room, std::slice::from_ref(&track)).await?;
                             sized.push(track);
                         }
                     }
-                    Some("track_unpublished") => {
-                        room.tracks.remove(m["track_id"].as_str().unwrap_or_default());
+                    ServerMsg::ParticipantLeft { participant_id: id, .. } => {
+                        room.tracks.retain(|_, (owner, _)| *owner != id);
+                        room.names.remove(&id);
                     }
-                    Some("participant_left") => {
-                        let id = m["participant_id"].as_str().unwrap_or_default();
-                        room.tracks.retain(|_, (owner, _)| owner != id);
-                        room.names.remove(id);
-                    }
-                    Some("layers") => {
+                    ServerMsg::Layers { active, .. } => {
                         // Dynacast: one camera track per participant here, so its track_id is ours.
-                        let active: Vec<String> = m["active"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
-                            .unwrap_or_default();
                         switch.set_active(&active);
                     }
-                    Some("error") => {
+                    ServerMsg::Error { code, message, request_id } => {
                         p.server_errors.fetch_add(1, Ordering::Relaxed);
-                        let code = m["code"].as_str().unwrap_or("unknown").to_string();
                         // A refused answer: its request id is echoed, except when it was too
                         // large to be read (the answers are the only large messages sent).
-                        if code == "message_too_large"
-                            || m["request_id"].as_str().is_some_and(|r| r.starts_with("answer-"))
+                        if code == ErrorCode::MessageTooLarge
+                            || request_id.as_deref().is_some_and(|r| r.starts_with("answer-"))
                         {
                             p.negotiation_failures.fetch_add(1, Ordering::Relaxed);
                         }
-                        *p.error_codes.lock().expect("codes lock").entry(code).or_default() += 1;
-                        tracing::warn!(participant = %p.name, message = %m, "server error");
+                        let name = match serde_json::to_value(code) {
+                            Ok(Value::String(s)) => s,
+                            _ => "unknown".to_string(),
+                        };
+                        *p.error_codes.lock().expect("codes lock").entry(name).or_default() += 1;
+                        tracing::warn!(participant = %p.name, ?code, %message, ?request_id, "server error");
                     }
-                    Some("leave") => break Err(anyhow::anyhow!("the server ended the session: {m}")),
+                    m @ ServerMsg::Leave { .. } => break Err(anyhow::anyhow!("the server ended the session: {m:?}")),
                     _ => {}
                 }
             }
             _ = ping.tick() => {
-                tx.send(send(json!({"type": "ping", "ts": now_us()}))).await?;
+                tx.send(send(ClientMsg::Ping { ts: json!(now_us()) })).await?;
             }
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
@@ -350,7 +354,7 @@ pub async fn run(
             }
         }
     }}.await;
-    let _ = tx.send(send(json!({"type": "leave"}))).await;
+    let _ = tx.send(send(ClientMsg::Leave)).await;
     let _ = pc.close().await;
     result
 }
@@ -361,29 +365,22 @@ pub async fn run(
 struct RoomView {
     names: HashMap<String, String>,
     /// track id → (participant id, source).
-    tracks: HashMap<String, (String, String)>,
+    tracks: HashMap<String, (String, Source)>,
 }
 
 impl RoomView {
-    /// A **Participant** object (`joined`, `participant_joined`).
-    fn participant(&mut self, v: &Value) {
-        let id = v["participant_id"].as_str().unwrap_or_default().to_string();
-        self.names.insert(
-            id.clone(),
-            v["name"].as_str().unwrap_or_default().to_string(),
-        );
-        for t in v["tracks"].as_array().into_iter().flatten() {
-            self.track(&id, t);
+    /// A participant (`joined`, `participant_joined`).
+    fn participant(&mut self, v: &ParticipantInfo) {
+        self.names.insert(v.participant_id.clone(), v.name.clone());
+        for t in &v.tracks {
+            self.track(&v.participant_id, t);
         }
     }
 
-    /// A **Track** object of participant `owner`.
-    fn track(&mut self, owner: &str, t: &Value) {
-        if let Some(id) = t["track_id"].as_str() {
-            let source = t["source"].as_str().unwrap_or_default().to_string();
-            self.tracks
-                .insert(id.to_string(), (owner.to_string(), source));
-        }
+    /// A track of participant `owner`.
+    fn track(&mut self, owner: &str, t: &TrackInfo) {
+        self.tracks
+            .insert(t.track_id.clone(), (owner.to_string(), t.source));
     }
 
     fn record_peak(&self, p: &Participant) {
@@ -396,7 +393,7 @@ impl RoomView {
         match self.tracks.get(track) {
             Some((owner, source)) => {
                 let name = self.names.get(owner).map(String::as_str);
-                p.role.tile_for(name, source == "screen")
+                p.role.tile_for(name, *source == Source::Screen)
             }
             None => p.role.tile_for(None, false),
         }
@@ -421,16 +418,16 @@ where
                 .lock()
                 .expect("tiles lock")
                 .insert(t.clone(), tile.class.clone());
-            sizes.push(json!({"track_id": t, "width": tile.width, "height": tile.height}));
+            sizes.push(VideoSize {
+                track_id: t.clone(),
+                width: tile.width,
+                height: tile.height,
+            });
         }
     }
     if !sizes.is_empty() {
-        tx.send(Message::Text(
-            json!({"type": "video_sizes", "tracks": sizes})
-                .to_string()
-                .into(),
-        ))
-        .await?;
+        let msg = encode_client_msg(&ClientMsg::VideoSizes { tracks: sizes }, None);
+        tx.send(Message::Text(msg.into())).await?;
     }
     Ok(())
 }
@@ -442,7 +439,7 @@ async fn send_slot_sizes<S>(
     p: &Participant,
     room: &RoomView,
     sized: &mut Vec<String>,
-    slots: &Value,
+    slots: &[MediaSlot],
 ) -> Result<()>
 where
     S: futures_util::Sink<Message> + Unpin,
@@ -452,18 +449,20 @@ where
         return Ok(());
     }
     let mut sizes = Vec::new();
-    for slot in slots.as_array().into_iter().flatten() {
-        if slot["kind"] != "video" {
+    for slot in slots {
+        if slot.kind != TrackKind::Video {
             continue;
         }
-        let (Some(mid), Some(track)) = (slot["mid"].as_str(), slot["track_id"].as_str()) else {
+        let (mid, Some(track)) = (&slot.mid, slot.track_id.as_deref()) else {
             continue; // a freed m-line
         };
-        let name = slot["participant_id"]
-            .as_str()
+        let name = slot
+            .participant_id
+            .as_deref()
             .and_then(|id| room.names.get(id))
             .map(String::as_str);
-        let Some(tile) = p.role.tile_for(name, slot["source"] == "screen") else {
+        let screen = slot.source == Some(Source::Screen);
+        let Some(tile) = p.role.tile_for(name, screen) else {
             continue;
         };
         {
@@ -472,21 +471,27 @@ where
             tiles.insert(track.to_string(), tile.class.clone());
         }
         if !sized.iter().any(|t| t == track) {
-            if slot["source"] == "screen" {
+            if screen {
                 p.screens_received.fetch_add(1, Ordering::Relaxed);
             }
             sized.push(track.to_string());
-            sizes.push(json!({"track_id": track, "width": tile.width, "height": tile.height}));
+            sizes.push(VideoSize {
+                track_id: track.to_string(),
+                width: tile.width,
+                height: tile.height,
+            });
         }
     }
     if !sizes.is_empty() {
-        let msg = json!({"type": "video_sizes", "tracks": sizes}).to_string();
+        let msg = encode_client_msg(&ClientMsg::VideoSizes { tracks: sizes }, None);
         tx.send(Message::Text(msg.into())).await?;
     }
     Ok(())
 }
 
-async fn next_json<S>(rx: &mut S) -> Result<Option<Value>>
+/// The next server message. A message of a type this tester does not know (a newer server)
+/// is skipped.
+async fn next_msg<S>(rx: &mut S) -> Result<Option<ServerMsg>>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -494,7 +499,10 @@ where
         match rx.next().await {
             None => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(&t)?)),
+            Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(&t) {
+                Ok(m) => return Ok(Some(m)),
+                Err(e) => tracing::debug!(error = %e, "a server message this tester does not read"),
+            },
             Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(_)) => continue,
         }

@@ -30,3 +30,38 @@ pub enum MediaError {
     #[error("media socket: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// What signaling tells a client when media refuses one of its commands: the kind of refusal,
+/// typed, so that nothing is matched by text. The detail (the [`MediaError`]'s text, which may
+/// name parser internals) travels beside it for the log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The client's first offer did not parse or could not be applied: no connection exists,
+    /// and a corrected offer is taken.
+    Offer,
+    /// An answer to a server offer did not parse or could not be applied.
+    Answer,
+    /// A trickled ICE candidate did not parse.
+    Candidate,
+    /// A published track over the per-participant limit: it is not forwarded.
+    TooManyTracks {
+        /// The limit.
+        max: usize,
+    },
+    /// Anything else (the worker is gone, an unknown participant).
+    Internal,
+}
+
+impl From<&MediaError> for Refusal {
+    fn from(e: &MediaError) -> Self {
+        match e {
+            MediaError::SdpParse(_)
+            | MediaError::SdpApply(_)
+            | MediaError::NoPendingOffer
+            | MediaError::AlreadyConnected => Refusal::Answer,
+            MediaError::BadCandidate => Refusal::Candidate,
+            _ => Refusal::Internal,
+        }
+    }
+}

@@ -36,7 +36,7 @@ mod sfu;
 mod speakers;
 pub mod worker;
 
-pub use error::MediaError;
+pub use error::{MediaError, Refusal};
 pub use ids::{ParticipantId, TrackId};
 pub use layers::{Quality, Source};
 pub use metrics::MediaMetrics;

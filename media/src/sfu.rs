@@ -80,7 +80,7 @@ pub struct SfuConfig {
     /// Worker number, folded into [`TrackId`]s so they are unique on the node.
     pub worker_index: u16,
     /// Tracks one participant may publish; further ones are not forwarded and the participant
-    /// gets a [`PeerEvent::Error`] with code `too_many_tracks`.
+    /// gets a [`PeerEvent::Error`] with [`crate::Refusal::TooManyTracks`].
     pub max_tracks_per_participant: usize,
 }
 
@@ -158,10 +158,9 @@ pub enum PeerEvent {
     },
     /// A command for this participant failed; the session reports it to the client.
     Error {
-        /// Short machine-readable kind: `invalid_offer` (the first offer was refused, no connection
-        /// exists), `invalid_sdp`, `invalid_candidate`, `internal`.
-        code: &'static str,
-        /// Human-readable text.
+        /// What was refused.
+        refusal: crate::Refusal,
+        /// The error's text, for the log (it may name parser internals: not for clients).
         message: String,
     },
     /// The media connection ended; the participant is gone from the worker.
@@ -815,7 +814,9 @@ impl Sfu {
             self.out.push_back(Output::Event(
                 pid,
                 PeerEvent::Error {
-                    code: "too_many_tracks",
+                    refusal: crate::Refusal::TooManyTracks {
+                        max: self.config.max_tracks_per_participant,
+                    },
                     message: format!(
                         "at most {} published tracks: track {mid} is not forwarded",
                         self.config.max_tracks_per_participant

@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::error::Refusal;
 use crate::sfu::{Grants, Output, PeerEvent, Sfu, SfuConfig};
 use crate::{MediaError, MediaMetrics, ParticipantId, Source, TrackId};
 
@@ -641,9 +642,9 @@ fn handle_command(
                 }
                 Err(e) => {
                     let mut ev = error_event(e);
-                    if let PeerEvent::Error { code, .. } = &mut ev {
-                        if *code == "invalid_sdp" {
-                            *code = "invalid_offer";
+                    if let PeerEvent::Error { refusal, .. } = &mut ev {
+                        if *refusal == Refusal::Answer {
+                            *refusal = Refusal::Offer;
                         }
                     }
                     let _ = events.send(ev);
@@ -688,16 +689,8 @@ fn handle_command(
 }
 
 fn error_event(e: &MediaError) -> PeerEvent {
-    let code = match e {
-        MediaError::SdpParse(_)
-        | MediaError::SdpApply(_)
-        | MediaError::NoPendingOffer
-        | MediaError::AlreadyConnected => "invalid_sdp",
-        MediaError::BadCandidate => "invalid_candidate",
-        _ => "internal",
-    };
     PeerEvent::Error {
-        code,
+        refusal: Refusal::from(e),
         message: e.to_string(),
     }
 }

@@ -68,7 +68,7 @@ impl TrackKind {
 }
 
 /// A message from the client.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// First message: who I am.
@@ -806,6 +806,16 @@ impl DecodeError {
     }
 }
 
+/// Encodes one client frame, with a `request_id` when given (the load tester and test clients
+/// send through this).
+pub fn encode_client_msg(msg: &ClientMsg, request_id: Option<&str>) -> String {
+    let mut v = serde_json::to_value(msg).unwrap_or(serde_json::Value::Null);
+    if let (Some(obj), Some(rid)) = (v.as_object_mut(), request_id) {
+        obj.insert("request_id".into(), rid.into());
+    }
+    v.to_string()
+}
+
 /// Decodes one client frame, with its optional `request_id`.
 pub fn decode_client_msg(text: &str) -> Result<(ClientMsg, Option<String>), DecodeError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
@@ -834,6 +844,40 @@ pub fn decode_client_msg(text: &str) -> Result<(ClientMsg, Option<String>), Deco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_client_message_decodes_to_itself_with_its_request_id() {
+        let msgs = [
+            ClientMsg::Join {
+                protocol: PROTOCOL_VERSION,
+                token: "t".into(),
+                password: None,
+            },
+            ClientMsg::Offer {
+                sdp: "v=0".into(),
+                sources: [("2".to_string(), Source::Screen)].into_iter().collect(),
+            },
+            ClientMsg::VideoSizes {
+                tracks: vec![VideoSize {
+                    track_id: "TR_1".into(),
+                    width: 320,
+                    height: 180,
+                }],
+            },
+            ClientMsg::Ping {
+                ts: serde_json::json!(12),
+            },
+            ClientMsg::Leave,
+        ];
+        for m in msgs {
+            let text = encode_client_msg(&m, Some("r1"));
+            assert_eq!(
+                decode_client_msg(&text),
+                Ok((m, Some("r1".into()))),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn decodes_every_client_message() {

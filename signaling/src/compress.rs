@@ -1,6 +1,8 @@
-//! HTTP compression (gzip): the web client's files are compressed once, on first request, and
-//! kept (keyed by path and content hash, so a changed file in a debug build is compressed
-//! anew); JSON answers of the API are compressed per response when worth it. The WebSocket is
+//! HTTP compression: the web client's files go out in brotli (or gzip, for a client that does
+//! not take brotli), each compressed once, on first request, at the best setting, and kept
+//! (keyed by path, content hash and coding, so a changed file in a debug build is compressed
+//! anew); JSON answers of the API are gzipped per response when worth it (they differ per
+//! request, and gzip is the cheaper of the two to make). The WebSocket is
 //! not compressed: axum's WebSocket (tungstenite 0.29) has no permessage-deflate (see
 //! docs/architecture.md for what it would save).
 
@@ -17,8 +19,43 @@ const MIN_JSON_BYTES: usize = 256;
 /// JSON bodies larger than this are not buffered for compression.
 const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
 
+/// A content coding the server makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Coding {
+    /// `br`.
+    Brotli,
+    /// `gzip`.
+    Gzip,
+}
+
+impl Coding {
+    /// The `Content-Encoding` value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Coding::Brotli => "br",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
 /// Whether the request accepts gzip (`Accept-Encoding: gzip`, not `gzip;q=0`).
 pub(crate) fn gzip_accepted(headers: &HeaderMap) -> bool {
+    accepted(headers, "gzip")
+}
+
+/// The coding for a file: brotli when the client takes it, else gzip, else none.
+pub(crate) fn file_coding(headers: &HeaderMap) -> Option<Coding> {
+    if accepted(headers, "br") {
+        Some(Coding::Brotli)
+    } else if accepted(headers, "gzip") {
+        Some(Coding::Gzip)
+    } else {
+        None
+    }
+}
+
+/// Whether `Accept-Encoding` takes `name` (by name or `*`, with a weight above zero).
+fn accepted(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
@@ -29,7 +66,7 @@ pub(crate) fn gzip_accepted(headers: &HeaderMap) -> bool {
             let coding = parts.next().unwrap_or_default();
             let refused =
                 parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+            (coding.eq_ignore_ascii_case(name) || coding == "*") && !refused
         })
 }
 
@@ -49,25 +86,44 @@ fn gzip(data: &[u8]) -> Option<Vec<u8>> {
     enc.finish().ok()
 }
 
-type Cache = Mutex<HashMap<(String, [u8; 32]), Option<Arc<[u8]>>>>;
+/// Brotli at its best quality (11) and a 4 MiB window: slow to make, which is why a file is
+/// made once.
+fn brotli(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: 11,
+        lgwin: 22,
+        ..Default::default()
+    };
+    brotli::BrotliCompress(&mut &data[..], &mut out, &params).ok()?;
+    Some(out)
+}
 
-/// The gzip of an embedded file, made on its first request. `None` when gzip would not make it
-/// smaller.
-pub(crate) fn cached_gzip(path: &str, file: &rust_embed::EmbeddedFile) -> Option<Vec<u8>> {
+type Cache = Mutex<HashMap<(String, [u8; 32], Coding), Option<Arc<[u8]>>>>;
+
+/// An embedded file in `coding`, made on its first request. `None` when the coding would not
+/// make it smaller.
+pub(crate) fn cached(
+    path: &str,
+    file: &rust_embed::EmbeddedFile,
+    coding: Coding,
+) -> Option<Arc<[u8]>> {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (path.to_string(), file.metadata.sha256_hash());
+    let key = (path.to_string(), file.metadata.sha256_hash(), coding);
     if let Some(hit) = cache.lock().ok()?.get(&key) {
-        return hit.as_ref().map(|b| b.to_vec());
+        return hit.clone();
     }
-    let made = gzip(&file.data)
-        .filter(|gz| gz.len() < file.data.len())
-        .map(Arc::<[u8]>::from);
-    let out = made.as_ref().map(|b| b.to_vec());
+    let made = match coding {
+        Coding::Brotli => brotli(&file.data),
+        Coding::Gzip => gzip(&file.data),
+    }
+    .filter(|z| z.len() < file.data.len())
+    .map(Arc::<[u8]>::from);
     if let Ok(mut c) = cache.lock() {
-        c.insert(key, made);
+        c.insert(key, made.clone());
     }
-    out
+    made
 }
 
 /// Middleware: a JSON answer of at least [`MIN_JSON_BYTES`] to a client that accepts gzip goes
@@ -123,5 +179,28 @@ mod tests {
         assert!(!h("gzip;q=0"));
         assert!(!h("br, deflate"));
         assert!(!gzip_accepted(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn files_prefer_brotli_then_gzip() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            file_coding(&m)
+        };
+        assert_eq!(h("gzip, deflate, br, zstd"), Some(Coding::Brotli));
+        assert_eq!(h("gzip, br;q=0"), Some(Coding::Gzip));
+        assert_eq!(h("identity"), None);
+    }
+
+    #[test]
+    fn brotli_round_trips_and_beats_gzip_on_text() {
+        let text = "the quick brown fox jumps over the lazy dog; ".repeat(200);
+        let br = brotli(text.as_bytes()).unwrap();
+        let gz = gzip(text.as_bytes()).unwrap();
+        assert!(br.len() < gz.len(), "{} >= {}", br.len(), gz.len());
+        let mut out = Vec::new();
+        brotli::BrotliDecompress(&mut &br[..], &mut out).unwrap();
+        assert_eq!(out, text.as_bytes());
     }
 }

@@ -15,7 +15,7 @@
 //! the retention period.
 //!
 //! When the chat store is in PostgreSQL (cluster mode), files are kept there instead (table
-//! `chat_file`, see `richchat_pg`), so that an upload made through one node downloads through
+//! `chat_file`, see `files_pg`), so that an upload made through one node downloads through
 //! any other and outlives the node; the data directory then only holds uploads in progress.
 
 use std::net::IpAddr;
@@ -35,7 +35,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::chat_pg::{PgChat, CALL_TIMEOUT};
+use crate::chat::pg::{PgChat, CALL_TIMEOUT};
+pub(crate) use crate::files_pg::StoredFile;
 use crate::limits::{Limit, Quota};
 use crate::protocol::Attachment;
 use crate::token::{valid_room_name, Claims};
@@ -121,33 +122,6 @@ impl Default for FilesConfig {
             uploads_per_ip_per_hour: 120,
             upload_bytes_per_ip_per_hour: 1024 * 1024 * 1024,
             max_room_bytes: 2 * 1024 * 1024 * 1024,
-        }
-    }
-}
-
-/// What is known of a stored file (its `<id>.json`, or its row in PostgreSQL).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StoredFile {
-    pub(crate) id: String,
-    pub(crate) room: String,
-    pub(crate) identity: String,
-    pub(crate) name: String,
-    pub(crate) size: u64,
-    pub(crate) mime: String,
-    pub(crate) thumb: bool,
-    pub(crate) created_ms: i64,
-}
-
-impl StoredFile {
-    fn attachment(&self) -> Attachment {
-        Attachment {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            size: self.size,
-            mime: self.mime.clone(),
-            thumb: self
-                .thumb
-                .then(|| format!("/api/rooms/{}/files/{}/thumb", self.room, self.id)),
         }
     }
 }
@@ -245,7 +219,7 @@ impl Files {
             let (room, id) = (room.to_string(), id.to_string());
             return pg
                 .run(CALL_TIMEOUT, move |c| {
-                    Box::pin(crate::richchat_pg::file_meta(c, room, id))
+                    Box::pin(crate::files_pg::file_meta(c, room, id))
                 })
                 .map_err(|e| warn!(error = %e, "chat file lookup failed"))
                 .ok()
@@ -283,7 +257,7 @@ impl Files {
             let (room, id) = (room.to_string(), id.to_string());
             return pg
                 .run(pg_timeout(self.cfg.max_upload_bytes), move |c| {
-                    Box::pin(crate::richchat_pg::file_bytes(c, room, id, thumb))
+                    Box::pin(crate::files_pg::file_bytes(c, room, id, thumb))
                 })
                 .map_err(|e| warn!(error = %e, "chat file download failed"))
                 .ok()
@@ -327,7 +301,7 @@ impl Files {
             let _ = std::fs::remove_file(tmp);
             let row = meta.clone();
             pg.run(pg_timeout(meta.size), move |c| {
-                Box::pin(crate::richchat_pg::put_file(c, row, data, thumb))
+                Box::pin(crate::files_pg::put_file(c, row, data, thumb))
             })
             .map_err(std::io::Error::other)?;
             return Ok(meta);
@@ -355,7 +329,7 @@ impl Files {
             let room = room.to_string();
             return pg
                 .run(CALL_TIMEOUT, move |c| {
-                    Box::pin(crate::richchat_pg::room_file_bytes(c, room))
+                    Box::pin(crate::files_pg::room_file_bytes(c, room))
                 })
                 .map_err(std::io::Error::other);
         }
@@ -398,7 +372,7 @@ impl Files {
         if let Some(pg) = &self.pg {
             let (room, id) = (room.to_string(), id.to_string());
             if let Err(e) = pg.run(CALL_TIMEOUT, move |c| {
-                Box::pin(crate::richchat_pg::remove_file(c, room, id))
+                Box::pin(crate::files_pg::remove_file(c, room, id))
             }) {
                 warn!(error = %e, "chat file not removed");
             }
@@ -438,7 +412,7 @@ impl Files {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis() as i64);
             return match pg.run(CALL_TIMEOUT, move |c| {
-                Box::pin(crate::richchat_pg::sweep_files(c, before))
+                Box::pin(crate::files_pg::sweep_files(c, before))
             }) {
                 Ok(n) => n as usize,
                 Err(e) => {

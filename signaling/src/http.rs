@@ -130,7 +130,7 @@ async fn ws(
         .on_upgrade(move |socket| {
             tracing::Instrument::instrument(
                 async move {
-                    crate::session::run(socket, state, q.room).await;
+                    crate::session::driver::run(socket, state, q.room).await;
                     drop(permit);
                 },
                 span,
@@ -328,15 +328,27 @@ fn serve_file(path: &str, headers: &HeaderMap) -> Response {
     };
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let compressible = crate::compress::compressible(mime.as_ref());
-    let gz = (compressible && crate::compress::gzip_accepted(headers))
-        .then(|| crate::compress::cached_gzip(path, &file))
-        .flatten();
-    let mut res = match gz {
+    let coded = crate::compress::file_coding(headers)
+        .filter(|_| compressible)
+        .and_then(|c| {
+            // A client that takes brotli takes gzip too, when brotli would not be smaller.
+            crate::compress::cached(path, &file, c)
+                .map(|z| (c, z))
+                .or_else(|| {
+                    let gz = crate::compress::Coding::Gzip;
+                    (c != gz && crate::compress::gzip_accepted(headers))
+                        .then(|| crate::compress::cached(path, &file, gz).map(|z| (gz, z)))
+                        .flatten()
+                })
+        });
+    let mut res = match coded {
         // Compressed once per file (per version of it: the key is its hash), not per request.
-        Some(gz) => {
-            let mut res = axum::body::Body::from(gz).into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        Some((coding, z)) => {
+            let mut res = axum::body::Body::from(axum::body::Bytes::from_owner(z)).into_response();
+            res.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.name()),
+            );
             res
         }
         None => axum::body::Body::from(file.data).into_response(),

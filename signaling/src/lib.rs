@@ -5,8 +5,9 @@
 //! * [`protocol`]: the JSON messages of the `/ws` protocol (documented in `docs/protocol.md`).
 //! * [`token`]: HS256 access tokens; every join needs one.
 //! * [`chat`]: chat history in SQLite, replayed on join.
-//! * `session`: one task per WebSocket that verifies the join, keeps the participant in its room,
-//!   relays SDP between the browser and the media worker, and fans out room events.
+//! * `session`: one participant's session as a sans-IO state machine (join, lobby, room,
+//!   resume; inputs in, outputs out, time as an argument), and `session::driver`, the task per
+//!   WebSocket that does its I/O.
 //! * [`router`]: the axum routes: `/ws`, `/api/token`, the web client, `/healthz`, and for
 //!   operators `/readyz` and `/metrics` (Prometheus; [`AppState::registry`] takes more
 //!   collectors). [`AppState::shutdown`] drains the server: no more joins, every participant
@@ -18,10 +19,10 @@
 
 pub mod api;
 pub mod chat;
-mod chat_pg;
 pub mod cluster;
 mod compress;
 pub mod files;
+mod files_pg;
 mod http;
 pub mod limits;
 mod metrics;
@@ -29,8 +30,6 @@ mod moderation;
 mod ops;
 pub mod protocol;
 mod resume;
-mod richchat;
-mod richchat_pg;
 mod rooms;
 mod session;
 pub mod text;
@@ -45,6 +44,16 @@ use huddle_media::MediaHandle;
 pub use ops::Shutdown;
 use protocol::IceServer;
 pub use rooms::Rooms;
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Drives one whole session through the sans-IO core with inputs and world answers taken
+    /// from `data`; panics when the core breaks one of its invariants.
+    pub fn session(data: &[u8]) {
+        crate::session::sim::fuzz(data);
+    }
+}
 
 /// Everything that can go wrong in signaling outside a single message.
 #[derive(Debug, thiserror::Error)]
@@ -243,9 +252,6 @@ impl AppState {
             moderation::Moderation::empty(chat.clone())
         });
         let webhooks = webhooks::Webhooks::start(&config.webhooks);
-        if let Err(e) = richchat::init(&chat) {
-            tracing::error!(error = %e, "chat reactions and edits unavailable");
-        }
         let files = files::Files::start(config.files.clone(), chat.pg().cloned());
         AppState {
             inner: Arc::new(Inner {

@@ -151,74 +151,23 @@ impl SignalingMetrics {
         self.join_failures.with_label_values(&[why.as_str()]).inc();
     }
 
-    /// A client frame: `None` when it did not decode.
-    pub(crate) fn message_in(&self, msg: Option<&ClientMsg>) {
-        let ty = match msg {
-            None => "invalid",
-            Some(m) => match m {
-                ClientMsg::Join { .. } => "join",
-                ClientMsg::Resume { .. } => "resume",
-                ClientMsg::Offer { .. } => "offer",
-                ClientMsg::VideoSizes { .. } => "video_sizes",
-                ClientMsg::Screen { .. } => "screen",
-                ClientMsg::Answer { .. } => "answer",
-                ClientMsg::Candidate { .. } => "candidate",
-                ClientMsg::Mute { .. } => "mute",
-                ClientMsg::Chat { .. } => "chat",
-                ClientMsg::ChatEdit { .. } => "chat_edit",
-                ClientMsg::ChatDelete { .. } => "chat_delete",
-                ClientMsg::React { .. } => "react",
-                ClientMsg::TileReaction { .. } => "tile_reaction",
-                ClientMsg::Leave => "leave",
-                ClientMsg::Ping { .. } => "ping",
-                ClientMsg::Hand { .. } => "hand",
-                ClientMsg::Typing { .. } => "typing",
-                ClientMsg::Admit { .. } => "admit",
-                ClientMsg::Deny { .. } => "deny",
-                ClientMsg::Moderate { .. } => "moderate",
-                ClientMsg::RoomSettings { .. } => "room_settings",
-                ClientMsg::EndRoom => "end_room",
-                ClientMsg::Invite => "invite",
-            },
-        };
-        self.ws_messages.with_label_values(&["in", ty]).inc();
+    /// A client frame, by type (`None` when it did not decode).
+    pub(crate) fn message_in(&self, ty: Option<&str>) {
+        self.ws_messages
+            .with_label_values(&["in", ty.unwrap_or("invalid")])
+            .inc();
     }
 
     /// A server message sent; `error`s are also counted by code.
     pub(crate) fn message_out(&self, msg: &ServerMsg) {
-        let ty = match msg {
-            ServerMsg::Joined { .. } => "joined",
-            ServerMsg::Resumed { .. } => "resumed",
-            ServerMsg::Answer { .. } => "answer",
-            ServerMsg::Offer { .. } => "offer",
-            ServerMsg::ParticipantJoined { .. } => "participant_joined",
-            ServerMsg::ParticipantLeft { .. } => "participant_left",
-            ServerMsg::TrackPublished { .. } => "track_published",
-            ServerMsg::Mute { .. } => "mute",
-            ServerMsg::Chat { .. } => "chat",
-            ServerMsg::ChatUpdate { .. } => "chat_update",
-            ServerMsg::TileReaction { .. } => "tile_reaction",
-            ServerMsg::Layers { .. } => "layers",
-            ServerMsg::MediaSlots { .. } => "media_slots",
-            ServerMsg::Speakers { .. } => "speakers",
-            ServerMsg::Quality { .. } => "quality",
-            ServerMsg::Screen { .. } => "screen",
-            ServerMsg::Pong { .. } => "pong",
-            ServerMsg::Leave { .. } => "leave",
-            ServerMsg::Redirect { .. } => "redirect",
-            ServerMsg::Hand { .. } => "hand",
-            ServerMsg::Typing { .. } => "typing",
-            ServerMsg::Lobby { .. } => "lobby",
-            ServerMsg::Knock { .. } => "knock",
-            ServerMsg::KnockEnded { .. } => "knock_ended",
-            ServerMsg::Host { .. } => "host",
-            ServerMsg::RoomSettings { .. } => "room_settings",
-            ServerMsg::Invite { .. } => "invite",
-            ServerMsg::Error { code, .. } => {
-                self.errors.with_label_values(&[error_code(*code)]).inc();
-                "error"
-            }
-        };
+        if let ServerMsg::Error { code, .. } = msg {
+            self.errors.with_label_values(&[error_code(*code)]).inc();
+        }
+        self.message_out_type(server_msg_type(msg));
+    }
+
+    /// A server message of type `ty` sent (a shared room message).
+    pub(crate) fn message_out_type(&self, ty: &str) {
         self.ws_messages.with_label_values(&["out", ty]).inc();
     }
 }
@@ -228,6 +177,69 @@ fn error_code(c: ErrorCode) -> String {
     match serde_json::to_value(c) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".to_owned(),
+    }
+}
+
+/// The `type` of a server message, as the metrics label it.
+pub(crate) fn server_msg_type(msg: &ServerMsg) -> &'static str {
+    match msg {
+        ServerMsg::Joined { .. } => "joined",
+        ServerMsg::Resumed { .. } => "resumed",
+        ServerMsg::Answer { .. } => "answer",
+        ServerMsg::Offer { .. } => "offer",
+        ServerMsg::ParticipantJoined { .. } => "participant_joined",
+        ServerMsg::ParticipantLeft { .. } => "participant_left",
+        ServerMsg::TrackPublished { .. } => "track_published",
+        ServerMsg::Mute { .. } => "mute",
+        ServerMsg::Chat { .. } => "chat",
+        ServerMsg::ChatUpdate { .. } => "chat_update",
+        ServerMsg::TileReaction { .. } => "tile_reaction",
+        ServerMsg::Layers { .. } => "layers",
+        ServerMsg::MediaSlots { .. } => "media_slots",
+        ServerMsg::Speakers { .. } => "speakers",
+        ServerMsg::Quality { .. } => "quality",
+        ServerMsg::Screen { .. } => "screen",
+        ServerMsg::Pong { .. } => "pong",
+        ServerMsg::Leave { .. } => "leave",
+        ServerMsg::Redirect { .. } => "redirect",
+        ServerMsg::Hand { .. } => "hand",
+        ServerMsg::Typing { .. } => "typing",
+        ServerMsg::Lobby { .. } => "lobby",
+        ServerMsg::Knock { .. } => "knock",
+        ServerMsg::KnockEnded { .. } => "knock_ended",
+        ServerMsg::Host { .. } => "host",
+        ServerMsg::RoomSettings { .. } => "room_settings",
+        ServerMsg::Invite { .. } => "invite",
+        ServerMsg::Error { .. } => "error",
+    }
+}
+
+/// The `type` of a client message, as the metrics label it.
+pub(crate) fn client_msg_type(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Join { .. } => "join",
+        ClientMsg::Resume { .. } => "resume",
+        ClientMsg::Offer { .. } => "offer",
+        ClientMsg::VideoSizes { .. } => "video_sizes",
+        ClientMsg::Screen { .. } => "screen",
+        ClientMsg::Answer { .. } => "answer",
+        ClientMsg::Candidate { .. } => "candidate",
+        ClientMsg::Mute { .. } => "mute",
+        ClientMsg::Chat { .. } => "chat",
+        ClientMsg::ChatEdit { .. } => "chat_edit",
+        ClientMsg::ChatDelete { .. } => "chat_delete",
+        ClientMsg::React { .. } => "react",
+        ClientMsg::TileReaction { .. } => "tile_reaction",
+        ClientMsg::Leave => "leave",
+        ClientMsg::Ping { .. } => "ping",
+        ClientMsg::Hand { .. } => "hand",
+        ClientMsg::Typing { .. } => "typing",
+        ClientMsg::Admit { .. } => "admit",
+        ClientMsg::Deny { .. } => "deny",
+        ClientMsg::Moderate { .. } => "moderate",
+        ClientMsg::RoomSettings { .. } => "room_settings",
+        ClientMsg::EndRoom => "end_room",
+        ClientMsg::Invite => "invite",
     }
 }
 

@@ -44,6 +44,7 @@ pub struct RoomSettings {
 }
 
 /// What a joiner meets at the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gate {
     /// Straight in.
     Open,

@@ -1,435 +1,453 @@
-//! One participant's WebSocket session.
+//! One participant's session, as a state machine with no I/O.
+//!
+//! A [`Session`] is everything signaling knows about one WebSocket: where it is in the join,
+//! what it may do, what it owes the client. It owns no socket, spawns no task and reads no
+//! clock. The [driver](driver) feeds it [`Input`]s (a frame from the client, a message from the
+//! room, an event from the media worker, the answer to a question it asked) together with the
+//! time `now`, calls [`Session::handle_timeout`] when [`Session::poll_timeout`] is reached, and
+//! performs the [`Output`]s it takes from [`Session::poll_output`]: a message to this client, a
+//! change for the room, a command for the media worker, a question for the world (a token to
+//! verify, the room's door, a store operation), a webhook, a metric, and at the end a Close
+//! frame with its code. The unit tests in `session/tests.rs` run whole sessions this way, on
+//! virtual time and without a runtime; the fuzz target `session` does the same with inputs
+//! chosen by the fuzzer.
+//!
+//! ```text
+//!             ┌──────────── Session (this file) ────────────┐
+//!  frames ──▶ │ Handshake ─▶ (Lobby) ─▶ Joined ◀─▶ Detached │ ──▶ sends, room ops, media
+//!  room   ──▶ │      answers to Ask(..) come back as Reply  │     commands, asks, webhooks,
+//!  media  ──▶ │              time only as `now`             │     metrics, Close(code)
+//!             └─────────────────────────────────────────────┘
+//! ```
+//!
+//! ## The join path
+//!
+//! Everything a `join` goes through, in order, is in [`Session::on_join`] and the replies it
+//! waits for (search for `Pending::`):
+//!
+//! 1. `Handshake`: the first message must be `join` (or `resume`) within `join_timeout`; the
+//!    protocol version must match.
+//! 2. [`Query::Token`]: the access token verifies, and is for the room of `/ws?room=` (when given).
+//! 3. [`Query::Admission`]: the node is not draining (else the draining `leave`), and in a
+//!    cluster the room lives here (else `redirect`).
+//! 4. [`Query::Gate`]: the room's lock and password ([`Gate`]); admins pass.
+//! 5. `Lobby` (a lobby room only): the knock goes to the deciders; the session waits for
+//!    [`Input::Lobby`] (admitted, denied, room ended), answering pings, until `idle_timeout`.
+//! 6. [`Query::Enter`]: the room registry takes the participant (or refuses: room full, too
+//!    many rooms) and gives back the others, the chat history and the resume token.
+//! 7. `Joined`: `joined` goes out, webhooks fire, knocks waiting are shown to a decider.
+//!
+//! A lost socket in `Joined` moves to `Detached` (messages kept, up to [`MAX_BACKLOG`]) until
+//! a `resume` on a new socket brings it back ([`Input::Reattached`]) or `resume_window` passes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub(crate) mod driver;
+mod host;
+#[doc(hidden)]
+pub mod sim;
+#[cfg(test)]
+mod tests;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
-use huddle_media::{ParticipantId, PeerEvent};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
+use huddle_media::{ParticipantId, PeerEvent, Refusal as MediaRefusal, TrackId};
+use tracing::{debug, info, warn};
+
+use crate::chat::Refused;
 use crate::limits::{Limit, Strikes, TokenBucket};
 use crate::metrics::JoinFailure;
+use crate::moderation::{Gate, LobbyOutcome};
 use crate::protocol::{
-    decode_client_msg, ClientMsg, ErrorCode, LeaveAction, LeaveReason, MediaSlot, ParticipantInfo,
-    QualityInfo, ServerMsg, SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
+    decode_client_msg, Attachment, ChatMessage, ClientMsg, ErrorCode, Grants, IceServer,
+    LeaveAction, LeaveReason, MediaSlot, ParticipantInfo, QualityInfo, ServerMsg, Source,
+    SpeakerInfo, TrackInfo, TrackKind, PROTOCOL_VERSION,
 };
-use crate::rooms::JoinRefused;
+pub use crate::rooms::{RoomMsg, Shared};
 use crate::token::{Claims, TokenError};
-use crate::AppState;
+use crate::SignalingError;
 
-mod door;
-mod rich;
-pub(crate) use door::server_mute;
+pub(crate) use host::server_mute;
 
-/// What ends a session, and whether the client is told to leave.
-enum End {
-    /// Client left or closed the socket.
-    Gone(LeaveReason),
-    /// We end it: send `leave` with this reason, then close.
-    Kick(LeaveReason),
-    /// The room or the server ends it: send this `leave` as it is, then close.
-    Told(LeaveReason, Box<ServerMsg>),
+/// The limits a session enforces (from [`crate::SignalingConfig`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message answered normally.
+    pub max_message_bytes: usize,
+    /// Largest `offer` or `answer`.
+    pub max_sdp_bytes: usize,
+    /// The hard cap (the socket library refuses larger frames).
+    pub hard_cap: usize,
+    /// Messages per second (0: no limit).
+    pub messages_per_sec: u32,
+    /// Burst of messages.
+    pub message_burst: u32,
+    /// Strikes before the connection is closed.
+    pub rate_limit_strikes: u32,
+    /// Chat messages per minute (0: no limit).
+    pub chat_per_minute: u32,
+    /// Longest chat message, characters.
+    pub chat_max_chars: usize,
+    /// Silence that ends a session.
+    pub idle_timeout: Duration,
+    /// Time allowed for `join`.
+    pub join_timeout: Duration,
+    /// WebSocket ping period.
+    pub ping_interval: Duration,
+    /// How long a lost socket may be resumed (zero: never).
+    pub resume_window: Duration,
 }
 
-pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
-    let _open = state.inner.ops.connection();
-    let mut conn = Conn::new(socket, &state);
-    let Some((claims, pid, password)) = handshake(&mut conn, &state, room_hint).await else {
-        if let Some(session) = conn.handoff.take() {
-            // A good `resume`: the socket now belongs to the waiting session.
-            if let Err(e) = session.try_send(conn.socket) {
-                let _ = e.into_inner().close().await;
-            }
-            return;
+impl Limits {
+    /// The session limits of a configuration.
+    pub fn from_config(c: &crate::SignalingConfig) -> Self {
+        Limits {
+            max_message_bytes: c.max_message_bytes,
+            max_sdp_bytes: c.max_sdp_bytes,
+            hard_cap: c.hard_cap(),
+            messages_per_sec: c.messages_per_sec,
+            message_burst: c.message_burst,
+            rate_limit_strikes: c.rate_limit_strikes,
+            chat_per_minute: c.chat_per_minute,
+            chat_max_chars: c.chat_max_chars,
+            idle_timeout: c.idle_timeout,
+            join_timeout: c.join_timeout,
+            ping_interval: c.ping_interval,
+            resume_window: c.resume_window,
         }
-        conn.close().await;
-        return;
-    };
-    let join_started = Instant::now();
-    if state.is_draining() {
-        state
-            .inner
-            .ops
-            .metrics
-            .join_failed(JoinFailure::ServerShutdown);
-        let leave = state.farewell();
-        let _ = conn.send(&leave).await;
-        conn.close_code = CloseCode::after(&leave);
-        conn.close().await;
-        return;
     }
-    // Cluster mode: a room another node owns is joined there.
-    if let Some(mut msg) = crate::cluster::instead_of_join(&state, &claims.room).await {
-        if let ServerMsg::Error { request_id, .. } = &mut msg {
-            request_id.clone_from(&conn.join_rid);
-        }
-        let _ = conn.send(&msg).await;
-        conn.close().await;
-        return;
-    }
-    let span = tracing::info_span!("participant", id = %pid, room = %claims.room);
-    async move {
-        if door::pass(&mut conn, &state, &claims, pid, password.as_deref())
-            .await
-            .is_err()
-        {
-            conn.close().await;
-            return;
-        }
-        info!(identity = %claims.sub, "joined");
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let (media_tx, media_rx) = mpsc::unbounded_channel();
-        let (resume_token, resume_rx) =
-            state.inner.resumes.register(pid, &claims.room, &claims.sub);
-        let mut s = Session {
-            resume_token,
-            resume_rx,
-            state: state.clone(),
-            conn,
-            claims,
-            pid,
-            offered: false,
-            media_tx,
-            chat_bucket: chat_bucket(&state),
-            join_started: Some(join_started),
-            media_rids: MediaRids::default(),
-        };
-        let end = match s.enter(inbox_tx).await {
-            Ok(()) => s.run(inbox, media_rx).await,
-            Err(end) => end,
-        };
-        s.state.inner.resumes.remove(&s.resume_token);
-        let reason = match end {
-            End::Gone(r) => r,
-            End::Kick(r) => {
-                let _ = s.conn.send(&ServerMsg::leave(r)).await;
-                r
-            }
-            End::Told(r, leave) => {
-                let _ = s.conn.send(&leave).await;
-                s.conn.close_code = CloseCode::after(&leave);
-                r
-            }
-        };
-        let closed = s.state.inner.rooms.leave(&s.claims.room, pid, reason);
-        s.left(reason, closed);
-        s.state.inner.media.remove(&s.claims.room, pid);
-        s.conn.close().await;
-        info!(?reason, "left");
-    }
-    .instrument(span)
-    .await
 }
 
-struct Conn {
-    socket: WebSocket,
-    /// Since when the socket is lost (the session waits for a `resume`); messages for the
-    /// client are kept in `backlog` meanwhile.
-    detached: Option<Instant>,
-    backlog: Vec<String>,
-    /// Set by a good `resume` in the handshake: the session that takes this socket.
-    handoff: Option<mpsc::Sender<WebSocket>>,
-    state: AppState,
-    /// The connection's message rate; `None` without a limit.
-    bucket: Option<TokenBucket>,
-    strikes: Strikes,
-    /// The status code of the Close frame that ends this connection.
-    close_code: CloseCode,
-    /// The `request_id` of the `join` (echoed on errors that refuse it).
-    join_rid: Option<String>,
+/// One thing that happened to the session.
+#[derive(Debug)]
+// Inputs are moved once, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    /// Something from the socket.
+    Frame(Frame),
+    /// A message the driver could not deliver (the socket failed while sending it).
+    Unsent(Outgoing),
+    /// The answer to the last [`Output::Ask`].
+    Reply(Reply),
+    /// A message from the room (another session, the room API, a shutdown).
+    Room(RoomMsg),
+    /// The lobby's decision on this session's knock.
+    Lobby(LobbyOutcome),
+    /// An event from the media worker for this participant.
+    Media(PeerEvent),
+    /// A `resume` on a new socket took this session back; `participants` is the room now,
+    /// this participant left out.
+    Reattached {
+        /// Everyone else in the room.
+        participants: Vec<ParticipantInfo>,
+    },
 }
 
-/// What one read from the socket gave.
-enum Read {
-    Msg(ClientMsg, Option<String>),
-    /// A bad frame, already answered with an error.
-    Bad,
-    /// Pings, pongs, binary frames: nothing to do.
-    Nothing,
-    Closed,
-    /// Over the message rate too often: already told, close the connection.
-    Abuse,
+/// What the socket gave.
+#[derive(Debug)]
+pub enum Frame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame (not part of the protocol).
+    Binary,
+    /// A ping or a pong.
+    Control,
+    /// The client's Close frame (the driver has answered it).
+    Close,
+    /// The socket library refused a frame over the hard cap.
+    OverCap,
+    /// The socket ended or failed.
+    Lost,
 }
 
-impl Conn {
-    fn new(socket: WebSocket, state: &AppState) -> Self {
-        let cfg = &state.inner.config;
-        let bucket = (cfg.messages_per_sec > 0).then(|| {
-            TokenBucket::new(
-                f64::from(cfg.messages_per_sec),
-                cfg.message_burst.max(cfg.messages_per_sec),
-                std::time::Instant::now(),
-            )
-        });
-        Conn {
-            socket,
-            detached: None,
-            backlog: Vec::new(),
-            handoff: None,
-            state: state.clone(),
-            bucket,
-            strikes: Strikes::default(),
-            close_code: CloseCode::Normal,
-            join_rid: None,
-        }
-    }
-
-    async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
-        self.state.inner.ops.metrics.message_out(msg);
-        let text = serde_json::to_string(msg).map_err(|_| ())?;
-        if self.detached.is_some() {
-            return self.keep(text);
-        }
-        let sent = self
-            .send_frame(Message::Text(Utf8Bytes::from(text.clone())))
-            .await;
-        if sent.is_err() && self.detach() {
-            return self.keep(text);
-        }
-        sent
-    }
-
-    /// Keeps a message for a client that is away; too many and the session ends.
-    fn keep(&mut self, text: String) -> Result<(), ()> {
-        if self.backlog.len() >= MAX_BACKLOG {
-            return Err(());
-        }
-        self.backlog.push(text);
-        Ok(())
-    }
-
-    /// The socket is lost: wait for a `resume` when the configuration allows it (returns
-    /// whether the session is now waiting).
-    fn detach(&mut self) -> bool {
-        if self.state.inner.config.resume_window.is_zero() {
-            return false;
-        }
-        if self.detached.is_none() {
-            info!("socket lost; waiting for resume");
-            self.detached = Some(Instant::now());
-        }
-        true
-    }
-
-    /// A resumed client's new socket; the old one is dropped.
-    fn attach(&mut self, socket: WebSocket) {
-        self.socket = socket;
-        self.detached = None;
-    }
-
-    /// Sends what was kept while the client was away.
-    async fn flush_backlog(&mut self) -> Result<(), ()> {
-        let kept = std::mem::take(&mut self.backlog);
-        let mut rest = kept.into_iter();
-        for text in rest.by_ref() {
-            if self
-                .send_frame(Message::Text(Utf8Bytes::from(text.clone())))
-                .await
-                .is_err()
-            {
-                self.backlog.push(text);
-                self.backlog.extend(rest);
-                return if self.detach() { Ok(()) } else { Err(()) };
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a frame; a peer that does not take it within the idle timeout counts as gone
-    /// (a client that stops reading must not stall its session).
-    async fn send_frame(&mut self, frame: Message) -> Result<(), ()> {
-        let limit = self.state.inner.config.idle_timeout;
-        match tokio::time::timeout(limit, self.socket.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
-    }
-
-    /// Takes a token for one client message. Over the rate: the message is dropped, the client
-    /// is told once per strike, and the connection is closed at the configured strike count.
-    async fn admit(&mut self, rid: Option<String>) -> Option<Read> {
-        let now = std::time::Instant::now();
-        let bucket = self.bucket.as_mut()?;
-        if bucket.take(now) {
-            return None;
-        }
-        let counters = &self.state.inner.counters;
-        counters.hit(Limit::MessageRate);
-        let cfg = &self.state.inner.config;
-        let (rate, max) = (cfg.messages_per_sec, cfg.rate_limit_strikes.max(1));
-        let Some(n) = self.strikes.overflow(now) else {
-            return Some(Read::Bad);
-        };
-        if n >= max {
-            counters.hit(Limit::MessageRateClose);
-            warn!("closing a connection that keeps going over the message rate");
-            self.error(
-                ErrorCode::RateLimited,
-                format!("over {rate} messages per second again: closing the connection"),
-                rid,
-            )
-            .await;
-            self.close_code = CloseCode::Policy;
-            return Some(Read::Abuse);
-        }
-        self.error(
-            ErrorCode::RateLimited,
-            format!("over {rate} messages per second: messages dropped (strike {n} of {max})"),
-            rid,
-        )
-        .await;
-        Some(Read::Bad)
-    }
-
-    async fn error(
-        &mut self,
-        code: ErrorCode,
-        message: impl Into<String>,
+/// A question only the driver can answer; the answer comes back as [`Input::Reply`] before any
+/// other input.
+#[derive(Debug)]
+pub enum Query {
+    /// Verify an access token: [`Reply::Token`].
+    Token(String),
+    /// Whether this node takes joins for `room`: [`Reply::Admission`].
+    Admission {
+        /// The room.
+        room: String,
+    },
+    /// The room's door for this joiner (lock, password, lobby): [`Reply::Gate`].
+    Gate {
+        /// The room.
+        room: String,
+        /// The token's admin grant.
+        admin: bool,
+        /// The password the joiner gave.
+        password: Option<String>,
+    },
+    /// Make this participant a member of its room: [`Reply::Entered`].
+    Enter {
+        /// The verified token.
+        claims: Claims,
+    },
+    /// Find the session `resume_token` names: [`Reply::ResumeFound`].
+    Resume {
+        /// `joined.resume_token`.
+        resume_token: String,
+        /// The token's room.
+        room: String,
+        /// The token's identity.
+        identity: String,
+    },
+    /// A file uploaded to the room: [`Reply::Attachment`].
+    Attachment {
+        /// Its id.
+        id: String,
+    },
+    /// A chat store operation: [`Reply::Stored`].
+    Store(StoreOp),
+    /// A host's or decider's request, applied to the room: [`Reply::Replies`].
+    Host {
+        /// `admit`, `deny`, `moderate`, `room_settings`, `end_room` or `invite`.
+        msg: ClientMsg,
+        /// Its request id.
         request_id: Option<String>,
-    ) {
-        let _ = self
-            .send(&ServerMsg::error(code, message, request_id))
-            .await;
-    }
-
-    async fn read(&mut self) -> Read {
-        if self.detached.is_some() {
-            // Nothing to read until a resume brings a new socket.
-            return std::future::pending().await;
-        }
-        let frame = match self.socket.next().await {
-            None => return Read::Closed,
-            Some(Err(e)) => {
-                if over_hard_cap(e) {
-                    // The socket library stopped reading a frame over the hard cap: close at
-                    // once (no resume: the client would send it again).
-                    self.state.inner.counters.hit(Limit::MessageSize);
-                    warn!("closing a connection that sent a frame over the hard cap");
-                    let cap = self.state.inner.config.hard_cap();
-                    self.error(
-                        ErrorCode::MessageTooLarge,
-                        format!("a frame over {cap} bytes: closing the connection"),
-                        None,
-                    )
-                    .await;
-                    self.close_code = CloseCode::TooBig;
-                    return Read::Abuse;
-                }
-                return Read::Closed;
-            }
-            Some(Ok(f)) => f,
-        };
-        let text = match frame {
-            Message::Text(t) => t,
-            Message::Close(_) => {
-                // The socket library has queued the answering Close frame: send it.
-                let limit = self.state.inner.config.idle_timeout;
-                let _ = tokio::time::timeout(limit, self.socket.flush()).await;
-                return Read::Closed;
-            }
-            Message::Binary(_) => {
-                if let Some(r) = self.admit(None).await {
-                    return r;
-                }
-                self.state.inner.ops.metrics.message_in(None);
-                self.error(
-                    ErrorCode::BadMessage,
-                    "binary frames are not part of the protocol",
-                    None,
-                )
-                .await;
-                return Read::Bad;
-            }
-            Message::Ping(_) | Message::Pong(_) => return Read::Nothing,
-        };
-        // Offers and answers may be larger than other messages (up to max_sdp_bytes): their
-        // SDP has an m-line per track the participant receives at once.
-        let (max_bytes, max_sdp) = (
-            self.state.inner.config.max_message_bytes,
-            self.state.inner.config.max_sdp_bytes,
-        );
-        let large = text.len() > max_bytes;
-        let decoded = (!large || text.len() <= max_sdp).then(|| decode_client_msg(text.as_str()));
-        let rid = match &decoded {
-            Some(Ok((_, rid))) => rid.clone(),
-            Some(Err(e)) => e.request_id.clone(),
-            None => None,
-        };
-        // The rate applies to every message, read far enough to echo its request id.
-        if let Some(r) = self.admit(rid.clone()).await {
-            return r;
-        }
-        let sdp = matches!(
-            decoded,
-            Some(Ok((ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _)))
-        );
-        let Some(decoded) = decoded.filter(|_| !large || sdp) else {
-            self.state.inner.ops.metrics.message_in(None);
-            self.state.inner.counters.hit(Limit::MessageSize);
-            self.error(
-                ErrorCode::MessageTooLarge,
-                format!(
-                    "message of {} bytes is over the {max_bytes}-byte limit ({max_sdp} for an offer or answer)",
-                    text.len(),
-                ),
-                rid,
-            )
-            .await;
-            return Read::Bad;
-        };
-        let metrics = &self.state.inner.ops.metrics;
-        metrics.message_in(decoded.as_ref().ok().map(|(m, _)| m));
-        match decoded {
-            Ok((m, rid)) => Read::Msg(m, rid),
-            Err(e) => {
-                let _ = self.send(&e.to_msg()).await;
-                Read::Bad
-            }
-        }
-    }
-
-    /// Sends a Close frame with `self.close_code` (best effort) and closes the socket.
-    async fn close(&mut self) {
-        let frame = CloseFrame {
-            code: self.close_code.code(),
-            reason: Utf8Bytes::from_static(self.close_code.reason()),
-        };
-        let sent = self.send_frame(Message::Close(Some(frame))).await.is_ok();
-        if sent && self.close_code == CloseCode::TooBig {
-            // The rest of the frame over the cap is still unread (the socket library reads no
-            // more after refusing it), and closing TCP with unread bytes resets the
-            // connection, which can cost the client our Close frame: give it time to read it.
-            tokio::time::sleep(CLOSE_LINGER).await;
-        } else if sent {
-            // Wait briefly for the client's answering Close, as RFC 6455 has it.
-            let socket = &mut self.socket;
-            let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                loop {
-                    match socket.next().await {
-                        None | Some(Ok(Message::Close(_))) => break,
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
-            })
-            .await;
-        }
-        let _ = self.socket.close().await;
-    }
+    },
+    /// A media command whose refusal the client hears of: [`Reply::Media`].
+    Media(MediaCmd),
+    /// Leave the room (and forget the resume slot): [`Reply::Left`].
+    Leave {
+        /// Why.
+        reason: LeaveReason,
+    },
 }
 
-/// Whether a read error is the socket library refusing a frame over the hard cap.
-fn over_hard_cap(e: axum::Error) -> bool {
-    e.into_inner()
-        .downcast::<tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+/// Answers to [`Query`].
+#[derive(Debug)]
+pub enum Reply {
+    /// The token's claims, or why not.
+    Token(Result<Claims, TokenError>),
+    /// Whether the node takes the join.
+    Admission(Admission),
+    /// The door.
+    Gate(Gate),
+    /// The room took the participant, or refused.
+    Entered(Result<Entered, Refusal>),
+    /// Whether the session to resume was found (the driver then has its handle).
+    ResumeFound(bool),
+    /// The attachment and who uploaded it.
+    Attachment(Option<(Attachment, String)>),
+    /// A stored chat message, a refusal, or a store failure.
+    Stored(Result<Result<ChatMessage, Refused>, SignalingError>),
+    /// Messages for this client (answers and errors).
+    Replies(Vec<ServerMsg>),
+    /// Whether media took the command.
+    Media(Result<(), huddle_media::MediaError>),
+    /// The participant left: whether it was a member, and whether the room closed with it.
+    Left {
+        /// It had entered the room.
+        member: bool,
+        /// It was the last one.
+        closed: bool,
+    },
+}
+
+/// Whether a node takes a join.
+#[derive(Debug)]
+pub enum Admission {
+    /// Yes.
+    Open,
+    /// The server drains: send this `leave`.
+    Draining(ServerMsg),
+    /// The room lives elsewhere (`redirect`) or nowhere right now (`error`).
+    Elsewhere(ServerMsg),
+}
+
+/// What the room registry answers to [`Query::Enter`].
+#[derive(Debug)]
+pub struct Entered {
+    /// Everyone else in the room.
+    pub others: Vec<ParticipantInfo>,
+    /// This participant hosts the room.
+    pub host: bool,
+    /// The room's lobby is on.
+    pub lobby: bool,
+    /// The room is locked.
+    pub locked: bool,
+    /// Recent chat.
+    pub history: Vec<ChatMessage>,
+    /// ICE servers for this identity.
+    pub ice_servers: Vec<IceServer>,
+    /// The secret for `resume`.
+    pub resume_token: String,
+    /// `knock`s of people waiting, when this participant may answer them.
+    pub knocks: Vec<ServerMsg>,
+}
+
+/// Why the room registry refused a member.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// The room has this many participants.
+    Full(usize),
+    /// The node has this many rooms.
+    TooManyRooms(usize),
+}
+
+/// A chat store operation.
+#[derive(Debug)]
+pub enum StoreOp {
+    /// A new message.
+    Append {
+        /// Cleaned text.
+        text: String,
+        /// An attachment.
+        attachment: Option<Attachment>,
+    },
+    /// Edit one's own message.
+    Edit {
+        /// Which.
+        message_id: i64,
+        /// Cleaned text.
+        text: String,
+    },
+    /// Delete one's own message.
+    Delete {
+        /// Which.
+        message_id: i64,
+    },
+    /// React to a message.
+    React {
+        /// Which.
+        message_id: i64,
+        /// The emoji.
+        emoji: String,
+        /// Add or take back.
+        active: bool,
+    },
+}
+
+/// A command for the media worker about this participant.
+#[derive(Debug)]
+pub enum MediaCmd {
+    /// The client's one offer.
+    Offer {
+        /// The token's grants.
+        grants: Grants,
+        /// SDP.
+        sdp: String,
+        /// Sources by mid.
+        sources: Vec<(String, Source)>,
+    },
+    /// An answer to a server offer.
+    Answer(String),
+    /// A trickled candidate.
+    Candidate(String),
+    /// Sizes at which the client shows tracks.
+    VideoSizes(Vec<(TrackId, u32, u32)>),
+    /// The participant unmuted: forward its tracks of this kind again.
+    Unpause(TrackKind),
+    /// The client's addresses may have changed: restart ICE.
+    IceRestart,
+    /// The session is over.
+    Remove,
+}
+
+/// A change of this member's public state (its `ParticipantInfo` in the room).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// None.
+    Nothing,
+    /// Sharing a screen or not.
+    Screen(bool),
+    /// Muted or not.
+    Muted(TrackKind, bool),
+    /// Hand raised or not.
+    Hand(bool),
+    /// A track published.
+    Track(TrackInfo),
+}
+
+/// Something for the room.
+#[derive(Debug)]
+// Outputs are moved once, never stored in bulk: no box for the broadcast's message.
+#[allow(clippy::large_enum_variant)]
+pub enum RoomOp {
+    /// Change this member's state, then send `msg` to the others (everyone with `include_self`).
+    Broadcast {
+        /// The change.
+        change: Change,
+        /// The message.
+        msg: ServerMsg,
+        /// The sender gets it too.
+        include_self: bool,
+    },
+    /// This joiner knocks: register it and tell those who may answer.
+    Knock,
+    /// This joiner gave up waiting: forget its knock (and tell the room it left, if it still
+    /// waited).
+    CancelKnock,
+}
+
+/// A webhook event about this participant or its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The first participant opened the room.
+    RoomStarted,
+    /// This participant entered.
+    Joined,
+    /// This participant left.
+    Left(LeaveReason),
+    /// The room closed with it.
+    RoomFinished,
+}
+
+/// A count for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Metric {
+    /// A client message, by type (`None`: it did not decode).
+    MessageIn(Option<&'static str>),
+    /// An operator limit was hit.
+    Limit(Limit),
+    /// A join failed.
+    JoinFailed(JoinFailure),
+    /// A join answered with `joined`.
+    Joined,
+    /// From `join` to connected media.
+    JoinDuration(Duration),
+    /// A chat message stored and delivered.
+    Chat,
+}
+
+/// What the session wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// A message for this client.
+    Send(Outgoing),
+    /// A WebSocket ping.
+    Ping,
+    /// Something for the room.
+    Room(RoomOp),
+    /// A command for the media worker (failures only logged).
+    Media(MediaCmd),
+    /// A question; the answer must come back as [`Input::Reply`] before anything else.
+    Ask(Query),
+    /// A webhook event.
+    Webhook(Hook),
+    /// A metric.
+    Metric(Metric),
+    /// A good `resume`: hand this socket to the session found; this one is over.
+    HandOver,
+    /// Close the socket with this code; the session is over.
+    Close(CloseCode),
+}
+
+/// A message for this client: the session's own, or a room message serialized once for all
+/// its recipients.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// This session's message (serialized by the driver).
+    Msg(Box<ServerMsg>),
+    /// A room message, already serialized.
+    Shared(Shared),
 }
 
 /// The status code of the server's Close frame (documented in docs/protocol.md, "Closing").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseCode {
+pub enum CloseCode {
     /// 1000: the session ended normally (after `leave`, a fatal `error`, or the client's Close).
     Normal,
     /// 1001: the server is stopping (after `leave` `server_shutdown` with `disconnect`).
@@ -443,7 +461,8 @@ pub(crate) enum CloseCode {
 }
 
 impl CloseCode {
-    pub(crate) fn code(self) -> u16 {
+    /// The number on the wire.
+    pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
@@ -453,7 +472,8 @@ impl CloseCode {
         }
     }
 
-    fn reason(self) -> &'static str {
+    /// The Close frame's reason text.
+    pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "",
             CloseCode::GoingAway => "server stopping",
@@ -464,7 +484,7 @@ impl CloseCode {
     }
 
     /// The code that goes with the server's `leave`.
-    fn after(leave: &ServerMsg) -> CloseCode {
+    pub fn after(leave: &ServerMsg) -> CloseCode {
         match leave {
             ServerMsg::Leave {
                 action: LeaveAction::Reconnect,
@@ -479,730 +499,1162 @@ impl CloseCode {
     }
 }
 
-/// Reads until `join`, verifies it, and assigns a participant id.
-async fn handshake(
-    conn: &mut Conn,
-    state: &AppState,
-    room_hint: Option<String>,
-) -> Option<(Claims, ParticipantId, Option<String>)> {
-    let deadline = Instant::now() + state.inner.config.join_timeout;
-    let metrics = &state.inner.ops.metrics;
-    loop {
-        let Ok(read) = tokio::time::timeout_at(deadline, conn.read()).await else {
-            metrics.join_failed(JoinFailure::Timeout);
-            conn.close_code = CloseCode::Policy;
-            return None;
-        };
-        let (msg, rid) = match read {
-            Read::Closed | Read::Abuse => return None,
-            Read::Bad | Read::Nothing => continue,
-            Read::Msg(m, rid) => (m, rid),
-        };
-        if let ClientMsg::Resume {
-            protocol,
-            token,
-            resume_token,
-        } = &msg
-        {
-            if resume_allowed(conn, state, *protocol, token, resume_token, rid).await {
-                return None;
-            }
-            continue;
-        }
-        let ClientMsg::Join {
-            protocol,
-            token,
-            password,
-        } = msg
-        else {
-            conn.error(ErrorCode::NotJoined, "send join first", rid)
-                .await;
-            continue;
-        };
-        conn.join_rid.clone_from(&rid);
-        if protocol != PROTOCOL_VERSION {
-            conn.error(
-                ErrorCode::UnsupportedProtocol,
-                format!("this server speaks protocol {PROTOCOL_VERSION}"),
-                rid,
-            )
-            .await;
-            metrics.join_failed(JoinFailure::UnsupportedProtocol);
-            return None;
-        }
-        let claims = match state.inner.keys.verify(&token) {
-            Ok(c) => c,
-            Err(e) => {
-                let code = match e {
-                    TokenError::Expired => ErrorCode::TokenExpired,
-                    TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
-                        ErrorCode::InvalidToken
-                    }
-                };
-                debug!(?code, "join refused");
-                metrics.join_failed(match e {
-                    TokenError::Expired => JoinFailure::TokenExpired,
-                    TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
-                        JoinFailure::InvalidToken
-                    }
-                });
-                conn.error(code, e.to_string(), rid).await;
-                return None;
-            }
-        };
-        if room_hint.as_deref().is_some_and(|r| r != claims.room)
-            || !crate::token::valid_room_name(&claims.room)
-        {
-            conn.error(
-                ErrorCode::WrongRoom,
-                "the access token is for another room",
-                rid,
-            )
-            .await;
-            metrics.join_failed(JoinFailure::WrongRoom);
-            return None;
-        }
-        let pid = ParticipantId(rand::random::<u64>() & 0xffff_ffff_ffff);
-        return Some((claims, pid, password));
-    }
-}
-
-/// Checks a `resume`; on success `conn.handoff` names the session that takes the socket.
-/// On failure the client is told (`resume_failed` and the like) and may send `join`.
-async fn resume_allowed(
-    conn: &mut Conn,
-    state: &AppState,
-    protocol: u32,
-    token: &str,
-    resume_token: &str,
-    rid: Option<String>,
-) -> bool {
-    if protocol != PROTOCOL_VERSION {
-        let msg = format!("this server speaks protocol {PROTOCOL_VERSION}");
-        conn.error(ErrorCode::UnsupportedProtocol, msg, rid).await;
-        return false;
-    }
-    let claims = match state.inner.keys.verify(token) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = match e {
-                TokenError::Expired => ErrorCode::TokenExpired,
-                TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
-                    ErrorCode::InvalidToken
-                }
-            };
-            conn.error(code, e.to_string(), rid).await;
-            return false;
-        }
-    };
-    match state
-        .inner
-        .resumes
-        .find(resume_token, &claims.room, &claims.sub)
-    {
-        Some((pid, session)) if !session.is_closed() && session.capacity() > 0 => {
-            info!(participant = %pid, "resume accepted");
-            conn.handoff = Some(session);
-            true
-        }
-        _ => {
-            conn.error(
-                ErrorCode::ResumeFailed,
-                "nothing to resume (the window passed or the token is not yours): send join",
-                rid,
-            )
-            .await;
-            false
-        }
-    }
-}
-
 /// m-lines in the client's one offer, at most: its own tracks and a data channel need a few;
 /// thousands would only cost the media worker time.
 const MAX_OFFER_M_LINES: usize = 16;
 /// Entries of one `video_sizes` message that are applied (more than any screen shows).
 const MAX_VIDEO_SIZES: usize = 64;
-
-/// How long the server waits for the client's answer to its Close frame.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
 /// Messages kept for a client that is away, at most.
-const MAX_BACKLOG: usize = 2000;
+pub const MAX_BACKLOG: usize = 2000;
 
-struct Session {
-    resume_token: String,
-    resume_rx: mpsc::Receiver<WebSocket>,
-    state: AppState,
-    conn: Conn,
-    claims: Claims,
-    pid: ParticipantId,
-    offered: bool,
-    media_tx: mpsc::UnboundedSender<PeerEvent>,
-    chat_bucket: Option<TokenBucket>,
-    /// When `join` arrived, until media connects (for the join duration).
-    join_started: Option<Instant>,
-    /// The `request_id`s of the last `offer`, `answer` and `candidate` handed to media, echoed
-    /// on media's refusal of it (media answers in the order it was given commands).
-    media_rids: MediaRids,
+/// Where the session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for `join` or `resume` until the deadline (or checking one).
+    Handshake,
+    /// Waiting in the room's lobby.
+    Lobby,
+    /// In the room, socket attached.
+    Joined,
+    /// In the room, socket lost since `since`, waiting for a `resume`.
+    Detached {
+        /// When the socket was lost.
+        since: Instant,
+    },
+    /// Over: nothing more comes out.
+    Closed,
 }
 
-#[derive(Default)]
+/// How a joined session ends.
+enum End {
+    /// The client left or its socket closed.
+    Gone(LeaveReason),
+    /// The server ends it: `leave` with this reason first.
+    Kick(LeaveReason),
+    /// The room or the server ends it with this `leave`.
+    Told(LeaveReason, Box<ServerMsg>),
+}
+
+/// What an [`Output::Ask`] waits for, with what the session needs to go on.
+#[derive(Debug)]
+enum Pending {
+    JoinToken {
+        password: Option<String>,
+    },
+    ResumeToken {
+        resume_token: String,
+        rid: Option<String>,
+    },
+    Resume {
+        rid: Option<String>,
+    },
+    Admission {
+        password: Option<String>,
+    },
+    Gate,
+    Enter,
+    Attachment {
+        text: String,
+        client_msg_id: Option<String>,
+        rid: Option<String>,
+    },
+    Chat {
+        client_msg_id: Option<String>,
+        rid: Option<String>,
+    },
+    ChatChange {
+        rid: Option<String>,
+    },
+    Host,
+    Offer {
+        rid: Option<String>,
+    },
+    Answer {
+        rid: Option<String>,
+    },
+    Leave {
+        reason: LeaveReason,
+    },
+}
+
+/// What one client frame amounts to.
+enum Read {
+    Msg(ClientMsg, Option<String>),
+    /// Already answered (an error), or nothing to do.
+    Nothing,
+    /// The socket is gone.
+    Closed,
+    /// The client broke a limit so badly that the connection closes (already told).
+    Abuse,
+}
+
+/// The `request_id`s of the last `offer`, `answer` and `candidate` handed to media, echoed on
+/// media's refusal of it (media answers in the order it was given commands).
+#[derive(Debug, Default)]
 struct MediaRids {
     offer: Option<String>,
     answer: Option<String>,
     candidate: Option<String>,
 }
 
-/// The chat rate: `chat_per_minute`, in bursts of up to 5.
-fn chat_bucket(state: &AppState) -> Option<TokenBucket> {
-    let per_minute = state.inner.config.chat_per_minute;
-    (per_minute > 0).then(|| {
-        TokenBucket::new(
-            f64::from(per_minute) / 60.0,
-            per_minute.min(5),
-            std::time::Instant::now(),
-        )
-    })
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// One participant's session: see the module docs.
+pub struct Session {
+    limits: Limits,
+    pid: ParticipantId,
+    room_hint: Option<String>,
+    phase: Phase,
+    pending: Option<Pending>,
+    outputs: VecDeque<Output>,
+    /// Messages kept while detached.
+    backlog: VecDeque<Outgoing>,
+    join_deadline: Instant,
+    last_heard: Instant,
+    next_ping: Instant,
+    bucket: Option<TokenBucket>,
+    strikes: Strikes,
+    chat_bucket: Option<TokenBucket>,
+    close_code: CloseCode,
+    /// The `request_id` of the `join` (echoed on errors that refuse it).
+    join_rid: Option<String>,
+    claims: Option<Claims>,
+    /// When the token of `join` verified, until media connects (for the join duration).
+    join_started: Option<Instant>,
+    offered: bool,
+    media_rids: MediaRids,
 }
 
 impl Session {
-    fn room(&self) -> &str {
-        &self.claims.room
+    /// A session on a new socket, opened at `now` (`room_hint`: the `/ws?room=` parameter).
+    pub fn new(
+        limits: Limits,
+        pid: ParticipantId,
+        room_hint: Option<String>,
+        now: Instant,
+    ) -> Self {
+        let bucket = (limits.messages_per_sec > 0).then(|| {
+            TokenBucket::new(
+                f64::from(limits.messages_per_sec),
+                limits.message_burst.max(limits.messages_per_sec),
+                now,
+            )
+        });
+        let per_minute = limits.chat_per_minute;
+        let chat_bucket = (per_minute > 0)
+            .then(|| TokenBucket::new(f64::from(per_minute) / 60.0, per_minute.min(5), now));
+        Session {
+            join_deadline: now + limits.join_timeout,
+            next_ping: now + limits.ping_interval,
+            limits,
+            pid,
+            room_hint,
+            phase: Phase::Handshake,
+            pending: None,
+            outputs: VecDeque::new(),
+            backlog: VecDeque::new(),
+            last_heard: now,
+            bucket,
+            strikes: Strikes::default(),
+            chat_bucket,
+            close_code: CloseCode::Normal,
+            join_rid: None,
+            claims: None,
+            join_started: None,
+            offered: false,
+            media_rids: MediaRids::default(),
+        }
     }
 
-    /// Joins the room and sends `joined`.
-    async fn enter(&mut self, inbox: crate::rooms::Inbox) -> Result<(), End> {
-        // A member (and maybe the host: the first in a room opened by link, with open joining)
-        // before the others hear of it, so that `participant_joined` says so.
-        let moderation = &self.state.inner.moderation;
-        let host = moderation.entered(
-            &self.claims.room,
-            self.pid,
-            self.claims.grants.admin,
-            self.state.inner.config.open_join,
-        );
-        let flags = moderation.flags(&self.claims.room);
-        let info = ParticipantInfo {
-            participant_id: self.pid.to_string(),
-            identity: self.claims.sub.clone(),
-            name: self.claims.name.clone(),
-            audio_muted: false,
-            video_muted: false,
-            tracks: Vec::new(),
-            hand_raised: false,
-            screen_sharing: false,
-            host,
-        };
-        let cfg = &self.state.inner.config;
-        let max_participants = self
-            .state
-            .inner
-            .moderation
-            .max_participants(&self.claims.room, cfg.max_participants);
-        let others = match self.state.inner.rooms.join(
-            &self.claims.room,
-            self.pid,
-            info,
-            inbox,
-            max_participants,
-            cfg.max_rooms,
-        ) {
-            Ok(o) => o,
-            Err(JoinRefused::TooManyRooms) => {
-                self.state
-                    .inner
-                    .moderation
-                    .left(&self.claims.room, self.pid);
-                self.state.inner.counters.hit(Limit::Rooms);
-                self.conn
-                    .error(
-                        ErrorCode::TooManyRooms,
-                        format!("this server has its limit of {} rooms", cfg.max_rooms),
-                        self.conn.join_rid.clone(),
-                    )
-                    .await;
-                return Err(End::Gone(LeaveReason::Left));
-            }
-            Err(JoinRefused::Full) => {
-                self.state
-                    .inner
-                    .moderation
-                    .left(&self.claims.room, self.pid);
-                self.state
-                    .inner
-                    .ops
-                    .metrics
-                    .join_failed(JoinFailure::RoomFull);
-                self.state.inner.counters.hit(Limit::Participants);
-                self.conn
-                    .error(
-                        ErrorCode::RoomFull,
-                        format!("the room is full ({max_participants} participants)"),
-                        self.conn.join_rid.clone(),
-                    )
-                    .await;
-                return Err(End::Gone(LeaveReason::Left));
-            }
-        };
-        let first = others.is_empty();
-        self.entered(first);
-        let chat = self.state.inner.chat.clone();
-        let room = self.claims.room.clone();
-        let history = tokio::task::spawn_blocking(move || {
-            let mut h = chat.history(&room, crate::chat::HISTORY_ON_JOIN)?;
-            crate::richchat::decorate(&chat, &mut h)?;
-            Ok::<_, crate::SignalingError>(h)
-        })
-        .await
-        .ok()
-        .and_then(|r| {
-            r.map_err(|e| warn!(error = %e, "chat history unavailable"))
-                .ok()
-        })
-        .unwrap_or_default();
-        let joined = ServerMsg::Joined {
-            protocol: PROTOCOL_VERSION,
-            room: self.claims.room.clone(),
-            participant_id: self.pid.to_string(),
-            identity: self.claims.sub.clone(),
-            name: self.claims.name.clone(),
-            grants: self.claims.grants,
-            participants: others,
-            ice_servers: (self.state.inner.ice)(&self.claims.sub),
-            chat_history: history,
-            resume_token: self.resume_token.clone(),
-            host,
-            lobby: flags.lobby,
-            locked: flags.locked,
-        };
-        self.conn
-            .send(&joined)
-            .await
-            .map_err(|_| End::Gone(LeaveReason::Disconnected))?;
-        self.state.inner.ops.metrics.joined.inc();
-        self.send_knocks().await;
-        Ok(())
+    /// Where the session is.
+    pub fn phase(&self) -> Phase {
+        self.phase
     }
 
-    async fn run(
-        &mut self,
-        mut inbox: mpsc::UnboundedReceiver<ServerMsg>,
-        mut media: mpsc::UnboundedReceiver<PeerEvent>,
-    ) -> End {
-        let idle = self.state.inner.config.idle_timeout;
-        let ping_every = self.state.inner.config.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let window = self.state.inner.config.resume_window;
-        let mut last_heard = Instant::now();
-        loop {
-            let attached = self.conn.detached.is_none();
-            let resume_by = self.conn.detached.map(|t| t + window);
-            tokio::select! {
-                read = self.conn.read() => {
-                    last_heard = Instant::now();
-                    match read {
-                        Read::Closed => {
-                            if !self.conn.detach() {
-                                return End::Gone(LeaveReason::Disconnected);
-                            }
-                        }
-                        Read::Abuse => return End::Gone(LeaveReason::Removed),
-                        Read::Bad | Read::Nothing => {}
-                        Read::Msg(m, rid) => {
-                            if let Some(end) = self.on_client(m, rid).await {
-                                return end;
-                            }
-                        }
-                    }
+    /// The verified token, once `join` got that far.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.claims.as_ref()
+    }
+
+    /// Whether the driver should read the socket (not while detached, asking or over).
+    pub fn reading(&self) -> bool {
+        self.pending.is_none()
+            && matches!(self.phase, Phase::Handshake | Phase::Lobby | Phase::Joined)
+    }
+
+    /// Whether the session is over (after [`Output::Close`] or [`Output::HandOver`]).
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Closed && self.pending.is_none()
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.pending.is_some() {
+            return None;
+        }
+        match self.phase {
+            Phase::Handshake => Some(self.join_deadline),
+            Phase::Lobby | Phase::Joined => Some(
+                self.next_ping
+                    .min(self.last_heard + self.limits.idle_timeout),
+            ),
+            Phase::Detached { since } => Some(since + self.limits.resume_window),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Time passed: join deadline, pings, idle timeout, resume window.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.pending.is_some() {
+            return;
+        }
+        match self.phase {
+            Phase::Handshake => {
+                if now >= self.join_deadline {
+                    debug!("no join in time");
+                    self.metric(Metric::JoinFailed(JoinFailure::Timeout));
+                    self.close_code = CloseCode::Policy;
+                    self.close();
                 }
-                msg = inbox.recv() => {
-                    let Some(msg) = msg else { return End::Gone(LeaveReason::Disconnected) };
-                    if let ServerMsg::Leave { reason, .. } = msg {
-                        return End::Told(reason, Box::new(msg));
-                    }
-                    if self.conn.send(&msg).await.is_err() {
-                        return End::Gone(LeaveReason::Disconnected);
-                    }
-                }
-                ev = media.recv() => {
-                    // The session keeps a sender, so this never yields None.
-                    if let Some(ev) = ev {
-                        if let Some(end) = self.on_media(ev).await {
-                            return end;
-                        }
-                    }
-                }
-                _ = ping.tick(), if attached => {
-                    let ping = self.conn.send_frame(Message::Ping(Default::default())).await;
-                    if ping.is_err() && !self.conn.detach() {
-                        return End::Gone(LeaveReason::Disconnected);
-                    }
-                }
-                _ = tokio::time::sleep_until(last_heard + idle), if attached => {
+            }
+            Phase::Lobby | Phase::Joined => {
+                if now >= self.last_heard + self.limits.idle_timeout {
                     // Silence is a dead network: no resume window on top of the idle timeout.
                     info!("idle timeout");
-                    return End::Kick(LeaveReason::Disconnected);
+                    if self.phase == Phase::Lobby {
+                        self.out(Output::Room(RoomOp::CancelKnock));
+                        self.close();
+                    } else {
+                        self.end(End::Kick(LeaveReason::Disconnected));
+                    }
+                    return;
                 }
-                _ = tokio::time::sleep_until(resume_by.unwrap_or(last_heard)), if resume_by.is_some() => {
+                if now >= self.next_ping {
+                    self.out(Output::Ping);
+                    self.next_ping = now + self.limits.ping_interval;
+                }
+            }
+            Phase::Detached { since } => {
+                if now >= since + self.limits.resume_window {
                     info!("no resume within the window");
-                    return End::Gone(LeaveReason::Disconnected);
+                    self.end(End::Gone(LeaveReason::Disconnected));
                 }
-                socket = self.resume_rx.recv() => {
-                    // The session holds the slot's sender's registry entry; None cannot happen
-                    // while it runs, but is harmless.
-                    let Some(socket) = socket else { continue };
-                    last_heard = Instant::now();
-                    if self.resumed(socket).await.is_err() {
-                        return End::Gone(LeaveReason::Disconnected);
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// One input at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        if self.phase == Phase::Closed && self.pending.is_none() {
+            return;
+        }
+        match input {
+            Input::Reply(r) => self.on_reply(now, r),
+            Input::Frame(f) => {
+                if !self.reading() {
+                    return;
+                }
+                self.last_heard = now;
+                let read = self.read(now, f);
+                match self.phase {
+                    Phase::Handshake => self.on_handshake(now, read),
+                    Phase::Lobby => self.on_lobby(read),
+                    Phase::Joined => self.on_joined(now, read),
+                    Phase::Detached { .. } | Phase::Closed => {}
+                }
+            }
+            Input::Unsent(msg) => self.unsent(now, msg),
+            Input::Room(msg) => {
+                if !self.in_room() {
+                    return;
+                }
+                match msg {
+                    RoomMsg::Leave(leave) => {
+                        let reason = match &*leave {
+                            ServerMsg::Leave { reason, .. } => *reason,
+                            _ => LeaveReason::Disconnected,
+                        };
+                        self.end(End::Told(reason, leave));
+                    }
+                    RoomMsg::Shared(shared) => self.deliver(Outgoing::Shared(shared)),
+                }
+            }
+            Input::Lobby(outcome) => self.on_decision(outcome),
+            Input::Media(ev) => {
+                if self.in_room() {
+                    self.on_media(now, ev);
+                }
+            }
+            Input::Reattached { participants } => self.reattached(now, participants),
+        }
+    }
+
+    // ---- the socket side ----
+
+    fn out(&mut self, o: Output) {
+        self.outputs.push_back(o);
+    }
+
+    fn metric(&mut self, m: Metric) {
+        self.out(Output::Metric(m));
+    }
+
+    /// A message of this session's for the client.
+    fn send(&mut self, msg: ServerMsg) {
+        self.deliver(Outgoing::Msg(Box::new(msg)));
+    }
+
+    /// A message for the client: sent, or kept while the socket is away.
+    fn deliver(&mut self, msg: Outgoing) {
+        match self.phase {
+            Phase::Detached { .. } => {
+                if self.backlog.len() >= MAX_BACKLOG {
+                    warn!("too many messages kept for a client that is away");
+                    return self.end(End::Gone(LeaveReason::Disconnected));
+                }
+                self.backlog.push_back(msg);
+            }
+            Phase::Closed if self.pending.is_none() => {}
+            _ => self.out(Output::Send(msg)),
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>, rid: Option<String>) {
+        self.send(ServerMsg::error(code, message, rid));
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.out(Output::Close(self.close_code));
+    }
+
+    fn in_room(&self) -> bool {
+        matches!(self.phase, Phase::Joined | Phase::Detached { .. })
+    }
+
+    /// The driver could not send `msg`. In the room, with a resume window, the session waits
+    /// for a `resume` and keeps `msg` and whatever else was on its way; otherwise it ends.
+    fn unsent(&mut self, now: Instant, msg: Outgoing) {
+        match self.phase {
+            Phase::Joined if !self.limits.resume_window.is_zero() => {
+                info!("socket lost; waiting for resume");
+                self.phase = Phase::Detached { since: now };
+                self.backlog.push_back(msg);
+                let queued = std::mem::take(&mut self.outputs);
+                for o in queued {
+                    match o {
+                        Output::Send(m) => self.backlog.push_back(m),
+                        Output::Ping => {}
+                        o => self.outputs.push_back(o),
                     }
                 }
             }
+            Phase::Joined => self.end(End::Gone(LeaveReason::Disconnected)),
+            Phase::Detached { .. } => self.backlog.push_front(msg),
+            // Before the room, the read that follows finds the socket closed.
+            _ => {}
         }
     }
 
-    /// A `resume` brought a new socket: answer `resumed`, deliver what was kept, and have media
-    /// restart ICE (the client's addresses may have changed with its network).
-    async fn resumed(&mut self, socket: WebSocket) -> Result<(), ()> {
-        let away = self.conn.detached.map(|t| t.elapsed());
-        self.conn.attach(socket);
-        info!(?away, kept = self.conn.backlog.len(), "resumed");
-        let me = self.pid.to_string();
-        let participants = self
-            .state
-            .inner
-            .rooms
-            .participants(self.room())
-            .into_iter()
-            .filter(|p| p.participant_id != me)
-            .collect();
-        let msg = ServerMsg::Resumed {
-            participant_id: me,
-            participants,
-        };
-        // Sent before the backlog, straight to the socket.
-        let text = serde_json::to_string(&msg).map_err(|_| ())?;
-        self.state.inner.ops.metrics.message_out(&msg);
-        if self
-            .conn
-            .send_frame(Message::Text(Utf8Bytes::from(text)))
-            .await
-            .is_err()
-        {
-            return if self.conn.detach() { Ok(()) } else { Err(()) };
+    /// The socket is lost in the room: wait for a resume when allowed.
+    fn lost(&mut self, now: Instant) {
+        if self.limits.resume_window.is_zero() {
+            return self.end(End::Gone(LeaveReason::Disconnected));
         }
-        self.conn.flush_backlog().await?;
-        if self.offered {
-            let room = self.claims.room.clone();
-            if let Err(e) = self.state.inner.media.ice_restart(&room, self.pid) {
-                warn!(error = %e, "media refused the ICE restart");
+        info!("socket lost; waiting for resume");
+        self.phase = Phase::Detached { since: now };
+    }
+
+    /// A frame, checked against the rate and the size limits and decoded.
+    fn read(&mut self, now: Instant, frame: Frame) -> Read {
+        let text = match frame {
+            Frame::Text(t) => t,
+            Frame::Close | Frame::Lost => return Read::Closed,
+            Frame::Control => return Read::Nothing,
+            Frame::OverCap => {
+                // Closed at once (no resume: the client would send it again).
+                self.metric(Metric::Limit(Limit::MessageSize));
+                warn!("closing a connection that sent a frame over the hard cap");
+                let cap = self.limits.hard_cap;
+                self.error(
+                    ErrorCode::MessageTooLarge,
+                    format!("a frame over {cap} bytes: closing the connection"),
+                    None,
+                );
+                self.close_code = CloseCode::TooBig;
+                return Read::Abuse;
+            }
+            Frame::Binary => {
+                if let Some(r) = self.admit(now, None) {
+                    return r;
+                }
+                self.metric(Metric::MessageIn(None));
+                self.error(
+                    ErrorCode::BadMessage,
+                    "binary frames are not part of the protocol",
+                    None,
+                );
+                return Read::Nothing;
+            }
+        };
+        // Offers and answers may be larger than other messages (up to max_sdp_bytes): their
+        // SDP has an m-line per track the participant receives at once.
+        let (max_bytes, max_sdp) = (self.limits.max_message_bytes, self.limits.max_sdp_bytes);
+        let large = text.len() > max_bytes;
+        let decoded = (!large || text.len() <= max_sdp).then(|| decode_client_msg(&text));
+        let rid = match &decoded {
+            Some(Ok((_, rid))) => rid.clone(),
+            Some(Err(e)) => e.request_id.clone(),
+            None => None,
+        };
+        // The rate applies to every message, read far enough to echo its request id.
+        if let Some(r) = self.admit(now, rid.clone()) {
+            return r;
+        }
+        let sdp = matches!(
+            decoded,
+            Some(Ok((ClientMsg::Offer { .. } | ClientMsg::Answer { .. }, _)))
+        );
+        let Some(decoded) = decoded.filter(|_| !large || sdp) else {
+            self.metric(Metric::MessageIn(None));
+            self.metric(Metric::Limit(Limit::MessageSize));
+            self.error(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {} bytes is over the {max_bytes}-byte limit ({max_sdp} for an offer or answer)",
+                    text.len(),
+                ),
+                rid,
+            );
+            return Read::Nothing;
+        };
+        match decoded {
+            Ok((m, rid)) => {
+                self.metric(Metric::MessageIn(Some(crate::metrics::client_msg_type(&m))));
+                Read::Msg(m, rid)
+            }
+            Err(e) => {
+                self.metric(Metric::MessageIn(None));
+                self.send(e.to_msg());
+                Read::Nothing
             }
         }
-        Ok(())
     }
 
-    async fn on_client(&mut self, msg: ClientMsg, rid: Option<String>) -> Option<End> {
-        let media = &self.state.inner.media;
-        let room = self.claims.room.clone();
+    /// Takes a token for one client message. Over the rate: the message is dropped, the client
+    /// is told once per strike, and the connection is closed at the configured strike count.
+    fn admit(&mut self, now: Instant, rid: Option<String>) -> Option<Read> {
+        let bucket = self.bucket.as_mut()?;
+        if bucket.take(now) {
+            return None;
+        }
+        self.metric(Metric::Limit(Limit::MessageRate));
+        let (rate, max) = (
+            self.limits.messages_per_sec,
+            self.limits.rate_limit_strikes.max(1),
+        );
+        let Some(n) = self.strikes.overflow(now) else {
+            return Some(Read::Nothing);
+        };
+        if n >= max {
+            self.metric(Metric::Limit(Limit::MessageRateClose));
+            warn!("closing a connection that keeps going over the message rate");
+            self.error(
+                ErrorCode::RateLimited,
+                format!("over {rate} messages per second again: closing the connection"),
+                rid,
+            );
+            self.close_code = CloseCode::Policy;
+            return Some(Read::Abuse);
+        }
+        self.error(
+            ErrorCode::RateLimited,
+            format!("over {rate} messages per second: messages dropped (strike {n} of {max})"),
+            rid,
+        );
+        Some(Read::Nothing)
+    }
+
+    fn ask(&mut self, pending: Pending, q: Query) {
+        self.pending = Some(pending);
+        self.out(Output::Ask(q));
+    }
+
+    // ---- the join path ----
+
+    fn on_handshake(&mut self, now: Instant, read: Read) {
+        let (msg, rid) = match read {
+            Read::Closed | Read::Abuse => return self.close(),
+            Read::Nothing => return,
+            Read::Msg(m, rid) => (m, rid),
+        };
+        match msg {
+            ClientMsg::Join {
+                protocol,
+                token,
+                password,
+            } => self.on_join(now, protocol, token, password, rid),
+            ClientMsg::Resume {
+                protocol,
+                token,
+                resume_token,
+            } => {
+                if protocol != PROTOCOL_VERSION {
+                    let msg = format!("this server speaks protocol {PROTOCOL_VERSION}");
+                    return self.error(ErrorCode::UnsupportedProtocol, msg, rid);
+                }
+                self.ask(
+                    Pending::ResumeToken { resume_token, rid },
+                    Query::Token(token),
+                );
+            }
+            _ => self.error(ErrorCode::NotJoined, "send join first", rid),
+        }
+    }
+
+    /// Step 1 of the join: the protocol version, then the token is verified.
+    fn on_join(
+        &mut self,
+        _now: Instant,
+        protocol: u32,
+        token: String,
+        password: Option<String>,
+        rid: Option<String>,
+    ) {
+        self.join_rid.clone_from(&rid);
+        if protocol != PROTOCOL_VERSION {
+            self.error(
+                ErrorCode::UnsupportedProtocol,
+                format!("this server speaks protocol {PROTOCOL_VERSION}"),
+                rid,
+            );
+            self.metric(Metric::JoinFailed(JoinFailure::UnsupportedProtocol));
+            return self.close();
+        }
+        self.ask(Pending::JoinToken { password }, Query::Token(token));
+    }
+
+    fn on_reply(&mut self, now: Instant, reply: Reply) {
+        let Some(pending) = self.pending.take() else {
+            warn!(?reply, "a reply nobody asked for");
+            return;
+        };
+        match (pending, reply) {
+            // Step 2: the token, and its room.
+            (Pending::JoinToken { password }, Reply::Token(verified)) => {
+                let rid = self.join_rid.clone();
+                let claims = match verified {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let (code, why) = token_refusal(e);
+                        debug!(?code, "join refused");
+                        self.metric(Metric::JoinFailed(why));
+                        self.error(code, e.to_string(), rid);
+                        return self.close();
+                    }
+                };
+                if self.room_hint.as_deref().is_some_and(|r| r != claims.room)
+                    || !crate::token::valid_room_name(&claims.room)
+                {
+                    self.error(
+                        ErrorCode::WrongRoom,
+                        "the access token is for another room",
+                        rid,
+                    );
+                    self.metric(Metric::JoinFailed(JoinFailure::WrongRoom));
+                    return self.close();
+                }
+                self.join_started = Some(now);
+                let room = claims.room.clone();
+                self.claims = Some(claims);
+                self.ask(Pending::Admission { password }, Query::Admission { room });
+            }
+            // Step 3: this node takes the room.
+            (Pending::Admission { password }, Reply::Admission(a)) => match a {
+                Admission::Open => {
+                    let Some(c) = &self.claims else {
+                        return self.close();
+                    };
+                    let q = Query::Gate {
+                        room: c.room.clone(),
+                        admin: c.grants.admin,
+                        password,
+                    };
+                    self.ask(Pending::Gate, q);
+                }
+                Admission::Draining(leave) => {
+                    self.metric(Metric::JoinFailed(JoinFailure::ServerShutdown));
+                    self.close_code = CloseCode::after(&leave);
+                    self.send(leave);
+                    self.close();
+                }
+                Admission::Elsewhere(mut msg) => {
+                    if let ServerMsg::Error { request_id, .. } = &mut msg {
+                        request_id.clone_from(&self.join_rid);
+                    }
+                    self.send(msg);
+                    self.close();
+                }
+            },
+            // Step 4: the door (lock, password, lobby).
+            (Pending::Gate, Reply::Gate(gate)) => match gate {
+                Gate::Open => self.ask(Pending::Enter, self.enter_query()),
+                Gate::Refused(code, message) => {
+                    debug!(?code, "join refused at the door");
+                    self.error(code, message, self.join_rid.clone());
+                    self.close();
+                }
+                Gate::Lobby => {
+                    // Step 5: wait in the lobby (see on_lobby and on_decision).
+                    self.phase = Phase::Lobby;
+                    self.next_ping = now + self.limits.ping_interval;
+                    self.out(Output::Room(RoomOp::Knock));
+                    self.send(ServerMsg::Lobby {});
+                    info!("waiting in the lobby");
+                }
+            },
+            // Step 6: the room takes the participant.
+            (Pending::Enter, Reply::Entered(entered)) => self.entered(now, entered),
+            (Pending::ResumeToken { resume_token, rid }, Reply::Token(verified)) => {
+                match verified {
+                    Ok(c) => self.ask(
+                        Pending::Resume { rid },
+                        Query::Resume {
+                            resume_token,
+                            room: c.room,
+                            identity: c.sub,
+                        },
+                    ),
+                    Err(e) => self.error(token_refusal(e).0, e.to_string(), rid),
+                }
+            }
+            (Pending::Resume { rid }, Reply::ResumeFound(found)) => {
+                if found {
+                    info!("resume accepted");
+                    self.phase = Phase::Closed;
+                    self.out(Output::HandOver);
+                } else {
+                    self.error(
+                        ErrorCode::ResumeFailed,
+                        "nothing to resume (the window passed or the token is not yours): send join",
+                        rid,
+                    );
+                }
+            }
+            (
+                Pending::Attachment {
+                    text,
+                    client_msg_id,
+                    rid,
+                },
+                Reply::Attachment(found),
+            ) => self.chat_with(text, Some(found), client_msg_id, rid),
+            (Pending::Chat { client_msg_id, rid }, Reply::Stored(stored)) => match stored {
+                Ok(Ok(message)) => {
+                    self.metric(Metric::Chat);
+                    // Others get the message; the sender's echo also carries its
+                    // client_msg_id (the delivery acknowledgement).
+                    self.broadcast(
+                        Change::Nothing,
+                        ServerMsg::Chat {
+                            message: message.clone(),
+                            client_msg_id: None,
+                        },
+                        false,
+                    );
+                    let client_msg_id = client_msg_id.filter(|c| c.len() <= 64);
+                    self.send(ServerMsg::Chat {
+                        message,
+                        client_msg_id,
+                    });
+                }
+                Ok(Err(_)) | Err(_) => {
+                    if let Err(e) = stored {
+                        warn!(error = %e, "chat message not stored");
+                    }
+                    self.error(ErrorCode::Internal, "the message could not be stored", rid);
+                }
+            },
+            (Pending::ChatChange { rid }, Reply::Stored(stored)) => match stored {
+                Ok(Ok(message)) => self.tell_all(ServerMsg::ChatUpdate { message }),
+                Ok(Err(Refused::NotFound)) => self.bad(rid, "no such chat message"),
+                Ok(Err(Refused::TooManyEmojis)) => self.bad(
+                    rid,
+                    "this message has as many different reactions as it may",
+                ),
+                Ok(Err(Refused::NotYours)) => self.error(
+                    ErrorCode::Forbidden,
+                    "only its sender may change a message",
+                    rid,
+                ),
+                Err(e) => {
+                    warn!(error = %e, "chat change not stored");
+                    self.error(ErrorCode::Internal, "the change could not be stored", rid);
+                }
+            },
+            (Pending::Host, Reply::Replies(msgs)) => {
+                for m in msgs {
+                    self.send(m);
+                }
+            }
+            (Pending::Offer { rid }, Reply::Media(r)) => {
+                if let Err(e) = r {
+                    warn!(error = %e, "media refused the offer");
+                    self.offered = false;
+                    self.error(ErrorCode::Internal, "media is unavailable", rid);
+                }
+            }
+            (Pending::Answer { rid }, Reply::Media(r)) => {
+                if let Err(e) = r {
+                    warn!(error = %e, "media refused the answer");
+                    self.error(ErrorCode::Internal, "media is unavailable", rid);
+                }
+            }
+            (Pending::Leave { reason }, Reply::Left { member, closed }) => {
+                if member {
+                    self.out(Output::Webhook(Hook::Left(reason)));
+                    if closed {
+                        self.out(Output::Webhook(Hook::RoomFinished));
+                    }
+                }
+                self.out(Output::Media(MediaCmd::Remove));
+                self.phase = Phase::Closed;
+                self.out(Output::Close(self.close_code));
+                info!(?reason, "left");
+            }
+            (pending, reply) => {
+                // A driver bug, not a peer's doing: end the session rather than guess.
+                warn!(?pending, ?reply, "a reply to another question");
+                self.phase = Phase::Closed;
+                self.out(Output::Close(CloseCode::Normal));
+            }
+        }
+    }
+
+    fn enter_query(&self) -> Query {
+        Query::Enter {
+            claims: self.claims.clone().unwrap_or_else(|| Claims {
+                sub: String::new(),
+                name: String::new(),
+                room: String::new(),
+                exp: 0,
+                iat: 0,
+                grants: Grants::default(),
+            }),
+        }
+    }
+
+    /// Step 5, while waiting: pings are answered, everything else waits; leaving, a lost
+    /// socket or abuse cancel the knock.
+    fn on_lobby(&mut self, read: Read) {
+        match read {
+            Read::Closed | Read::Abuse | Read::Msg(ClientMsg::Leave, _) => {
+                self.out(Output::Room(RoomOp::CancelKnock));
+                self.close();
+            }
+            Read::Msg(ClientMsg::Ping { ts }, _) => self.send(ServerMsg::Pong { ts }),
+            Read::Msg(_, rid) => self.error(ErrorCode::NotJoined, "waiting in the lobby", rid),
+            Read::Nothing => {}
+        }
+    }
+
+    /// Step 5, decided.
+    fn on_decision(&mut self, outcome: LobbyOutcome) {
+        if self.phase != Phase::Lobby {
+            return;
+        }
+        info!(?outcome, "lobby wait over");
+        let reason = match outcome {
+            LobbyOutcome::Admitted => return self.ask(Pending::Enter, self.enter_query()),
+            LobbyOutcome::Denied => LeaveReason::Denied,
+            LobbyOutcome::RoomEnded => LeaveReason::RoomEnded,
+        };
+        self.send(ServerMsg::leave(reason));
+        self.close();
+    }
+
+    /// Step 6, answered; step 7: `joined`.
+    fn entered(&mut self, now: Instant, entered: Result<Entered, Refusal>) {
+        let rid = self.join_rid.clone();
+        let e = match entered {
+            Ok(e) => e,
+            Err(Refusal::TooManyRooms(max)) => {
+                self.metric(Metric::Limit(Limit::Rooms));
+                let msg = format!("this server has its limit of {max} rooms");
+                self.error(ErrorCode::TooManyRooms, msg, rid);
+                return self.close();
+            }
+            Err(Refusal::Full(max)) => {
+                self.metric(Metric::JoinFailed(JoinFailure::RoomFull));
+                self.metric(Metric::Limit(Limit::Participants));
+                let msg = format!("the room is full ({max} participants)");
+                self.error(ErrorCode::RoomFull, msg, rid);
+                return self.close();
+            }
+        };
+        let Some(c) = self.claims.clone() else {
+            return self.close();
+        };
+        info!(identity = %c.sub, "joined");
+        self.phase = Phase::Joined;
+        self.last_heard = now;
+        self.next_ping = now + self.limits.ping_interval;
+        if e.others.is_empty() {
+            self.out(Output::Webhook(Hook::RoomStarted));
+        }
+        self.out(Output::Webhook(Hook::Joined));
+        self.send(ServerMsg::Joined {
+            protocol: PROTOCOL_VERSION,
+            room: c.room,
+            participant_id: self.pid.to_string(),
+            identity: c.sub,
+            name: c.name,
+            grants: c.grants,
+            participants: e.others,
+            ice_servers: e.ice_servers,
+            chat_history: e.history,
+            resume_token: e.resume_token,
+            host: e.host,
+            lobby: e.lobby,
+            locked: e.locked,
+        });
+        self.metric(Metric::Joined);
+        for k in e.knocks {
+            self.send(k);
+        }
+    }
+
+    // ---- in the room ----
+
+    fn end(&mut self, end: End) {
+        if !self.in_room() {
+            self.phase = Phase::Closed;
+            return self.out(Output::Close(self.close_code));
+        }
+        let reason = match end {
+            End::Gone(r) => r,
+            End::Kick(r) => {
+                self.send(ServerMsg::leave(r));
+                r
+            }
+            End::Told(r, leave) => {
+                self.close_code = CloseCode::after(&leave);
+                self.send(*leave);
+                r
+            }
+        };
+        // Closed now, though the Leave is still asked: nothing else comes in.
+        self.phase = Phase::Closed;
+        self.ask(Pending::Leave { reason }, Query::Leave { reason });
+    }
+
+    fn broadcast(&mut self, change: Change, msg: ServerMsg, include_self: bool) {
+        self.out(Output::Room(RoomOp::Broadcast {
+            change,
+            msg,
+            include_self,
+        }));
+    }
+
+    fn tell_all(&mut self, msg: ServerMsg) {
+        self.broadcast(Change::Nothing, msg, true);
+    }
+
+    fn bad(&mut self, rid: Option<String>, what: &str) {
+        self.error(ErrorCode::BadMessage, what, rid);
+    }
+
+    fn grants(&self) -> Grants {
+        self.claims.as_ref().map(|c| c.grants).unwrap_or_default()
+    }
+
+    /// A `resume` brought a new socket: `resumed`, then what was kept, then an ICE restart
+    /// (the client's addresses may have changed with its network).
+    fn reattached(&mut self, now: Instant, participants: Vec<ParticipantInfo>) {
+        // A resume may also come before this side noticed the old socket was gone.
+        let since = match self.phase {
+            Phase::Detached { since } => since,
+            Phase::Joined => now,
+            _ => return,
+        };
+        info!(away = ?now.saturating_duration_since(since), kept = self.backlog.len(), "resumed");
+        self.phase = Phase::Joined;
+        self.last_heard = now;
+        self.next_ping = now + self.limits.ping_interval;
+        self.out(Output::Send(Outgoing::Msg(Box::new(ServerMsg::Resumed {
+            participant_id: self.pid.to_string(),
+            participants,
+        }))));
+        for m in std::mem::take(&mut self.backlog) {
+            self.out(Output::Send(m));
+        }
+        if self.offered {
+            self.out(Output::Media(MediaCmd::IceRestart));
+        }
+    }
+
+    fn on_joined(&mut self, now: Instant, read: Read) {
+        let (msg, rid) = match read {
+            Read::Closed => return self.lost(now),
+            Read::Abuse => return self.end(End::Gone(LeaveReason::Removed)),
+            Read::Nothing => return,
+            Read::Msg(m, rid) => (m, rid),
+        };
+        let pid = self.pid.to_string();
         match msg {
             ClientMsg::Join { .. } | ClientMsg::Resume { .. } => {
-                self.conn
-                    .error(ErrorCode::AlreadyJoined, "already joined", rid)
-                    .await
+                self.error(ErrorCode::AlreadyJoined, "already joined", rid)
             }
             ClientMsg::Offer { sdp, sources } => {
                 if self.offered {
-                    self.conn
-                        .error(
-                            ErrorCode::InvalidSdp,
-                            "the client offers once; answer the server's offers instead",
-                            rid,
-                        )
-                        .await;
+                    self.error(
+                        ErrorCode::InvalidSdp,
+                        "the client offers once; answer the server's offers instead",
+                        rid,
+                    );
                 } else if sdp.lines().filter(|l| l.starts_with("m=")).count() > MAX_OFFER_M_LINES {
-                    self.conn
-                        .error(
-                            ErrorCode::InvalidSdp,
-                            format!("an offer has at most {MAX_OFFER_M_LINES} m-lines"),
-                            rid,
-                        )
-                        .await;
-                } else if !self.claims.grants.publish && sdp_sends_media(&sdp) {
-                    self.conn
-                        .error(ErrorCode::Forbidden, "this token may not publish", rid)
-                        .await;
+                    self.error(
+                        ErrorCode::InvalidSdp,
+                        format!("an offer has at most {MAX_OFFER_M_LINES} m-lines"),
+                        rid,
+                    );
+                } else if !self.grants().publish && sdp_sends_media(&sdp) {
+                    self.error(ErrorCode::Forbidden, "this token may not publish", rid);
                 } else {
-                    let grants = self.claims.grants;
-                    let sources = sources.into_iter().collect();
                     self.media_rids.offer.clone_from(&rid);
-                    match media.offer_with_sources(
-                        &room,
-                        self.pid,
-                        grants,
+                    self.offered = true;
+                    let cmd = MediaCmd::Offer {
+                        grants: self.grants(),
                         sdp,
-                        sources,
-                        self.media_tx.clone(),
-                    ) {
-                        Ok(()) => self.offered = true,
-                        Err(e) => {
-                            warn!(error = %e, "media refused the offer");
-                            self.conn
-                                .error(ErrorCode::Internal, "media is unavailable", rid)
-                                .await;
-                        }
-                    }
+                        sources: sources.into_iter().collect(),
+                    };
+                    self.ask(Pending::Offer { rid }, Query::Media(cmd));
                 }
             }
             ClientMsg::Answer { sdp } => {
                 self.media_rids.answer.clone_from(&rid);
-                if let Err(e) = media.answer(&room, self.pid, sdp) {
-                    warn!(error = %e, "media refused the answer");
-                    self.conn
-                        .error(ErrorCode::Internal, "media is unavailable", rid)
-                        .await;
-                }
+                self.ask(Pending::Answer { rid }, Query::Media(MediaCmd::Answer(sdp)));
             }
             ClientMsg::Candidate { candidate, .. } => {
                 if !self.offered {
-                    self.conn
-                        .error(
-                            ErrorCode::InvalidCandidate,
-                            "send the offer before candidates",
-                            rid,
-                        )
-                        .await;
-                } else if let Err(e) = {
+                    self.error(
+                        ErrorCode::InvalidCandidate,
+                        "send the offer before candidates",
+                        rid,
+                    );
+                } else {
                     self.media_rids.candidate.clone_from(&rid);
-                    media.candidate(&room, self.pid, candidate)
-                } {
-                    warn!(error = %e, "media refused the candidate");
+                    self.out(Output::Media(MediaCmd::Candidate(candidate)));
                 }
             }
             ClientMsg::VideoSizes { tracks } => {
                 let sizes = tracks
                     .iter()
                     .filter_map(|t| {
-                        let id = t.track_id.parse().ok()?;
+                        let id: TrackId = t.track_id.parse().ok()?;
                         Some((id, t.width.min(16_384), t.height.min(16_384)))
                     })
                     .take(MAX_VIDEO_SIZES)
                     .collect();
-                if let Err(e) = media.video_sizes(&room, self.pid, sizes) {
-                    warn!(error = %e, "media refused the video sizes");
-                }
+                self.out(Output::Media(MediaCmd::VideoSizes(sizes)));
             }
             ClientMsg::Screen { sharing } => {
                 let msg = ServerMsg::Screen {
-                    participant_id: self.pid.to_string(),
+                    participant_id: pid,
                     sharing,
                 };
-                self.state.inner.rooms.update_and_broadcast(
-                    &room,
-                    self.pid,
-                    |i| i.screen_sharing = sharing,
-                    msg,
-                    false,
-                );
+                self.broadcast(Change::Screen(sharing), msg, false);
             }
             ClientMsg::Mute { kind, muted } => {
+                if !muted {
+                    // Undo a moderator's mute, if there was one: the participant may unmute.
+                    self.out(Output::Media(MediaCmd::Unpause(kind)));
+                }
                 let msg = ServerMsg::Mute {
-                    participant_id: self.pid.to_string(),
+                    participant_id: pid,
                     kind,
                     muted,
                     by_server: false,
                 };
-                if !muted {
-                    // Undo a moderator's mute, if there was one: the participant may unmute.
-                    door::resume_forwarding(&self.state, &room, self.pid, kind);
-                }
-                self.state.inner.rooms.update_and_broadcast(
-                    &room,
-                    self.pid,
-                    |i| match kind {
-                        TrackKind::Audio => i.audio_muted = muted,
-                        TrackKind::Video => i.video_muted = muted,
-                    },
-                    msg,
-                    false,
-                );
+                self.broadcast(Change::Muted(kind, muted), msg, false);
             }
             ClientMsg::Chat {
                 text,
                 client_msg_id,
                 attachment_id,
-            } => self.chat(text, client_msg_id, attachment_id, rid).await,
+            } => self.chat(now, text, client_msg_id, attachment_id, rid),
             m @ (ClientMsg::ChatEdit { .. }
             | ClientMsg::ChatDelete { .. }
             | ClientMsg::React { .. }
-            | ClientMsg::TileReaction { .. }) => self.on_rich_chat(m, rid).await,
-            m @ (ClientMsg::Hand { .. }
-            | ClientMsg::Typing { .. }
-            | ClientMsg::Admit { .. }
+            | ClientMsg::TileReaction { .. }) => self.rich_chat(m, rid),
+            ClientMsg::Hand { raised } => {
+                let msg = ServerMsg::Hand {
+                    participant_id: pid,
+                    raised,
+                };
+                self.broadcast(Change::Hand(raised), msg, true);
+            }
+            ClientMsg::Typing { active } => {
+                if !self.grants().chat {
+                    return self.error(ErrorCode::Forbidden, "this token may not chat", rid);
+                }
+                let msg = ServerMsg::Typing {
+                    participant_id: pid,
+                    active,
+                };
+                self.broadcast(Change::Nothing, msg, false);
+            }
+            m @ (ClientMsg::Admit { .. }
             | ClientMsg::Deny { .. }
             | ClientMsg::Moderate { .. }
             | ClientMsg::RoomSettings { .. }
             | ClientMsg::EndRoom
-            | ClientMsg::Invite) => {
-                if self.on_participant_msg(m, rid).await.is_err() {
-                    return Some(End::Gone(LeaveReason::Disconnected));
-                }
-            }
-            ClientMsg::Leave => return Some(End::Gone(LeaveReason::Left)),
-            ClientMsg::Ping { ts } => {
-                if self.conn.send(&ServerMsg::Pong { ts }).await.is_err() {
-                    return Some(End::Gone(LeaveReason::Disconnected));
-                }
-            }
+            | ClientMsg::Invite) => self.ask(
+                Pending::Host,
+                Query::Host {
+                    msg: m,
+                    request_id: rid,
+                },
+            ),
+            ClientMsg::Leave => self.end(End::Gone(LeaveReason::Left)),
+            ClientMsg::Ping { ts } => self.send(ServerMsg::Pong { ts }),
         }
-        None
     }
 
-    async fn chat(
+    fn chat(
         &mut self,
+        now: Instant,
         text: String,
         client_msg_id: Option<String>,
         attachment_id: Option<String>,
         rid: Option<String>,
     ) {
-        if !self.claims.grants.chat {
-            return self
-                .conn
-                .error(ErrorCode::Forbidden, "this token may not chat", rid)
-                .await;
+        if !self.grants().chat {
+            return self.error(ErrorCode::Forbidden, "this token may not chat", rid);
         }
         if let Some(b) = &mut self.chat_bucket {
-            if !b.take(std::time::Instant::now()) {
-                self.state.inner.counters.hit(Limit::ChatRate);
-                let per_minute = self.state.inner.config.chat_per_minute;
-                return self
-                    .conn
-                    .error(
-                        ErrorCode::RateLimited,
-                        format!("at most {per_minute} chat messages a minute: not sent"),
-                        rid,
-                    )
-                    .await;
+            if !b.take(now) {
+                self.metric(Metric::Limit(Limit::ChatRate));
+                let per_minute = self.limits.chat_per_minute;
+                return self.error(
+                    ErrorCode::RateLimited,
+                    format!("at most {per_minute} chat messages a minute: not sent"),
+                    rid,
+                );
             }
         }
         let text = crate::text::clean_chat_text(&text);
-        let max = self.state.inner.config.chat_max_chars;
-        let attachment = match attachment_id {
-            Some(id) => match self.find_attachment(id).await {
-                Some((a, uploader)) if uploader == self.claims.sub => Some(a),
-                Some(_) => {
-                    return self
-                        .conn
-                        .error(
-                            ErrorCode::NotYourFile,
-                            "only the participant who uploaded a file may attach it",
-                            rid,
-                        )
-                        .await
-                }
-                None => {
-                    return self
-                        .conn
-                        .error(ErrorCode::BadMessage, "no such file in this room", rid)
-                        .await
-                }
-            },
-            None => None,
-        };
-        if (text.is_empty() && attachment.is_none()) || text.chars().count() > max {
-            return self
-                .conn
-                .error(
-                    ErrorCode::BadMessage,
-                    format!("a chat message has 1 to {max} characters"),
+        match attachment_id {
+            Some(id) => self.ask(
+                Pending::Attachment {
+                    text,
+                    client_msg_id,
                     rid,
-                )
-                .await;
-        }
-        let chat = self.state.inner.chat.clone();
-        let (room, pid, identity, name) = (
-            self.room().to_string(),
-            self.pid.to_string(),
-            self.claims.sub.clone(),
-            self.claims.name.clone(),
-        );
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut m = chat.append(&room, &pid, &identity, &name, &text, now_ms())?;
-            if let Some(a) = attachment {
-                crate::richchat::attach(&chat, m.id, &a)?;
-                m.extra.attachment = Some(a);
-            }
-            Ok::<_, crate::SignalingError>(m)
-        })
-        .await;
-        match stored {
-            Ok(Ok(message)) => {
-                self.state.inner.ops.metrics.chat_messages.inc();
-                // Others get the message; the sender's echo also carries its client_msg_id
-                // (the delivery acknowledgement).
-                self.state.inner.rooms.update_and_broadcast(
-                    self.room(),
-                    self.pid,
-                    |_| {},
-                    ServerMsg::Chat {
-                        message: message.clone(),
-                        client_msg_id: None,
-                    },
-                    false,
-                );
-                let client_msg_id = client_msg_id.filter(|c| c.len() <= 64);
-                let _ = self
-                    .conn
-                    .send(&ServerMsg::Chat {
-                        message,
-                        client_msg_id,
-                    })
-                    .await;
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "chat message not stored");
-                self.conn
-                    .error(ErrorCode::Internal, "the message could not be stored", rid)
-                    .await;
-            }
-            Err(e) => {
-                warn!(error = %e, "chat task failed");
-                self.conn
-                    .error(ErrorCode::Internal, "the message could not be stored", rid)
-                    .await;
-            }
+                },
+                Query::Attachment { id },
+            ),
+            None => self.chat_with(text, None, client_msg_id, rid),
         }
     }
 
-    async fn on_media(&mut self, ev: PeerEvent) -> Option<End> {
-        let sent = match ev {
+    /// A chat message with its attachment looked up (`found`: `None` without an attachment,
+    /// `Some(None)` when the file is not in the room, else the file and its uploader).
+    fn chat_with(
+        &mut self,
+        text: String,
+        found: Option<Option<(Attachment, String)>>,
+        client_msg_id: Option<String>,
+        rid: Option<String>,
+    ) {
+        let me = self.claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("");
+        let attachment = match found {
+            None => None,
+            Some(Some((a, uploader))) if uploader == me => Some(a),
+            Some(Some(_)) => {
+                return self.error(
+                    ErrorCode::NotYourFile,
+                    "only the participant who uploaded a file may attach it",
+                    rid,
+                )
+            }
+            Some(None) => return self.bad(rid, "no such file in this room"),
+        };
+        let max = self.limits.chat_max_chars;
+        if (text.is_empty() && attachment.is_none()) || text.chars().count() > max {
+            return self.bad(rid, &format!("a chat message has 1 to {max} characters"));
+        }
+        self.ask(
+            Pending::Chat { client_msg_id, rid },
+            Query::Store(StoreOp::Append { text, attachment }),
+        );
+    }
+
+    /// `chat_edit`, `chat_delete`, `react`, `tile_reaction`.
+    fn rich_chat(&mut self, m: ClientMsg, rid: Option<String>) {
+        if !self.grants().chat {
+            return self.error(ErrorCode::Forbidden, "this token may not chat", rid);
+        }
+        let max = self.limits.chat_max_chars;
+        let op = match m {
+            ClientMsg::TileReaction { emoji } => {
+                if !crate::chat::valid_emoji(&emoji) {
+                    return self.bad(rid, "a reaction is one emoji");
+                }
+                let msg = ServerMsg::TileReaction {
+                    participant_id: self.pid.to_string(),
+                    emoji,
+                };
+                return self.tell_all(msg);
+            }
+            ClientMsg::React {
+                message_id,
+                emoji,
+                active,
+            } => {
+                if !crate::chat::valid_emoji(&emoji) {
+                    return self.bad(rid, "a reaction is one emoji");
+                }
+                StoreOp::React {
+                    message_id,
+                    emoji,
+                    active,
+                }
+            }
+            ClientMsg::ChatEdit { message_id, text } => {
+                let text = crate::text::clean_chat_text(&text);
+                if text.is_empty() || text.chars().count() > max {
+                    return self.bad(rid, &format!("a chat message has 1 to {max} characters"));
+                }
+                StoreOp::Edit { message_id, text }
+            }
+            ClientMsg::ChatDelete { message_id } => StoreOp::Delete { message_id },
+            _ => return,
+        };
+        self.ask(Pending::ChatChange { rid }, Query::Store(op));
+    }
+
+    fn on_media(&mut self, now: Instant, ev: PeerEvent) {
+        match ev {
             PeerEvent::Answer { sdp } => {
                 let sdp = with_end_of_candidates(sdp);
-                self.conn.send(&ServerMsg::Answer { sdp }).await
+                self.send(ServerMsg::Answer { sdp });
             }
             PeerEvent::Offer { sdp } => {
                 let sdp = with_end_of_candidates(sdp);
-                self.conn.send(&ServerMsg::Offer { sdp }).await
+                self.send(ServerMsg::Offer { sdp });
             }
             PeerEvent::Connected => {
                 if let Some(t) = self.join_started.take() {
-                    let took = t.elapsed();
-                    self.state
-                        .inner
-                        .ops
-                        .metrics
-                        .join_duration
-                        .observe(took.as_secs_f64());
+                    let took = now.saturating_duration_since(t);
+                    self.metric(Metric::JoinDuration(took));
                     info!(join_ms = took.as_millis() as u64, "media connected");
                 } else {
                     info!("media connected");
                 }
-                Ok(())
             }
             PeerEvent::Slots { slots } => {
                 let slots = slots
@@ -1215,13 +1667,11 @@ impl Session {
                         source: s.track.map(|t| t.source),
                     })
                     .collect();
-                self.conn.send(&ServerMsg::MediaSlots { slots }).await
+                self.send(ServerMsg::MediaSlots { slots });
             }
             PeerEvent::Layers { track_id, active } => {
                 let track_id = track_id.to_string();
-                self.conn
-                    .send(&ServerMsg::Layers { track_id, active })
-                    .await
+                self.send(ServerMsg::Layers { track_id, active });
             }
             PeerEvent::Speakers { speakers } => {
                 let speakers = speakers
@@ -1231,7 +1681,7 @@ impl Session {
                         level: f32::from(s.level) / 100.0,
                     })
                     .collect();
-                self.conn.send(&ServerMsg::Speakers { speakers }).await
+                self.send(ServerMsg::Speakers { speakers });
             }
             PeerEvent::Quality { participants } => {
                 let participants = participants
@@ -1241,7 +1691,7 @@ impl Session {
                         quality: q.as_str().to_string(),
                     })
                     .collect();
-                self.conn.send(&ServerMsg::Quality { participants }).await
+                self.send(ServerMsg::Quality { participants });
             }
             PeerEvent::TrackPublished {
                 track_id,
@@ -1257,54 +1707,57 @@ impl Session {
                     participant_id: self.pid.to_string(),
                     track: track.clone(),
                 };
-                self.state.inner.rooms.update_and_broadcast(
-                    self.room(),
-                    self.pid,
-                    |i| i.tracks.push(track),
-                    msg,
-                    false,
-                );
-                Ok(())
+                self.broadcast(Change::Track(track), msg, false);
             }
-            PeerEvent::Error { code, message } => {
+            PeerEvent::Error { refusal, message } => {
                 // Media's own text names parser internals: it goes to the log, the client gets
                 // a fixed sentence and the request id of the message media refused.
-                info!(code, detail = %message, "media refused");
+                info!(?refusal, detail = %message, "media refused");
                 let rids = &mut self.media_rids;
-                let (code, text, rid) = match code {
-                    "invalid_offer" => {
+                let (code, text, rid) = match refusal {
+                    MediaRefusal::Offer => {
                         // The offer was refused: the client may send a corrected one.
                         self.offered = false;
                         let text = "the offer could not be parsed or applied";
                         (ErrorCode::InvalidSdp, text.to_string(), rids.offer.take())
                     }
-                    "invalid_sdp" => {
+                    MediaRefusal::Answer => {
                         let text = "the answer could not be parsed or applied";
                         (ErrorCode::InvalidSdp, text.to_string(), rids.answer.take())
                     }
-                    "invalid_candidate" => {
+                    MediaRefusal::Candidate => {
                         let text = "the candidate could not be parsed";
                         let rid = rids.candidate.take();
                         (ErrorCode::InvalidCandidate, text.to_string(), rid)
                     }
-                    // Not a reply: a track arrived over the limit (the text names the limit).
-                    "too_many_tracks" => (ErrorCode::TooManyTracks, message, None),
+                    // Not a reply: a track arrived over the limit (the text names the limit and
+                    // the track's mid, nothing internal).
+                    MediaRefusal::TooManyTracks { .. } => (ErrorCode::TooManyTracks, message, None),
                     _ => (ErrorCode::Internal, "internal error".to_string(), None),
                 };
-                self.conn.send(&ServerMsg::error(code, text, rid)).await
+                self.error(code, text, rid);
             }
             PeerEvent::Closed { reason } => {
                 info!(?reason, "media connection closed");
                 if self.join_started.is_some() {
-                    self.state.inner.ops.metrics.join_failed(match reason {
+                    self.metric(Metric::JoinFailed(match reason {
                         huddle_media::CloseReason::ConnectTimeout => JoinFailure::MediaTimeout,
                         _ => JoinFailure::MediaFailed,
-                    });
+                    }));
                 }
-                return Some(End::Kick(LeaveReason::Disconnected));
+                self.end(End::Kick(LeaveReason::Disconnected));
             }
-        };
-        sent.err().map(|_| End::Gone(LeaveReason::Disconnected))
+        }
+    }
+}
+
+/// The error code and the join-failure metric of a refused token.
+fn token_refusal(e: TokenError) -> (ErrorCode, JoinFailure) {
+    match e {
+        TokenError::Expired => (ErrorCode::TokenExpired, JoinFailure::TokenExpired),
+        TokenError::Invalid | TokenError::NotYetValid | TokenError::TooLong => {
+            (ErrorCode::InvalidToken, JoinFailure::InvalidToken)
+        }
     }
 }
 
@@ -1349,42 +1802,4 @@ fn with_end_of_candidates(sdp: String) -> String {
         out.push_str("a=end-of-candidates\r\n");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{with_end_of_candidates, CloseCode};
-    use crate::protocol::{LeaveReason, ServerMsg};
-
-    #[test]
-    fn the_close_code_follows_the_leave() {
-        let code = |m: &ServerMsg| CloseCode::after(m).code();
-        assert_eq!(code(&ServerMsg::leave_to_reconnect()), 1012);
-        assert_eq!(code(&ServerMsg::leave(LeaveReason::ServerShutdown)), 1001);
-        assert_eq!(code(&ServerMsg::leave(LeaveReason::Removed)), 1000);
-        assert_eq!(code(&ServerMsg::leave(LeaveReason::RoomEnded)), 1000);
-    }
-
-    #[test]
-    fn end_of_candidates_follows_the_last_candidate_of_each_section_that_has_any() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
-                   a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=rtpmap:111 opus/48000/2\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
-        let out = with_end_of_candidates(sdp.to_string());
-        assert_eq!(
-            out,
-            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
-             a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n\
-             a=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"
-        );
-        // At the very end, and never twice.
-        let last = "m=audio 9 X 0\r\na=candidate:1 1 udp 1 127.0.0.1 1 typ host";
-        let once = with_end_of_candidates(last.to_string());
-        assert!(
-            once.ends_with("typ host\r\na=end-of-candidates\r\n"),
-            "{once:?}"
-        );
-        assert_eq!(with_end_of_candidates(once.clone()), once);
-        assert_eq!(with_end_of_candidates("v=0\r\n".into()), "v=0\r\n");
-    }
 }

@@ -7,19 +7,25 @@
 //! async thread. A lost connection is re-opened at the next call.
 //!
 //! Besides the fixed jobs below, [`PgChat::run`] runs any async function on the connection: rich
-//! chat and uploaded files (`richchat_pg`) use it.
+//! chat (below) and uploaded files (`files_pg`) use it. Rich chat changes run in one
+//! transaction that locks the message's row first, so two nodes changing the same message take
+//! turns (and the emoji cap holds).
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Error, GenericClient, Row};
 
-use crate::protocol::ChatMessage;
+use super::model::{add_reaction, check, too_many_emojis, ChatBackend, Refused};
+use crate::protocol::{Attachment, ChatMessage};
 use crate::SignalingError;
 
-/// The chat table; the rich chat and file tables follow it (`richchat_pg::SCHEMA`). Run in one
+/// The chat table; the rich chat tables ([`RICH_SCHEMA`]) and the file table
+/// (`files_pg::SCHEMA`) follow it. Run in one
 /// transaction under an advisory lock, so nodes starting together do not race creating them.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     id BIGSERIAL PRIMARY KEY,
@@ -162,11 +168,7 @@ impl PgChat {
         }
     }
 
-    pub(crate) fn append(
-        &self,
-        room: &str,
-        msg: ChatMessage,
-    ) -> Result<ChatMessage, SignalingError> {
+    fn append_msg(&self, room: &str, msg: ChatMessage) -> Result<ChatMessage, SignalingError> {
         let id = self.call(|reply| Job::Append {
             room: room.to_string(),
             msg: Box::new(msg.clone()),
@@ -175,11 +177,7 @@ impl PgChat {
         Ok(ChatMessage { id, ..msg })
     }
 
-    pub(crate) fn history(
-        &self,
-        room: &str,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>, SignalingError> {
+    fn history_of(&self, room: &str, limit: usize) -> Result<Vec<ChatMessage>, SignalingError> {
         self.call(|reply| Job::History {
             room: room.to_string(),
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
@@ -187,7 +185,7 @@ impl PgChat {
         })
     }
 
-    pub(crate) fn ping(&self) -> Result<(), SignalingError> {
+    fn ping_now(&self) -> Result<(), SignalingError> {
         self.call(|reply| Job::Ping { reply })
     }
 }
@@ -204,8 +202,8 @@ async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
         }
     });
     let schema = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {}; COMMIT;",
-        crate::richchat_pg::SCHEMA
+        "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {RICH_SCHEMA}; {}; COMMIT;",
+        crate::files_pg::SCHEMA
     );
     client
         .batch_execute(&schema)
@@ -315,4 +313,318 @@ async fn worker(
             }
         }
     }
+}
+
+/// The rich chat tables, created with the chat table.
+const RICH_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_attachment (
+    message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chat_reaction (
+    message_id BIGINT NOT NULL REFERENCES chat (id) ON DELETE CASCADE,
+    identity TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    seq BIGSERIAL,
+    PRIMARY KEY (message_id, identity, emoji)
+);
+CREATE TABLE IF NOT EXISTS chat_edit (
+    message_id BIGINT PRIMARY KEY REFERENCES chat (id) ON DELETE CASCADE,
+    edited_ts BIGINT,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE
+)";
+
+impl ChatBackend for PgChat {
+    fn ping(&self) -> Result<(), SignalingError> {
+        self.ping_now()
+    }
+
+    fn append(&self, room: &str, msg: ChatMessage) -> Result<ChatMessage, SignalingError> {
+        self.append_msg(room, msg)
+    }
+
+    fn history(&self, room: &str, limit: usize) -> Result<Vec<ChatMessage>, SignalingError> {
+        self.history_of(room, limit)
+    }
+
+    fn attach(&self, message_id: i64, attachment: &Attachment) -> Result<(), SignalingError> {
+        let json = serde_json::to_string(attachment).unwrap_or_default();
+        self.run(CALL_TIMEOUT, move |c| Box::pin(attach(c, message_id, json)))
+    }
+
+    fn decorate(&self, messages: &mut [ChatMessage]) -> Result<(), SignalingError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut owned = messages.to_vec();
+        let decorated = self.run(CALL_TIMEOUT, move |c| {
+            Box::pin(async move {
+                decorate(&*c, &mut owned).await?;
+                Ok(owned)
+            })
+        })?;
+        messages.clone_from_slice(&decorated);
+        Ok(())
+    }
+
+    fn edit(
+        &self,
+        room: &str,
+        identity: &str,
+        id: i64,
+        text: &str,
+        now_ms: i64,
+    ) -> Result<Result<ChatMessage, Refused>, SignalingError> {
+        let (room, identity, text) = (room.to_string(), identity.to_string(), text.to_string());
+        self.run(CALL_TIMEOUT, move |c| {
+            Box::pin(edit(c, room, identity, id, text, now_ms))
+        })
+    }
+
+    fn delete(
+        &self,
+        room: &str,
+        identity: &str,
+        id: i64,
+    ) -> Result<Result<(ChatMessage, Option<Attachment>), Refused>, SignalingError> {
+        let (room, identity) = (room.to_string(), identity.to_string());
+        self.run(CALL_TIMEOUT, move |c| {
+            Box::pin(delete(c, room, identity, id))
+        })
+    }
+
+    fn react(
+        &self,
+        room: &str,
+        identity: &str,
+        id: i64,
+        emoji: &str,
+        active: bool,
+    ) -> Result<Result<ChatMessage, Refused>, SignalingError> {
+        let (room, identity, emoji) = (room.to_string(), identity.to_string(), emoji.to_string());
+        self.run(CALL_TIMEOUT, move |c| {
+            Box::pin(react(c, room, identity, id, emoji, active))
+        })
+    }
+}
+
+fn message(r: &Row) -> Result<ChatMessage, Error> {
+    Ok(ChatMessage {
+        id: r.try_get(0)?,
+        participant_id: r.try_get(1)?,
+        identity: r.try_get(2)?,
+        name: r.try_get(3)?,
+        text: r.try_get(4)?,
+        ts: r.try_get(5)?,
+        extra: Default::default(),
+    })
+}
+
+/// Records that `message_id` carries the attachment `json`.
+async fn attach(c: &mut Client, message_id: i64, json: String) -> Result<(), Error> {
+    c.execute(
+        "INSERT INTO chat_attachment (message_id, json) VALUES ($1, $2)
+         ON CONFLICT (message_id) DO UPDATE SET json = excluded.json",
+        &[&message_id, &json],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Fills in the attachment, reactions and edit state of each message (three queries for all).
+async fn decorate<C: GenericClient + Sync>(
+    c: &C,
+    messages: &mut [ChatMessage],
+) -> Result<(), Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    for m in messages.iter_mut() {
+        m.extra.attachment = None;
+        m.extra.reactions.clear();
+    }
+    for r in c
+        .query(
+            "SELECT message_id, json FROM chat_attachment WHERE message_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            messages[i].extra.attachment = serde_json::from_str(r.try_get(1)?).ok();
+        }
+    }
+    for r in c
+        .query(
+            "SELECT message_id, emoji, identity FROM chat_reaction WHERE message_id = ANY($1)
+             ORDER BY seq",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            add_reaction(
+                &mut messages[i].extra.reactions,
+                r.try_get(1)?,
+                r.try_get(2)?,
+            );
+        }
+    }
+    for r in c
+        .query(
+            "SELECT message_id, edited_ts, deleted FROM chat_edit WHERE message_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        if let Some(&i) = index.get(&r.try_get::<_, i64>(0)?) {
+            messages[i].extra.edited_ts = r.try_get(1)?;
+            messages[i].extra.deleted = r.try_get(2)?;
+        }
+    }
+    Ok(())
+}
+
+/// One message of a room, decorated; `None` if there is none with this id.
+async fn load<C: GenericClient + Sync>(
+    c: &C,
+    room: &str,
+    id: i64,
+) -> Result<Option<ChatMessage>, Error> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT id, participant_id, identity, name, text, ts FROM chat
+             WHERE id = $1 AND room = $2",
+            &[&id, &room],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut m = [message(&row)?];
+    decorate(c, &mut m).await?;
+    let [m] = m;
+    Ok(Some(m))
+}
+
+/// Locks message `id` of `room` for the rest of the transaction and checks it as
+/// [`check`] does.
+async fn lock_owned<C: GenericClient + Sync>(
+    c: &C,
+    room: &str,
+    id: i64,
+    owner: Option<&str>,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    c.execute(
+        "SELECT 1 FROM chat WHERE id = $1 AND room = $2 FOR UPDATE",
+        &[&id, &room],
+    )
+    .await?;
+    Ok(check(load(c, room, id).await?, owner))
+}
+
+/// Replaces the text of `identity`'s message `id`.
+async fn edit(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+    text: String,
+    now_ms: i64,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    let tx = c.transaction().await?;
+    if let Err(r) = lock_owned(&tx, &room, id, Some(&identity)).await? {
+        return Ok(Err(r));
+    }
+    tx.execute("UPDATE chat SET text = $1 WHERE id = $2", &[&text, &id])
+        .await?;
+    tx.execute(
+        "INSERT INTO chat_edit (message_id, edited_ts, deleted) VALUES ($1, $2, FALSE)
+         ON CONFLICT (message_id) DO UPDATE SET edited_ts = excluded.edited_ts",
+        &[&id, &now_ms],
+    )
+    .await?;
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound))
+}
+
+/// Deletes `identity`'s message `id`: its text, attachment and reactions are removed. Returns
+/// the message as it is now and the attachment it had, when no other message carries it.
+async fn delete(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+) -> Result<Result<(ChatMessage, Option<Attachment>), Refused>, Error> {
+    let tx = c.transaction().await?;
+    let before = match lock_owned(&tx, &room, id, Some(&identity)).await? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
+    };
+    tx.execute("UPDATE chat SET text = '' WHERE id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM chat_attachment WHERE message_id = $1", &[&id])
+        .await?;
+    tx.execute("DELETE FROM chat_reaction WHERE message_id = $1", &[&id])
+        .await?;
+    tx.execute(
+        "INSERT INTO chat_edit (message_id, edited_ts, deleted) VALUES ($1, NULL, TRUE)
+         ON CONFLICT (message_id) DO UPDATE SET deleted = TRUE",
+        &[&id],
+    )
+    .await?;
+    let orphan = match before.extra.attachment {
+        Some(a) => {
+            let still_used: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM chat_attachment WHERE (json::json)->>'id' = $1)",
+                    &[&a.id],
+                )
+                .await?
+                .try_get(0)?;
+            (!still_used).then_some(a)
+        }
+        None => None,
+    };
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound).map(|m| (m, orphan)))
+}
+
+/// Adds (or removes) `identity`'s `emoji` reaction to message `id` of `room`.
+async fn react(
+    c: &mut Client,
+    room: String,
+    identity: String,
+    id: i64,
+    emoji: String,
+    active: bool,
+) -> Result<Result<ChatMessage, Refused>, Error> {
+    let tx = c.transaction().await?;
+    let m = match lock_owned(&tx, &room, id, None).await? {
+        Ok(m) => m,
+        Err(r) => return Ok(Err(r)),
+    };
+    if active {
+        if too_many_emojis(&m, &emoji) {
+            return Ok(Err(Refused::TooManyEmojis));
+        }
+        tx.execute(
+            "INSERT INTO chat_reaction (message_id, identity, emoji) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&id, &identity, &emoji],
+        )
+        .await?;
+    } else {
+        tx.execute(
+            "DELETE FROM chat_reaction WHERE message_id = $1 AND identity = $2 AND emoji = $3",
+            &[&id, &identity, &emoji],
+        )
+        .await?;
+    }
+    let m = load(&tx, &room, id).await?;
+    tx.commit().await?;
+    Ok(m.ok_or(Refused::NotFound))
 }
