@@ -850,6 +850,7 @@ async fn the_first_in_a_room_opened_by_link_hosts_from_the_socket() {
         json!({"type": "room_settings", "lobby": true, "request_id": "r2"}),
         json!({"type": "end_room", "request_id": "r3"}),
         json!({"type": "invite", "request_id": "r4"}),
+        json!({"type": "moderate", "participant_id": a_id, "action": "spotlight", "request_id": "r5"}),
     ] {
         b.send(m).await;
         let (e, _) = b.recv_type("error").await;
@@ -871,6 +872,14 @@ async fn the_first_in_a_room_opened_by_link_hosts_from_the_socket() {
         .await;
     let (e, _) = a.recv_type("error").await;
     assert_eq!(e["code"], "bad_message");
+
+    // Spotlight: everyone is told, and a later joiner finds it in `joined` (below).
+    a.send(json!({"type": "moderate", "participant_id": b_id, "action": "spotlight"}))
+        .await;
+    for s in [&mut a, &mut b] {
+        let (m, _) = s.recv_type("spotlight").await;
+        assert_eq!(m["participant_id"], b_id.as_str(), "{m}");
+    }
 
     // Lobby on: everyone is told; a newcomer waits and only a host may admit.
     a.send(json!({"type": "room_settings", "lobby": true}))
@@ -894,7 +903,15 @@ async fn the_first_in_a_room_opened_by_link_hosts_from_the_socket() {
         .await;
     let (j, _) = c.recv_type("joined").await;
     assert_eq!(j["lobby"], true, "{j}");
+    assert_eq!(j["spotlight"], b_id.as_str(), "the spotlight replayed: {j}");
     let c_id = j["participant_id"].as_str().unwrap().to_string();
+    a.send(json!({"type": "moderate", "participant_id": b_id, "action": "unspotlight"}))
+        .await;
+    let (m, _) = c.recv_type("spotlight").await;
+    assert!(
+        m["participant_id"].is_null(),
+        "nobody in the spotlight: {m}"
+    );
 
     // Make host: Bo may now lock the room; a newcomer is refused.
     a.send(json!({"type": "moderate", "participant_id": b_id, "action": "make_host"}))

@@ -500,7 +500,16 @@ function startCall({ room, token, stream, join, name, password, previous = null,
         huddle.view = view;
         mod = new ModerationUI({ view, call, selfId: msg.participant_id, selfName: msg.name || name, canChat: !msg.grants || msg.grants.chat !== false });
         huddle.mod = mod;
-        host = new HostUI({ call, mod, selfId: msg.participant_id });
+        host = new HostUI({
+          call,
+          mod,
+          selfId: msg.participant_id,
+          // A host's spotlight is a pin for everyone; taking it away unpins only that tile.
+          onSpotlight: (id, previous) => {
+            if (id) view.pin(id);
+            else if (previous && view.pinnedId === previous) view.pin(null);
+          },
+        });
         huddle.host = host;
         host.fromJoined(msg);
         rich = new RichChat({ view, call, room: msg.room || room, token, identity: msg.identity });
@@ -526,6 +535,7 @@ function startCall({ room, token, stream, join, name, password, previous = null,
           host.note(p);
           if (p.hand_raised) mod.setHand(p.participant_id, true);
         }
+        if (host.spotlightId) view.pin(host.spotlightId);
         showScreen('room');
         view.chatHistory(msg.chat_history);
         view.layout();

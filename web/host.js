@@ -1,6 +1,6 @@
 // Hosts in the page (docs/protocol.md, "Hosts"; docs/web-client.md): who hosts, and for a host
 // the room's controls (lobby, lock, end for all) and per-person actions (mute, stop video,
-// remove, make host) in the participants panel. Invite links made by a host carry a signed,
+// remove, make host, spotlight for everyone) in the participants panel. Invite links made by a host carry a signed,
 // time-limited invite, so that they admit people on a server with open joining off.
 
 import { $, el } from './ui.js';
@@ -9,11 +9,14 @@ import { t } from './i18n.js';
 const INVITE_WAIT_MS = 5000;
 
 export class HostUI {
-  // opts: {call, mod (ModerationUI), selfId}
+  // opts: {call, mod (ModerationUI), selfId, onSpotlight(id, previous)}
   constructor(opts) {
     this.call = opts.call;
     this.mod = opts.mod;
     this.selfId = opts.selfId;
+    this.onSpotlight = opts.onSpotlight || (() => {});
+    // Whom a host put in the spotlight (shown large for everyone, as a pin).
+    this.spotlightId = null;
     this.hosts = new Set();
     this.flags = { lobby: false, locked: false };
     this.inviteWaiters = [];
@@ -23,7 +26,7 @@ export class HostUI {
     const title = this.mod.peoplePanel.querySelector('.people-title');
     title.after(this.panel);
     this.mod.decoratePerson = (li, p) => this.decoratePerson(li, p);
-    this.mod.peopleKey = () => `${[...this.hosts].sort().join(',')}|${this.isHost(this.selfId)}`;
+    this.mod.peopleKey = () => `${[...this.hosts].sort().join(',')}|${this.isHost(this.selfId)}|${this.spotlightId}`;
     this.render();
   }
 
@@ -46,6 +49,8 @@ export class HostUI {
   // Our own `joined`: whether we host, and the room's lobby and lock.
   fromJoined(msg) {
     this.flags = { lobby: !!msg.lobby, locked: !!msg.locked };
+    // Shown by the page once the tiles exist (app.js).
+    this.spotlightId = msg.spotlight || null;
     if (msg.host) {
       this.setHost(this.selfId, true);
       this.mod.announce?.(t('host.you_are_host'));
@@ -60,6 +65,7 @@ export class HostUI {
   }
 
   participantLeft(id) {
+    if (this.spotlightId === id) this.spotlightId = null;
     if (this.hosts.delete(id)) this.mod.renderPeople();
   }
 
@@ -82,6 +88,15 @@ export class HostUI {
         this.flags = { lobby: !!msg.lobby, locked: !!msg.locked };
         this.render();
         return true;
+      case 'spotlight': {
+        const previous = this.spotlightId;
+        this.spotlightId = msg.participant_id || null;
+        this.onSpotlight(this.spotlightId, previous);
+        const who = this.spotlightId && this.mod.view?.tiles.get(this.spotlightId)?.name;
+        if (who) this.mod.announce?.(t('host.spotlight_notice', { name: who }));
+        this.mod.renderPeople();
+        return true;
+      }
       case 'invite':
         for (const w of this.inviteWaiters.splice(0)) w(msg);
         return true;
@@ -147,6 +162,8 @@ export class HostUI {
     if (!(p.tile && p.tile.audioMuted)) actions.append(action('mute_audio', t('host.mute'), 'host-mute'));
     if (!(p.tile && p.tile.videoMuted)) actions.append(action('mute_video', t('host.stop_video'), 'host-stop-video'));
     if (!this.isHost(p.id)) actions.append(action('make_host', t('host.make_host'), 'host-make-host'));
+    if (this.spotlightId === p.id) actions.append(action('unspotlight', t('host.unspotlight'), 'host-unspotlight'));
+    else actions.append(action('spotlight', t('host.spotlight'), 'host-spotlight'));
     actions.append(action('remove', t('host.remove'), 'host-remove'));
     li.append(actions);
   }

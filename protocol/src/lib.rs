@@ -236,6 +236,10 @@ pub enum HostAction {
     Remove,
     /// Make a host too.
     MakeHost,
+    /// Put in the spotlight: shown large for everyone (`spotlight` to the room).
+    Spotlight,
+    /// Take out of the spotlight (nothing happens if someone else is in it).
+    Unspotlight,
 }
 
 /// Where a published track comes from.
@@ -557,6 +561,9 @@ pub enum ServerMsg {
         /// The room is locked (left out when not).
         #[serde(default, skip_serializing_if = "is_false")]
         locked: bool,
+        /// The participant a host put in the spotlight (left out when nobody is).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spotlight: Option<String>,
     },
     /// Reply to a good `resume`: the participant is back on this socket. Messages the server
     /// queued while the socket was down follow.
@@ -700,6 +707,12 @@ pub enum ServerMsg {
         participant_id: String,
         /// A host now.
         host: bool,
+    },
+    /// A host put someone in the spotlight or took them out of it (to everyone; `joined` has
+    /// it too): the page shows that participant large, as a pin.
+    Spotlight {
+        /// Who, or `None`: nobody is in the spotlight now.
+        participant_id: Option<String>,
     },
     /// The room's lobby and lock, whenever a host changes them (to everyone; `joined` has them
     /// too).
@@ -899,6 +912,8 @@ mod tests {
             r#"{"type":"deny","participant_id":"PA_1"}"#,
             r#"{"type":"moderate","participant_id":"PA_1","action":"mute_audio"}"#,
             r#"{"type":"moderate","participant_id":"PA_1","action":"make_host"}"#,
+            r#"{"type":"moderate","participant_id":"PA_1","action":"spotlight"}"#,
+            r#"{"type":"moderate","participant_id":"PA_1","action":"unspotlight"}"#,
             r#"{"type":"room_settings","lobby":true}"#,
             r#"{"type":"room_settings","locked":false}"#,
             r#"{"type":"end_room"}"#,

@@ -209,6 +209,7 @@ pub(crate) fn server_msg_type(msg: &ServerMsg) -> &'static str {
         ServerMsg::KnockEnded { .. } => "knock_ended",
         ServerMsg::Host { .. } => "host",
         ServerMsg::RoomSettings { .. } => "room_settings",
+        ServerMsg::Spotlight { .. } => "spotlight",
         ServerMsg::Invite { .. } => "invite",
         ServerMsg::Error { .. } => "error",
     }

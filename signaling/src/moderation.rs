@@ -62,6 +62,8 @@ pub(crate) struct LiveFlags {
     pub(crate) lobby: bool,
     /// Nobody new may join (admins excepted).
     pub(crate) locked: bool,
+    /// Whom a host put in the spotlight (shown large for everyone).
+    pub(crate) spotlight: Option<ParticipantId>,
 }
 
 /// How a lobby wait ended.
@@ -93,6 +95,7 @@ impl State {
         self.live.get(room).copied().unwrap_or(LiveFlags {
             lobby: self.settings.get(room).is_some_and(|s| s.lobby),
             locked: false,
+            spotlight: None,
         })
     }
 }
@@ -286,6 +289,26 @@ impl Moderation {
         f
     }
 
+    /// A host puts `pid` in the spotlight (`on`) or takes it out (only if it is the one in
+    /// it). Returns the spotlight if it changed.
+    pub(crate) fn set_spotlight(
+        &self,
+        room: &str,
+        pid: ParticipantId,
+        on: bool,
+    ) -> Option<Option<ParticipantId>> {
+        let mut st = self.lock();
+        let mut f = st.flags(room);
+        let new = match (on, f.spotlight) {
+            (true, s) if s != Some(pid) => Some(pid),
+            (false, Some(s)) if s == pid => None,
+            _ => return None,
+        };
+        f.spotlight = new;
+        st.live.insert(room.to_string(), f);
+        Some(new)
+    }
+
     /// Whether `pid` is a host of `room`.
     pub(crate) fn is_host(&self, room: &str, pid: ParticipantId) -> bool {
         let st = self.lock();
@@ -443,7 +466,13 @@ impl Moderation {
             return false;
         };
         let was = m.remove(&pid).is_some();
-        if m.is_empty() {
+        let empty = m.is_empty();
+        // Whoever joins later is not told of a spotlight on someone gone (the pages in the
+        // room drop it with the tile).
+        if let Some(f) = st.live.get_mut(room).filter(|f| f.spotlight == Some(pid)) {
+            f.spotlight = None;
+        }
+        if empty {
             st.members.remove(room);
             // The page's lobby and lock go with the last member. In a room opened by link
             // nobody is left to answer a knock, so its waiters are told the meeting ended.
@@ -601,6 +630,23 @@ mod tests {
     }
 
     #[test]
+    fn a_spotlight_moves_clears_only_on_its_own_participant_and_goes_when_they_leave() {
+        let m = moderation();
+        let (a, b) = (ParticipantId(1), ParticipantId(2));
+        m.entered("r", a, false, true);
+        m.entered("r", b, false, true);
+        assert_eq!(m.set_spotlight("r", a, true), Some(Some(a)));
+        assert_eq!(m.set_spotlight("r", a, true), None, "no change");
+        assert_eq!(m.set_spotlight("r", b, false), None, "b is not in it");
+        assert_eq!(m.set_spotlight("r", b, true), Some(Some(b)));
+        assert_eq!(m.flags("r").spotlight, Some(b));
+        m.left("r", b);
+        assert_eq!(m.flags("r").spotlight, None, "gone with b");
+        assert_eq!(m.set_spotlight("r", a, true), Some(Some(a)));
+        assert_eq!(m.set_spotlight("r", a, false), Some(None));
+    }
+
+    #[test]
     fn ending_a_room_forgets_it_and_empties_its_lobby() {
         let m = moderation();
         m.save("r", settings(None, true)).unwrap();
@@ -633,7 +679,8 @@ mod tests {
             m.set_flags("link", Some(true), None),
             LiveFlags {
                 lobby: true,
-                locked: false
+                locked: false,
+                spotlight: None
             }
         );
         assert!(matches!(m.gate("link", false, None), Gate::Lobby));

@@ -268,6 +268,8 @@ pub struct Entered {
     pub lobby: bool,
     /// The room is locked.
     pub locked: bool,
+    /// Whom a host put in the spotlight.
+    pub spotlight: Option<String>,
     /// Recent chat.
     pub history: Vec<ChatMessage>,
     /// ICE servers for this identity.
@@ -1321,6 +1323,7 @@ impl Session {
             host: e.host,
             lobby: e.lobby,
             locked: e.locked,
+            spotlight: e.spotlight,
         });
         self.metric(Metric::Joined);
         for k in e.knocks {

@@ -477,7 +477,7 @@ test('friendly pages: bad room names, unknown paths, names in any language, the 
 // her participants panel she mutes Bob and stops his video, turns the lobby on, removes him;
 // Bob's rejoin waits in the lobby until Alice admits him; she makes him a host; her invite link
 // carries a signed invite; she locks the room and ends the meeting for all.
-test('hosts: the first by link hosts; mute, stop video, lobby, remove, admit, make host, lock, end from the page', { timeout: 120_000 }, async () => {
+test('hosts: the first by link hosts; mute, stop video, spotlight, lobby, remove, admit, make host, lock, end from the page', { timeout: 120_000 }, async () => {
   try {
     await ensureCall();
     const { alice, bob, base, room } = ctx;
@@ -508,6 +508,20 @@ test('hosts: the first by link hosts; mute, stop video, lobby, remove, admit, ma
     await waitFor("Bob's camera to be stopped by the host", () => bob.page.evaluate(() => window.huddle.videoMuted), Boolean, { timeout: 5000 });
     await alice.page.waitForSelector(`${bobTile} .cam-badge:not([hidden])`, { timeout: 5000 });
     note('Alice muted Bob and stopped his video from the page');
+
+    // Spotlight Bob for everyone: the server tells the room (Bob's page too), and Alice's page
+    // shows his tile large, as a pin; taking it away unpins it.
+    const spot = () => alice.page.evaluate((sel) => {
+      const b = document.querySelector(sel).getBoundingClientRect();
+      const s = document.querySelector('[data-testid="self-tile"]').getBoundingClientRect();
+      return { pinned: document.querySelector(sel).classList.contains('pinned'), big: b.width * b.height > 2 * s.width * s.height };
+    }, bobTile);
+    await alice.page.click(`${person} [data-testid="host-spotlight"]`);
+    await waitFor("Bob's tile in the spotlight on Alice's page", spot, (s) => s.pinned && s.big, { timeout: 5000 });
+    await waitFor("Bob's page to hear of the spotlight", () => bob.page.evaluate(() => window.huddle.host?.spotlightId), (id) => id === bob.participantId, { timeout: 5000 });
+    await alice.page.click(`${person} [data-testid="host-unspotlight"]`);
+    await waitFor('the spotlight gone on both pages', () => Promise.all([spot(), bob.page.evaluate(() => window.huddle.host?.spotlightId)]), ([s, id]) => !s.pinned && id === null, { timeout: 5000 });
+    note('Alice put Bob in the spotlight for everyone and took him out');
 
     // Lobby on: everyone is told.
     await alice.page.click('label:has([data-testid="host-lobby"])');

@@ -457,6 +457,7 @@ impl Driver {
             host,
             lobby: flags.lobby,
             locked: flags.locked,
+            spotlight: flags.spotlight.map(|p| p.to_string()),
             history,
             ice_servers: (inner.ice)(&claims.sub),
             resume_token,

@@ -81,6 +81,18 @@ pub(crate) fn apply(
                         &ServerMsg::leave(LeaveReason::Removed),
                     );
                 }
+                HostAction::Spotlight | HostAction::Unspotlight => {
+                    let on = action == HostAction::Spotlight;
+                    if let Some(now) = m.set_spotlight(room, target, on) {
+                        rooms.send(
+                            room,
+                            None,
+                            &ServerMsg::Spotlight {
+                                participant_id: now.map(|p| p.to_string()),
+                            },
+                        );
+                    }
+                }
                 HostAction::MakeHost => {
                     if m.make_host(room, target) {
                         rooms.update_and_broadcast(

@@ -234,6 +234,7 @@ impl Sim {
                     host: claims.grants.admin,
                     lobby: matches!(w.gate, Gate::Lobby),
                     locked: false,
+                    spotlight: None,
                     history: Vec::new(),
                     ice_servers: Vec::new(),
                     resume_token: "r".repeat(32),
