@@ -304,7 +304,7 @@ impl Driver {
         match q {
             Query::Token(token) => Reply::Token(inner.keys.verify(&token)),
             Query::Admission { room } => {
-                self.span.record("room", room.as_str());
+                self.span.record("room", tracing::field::display(&room));
                 if state.is_draining() {
                     return Reply::Admission(Admission::Draining(state.farewell()));
                 }
