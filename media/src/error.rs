@@ -23,6 +23,9 @@ pub enum MediaError {
     /// A command named a participant this worker does not know.
     #[error("unknown participant {0}")]
     UnknownParticipant(ParticipantId),
+    /// Text that is not a participant or track id of ours (`PA_` or `TR_` and hex).
+    #[error("not a {0} id")]
+    BadId(&'static str),
     /// The media worker has stopped.
     #[error("the media worker has stopped")]
     WorkerGone,

@@ -1,5 +1,7 @@
 use std::fmt;
 
+use crate::MediaError;
+
 /// A participant's id: one session in one room, assigned by signaling. Not the participant's
 /// identity (the same person joining twice gets two ids).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -12,12 +14,13 @@ impl fmt::Display for ParticipantId {
 }
 
 impl std::str::FromStr for ParticipantId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let hex = s.strip_prefix("PA_").ok_or(())?;
+    type Err = MediaError;
+    fn from_str(s: &str) -> Result<Self, MediaError> {
+        let bad = || MediaError::BadId("participant");
+        let hex = s.strip_prefix("PA_").ok_or_else(bad)?;
         u64::from_str_radix(hex, 16)
             .map(ParticipantId)
-            .map_err(|_| ())
+            .map_err(|_| bad())
     }
 }
 
@@ -32,9 +35,10 @@ impl fmt::Display for TrackId {
 }
 
 impl std::str::FromStr for TrackId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let hex = s.strip_prefix("TR_").ok_or(())?;
-        u64::from_str_radix(hex, 16).map(TrackId).map_err(|_| ())
+    type Err = MediaError;
+    fn from_str(s: &str) -> Result<Self, MediaError> {
+        let bad = || MediaError::BadId("track");
+        let hex = s.strip_prefix("TR_").ok_or_else(bad)?;
+        u64::from_str_radix(hex, 16).map(TrackId).map_err(|_| bad())
     }
 }
