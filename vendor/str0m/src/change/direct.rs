@@ -374,9 +374,7 @@ impl<'a> DirectApi<'a> {
             m.no_timeout();
             return false;
         };
-        // With retransmissions waiting, the stream's next poll would send one of them rather
-        // than this packet, which would then wait for a timeout: the regular path takes it.
-        let direct = direct && stream.is_started() && !stream.has_resends();
+        let direct = direct && stream.is_started();
         stream.write_rtp(rtp);
         if direct {
             m.session.push_direct(ssrc);

@@ -1297,11 +1297,6 @@ impl StreamTx {
         self.kind.is_some()
     }
 
-    /// Whether retransmissions are waiting: `poll_packet` sends them before the queue.
-    pub(crate) fn has_resends(&self) -> bool {
-        !self.resends.is_empty()
-    }
-
     pub(crate) fn midrid(&self) -> MidRid {
         self.midrid
     }
