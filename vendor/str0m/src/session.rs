@@ -139,8 +139,9 @@ pub(crate) struct Session {
     pending_app_feedback: Option<AppSpecificFeedback>,
 
     /// Send streams with a packet written through `DirectApi::write_rtp` that nothing paces
-    /// (BWE off: the null pacer), one entry per packet, in write order. `poll_direct` sends
-    /// them without the timeout round (and its walk over every stream) a queued packet needs.
+    /// (BWE off: the null pacer), one entry per packet, in write order. `poll_direct` drains
+    /// each one's stream without the timeout round (and its walk over every stream) a queued
+    /// packet needs.
     direct: VecDeque<Ssrc>,
 
     /// Target MTU (start) and warn threshold (end). Buffer sizing uses the
@@ -1261,10 +1262,14 @@ impl Session {
             self.direct.clear();
             return None;
         }
-        while let Some(ssrc) = self.direct.pop_front() {
+        // An entry stays until its stream has nothing left to send: the stream's next packet
+        // may be a retransmission, or one written through the regular path, so one packet per
+        // entry could leave a packet behind with no entry and no timeout asked for.
+        while let Some(&ssrc) = self.direct.front() {
             if let Some(datagram) = self.send_packet(now, Some(ssrc)) {
                 return Some(datagram);
             }
+            self.direct.pop_front();
         }
         None
     }
