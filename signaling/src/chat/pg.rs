@@ -279,20 +279,10 @@ async fn worker(
                         )
                         .await
                         .and_then(|rows| {
-                            let mut out = rows
-                                .iter()
-                                .map(|r| {
-                                    Ok(ChatMessage {
-                                        id: r.try_get(0)?,
-                                        participant_id: r.try_get(1)?,
-                                        identity: r.try_get(2)?,
-                                        name: r.try_get(3)?,
-                                        text: r.try_get(4)?,
-                                        ts: r.try_get(5)?,
-                                        extra: Default::default(),
-                                    })
-                                })
-                                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+                            let mut out =
+                                rows.iter()
+                                    .map(message)
+                                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
                             out.reverse();
                             Ok(out)
                         })

@@ -106,17 +106,7 @@ impl ChatBackend for Sqlite {
         let mut stmt = conn.prepare_cached(
             "SELECT id, participant_id, identity, name, text, ts FROM chat WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![room, limit as i64], |r| {
-            Ok(ChatMessage {
-                id: r.get(0)?,
-                participant_id: r.get(1)?,
-                identity: r.get(2)?,
-                name: r.get(3)?,
-                text: r.get(4)?,
-                ts: r.get(5)?,
-                extra: Default::default(),
-            })
-        })?;
+        let rows = stmt.query_map(params![room, limit as i64], message)?;
         let mut out = rows.collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
@@ -274,17 +264,7 @@ fn load(c: &Connection, room: &str, id: i64) -> Result<Option<ChatMessage>, rusq
         .prepare_cached(
             "SELECT id, participant_id, identity, name, text, ts FROM chat WHERE id = ?1 AND room = ?2",
         )?
-        .query_row(params![id, room], |r| {
-            Ok(ChatMessage {
-                id: r.get(0)?,
-                participant_id: r.get(1)?,
-                identity: r.get(2)?,
-                name: r.get(3)?,
-                text: r.get(4)?,
-                ts: r.get(5)?,
-                extra: Default::default(),
-            })
-        })
+        .query_row(params![id, room], message)
         .optional()?;
     let Some(mut m) = m else { return Ok(None) };
     decorate_one(c, &mut m)?;
@@ -300,4 +280,17 @@ fn owned(
     owner: Option<&str>,
 ) -> Result<Result<ChatMessage, Refused>, rusqlite::Error> {
     Ok(check(load(c, room, id)?, owner))
+}
+
+/// A `chat` row (id, participant_id, identity, name, text, ts) as a message.
+fn message(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatMessage> {
+    Ok(ChatMessage {
+        id: r.get(0)?,
+        participant_id: r.get(1)?,
+        identity: r.get(2)?,
+        name: r.get(3)?,
+        text: r.get(4)?,
+        ts: r.get(5)?,
+        extra: Default::default(),
+    })
 }
