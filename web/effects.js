@@ -20,7 +20,10 @@ import { openLayer, closeLayer } from './popover.js';
 
 const KEYS = { audio: 'huddle.noise_suppression', video: 'huddle.background_blur' };
 const BASE = '/assets/vendor';
-const READY_TIMEOUT_MS = 15000;
+// How long an effect may take to start before the toggle says it is unavailable. Where WebGL
+// runs in software on a busy machine, MediaPipe's first start (compiling its 5.7 MB wasm and
+// its shaders) has been seen to take more than 15 s; a later toggle reuses what it loaded.
+const READY_TIMEOUT_MS = 60000;
 
 function stored(kind) {
   try {
@@ -140,14 +143,16 @@ async function getSegmenter() {
       // 1: the landscape model (256x144), made for video calls.
       seg.setOptions({ modelSelection: 1, selfieMode: false });
       seg.onResults((results) => onSegmented && onSegmented(results));
-      await withTimeout(seg.initialize(), 'MediaPipe');
+      await seg.initialize();
       return seg;
     })();
+    // A start that failed is tried afresh next time; one that is only slow is kept, so the
+    // next toggle gets it when it is ready.
     segmenter.catch(() => {
       segmenter = null;
     });
   }
-  return segmenter;
+  return withTimeout(segmenter, 'MediaPipe');
 }
 
 // Two loops: the segmenter takes the newest frame whenever it is free (a few times a second
@@ -300,6 +305,7 @@ export class Effects {
     this.state = { audio: 'off', video: 'off' };
     this.frames = { audio: 0, video: 0 }; // frames processed so far (the browser test reads them)
     this.errors = { audio: null, video: null };
+    this.startMs = { audio: null, video: null }; // how long the last start took (diagnostics)
     this.queue = Promise.resolve();
     this.listeners = new Set();
     // Set by the meeting: the sender of each kind (null before the offer), and what to do
@@ -371,7 +377,9 @@ export class Effects {
           const onFrames = (n) => {
             this.frames[kind] = n;
           };
+          const t0 = performance.now();
           this.proc[kind] = kind === 'audio' ? await startNoise(raw, onFrames) : await startBlur(raw, onFrames);
+          this.startMs[kind] = Math.round(performance.now() - t0);
           this.errors[kind] = null;
         } catch (err) {
           console.warn(`[huddle] ${kind === 'audio' ? 'noise suppression' : 'background blur'} unavailable:`, err);
