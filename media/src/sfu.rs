@@ -718,6 +718,18 @@ impl Sfu {
                     if !peer.rtc.is_alive() {
                         break Polled::Dead;
                     }
+                    // Forwarded packets first, without str0m's half-kilobyte `Output`
+                    // (vendor/str0m/PATCHES.md, 3).
+                    if let Some(t) = peer.rtc.direct_api().poll_transmit() {
+                        if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
+                            self.metrics.retransmissions.out.inc();
+                        }
+                        self.out.push_back(Output::Transmit {
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        });
+                        continue;
+                    }
                     match peer.rtc.poll_output() {
                         Ok(str0m::Output::Timeout(t)) => {
                             // A timeout str0m wants within PACER_SLACK is fed here and now, at

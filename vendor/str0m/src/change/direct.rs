@@ -4,6 +4,8 @@ use crate::Candidate;
 use crate::IceCreds;
 use crate::Rtc;
 use crate::RtcError;
+use crate::RtcState;
+use crate::net;
 use crate::channel::ChannelId;
 use crate::crypto::Fingerprint;
 use crate::crypto::dtls::ProtocolVersion;
@@ -384,6 +386,38 @@ impl<'a> DirectApi<'a> {
             m.no_timeout();
         }
         true
+    }
+
+    /// The next packet written with [`DirectApi::write_rtp`] that can go out now: what
+    /// [`Rtc::poll_output`] would return first, without carrying it in an [`Output`].
+    ///
+    /// An `Output` is as large as its largest event (about half a kilobyte), and it is
+    /// copied on every return; for a small packet that copy costs as much as the rest of
+    /// the direct path. A caller that forwards many packets calls this until it returns
+    /// `None`, then polls as usual. `None` also when the connection is closed or has no
+    /// nominated pair yet (`poll_output` then decides what becomes of the packets).
+    ///
+    /// [`Output`]: crate::Output
+    pub fn poll_transmit(&mut self) -> Option<net::Transmit> {
+        // Sending a packet written directly queues no event and moves no timer (as in
+        // `poll_output`'s own direct path), so the tree stays quiescent.
+        let mut m = self.rtc.mutate();
+        m.no_events();
+        m.no_timeout();
+        let rtc = &mut *m;
+        if rtc.state == RtcState::Closed || !rtc.session.has_direct() {
+            return None;
+        }
+        let send = rtc.send_addr.as_ref()?;
+        let (proto, source, destination) = (send.proto, send.source, send.destination);
+        let contents = rtc.session.poll_direct(rtc.last_now)?;
+        rtc.peer_bytes_tx += contents.len() as u64;
+        Some(net::Transmit {
+            proto,
+            source,
+            destination,
+            contents,
+        })
     }
 
     /// Obtain a send stream by looking it up via mid/rid.
