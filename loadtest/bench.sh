@@ -337,10 +337,10 @@ done
     + " | \($s | map(.tester.cores_per_10k_pps) | med | . * 1000 | round / 1000) |"
   ' "$OUT"/*.json
   echo
-  echo "| run | joined/planned | received packets/s | loss % end to end / SFU→subscriber | server CPU-µs per forwarded packet | server cores | latency p50 / p99 audio (ms) | latency p50 / p99 video (ms) | server errors | largest SDP received (bytes) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | joined/planned | received packets/s | loss % end to end / SFU→subscriber | server CPU-µs per forwarded packet | server cores | latency p50 / p99 audio (ms) | latency p50 / p99 video (ms) | p99 audio / video after the joins (ms) | server errors | largest SDP received (bytes) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   for f in "$OUT"/*.json; do
-    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|round/1000) / \($s.loss_pct*1000|round/1000) | \($s.server.cpu_us_per_forwarded_packet*100|round/100) | \($s.server.cores*1000|round/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "–" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "–" end) | \($s.server_errors // "–") | \($s.max_sdp_bytes // "–") |"' "$f"
+    jq -r '.summary as $s | "| \(.label) | \($s.joined)/\($s.participants) | \($s.packets_per_sec|floor) | \($s.e2e_loss_pct*1000|round/1000) / \($s.loss_pct*1000|round/1000) | \($s.server.cpu_us_per_forwarded_packet*100|round/100) | \($s.server.cores*1000|round/1000) | \(if $s.latency_audio then "\($s.latency_audio.p50) / \($s.latency_audio.p99)" else "–" end) | \(if $s.latency_video then "\($s.latency_video.p50) / \($s.latency_video.p99)" else "–" end) | \($s.latency_audio_window.p99 // "–") / \($s.latency_video_window.p99 // "–") | \($s.server_errors // "–") | \($s.max_sdp_bytes // "–") |"' "$f"
   done
   if jq -e -s 'map(select(.summary.churn != null)) | length > 0' "$OUT"/*.json >/dev/null; then
     echo

@@ -455,6 +455,9 @@ pub struct RunData {
     /// When the churn stopped and the room began to drain (seconds since the start), if it did
     /// before the window's end: the comparison ends there.
     churn_end: Option<f64>,
+    /// Every track's latency (audio, video) added up when the window opened: what the window
+    /// saw is the end's totals less these.
+    latency_at_window: Option<(report::LatencyHist, report::LatencyHist)>,
 }
 
 /// The figures of one node's /metrics the summary uses (`None`: the node did not answer).
@@ -879,6 +882,7 @@ async fn run(cli: Cli) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut all_joined_at: Option<f64> = None;
+    let mut latency_at_window = None;
     loop {
         tick.tick().await;
         if cli.udp_rcvbuf > 0 {
@@ -951,6 +955,9 @@ async fn run(cli: Cli) -> Result<()> {
             all_joined_at = Some(s.t);
         }
         samples.push(s);
+        if latency_at_window.is_none() && s.t >= all_joined_at.unwrap_or(ramp_secs) + cli.warmup {
+            latency_at_window = Some(report::latency_totals(&participants));
+        }
         if scrape_start.is_none()
             && cli.target == Target::Huddle
             && s.t >= all_joined_at.unwrap_or(ramp_secs) + cli.warmup
@@ -1010,6 +1017,7 @@ async fn run(cli: Cli) -> Result<()> {
             0 => None,
             us => Some(t_of(us)),
         },
+        latency_at_window,
     };
     let mut summary = report::summarize(&data);
     let _ = stop_tx.send(true);

@@ -249,6 +249,12 @@ pub struct Summary {
     pub latency_audio: Option<Dist>,
     /// End-to-end latency of video frames (last packet).
     pub latency_video: Option<Dist>,
+    /// Audio latency within the measurement window only (the window CPU and packets/s are
+    /// measured on: from `--warmup` after the last join to the end). `latency_audio` is the
+    /// whole run, the join ramp included.
+    pub latency_audio_window: Option<Dist>,
+    /// Video latency within the measurement window only.
+    pub latency_video_window: Option<Dist>,
     /// Start of join (token request) to first remote media, ms, subscribers.
     pub join_ms: Option<Dist>,
     /// Start of join to peer connection `connected`, ms.
@@ -276,6 +282,27 @@ pub struct Summary {
     pub churn: Option<ChurnSummary>,
     /// Tester cost.
     pub tester: Option<TesterCost>,
+}
+
+/// A latency histogram, µs.
+pub type LatencyHist = Histogram<u64>;
+
+/// Every received track's latency added up so far: (audio, video).
+pub fn latency_totals(
+    ps: &[std::sync::Arc<crate::peer::Participant>],
+) -> (LatencyHist, LatencyHist) {
+    let mut audio = new_histogram();
+    let mut video = new_histogram();
+    for p in ps {
+        for t in p.tracks.lock().expect("tracks lock").iter() {
+            let t = t.lock().expect("track lock");
+            let _ = match t.kind {
+                Kind::Audio => audio.add(&t.latency),
+                Kind::Video => video.add(&t.latency),
+            };
+        }
+    }
+    (audio, video)
 }
 
 /// Computes the summary of a run.
@@ -309,8 +336,17 @@ pub fn summarize(d: &RunData) -> Summary {
     let (mut lost, mut expected, mut tracks, mut with_loss) = (0u64, 0u64, 0usize, 0usize);
     let (mut e2e_lost, mut e2e_expected) = (0u64, 0u64);
     let mut jitters = Vec::new();
-    let mut audio = new_histogram();
-    let mut video = new_histogram();
+    let (audio, video) = latency_totals(ps);
+    // What the window saw: the totals less those when it opened (None if a track went away
+    // in between and the totals shrank).
+    let in_window = |now: &LatencyHist, then: &LatencyHist| {
+        let mut h = now.clone();
+        h.subtract(then).ok().and_then(|_| Dist::of_hist_us(&h))
+    };
+    let (latency_audio_window, latency_video_window) = match &d.latency_at_window {
+        Some((a, v)) => (in_window(&audio, a), in_window(&video, v)),
+        None => (None, None),
+    };
     let mut received = 0;
     for p in ps {
         for t in p.tracks.lock().expect("tracks lock").iter() {
@@ -325,10 +361,6 @@ pub fn summarize(d: &RunData) -> Summary {
                 with_loss += 1;
             }
             jitters.push(t.jitter_ms());
-            let _ = match t.kind {
-                Kind::Audio => audio.add(&t.latency),
-                Kind::Video => video.add(&t.latency),
-            };
         }
     }
     let ms = |f: &dyn Fn(&crate::peer::Participant) -> Option<f64>| {
@@ -598,6 +630,8 @@ pub fn summarize(d: &RunData) -> Summary {
         jitter_ms_max: jitters.iter().copied().fold(0.0, f64::max),
         latency_audio: Dist::of_hist_us(&audio),
         latency_video: Dist::of_hist_us(&video),
+        latency_audio_window,
+        latency_video_window,
         join_ms,
         connect_ms,
         first_keyframe_ms,
@@ -708,6 +742,14 @@ pub fn table(label: &str, s: &Summary) -> String {
     ]);
     t.add_row(vec!["latency audio".into(), Dist::show(&s.latency_audio)]);
     t.add_row(vec!["latency video".into(), Dist::show(&s.latency_video)]);
+    t.add_row(vec![
+        "latency audio, window".into(),
+        Dist::show(&s.latency_audio_window),
+    ]);
+    t.add_row(vec![
+        "latency video, window".into(),
+        Dist::show(&s.latency_video_window),
+    ]);
     t.add_row(vec!["join → first media".into(), Dist::show(&s.join_ms)]);
     t.add_row(vec!["join → connected".into(), Dist::show(&s.connect_ms)]);
     t.add_row(vec![
