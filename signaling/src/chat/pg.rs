@@ -51,29 +51,21 @@ where
     Box::new(f)
 }
 
-/// An error as text, with the server's message for database errors.
-pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{e}: {}", db.message()),
-        None => e.to_string(),
-    }
-}
-
 enum Job {
     /// Any work on the connection (dropped unrun, which the caller sees, when not connected).
     Run(RunJob),
     Append {
         room: String,
         msg: Box<ChatMessage>,
-        reply: std_mpsc::SyncSender<Result<i64, String>>,
+        reply: std_mpsc::SyncSender<Result<i64, SignalingError>>,
     },
     History {
         room: String,
         limit: i64,
-        reply: std_mpsc::SyncSender<Result<Vec<ChatMessage>, String>>,
+        reply: std_mpsc::SyncSender<Result<Vec<ChatMessage>, SignalingError>>,
     },
     Ping {
-        reply: std_mpsc::SyncSender<Result<(), String>>,
+        reply: std_mpsc::SyncSender<Result<(), SignalingError>>,
     },
 }
 
@@ -93,9 +85,7 @@ impl PgChat {
     /// Starts the thread, connects and creates the table (blocking; fails if PostgreSQL does
     /// not answer within 10 s).
     pub(crate) fn connect(url: &str) -> Result<Self, SignalingError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| SignalingError::Chat(format!("postgres_url: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(SignalingError::PostgresUrl)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -107,35 +97,35 @@ impl PgChat {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e.into()));
                         return;
                     }
                 };
                 rt.block_on(worker(config, rx, ready_tx));
-            })
-            .map_err(|e| SignalingError::Chat(format!("starting the chat thread: {e}")))?;
+            })?;
         match ready_rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(Ok(())) => Ok(PgChat { jobs }),
-            Ok(Err(e)) => Err(SignalingError::Chat(format!("postgres: {e}"))),
-            Err(_) => Err(SignalingError::Chat(
-                "postgres did not answer within 10 s".into(),
-            )),
+            Ok(r) => r.map(|()| PgChat { jobs }),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(SignalingError::PostgresUnavailable)
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
         }
     }
 
     fn call<T>(
         &self,
-        make: impl FnOnce(std_mpsc::SyncSender<Result<T, String>>) -> Job,
+        make: impl FnOnce(std_mpsc::SyncSender<Result<T, SignalingError>>) -> Job,
     ) -> Result<T, SignalingError> {
         let (tx, rx) = std_mpsc::sync_channel(1);
         self.jobs
             .send(make(tx))
-            .map_err(|_| SignalingError::Chat("the chat thread stopped".into()))?;
+            .map_err(|_| SignalingError::PostgresUnavailable)?;
         match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(r) => r.map_err(|e| SignalingError::Chat(format!("postgres: {e}"))),
-            Err(_) => Err(SignalingError::Chat(
-                "postgres did not answer in time".into(),
-            )),
+            Ok(r) => r,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(SignalingError::PostgresUnavailable)
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
         }
     }
 
@@ -150,21 +140,19 @@ impl PgChat {
         let (tx, rx) = std_mpsc::sync_channel(1);
         let job = run_job(move |c| {
             Box::pin(async move {
-                let r = f(c).await.map_err(|e| pg_error(&e));
+                let r = f(c).await.map_err(SignalingError::from);
                 let _ = tx.send(r);
             })
         });
         self.jobs
             .send(Job::Run(job))
-            .map_err(|_| SignalingError::Chat("the chat thread stopped".into()))?;
+            .map_err(|_| SignalingError::PostgresUnavailable)?;
         match rx.recv_timeout(timeout) {
-            Ok(r) => r.map_err(|e| SignalingError::Chat(format!("postgres: {e}"))),
+            Ok(r) => r,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                Err(SignalingError::Chat("postgres: not connected".into()))
+                Err(SignalingError::PostgresUnavailable)
             }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::Chat(
-                "postgres did not answer in time".into(),
-            )),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
         }
     }
 
@@ -190,12 +178,11 @@ impl PgChat {
     }
 }
 
-async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, String> {
+async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, SignalingError> {
     let (client, connection) =
         tokio::time::timeout(CALL_TIMEOUT, config.connect(tokio_postgres::NoTls))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| SignalingError::PostgresTimeout)??;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection lost");
@@ -205,17 +192,14 @@ async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
         "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {RICH_SCHEMA}; {}; COMMIT;",
         crate::files_pg::SCHEMA
     );
-    client
-        .batch_execute(&schema)
-        .await
-        .map_err(|e| pg_error(&e))?;
+    client.batch_execute(&schema).await?;
     Ok(client)
 }
 
 async fn worker(
     config: tokio_postgres::Config,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    ready: std_mpsc::SyncSender<Result<(), String>>,
+    ready: std_mpsc::SyncSender<Result<(), SignalingError>>,
 ) {
     let mut client = match open(&config).await {
         Ok(c) => {
@@ -248,7 +232,7 @@ async fn worker(
             Job::Run(_) => {}
             Job::Append { room, msg, reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .query_one(
                             "INSERT INTO chat (room, participant_id, identity, name, text, ts)
@@ -264,13 +248,13 @@ async fn worker(
                         )
                         .await
                         .and_then(|row| row.try_get::<_, i64>(0))
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }
             Job::History { room, limit, reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .query(
                             "SELECT id, participant_id, identity, name, text, ts FROM chat
@@ -286,18 +270,18 @@ async fn worker(
                             out.reverse();
                             Ok(out)
                         })
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }
             Job::Ping { reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .simple_query("SELECT 1")
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }
