@@ -22,7 +22,6 @@ pub mod chat;
 pub mod cluster;
 mod compress;
 pub mod files;
-mod files_pg;
 mod http;
 pub mod limits;
 mod metrics;

@@ -7,9 +7,10 @@
 //! async thread. A lost connection is re-opened at the next call.
 //!
 //! Besides the fixed jobs below, [`PgChat::run`] runs any async function on the connection: rich
-//! chat (below) and uploaded files (`files_pg`) use it. Rich chat changes run in one
-//! transaction that locks the message's row first, so two nodes changing the same message take
-//! turns (and the emoji cap holds).
+//! chat (below) uses it, and so can another store that shares the connection (uploaded files:
+//! it adds its tables with [`PgChat::add_schema`]; nothing here knows of it). Rich chat changes
+//! run in one transaction that locks the message's row first, so two nodes changing the same
+//! message take turns (and the emoji cap holds).
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -24,9 +25,9 @@ use super::model::{add_reaction, check, too_many_emojis, ChatBackend, Refused};
 use crate::protocol::{Attachment, ChatMessage};
 use crate::SignalingError;
 
-/// The chat table; the rich chat tables ([`RICH_SCHEMA`]) and the file table
-/// (`files_pg::SCHEMA`) follow it. Run in one
-/// transaction under an advisory lock, so nodes starting together do not race creating them.
+/// The chat table; the rich chat tables ([`RICH_SCHEMA`]) and those added with
+/// [`PgChat::add_schema`] follow it. Run in one transaction under an advisory lock
+/// ([`SCHEMA_LOCK`]), so nodes starting together do not race creating them.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     id BIGSERIAL PRIMARY KEY,
     room TEXT NOT NULL,
@@ -37,6 +38,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     ts BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chat_room_id ON chat (room, id)";
+
+/// The advisory lock taken while tables are created.
+const SCHEMA_LOCK: i64 = 72617;
 
 /// How long a call waits for PostgreSQL.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +58,8 @@ where
 enum Job {
     /// Any work on the connection (dropped unrun, which the caller sees, when not connected).
     Run(RunJob),
+    /// More tables: created now (when connected) and at every (re)connection.
+    Schema(&'static str),
     Append {
         room: String,
         msg: Box<ChatMessage>,
@@ -109,6 +115,16 @@ impl PgChat {
                 Err(SignalingError::PostgresUnavailable)
             }
             Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
+        }
+    }
+
+    /// Adds tables to the database, for another store that shares the connection: `schema`
+    /// (statements safe to run again, `CREATE … IF NOT EXISTS`) runs in a transaction under the
+    /// same lock as the chat's tables, before any job sent after this call, and again at every
+    /// reconnection. Does not wait: a failure is logged, and the calls that need the tables fail.
+    pub(crate) fn add_schema(&self, schema: &'static str) {
+        if self.jobs.send(Job::Schema(schema)).is_err() {
+            tracing::warn!("postgres tables not created: the chat thread stopped");
         }
     }
 
@@ -178,7 +194,11 @@ impl PgChat {
     }
 }
 
-async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, SignalingError> {
+/// Connects and creates the tables: the chat's, then `more` (from [`PgChat::add_schema`]).
+async fn open(
+    config: &tokio_postgres::Config,
+    more: &[&'static str],
+) -> Result<tokio_postgres::Client, SignalingError> {
     let (client, connection) =
         tokio::time::timeout(CALL_TIMEOUT, config.connect(tokio_postgres::NoTls))
             .await
@@ -188,12 +208,29 @@ async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client,
             tracing::warn!(error = %e, "postgres connection lost");
         }
     });
-    let schema = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {RICH_SCHEMA}; {}; COMMIT;",
-        crate::files_pg::SCHEMA
-    );
+    let mut schema =
+        format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}; {RICH_SCHEMA}; ");
+    for s in more {
+        schema.push_str(s);
+        schema.push_str("; ");
+    }
+    schema.push_str("COMMIT;");
     client.batch_execute(&schema).await?;
     Ok(client)
+}
+
+/// Creates the tables of `schema` on an open connection (see [`PgChat::add_schema`]).
+async fn add_schema(c: &Client, schema: &str) -> Result<(), Error> {
+    let r = c
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {schema}; COMMIT;"
+        ))
+        .await;
+    if r.is_err() {
+        // The transaction is left aborted: end it, or every later query on this connection fails.
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    r
 }
 
 async fn worker(
@@ -201,7 +238,8 @@ async fn worker(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     ready: std_mpsc::SyncSender<Result<(), SignalingError>>,
 ) {
-    let mut client = match open(&config).await {
+    let mut more: Vec<&'static str> = Vec::new();
+    let mut client = match open(&config, &more).await {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             Some(c)
@@ -213,7 +251,7 @@ async fn worker(
     };
     while let Some(job) = jobs.recv().await {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match open(&config).await {
+            client = match open(&config, &more).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres reconnect failed");
@@ -230,6 +268,15 @@ async fn worker(
         let c = client.as_ref();
         match job {
             Job::Run(_) => {}
+            Job::Schema(schema) => {
+                more.push(schema);
+                if let Some(c) = c {
+                    if let Err(e) = add_schema(c, schema).await {
+                        let e = SignalingError::from(e);
+                        tracing::warn!(error = %e, "postgres tables not created");
+                    }
+                }
+            }
             Job::Append { room, msg, reply } => {
                 let r = match c {
                     None => Err(SignalingError::PostgresUnavailable),
