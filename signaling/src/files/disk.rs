@@ -145,3 +145,50 @@ impl FileBackend for Disk {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_file_reads_back_counts_and_goes() {
+        let dir = std::env::temp_dir().join(format!("huddle-disk-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(".tmp")).unwrap();
+        let disk = Disk::new(dir.clone());
+        let id = "0123456789abcdef0123456789abcdef";
+        let tmp = dir.join(".tmp").join(id);
+        std::fs::write(&tmp, b"hello").unwrap();
+        let meta = StoredFile {
+            id: id.into(),
+            room: "r".into(),
+            identity: "alice".into(),
+            name: "a.png".into(),
+            size: 5,
+            mime: "image/png".into(),
+            thumb: true,
+            created_ms: 1,
+        };
+        disk.store(&tmp, &meta, Some(b"thumb".to_vec())).unwrap();
+        assert!(!tmp.exists());
+        for name in [id.to_string(), format!("{id}.thumb"), format!("{id}.json")] {
+            assert!(dir.join("r").join(name).is_file());
+        }
+        assert_eq!(
+            disk.meta("r", id).unwrap().map(|m| m.identity),
+            Some("alice".into())
+        );
+        assert!(disk.meta("other", id).unwrap().is_none());
+        let (_, bytes) = disk.open("r", id, false).unwrap().unwrap();
+        assert_eq!(bytes, b"hello");
+        let (_, thumb) = disk.open("r", id, true).unwrap().unwrap();
+        assert_eq!(thumb, b"thumb");
+        assert_eq!(disk.room_bytes("r").unwrap(), 5);
+        assert_eq!(disk.room_bytes("empty").unwrap(), 0);
+        disk.remove("r", id).unwrap();
+        assert!(disk.meta("r", id).unwrap().is_none());
+        assert!(disk.open("r", id, false).unwrap().is_none());
+        assert_eq!(disk.room_bytes("r").unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
