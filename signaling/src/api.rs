@@ -79,7 +79,7 @@ pub fn issue_admin_token(
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(&creds.secret),
     )
-    .map_err(|e| SignalingError::Token(e.to_string()))
+    .map_err(SignalingError::from)
 }
 
 /// What a room API call can fail with. Internal errors are logged; their text never reaches the
@@ -376,7 +376,7 @@ async fn list_rooms(
         .collect();
     let nodes = cluster.nodes().await.map_err(|e| {
         tracing::warn!(error = %e, "room list: nodes unknown");
-        ApiFailure::Internal(SignalingError::Task(e.to_string()))
+        ApiFailure::Internal(e.into())
     })?;
     let client = cluster.http();
     for node in nodes.iter().filter(|n| n.id != cluster.node_id()) {
@@ -477,7 +477,7 @@ async fn create_room(
         m.inner.moderation.save(&name, settings)
     })
     .await
-    .map_err(|e| SignalingError::Task(e.to_string()))??;
+    .map_err(SignalingError::from)??;
     if let Some(cluster) = state.cluster() {
         if let Some(settings) = state.inner.moderation.settings(&req.name) {
             if let Err(e) = cluster.put_settings(&req.name, &settings).await {
@@ -517,7 +517,7 @@ async fn end_room(
     let r = room.clone();
     let had_settings = tokio::task::spawn_blocking(move || s.inner.moderation.end(&r))
         .await
-        .map_err(|e| SignalingError::Task(e.to_string()))??;
+        .map_err(SignalingError::from)??;
     if let Some(cluster) = state.cluster() {
         if let Err(e) = cluster.delete_settings(&room).await {
             tracing::warn!(error = %e, %room, "room settings not removed from redis");

@@ -10,13 +10,16 @@
 //!
 //! Every route needs `Authorization: Bearer <access token>` for that room: 401 without one or
 //! with a bad one, 403 for a token of another room (or, to upload, one without the `chat`
-//! grant). A file is stored as `<dir>/<room>/<id>` with `<id>.thumb` and `<id>.json` (its
-//! metadata, written last: a file without it does not exist). A sweep removes files older than
-//! the retention period.
+//! grant). A sweep removes files older than the retention period.
 //!
-//! When the chat store is in PostgreSQL (cluster mode), files are kept there instead (table
-//! `chat_file`, see `files_pg`), so that an upload made through one node downloads through
-//! any other and outlives the node; the data directory then only holds uploads in progress.
+//! This module is the front: routes, policy, quotas, sniffing and thumbnails. Finished uploads
+//! are kept behind one trait, [`FileBackend`] (`files/model.rs`), chosen once at start:
+//!
+//! * `disk`: the data directory, `<dir>/<room>/<id>` with `<id>.thumb` and `<id>.json` (its
+//!   metadata, written last: a file without it does not exist);
+//! * `pg`: when the chat store is in PostgreSQL (cluster mode), the table `chat_file` there, so
+//!   that an upload made through one node downloads through any other and outlives the node;
+//!   the data directory then only holds uploads in progress.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -35,12 +38,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::chat::pg::{PgChat, CALL_TIMEOUT};
-pub(crate) use crate::files_pg::StoredFile;
+mod disk;
+mod model;
+mod pg;
+
+use crate::chat::pg::PgChat;
 use crate::limits::{Limit, Quota};
 use crate::protocol::Attachment;
 use crate::token::{valid_room_name, Claims};
-use crate::AppState;
+use crate::{AppState, SignalingError};
+pub(crate) use model::StoredFile;
+use model::{valid_id, FileBackend};
 
 /// Longest side of a thumbnail, pixels.
 pub const THUMB_PX: u32 = 320;
@@ -130,8 +138,9 @@ impl Default for FilesConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Files {
     cfg: FilesConfig,
-    /// Cluster mode: files are kept in PostgreSQL (`cfg.dir` only holds uploads in progress).
-    pg: Option<PgChat>,
+    /// Where finished uploads are kept: PostgreSQL in cluster mode (`cfg.dir` then only holds
+    /// uploads in progress), else `cfg.dir`. `None`: neither (uploads are off).
+    backend: Option<Arc<dyn FileBackend>>,
     /// One permit per thumbnail being made (`cfg.thumbnail_workers`).
     thumbs: Arc<Semaphore>,
     /// Uploads and bytes per identity this hour.
@@ -150,20 +159,18 @@ fn thumbnail_workers(cfg: &FilesConfig) -> usize {
     }
 }
 
-/// How long a call to PostgreSQL that moves a file of `size` bytes may take.
-fn pg_timeout(size: u64) -> Duration {
-    CALL_TIMEOUT + Duration::from_secs(size / (1024 * 1024))
-}
-
-fn valid_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+/// The backend for `cfg`: PostgreSQL when the chat store is there, else the data directory.
+fn backend(cfg: &FilesConfig, pg: Option<PgChat>) -> Option<Arc<dyn FileBackend>> {
+    match (pg, &cfg.dir) {
+        (Some(pg), _) => Some(Arc::new(pg::PgFiles::new(pg, cfg.max_upload_bytes))),
+        (None, Some(dir)) => Some(Arc::new(disk::Disk::new(dir.clone()))),
+        (None, None) => None,
+    }
 }
 
 impl Files {
-    /// The store; starts the retention sweep when there is a runtime to run it on.
+    /// The store (in PostgreSQL with `pg`); starts the retention sweep when there is a runtime
+    /// to run it on.
     pub(crate) fn start(cfg: FilesConfig, pg: Option<PgChat>) -> Self {
         let thumbs = Arc::new(Semaphore::new(thumbnail_workers(&cfg)));
         let per_identity = Arc::new(Quota::new(
@@ -177,8 +184,8 @@ impl Files {
             cfg.upload_bytes_per_ip_per_hour,
         ));
         let files = Files {
+            backend: backend(&cfg, pg),
             cfg,
-            pg,
             thumbs,
             per_identity,
             per_ip,
@@ -206,28 +213,16 @@ impl Files {
         files
     }
 
-    fn path(&self, room: &str, name: &str) -> Option<PathBuf> {
-        // Room names and ids are checked before they get here: no separators, no dots alone.
-        Some(self.cfg.dir.as_ref()?.join(room).join(name))
-    }
-
     fn meta_blocking(&self, room: &str, id: &str) -> Option<StoredFile> {
         if !valid_id(id) || !valid_room_name(room) {
             return None;
         }
-        if let Some(pg) = &self.pg {
-            let (room, id) = (room.to_string(), id.to_string());
-            return pg
-                .run(CALL_TIMEOUT, move |c| {
-                    Box::pin(crate::files_pg::file_meta(c, room, id))
-                })
-                .map_err(|e| warn!(error = %e, "chat file lookup failed"))
-                .ok()
-                .flatten();
-        }
-        let text = std::fs::read(self.path(room, &format!("{id}.json"))?).ok()?;
-        let meta: StoredFile = serde_json::from_slice(&text).ok()?;
-        (meta.room == room).then_some(meta)
+        self.backend
+            .as_ref()?
+            .meta(room, id)
+            .map_err(|e| warn!(error = %e, "chat file lookup failed"))
+            .ok()
+            .flatten()
     }
 
     /// The attachment for file `id` of `room` and the identity that uploaded it, if it exists.
@@ -250,30 +245,15 @@ impl Files {
 
     /// The file `id` of `room` and its bytes (or its thumbnail's). Blocking.
     fn fetch_blocking(&self, room: &str, id: &str, thumb: bool) -> Option<(StoredFile, Vec<u8>)> {
-        if let Some(pg) = &self.pg {
-            if !valid_id(id) || !valid_room_name(room) {
-                return None;
-            }
-            let (room, id) = (room.to_string(), id.to_string());
-            return pg
-                .run(pg_timeout(self.cfg.max_upload_bytes), move |c| {
-                    Box::pin(crate::files_pg::file_bytes(c, room, id, thumb))
-                })
-                .map_err(|e| warn!(error = %e, "chat file download failed"))
-                .ok()
-                .flatten();
-        }
-        let meta = self.meta_blocking(room, id)?;
-        if thumb && !meta.thumb {
+        if !valid_id(id) || !valid_room_name(room) {
             return None;
         }
-        let name = if thumb {
-            format!("{id}.thumb")
-        } else {
-            id.to_string()
-        };
-        let bytes = std::fs::read(self.path(room, &name)?).ok()?;
-        Some((meta, bytes))
+        self.backend
+            .as_ref()?
+            .open(room, id, thumb)
+            .map_err(|e| warn!(error = %e, "chat file download failed"))
+            .ok()
+            .flatten()
     }
 
     /// The thumbnail of the picture at `tmp`, made by one of the bounded thumbnail workers
@@ -294,94 +274,44 @@ impl Files {
         tmp: &Path,
         mut meta: StoredFile,
         thumb: Option<Vec<u8>>,
-    ) -> std::io::Result<StoredFile> {
+    ) -> Result<StoredFile, SignalingError> {
         meta.thumb = thumb.is_some();
-        if let Some(pg) = &self.pg {
-            let data = std::fs::read(tmp)?;
-            let _ = std::fs::remove_file(tmp);
-            let row = meta.clone();
-            pg.run(pg_timeout(meta.size), move |c| {
-                Box::pin(crate::files_pg::put_file(c, row, data, thumb))
-            })
-            .map_err(std::io::Error::other)?;
-            return Ok(meta);
-        }
-        let dir = self.cfg.dir.as_ref().ok_or(std::io::ErrorKind::NotFound)?;
-        let room_dir = dir.join(&meta.room);
-        std::fs::create_dir_all(&room_dir)?;
-        if let Some(t) = thumb {
-            let tt = tmp.with_extension("thumb");
-            std::fs::write(&tt, t)?;
-            std::fs::rename(&tt, room_dir.join(format!("{}.thumb", meta.id)))?;
-        }
-        std::fs::rename(tmp, room_dir.join(&meta.id))?;
-        // The metadata last: until it is in place, the file does not exist.
-        let tj = tmp.with_extension("json");
-        std::fs::write(&tj, serde_json::to_vec(&meta).unwrap_or_default())?;
-        std::fs::rename(&tj, room_dir.join(format!("{}.json", meta.id)))?;
+        let backend = self
+            .backend
+            .as_ref()
+            .ok_or(std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        backend.store(tmp, &meta, thumb)?;
         Ok(meta)
     }
 
     /// The bytes of the files `room` keeps now (the files themselves, not their thumbnails).
     /// Blocking.
-    fn room_bytes_blocking(&self, room: &str) -> std::io::Result<u64> {
-        if let Some(pg) = &self.pg {
-            let room = room.to_string();
-            return pg
-                .run(CALL_TIMEOUT, move |c| {
-                    Box::pin(crate::files_pg::room_file_bytes(c, room))
-                })
-                .map_err(std::io::Error::other);
+    fn room_bytes_blocking(&self, room: &str) -> Result<u64, SignalingError> {
+        match &self.backend {
+            Some(b) => b.room_bytes(room),
+            None => Ok(0),
         }
-        let Some(dir) = self.path(room, "") else {
-            return Ok(0);
-        };
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let mut total = 0u64;
-        for e in entries.flatten() {
-            if e.file_name().to_str().is_some_and(valid_id) {
-                total = total.saturating_add(e.metadata().map_or(0, |m| m.len()));
-            }
-        }
-        Ok(total)
     }
 
     /// Whether `room` may keep `more` bytes beside what it has; `Ok(false)` when that would go
     /// over `max_room_bytes`.
-    async fn room_has_space(&self, room: &str, more: u64) -> std::io::Result<bool> {
+    async fn room_has_space(&self, room: &str, more: u64) -> Result<bool, SignalingError> {
         let max = self.cfg.max_room_bytes;
         if max == 0 {
             return Ok(true);
         }
         let (f, room) = (self.clone(), room.to_string());
-        let used = tokio::task::spawn_blocking(move || f.room_bytes_blocking(&room))
-            .await
-            .map_err(std::io::Error::other)??;
+        let used = tokio::task::spawn_blocking(move || f.room_bytes_blocking(&room)).await??;
         Ok(used.saturating_add(more) <= max)
     }
 
-    /// Removes file `id` of `room` (its metadata first, so it is gone at once). Blocking.
+    /// Removes file `id` of `room` (at once: a download that follows finds nothing). Blocking.
     pub(crate) fn remove(&self, room: &str, id: &str) {
         if !valid_id(id) || !valid_room_name(room) {
             return;
         }
-        if let Some(pg) = &self.pg {
-            let (room, id) = (room.to_string(), id.to_string());
-            if let Err(e) = pg.run(CALL_TIMEOUT, move |c| {
-                Box::pin(crate::files_pg::remove_file(c, room, id))
-            }) {
-                warn!(error = %e, "chat file not removed");
-            }
-            return;
-        }
-        for suffix in [".json", "", ".thumb"] {
-            if let Some(p) = self.path(room, &format!("{id}{suffix}")) {
-                let _ = std::fs::remove_file(p);
-            }
+        if let Some(Err(e)) = self.backend.as_ref().map(|b| b.remove(room, id)) {
+            warn!(error = %e, "chat file not removed");
         }
     }
 
@@ -389,16 +319,9 @@ impl Files {
     /// crash. Returns how many files were removed. Blocking.
     pub(crate) fn sweep(&self, now: SystemTime) -> usize {
         let Some(dir) = &self.cfg.dir else { return 0 };
-        let old = |p: &Path, age: Duration| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|a| a >= age)
-        };
         if let Ok(tmp) = std::fs::read_dir(dir.join(".tmp")) {
             for e in tmp.flatten() {
-                if old(&e.path(), Duration::from_secs(3600)) {
+                if disk::older_than(&e.path(), now, Duration::from_secs(3600)) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -406,49 +329,16 @@ impl Files {
         if self.cfg.retention.is_zero() {
             return 0;
         }
-        if let Some(pg) = &self.pg {
-            let before = now
-                .checked_sub(self.cfg.retention)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as i64);
-            return match pg.run(CALL_TIMEOUT, move |c| {
-                Box::pin(crate::files_pg::sweep_files(c, before))
-            }) {
-                Ok(n) => n as usize,
-                Err(e) => {
-                    warn!(error = %e, "chat file retention sweep failed");
-                    0
-                }
-            };
-        }
-        let mut removed = 0;
-        let Ok(rooms) = std::fs::read_dir(dir) else {
+        let Some(backend) = &self.backend else {
             return 0;
         };
-        for room in rooms.flatten() {
-            let Some(room_name) = room.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if !valid_room_name(&room_name) || room_name == ".tmp" {
-                continue;
+        match backend.sweep(now, self.cfg.retention) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "chat file retention sweep failed");
+                0
             }
-            let Ok(entries) = std::fs::read_dir(room.path()) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name();
-                let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                    continue;
-                };
-                if valid_id(id) && old(&e.path(), self.cfg.retention) {
-                    self.remove(&room_name, id);
-                    removed += 1;
-                }
-            }
-            // An emptied room directory goes too (fails harmlessly when not empty).
-            let _ = std::fs::remove_dir(room.path());
         }
-        removed
     }
 
     fn allowed(&self, mime: &str) -> bool {
@@ -923,16 +813,11 @@ mod tests {
 
     #[test]
     fn type_policy_takes_families() {
-        let f = Files {
-            cfg: FilesConfig {
-                allowed_types: vec!["image/*".into(), "application/pdf".into()],
-                ..FilesConfig::default()
-            },
-            pg: None,
-            thumbs: Arc::new(Semaphore::new(1)),
-            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
-            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
+        let cfg = FilesConfig {
+            allowed_types: vec!["image/*".into(), "application/pdf".into()],
+            ..FilesConfig::default()
         };
+        let f = Files::start(cfg, None);
         assert!(f.allowed("image/png") && f.allowed("application/pdf"));
         assert!(!f.allowed("text/plain") && !f.allowed("imagex/png"));
     }
@@ -945,17 +830,13 @@ mod tests {
         let id = random_id();
         std::fs::write(dir.join("r").join(&id), b"x").unwrap();
         std::fs::write(dir.join("r").join(format!("{id}.json")), b"{}").unwrap();
-        let f = Files {
-            cfg: FilesConfig {
-                dir: Some(dir.clone()),
-                retention: Duration::from_secs(86_400),
-                ..FilesConfig::default()
-            },
-            pg: None,
-            thumbs: Arc::new(Semaphore::new(1)),
-            per_identity: Arc::new(Quota::new(HOUR, 0, 0)),
-            per_ip: Arc::new(Quota::new(HOUR, 0, 0)),
+        // No runtime here: the store starts no sweep of its own.
+        let cfg = FilesConfig {
+            dir: Some(dir.clone()),
+            retention: Duration::from_secs(86_400),
+            ..FilesConfig::default()
         };
+        let f = Files::start(cfg, None);
         assert_eq!(f.sweep(SystemTime::now()), 0);
         let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
         assert_eq!(f.sweep(later), 1);

@@ -22,7 +22,6 @@ pub mod chat;
 pub mod cluster;
 mod compress;
 pub mod files;
-mod files_pg;
 mod http;
 pub mod limits;
 mod metrics;
@@ -56,27 +55,61 @@ pub mod fuzzing {
 }
 
 /// Everything that can go wrong in signaling outside a single message.
+///
+/// Its text is for logs and for the operator (a failed start); it never reaches a client, whose
+/// answers carry fixed messages.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignalingError {
     /// The chat database failed.
     #[error("chat database: {0}")]
     Database(#[from] rusqlite::Error),
-    /// The PostgreSQL chat store failed.
-    #[error("chat store: {0}")]
-    Chat(String),
+    /// PostgreSQL (cluster mode: chat and uploaded files) refused or failed a query, or could
+    /// not be connected to.
+    #[error("postgres: {}", pg_detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The PostgreSQL URL (`cluster.postgres_url`) does not parse.
+    #[error("postgres_url: {}", pg_detail(.0))]
+    PostgresUrl(#[source] tokio_postgres::Error),
+    /// PostgreSQL did not answer within the call's time.
+    #[error("postgres did not answer in time")]
+    PostgresTimeout,
+    /// There is no connection to PostgreSQL (it is being re-opened at the next call).
+    #[error("postgres: not connected")]
+    PostgresUnavailable,
+    /// Reading or writing local files failed (uploaded files, a thread that would not start).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
     /// Redis (cluster mode) failed.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// A token was refused (the precise reason: [`token::TokenError`]).
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
     /// A token could not be signed.
     #[error("token signing: {0}")]
-    Token(String),
+    Signing(#[from] jsonwebtoken::errors::Error),
     /// Media refused a command.
     #[error(transparent)]
     Media(#[from] huddle_media::MediaError),
+    /// A metric could not be registered (a name taken twice).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// A blocking task panicked or was cancelled.
     #[error("background task: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A PostgreSQL error with what its own text leaves out: the server's message for a database
+/// error, the underlying cause (an I/O error, a parse error) for the others.
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{e}: {}", db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Signaling settings. Defaults suit one machine serving its own web client.

@@ -103,7 +103,7 @@ impl TokenKeys {
             grants,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| SignalingError::Token(e.to_string()))
+            .map_err(SignalingError::from)
     }
 
     /// Verifies signature, algorithm, expiry and `nbf` (no leeway), and the claims: `sub` not
@@ -155,7 +155,7 @@ impl TokenKeys {
             &self.invite_encoding,
         )
         .map(|t| (t, claims.exp))
-        .map_err(|e| SignalingError::Token(e.to_string()))
+        .map_err(SignalingError::from)
     }
 
     /// Checks an invite's signature and expiry; returns the room it admits to.

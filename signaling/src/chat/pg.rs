@@ -7,9 +7,10 @@
 //! async thread. A lost connection is re-opened at the next call.
 //!
 //! Besides the fixed jobs below, [`PgChat::run`] runs any async function on the connection: rich
-//! chat (below) and uploaded files (`files_pg`) use it. Rich chat changes run in one
-//! transaction that locks the message's row first, so two nodes changing the same message take
-//! turns (and the emoji cap holds).
+//! chat (below) uses it, and so can another store that shares the connection (uploaded files:
+//! it adds its tables with [`PgChat::add_schema`]; nothing here knows of it). Rich chat changes
+//! run in one transaction that locks the message's row first, so two nodes changing the same
+//! message take turns (and the emoji cap holds).
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -24,9 +25,9 @@ use super::model::{add_reaction, check, too_many_emojis, ChatBackend, Refused};
 use crate::protocol::{Attachment, ChatMessage};
 use crate::SignalingError;
 
-/// The chat table; the rich chat tables ([`RICH_SCHEMA`]) and the file table
-/// (`files_pg::SCHEMA`) follow it. Run in one
-/// transaction under an advisory lock, so nodes starting together do not race creating them.
+/// The chat table; the rich chat tables ([`RICH_SCHEMA`]) and those added with
+/// [`PgChat::add_schema`] follow it. Run in one transaction under an advisory lock
+/// ([`SCHEMA_LOCK`]), so nodes starting together do not race creating them.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     id BIGSERIAL PRIMARY KEY,
     room TEXT NOT NULL,
@@ -37,6 +38,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat (
     ts BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chat_room_id ON chat (room, id)";
+
+/// The advisory lock taken while tables are created.
+const SCHEMA_LOCK: i64 = 72617;
 
 /// How long a call waits for PostgreSQL.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,29 +55,23 @@ where
     Box::new(f)
 }
 
-/// An error as text, with the server's message for database errors.
-pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{e}: {}", db.message()),
-        None => e.to_string(),
-    }
-}
-
 enum Job {
     /// Any work on the connection (dropped unrun, which the caller sees, when not connected).
     Run(RunJob),
+    /// More tables: created now (when connected) and at every (re)connection.
+    Schema(&'static str),
     Append {
         room: String,
         msg: Box<ChatMessage>,
-        reply: std_mpsc::SyncSender<Result<i64, String>>,
+        reply: std_mpsc::SyncSender<Result<i64, SignalingError>>,
     },
     History {
         room: String,
         limit: i64,
-        reply: std_mpsc::SyncSender<Result<Vec<ChatMessage>, String>>,
+        reply: std_mpsc::SyncSender<Result<Vec<ChatMessage>, SignalingError>>,
     },
     Ping {
-        reply: std_mpsc::SyncSender<Result<(), String>>,
+        reply: std_mpsc::SyncSender<Result<(), SignalingError>>,
     },
 }
 
@@ -93,9 +91,7 @@ impl PgChat {
     /// Starts the thread, connects and creates the table (blocking; fails if PostgreSQL does
     /// not answer within 10 s).
     pub(crate) fn connect(url: &str) -> Result<Self, SignalingError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| SignalingError::Chat(format!("postgres_url: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(SignalingError::PostgresUrl)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -107,35 +103,45 @@ impl PgChat {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
+                        let _ = ready_tx.send(Err(e.into()));
                         return;
                     }
                 };
                 rt.block_on(worker(config, rx, ready_tx));
-            })
-            .map_err(|e| SignalingError::Chat(format!("starting the chat thread: {e}")))?;
+            })?;
         match ready_rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(Ok(())) => Ok(PgChat { jobs }),
-            Ok(Err(e)) => Err(SignalingError::Chat(format!("postgres: {e}"))),
-            Err(_) => Err(SignalingError::Chat(
-                "postgres did not answer within 10 s".into(),
-            )),
+            Ok(r) => r.map(|()| PgChat { jobs }),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(SignalingError::PostgresUnavailable)
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
+        }
+    }
+
+    /// Adds tables to the database, for another store that shares the connection: `schema`
+    /// (statements safe to run again, `CREATE … IF NOT EXISTS`) runs in a transaction under the
+    /// same lock as the chat's tables, before any job sent after this call, and again at every
+    /// reconnection. Does not wait: a failure is logged, and the calls that need the tables fail.
+    pub(crate) fn add_schema(&self, schema: &'static str) {
+        if self.jobs.send(Job::Schema(schema)).is_err() {
+            tracing::warn!("postgres tables not created: the chat thread stopped");
         }
     }
 
     fn call<T>(
         &self,
-        make: impl FnOnce(std_mpsc::SyncSender<Result<T, String>>) -> Job,
+        make: impl FnOnce(std_mpsc::SyncSender<Result<T, SignalingError>>) -> Job,
     ) -> Result<T, SignalingError> {
         let (tx, rx) = std_mpsc::sync_channel(1);
         self.jobs
             .send(make(tx))
-            .map_err(|_| SignalingError::Chat("the chat thread stopped".into()))?;
+            .map_err(|_| SignalingError::PostgresUnavailable)?;
         match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(r) => r.map_err(|e| SignalingError::Chat(format!("postgres: {e}"))),
-            Err(_) => Err(SignalingError::Chat(
-                "postgres did not answer in time".into(),
-            )),
+            Ok(r) => r,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(SignalingError::PostgresUnavailable)
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
         }
     }
 
@@ -150,21 +156,19 @@ impl PgChat {
         let (tx, rx) = std_mpsc::sync_channel(1);
         let job = run_job(move |c| {
             Box::pin(async move {
-                let r = f(c).await.map_err(|e| pg_error(&e));
+                let r = f(c).await.map_err(SignalingError::from);
                 let _ = tx.send(r);
             })
         });
         self.jobs
             .send(Job::Run(job))
-            .map_err(|_| SignalingError::Chat("the chat thread stopped".into()))?;
+            .map_err(|_| SignalingError::PostgresUnavailable)?;
         match rx.recv_timeout(timeout) {
-            Ok(r) => r.map_err(|e| SignalingError::Chat(format!("postgres: {e}"))),
+            Ok(r) => r,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                Err(SignalingError::Chat("postgres: not connected".into()))
+                Err(SignalingError::PostgresUnavailable)
             }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::Chat(
-                "postgres did not answer in time".into(),
-            )),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(SignalingError::PostgresTimeout),
         }
     }
 
@@ -190,34 +194,52 @@ impl PgChat {
     }
 }
 
-async fn open(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, String> {
+/// Connects and creates the tables: the chat's, then `more` (from [`PgChat::add_schema`]).
+async fn open(
+    config: &tokio_postgres::Config,
+    more: &[&'static str],
+) -> Result<tokio_postgres::Client, SignalingError> {
     let (client, connection) =
         tokio::time::timeout(CALL_TIMEOUT, config.connect(tokio_postgres::NoTls))
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| SignalingError::PostgresTimeout)??;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection lost");
         }
     });
-    let schema = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(72617); {SCHEMA}; {RICH_SCHEMA}; {}; COMMIT;",
-        crate::files_pg::SCHEMA
-    );
-    client
-        .batch_execute(&schema)
-        .await
-        .map_err(|e| pg_error(&e))?;
+    let mut schema =
+        format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}; {RICH_SCHEMA}; ");
+    for s in more {
+        schema.push_str(s);
+        schema.push_str("; ");
+    }
+    schema.push_str("COMMIT;");
+    client.batch_execute(&schema).await?;
     Ok(client)
+}
+
+/// Creates the tables of `schema` on an open connection (see [`PgChat::add_schema`]).
+async fn add_schema(c: &Client, schema: &str) -> Result<(), Error> {
+    let r = c
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {schema}; COMMIT;"
+        ))
+        .await;
+    if r.is_err() {
+        // The transaction is left aborted: end it, or every later query on this connection fails.
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    r
 }
 
 async fn worker(
     config: tokio_postgres::Config,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    ready: std_mpsc::SyncSender<Result<(), String>>,
+    ready: std_mpsc::SyncSender<Result<(), SignalingError>>,
 ) {
-    let mut client = match open(&config).await {
+    let mut more: Vec<&'static str> = Vec::new();
+    let mut client = match open(&config, &more).await {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             Some(c)
@@ -229,7 +251,7 @@ async fn worker(
     };
     while let Some(job) = jobs.recv().await {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match open(&config).await {
+            client = match open(&config, &more).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres reconnect failed");
@@ -246,9 +268,18 @@ async fn worker(
         let c = client.as_ref();
         match job {
             Job::Run(_) => {}
+            Job::Schema(schema) => {
+                more.push(schema);
+                if let Some(c) = c {
+                    if let Err(e) = add_schema(c, schema).await {
+                        let e = SignalingError::from(e);
+                        tracing::warn!(error = %e, "postgres tables not created");
+                    }
+                }
+            }
             Job::Append { room, msg, reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .query_one(
                             "INSERT INTO chat (room, participant_id, identity, name, text, ts)
@@ -264,13 +295,13 @@ async fn worker(
                         )
                         .await
                         .and_then(|row| row.try_get::<_, i64>(0))
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }
             Job::History { room, limit, reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .query(
                             "SELECT id, participant_id, identity, name, text, ts FROM chat
@@ -286,18 +317,18 @@ async fn worker(
                             out.reverse();
                             Ok(out)
                         })
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }
             Job::Ping { reply } => {
                 let r = match c {
-                    None => Err("not connected".to_string()),
+                    None => Err(SignalingError::PostgresUnavailable),
                     Some(c) => c
                         .simple_query("SELECT 1")
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                        .map_err(SignalingError::from),
                 };
                 let _ = reply.send(r);
             }

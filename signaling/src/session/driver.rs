@@ -358,7 +358,7 @@ impl Driver {
                 Reply::Stored(
                     tokio::task::spawn_blocking(work)
                         .await
-                        .unwrap_or_else(|e| Err(crate::SignalingError::Task(e.to_string()))),
+                        .unwrap_or_else(|e| Err(e.into())),
                 )
             }
             Query::Host { msg, request_id } => {
