@@ -454,6 +454,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
     // Timeouts handled in a row without waiting: every so often the loop goes through the
     // select (and so yields to the runtime) even when the next timeout is due already.
     let mut immediate = 0u32;
+    let epoch = Instant::now();
     loop {
         flush(&socket, &state, &mut tx, &mut sfu, &mut sessions);
         let deadline = sfu
@@ -479,6 +480,12 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
             continue;
         }
         immediate = 0;
+        // Due already (after 64 in a row): at once. Otherwise on the grid.
+        let wake = if deadline <= Instant::now() {
+            deadline
+        } else {
+            on_grid(deadline, epoch)
+        };
         tokio::select! {
             r = socket.readable() => match r {
                 Ok(()) => read_ready(&socket, &state, &mut rx, &mut sfu, loopback_only, &mut tx, &mut sessions),
@@ -488,9 +495,25 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut commands: mpsc::UnboundedRecei
                 let Some(cmd) = cmd else { return };
                 handle_command(&mut sfu, &mut sessions, cmd);
             }
-            _ = tokio::time::sleep_until(deadline.into()) => sfu.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => sfu.handle_timeout(Instant::now()),
         }
     }
+}
+
+/// A timeout that is not due yet is waited for until the next multiple of `TIMER_GRID` since
+/// the worker started, so that the connections' periodic work (TWCC feedback every 50 ms, NACK
+/// checks, reports, ICE keep-alives: each connection on its own phase) shares wake-ups instead
+/// of waking the thread once each; a wake-up costs about as much as forwarding a few packets.
+/// Forwarded packets do not wait for timeouts (they go out as they come), and anything due
+/// when the worker is awake for a datagram is handled then; so this delays only periodic work,
+/// by less than `TIMER_GRID`.
+const TIMER_GRID: Duration = Duration::from_millis(5);
+
+/// `deadline` rounded up to the grid of [`TIMER_GRID`] from `epoch`.
+fn on_grid(deadline: Instant, epoch: Instant) -> Instant {
+    let grid = TIMER_GRID.as_nanos();
+    let steps = deadline.saturating_duration_since(epoch).as_nanos().div_ceil(grid);
+    epoch + Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
 }
 
 /// Receive buffers for one `recvmmsg`: [`quinn_udp::BATCH_SIZE`] datagrams, each buffer large
@@ -730,7 +753,27 @@ fn flush(
 
 #[cfg(test)]
 mod tests {
-    use super::{SendBatch, MAX_GSO_BYTES};
+    use super::{on_grid, SendBatch, MAX_GSO_BYTES, TIMER_GRID};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn timeouts_wait_for_the_next_grid_step_and_no_longer() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(on_grid(epoch + ms(1), epoch), epoch + TIMER_GRID);
+        assert_eq!(on_grid(epoch + TIMER_GRID, epoch), epoch + TIMER_GRID);
+        assert_eq!(
+            on_grid(epoch + TIMER_GRID + ms(1), epoch),
+            epoch + TIMER_GRID * 2
+        );
+        // Never earlier than asked, and due ones stay where they are.
+        assert_eq!(on_grid(epoch, epoch), epoch);
+        for us in (0..20_000).step_by(137) {
+            let d = epoch + Duration::from_micros(us);
+            let g = on_grid(d, epoch);
+            assert!(g >= d && g - d < TIMER_GRID, "{us} µs");
+        }
+    }
 
     #[test]
     fn a_gso_batch_takes_one_size_then_a_shorter_last_one_within_one_datagrams_bytes() {
