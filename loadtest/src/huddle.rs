@@ -208,7 +208,10 @@ pub async fn run(
     let (pid, others) = joined;
     let pid = pid.as_str();
     p.stage("joined: creating the peer connection");
-    let (pc, published) = peer::new_peer(&ctx, &p, pid, true).await?;
+    // A data channel only for a participant with no track of its own, as the web client
+    // does (its offer needs an m-line to carry ICE and DTLS).
+    let publishes = p.role.audio || p.role.video || p.role.screen;
+    let (pc, published) = peer::new_peer(&ctx, &p, pid, !publishes).await?;
     p.stage("gathering");
     let offer = peer::offer_with_candidates(&pc).await?;
     let mut sources = std::collections::BTreeMap::new();
