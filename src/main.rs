@@ -268,7 +268,7 @@ fn run_cli() -> Result<()> {
             let cfg = load(cli.config.as_deref(), &t.serve)?;
             if !huddle_signaling::token::valid_room_name(&t.room) {
                 bail!(
-                    "--room {:?} is not a room name: 1 to 64 characters of A-Z a-z 0-9 - _ .",
+                    "--room {:?} is not a room name: 1 to 64 characters of A-Z a-z 0-9 - _ ., not starting with .",
                     t.room
                 );
             }

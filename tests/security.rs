@@ -283,6 +283,57 @@ async fn token_rules_nbf_exp_sub_and_names() {
     assert_eq!(answer["name"], "gpj.exe", "{answer}");
 }
 
+/// A room's name is a directory of the data directory (its uploads): `.`, `..` and `.tmp`
+/// were accepted, so a token for room `..` could upload beside the files directory, where the
+/// retention sweep never looks. Names starting with a dot are refused everywhere.
+#[tokio::test]
+async fn room_names_starting_with_a_dot_are_refused_everywhere() {
+    let server = Server::start_env(&[], &[("HUDDLE_AUTH__SECRET", SECRET)]);
+    let t = now();
+    let http = reqwest::Client::new();
+    for room in [".", "..", ".tmp", ".hidden"] {
+        // No guest token for it.
+        let res = http
+            .post(format!("{}/api/token", server.url))
+            .json(&json!({"room": room, "name": "M"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "guest token for {room:?}");
+        // A signed one does not join.
+        let token =
+            sign(json!({"sub": "mallory", "name": "M", "room": room, "exp": t + 600, "iat": t}));
+        let (_s, answer) = join_answer(&server, &token).await;
+        assert_eq!(answer["type"], "error", "{room:?}: {answer}");
+        assert_eq!(answer["code"], "wrong_room", "{room:?}: {answer}");
+        // And uploads with it are refused (the name percent-encoded, as a client could send it).
+        let encoded: String = room.bytes().map(|b| format!("%{b:02X}")).collect();
+        let res = http
+            .post(format!(
+                "{}/api/rooms/{encoded}/files?name=x.txt",
+                server.url
+            ))
+            .bearer_auth(&token)
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_client_error(),
+            "upload to {room:?}: {}",
+            res.status()
+        );
+    }
+    // Dots inside a name are fine.
+    let res = http
+        .post(format!("{}/api/token", server.url))
+        .json(&json!({"room": "v1.2", "name": "M"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
 /// Finding 7: NUL and bidirectional overrides were stored in chat text.
 #[tokio::test]
 async fn chat_text_loses_nul_and_bidi_overrides() {

@@ -1,9 +1,9 @@
 // Room names in any language. The server's room names (and so URLs) are 1 to 64 characters of
-// A-Z a-z 0-9 - _ . ; a name typed in another script is carried as "xn--" + its Punycode
+// A-Z a-z 0-9 - _ . (not starting with .); a name typed in another script is carried as "xn--" + its Punycode
 // (RFC 3492, as in internationalised domain names), and shown decoded as the room's title.
 // So /r/xn--6oq12ksw9amb2a is the room everyone sees as "项目周会". See docs/web-client.md.
 
-export const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
+export const ROOM_RE = /^(?!\.)[A-Za-z0-9._-]{1,64}$/;
 const PREFIX = 'xn--';
 
 // ---- Punycode (RFC 3492) ----

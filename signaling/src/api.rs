@@ -447,7 +447,7 @@ async fn create_room(
     let Json(req) = body.map_err(|e| ApiFailure::BadRequest(e.body_text()))?;
     if !valid_room_name(&req.name) {
         return Err(ApiFailure::BadRequest(
-            "room names have 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+            "room names have 1 to 64 of A-Z a-z 0-9 - _ ., not starting with .".into(),
         ));
     }
     admin.may_act_on(&req.name)?;

@@ -252,7 +252,7 @@ async fn token(
         return api_error(
             StatusCode::BAD_REQUEST,
             "bad_room",
-            "room names have 1 to 64 of A-Z a-z 0-9 - _ .",
+            "room names have 1 to 64 of A-Z a-z 0-9 - _ ., not starting with .",
         );
     }
     let name = crate::text::clean_name(&req.name);

@@ -189,10 +189,13 @@ pub enum TokenError {
     TooLong,
 }
 
-/// Room names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+/// Room names: 1 to 64 of `A-Z a-z 0-9 - _ .`, not starting with a dot. A room's name is a
+/// directory of the data directory (its uploaded files): `.` and `..` would name the files
+/// directory itself and the data directory, and `.tmp` the uploads in progress.
 pub fn valid_room_name(room: &str) -> bool {
     !room.is_empty()
         && room.len() <= 64
+        && !room.starts_with('.')
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -343,7 +346,18 @@ mod tests {
     #[test]
     fn room_names() {
         assert!(valid_room_name("team-standup_2.0"));
-        for bad in ["", "a b", "x/y", "<script>", &"a".repeat(65)] {
+        assert!(valid_room_name("a..b"));
+        for bad in [
+            "",
+            "a b",
+            "x/y",
+            "<script>",
+            &"a".repeat(65),
+            ".",
+            "..",
+            ".tmp",
+            ".x",
+        ] {
             assert!(!valid_room_name(bad), "{bad}");
         }
     }
