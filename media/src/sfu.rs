@@ -243,6 +243,22 @@ pub struct Sfu {
     postponed_keyframes: Option<Instant>,
     /// Whether the worker is behind (video yields), from the lateness of everyone's audio.
     behind: Behind,
+    /// Whether the driver's socket holds a backlog (see [`Sfu::socket_drained`]).
+    socket: SocketBacklog,
+}
+
+/// What the driver says of its socket: the first datagram handled after the socket was last
+/// found empty starts a busy period; a datagram handled later in it may have waited in the
+/// socket up to the period's length.
+#[derive(Debug, Clone, Copy, Default)]
+enum SocketBacklog {
+    /// The driver does not say (a test harness): no backlog is assumed.
+    #[default]
+    Unknown,
+    /// Empty when last read.
+    Drained,
+    /// Not found empty since this datagram.
+    Since(Instant),
 }
 
 /// Parses a client's SDP answer (the text work of [`Sfu::answer`], which can be done on any
@@ -299,6 +315,7 @@ impl Sfu {
             due: Vec::new(),
             postponed_keyframes: None,
             behind: Behind::default(),
+            socket: SocketBacklog::Unknown,
         }
     }
 
@@ -584,6 +601,9 @@ impl Sfu {
 
     /// A datagram arrived on the worker's socket.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        if let SocketBacklog::Drained = self.socket {
+            self.socket = SocketBacklog::Since(now);
+        }
         let Ok(contents) = data.try_into() else {
             self.unrouted_datagrams += 1;
             self.metrics.unrouted.inc();
@@ -661,6 +681,22 @@ impl Sfu {
         self.send_postponed_keyframe_requests(now);
         self.room_ticks(now);
         self.drive(now);
+    }
+
+    /// The driver read everything its socket held (a read found nothing). A driver that says
+    /// so lets the core tell its own backlog from a slow network: while the socket has not
+    /// been found empty for over 100 ms, the worker is behind, and the floor audio lateness is
+    /// judged from does not rise with the queue (see `rtp::Lateness`).
+    pub fn socket_drained(&mut self) {
+        self.socket = SocketBacklog::Drained;
+    }
+
+    /// Whether the socket has held a backlog for over `VIDEO_LATE` at `now`.
+    fn socket_behind(&self, now: Instant) -> bool {
+        match self.socket {
+            SocketBacklog::Since(t) => now.saturating_duration_since(t) > rtp::VIDEO_LATE,
+            _ => false,
+        }
     }
 
     /// The earliest time the core needs [`Sfu::handle_timeout`], if it has any connection.
@@ -1213,7 +1249,36 @@ fn stun_local_ufrag(datagram: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::stun_local_ufrag;
+    use super::{stun_local_ufrag, Sfu, SfuConfig};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_socket_not_found_empty_for_over_100_ms_is_a_backlog_and_idle_time_is_not() {
+        let mut sfu = Sfu::new(SfuConfig {
+            candidates: vec![([127, 0, 0, 1], 50000).into()],
+            local_addr: ([127, 0, 0, 1], 50000).into(),
+            worker_index: 0,
+            max_tracks_per_participant: 4,
+        });
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let from = ([127, 0, 0, 1], 40000).into();
+        // A driver that says nothing: never behind.
+        sfu.handle_receive(t0, from, b"x");
+        assert!(!sfu.socket_behind(t0 + ms(500)));
+        // Drained, then idle for a second: the next datagram has not waited.
+        sfu.socket_drained();
+        sfu.handle_receive(t0 + ms(1000), from, b"x");
+        assert!(!sfu.socket_behind(t0 + ms(1050)));
+        // Read on and on without the socket ever found empty: behind after 100 ms.
+        sfu.handle_receive(t0 + ms(1090), from, b"x");
+        assert!(!sfu.socket_behind(t0 + ms(1090)));
+        assert!(sfu.socket_behind(t0 + ms(1101)));
+        // Found empty again: not behind, whatever came before.
+        sfu.socket_drained();
+        sfu.handle_receive(t0 + ms(1200), from, b"x");
+        assert!(!sfu.socket_behind(t0 + ms(1250)));
+    }
 
     #[test]
     fn the_local_ufrag_is_read_from_a_binding_requests_username() {

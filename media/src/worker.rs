@@ -512,7 +512,10 @@ const TIMER_GRID: Duration = Duration::from_millis(5);
 /// `deadline` rounded up to the grid of [`TIMER_GRID`] from `epoch`.
 fn on_grid(deadline: Instant, epoch: Instant) -> Instant {
     let grid = TIMER_GRID.as_nanos();
-    let steps = deadline.saturating_duration_since(epoch).as_nanos().div_ceil(grid);
+    let steps = deadline
+        .saturating_duration_since(epoch)
+        .as_nanos()
+        .div_ceil(grid);
     epoch + Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
 }
 
@@ -557,7 +560,10 @@ fn read_ready(
             state.recv(socket.into(), &mut slices, &mut rx.meta)
         }) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sfu.socket_drained();
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "media socket receive error");
                 return;

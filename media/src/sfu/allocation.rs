@@ -113,6 +113,7 @@ impl Sfu {
             keyframe_size,
             time,
         } = packet;
+        let hold = self.socket_behind(now);
         let peer = self.peers.get_mut(&publisher)?;
         if let Some(prod) = peer.producers.iter_mut().find(|p| p.mid == mid) {
             let audio = prod.kind == MediaKind::Audio;
@@ -148,10 +149,12 @@ impl Sfu {
             // large keyframe over hundreds of milliseconds): it yields while the worker is
             // behind, as judged from everyone's audio.
             if audio {
-                let late =
-                    layer
-                        .lateness
-                        .observe(now, time.numer(), u64::from(time.frequency().get()));
+                let late = layer.lateness.observe(
+                    now,
+                    time.numer(),
+                    u64::from(time.frequency().get()),
+                    hold,
+                );
                 self.behind.audio(now, late);
                 return Some((peer.room.clone(), late > AUDIO_LATE));
             }

@@ -159,6 +159,11 @@ const TIMEBASE_JUMP: Duration = Duration::from_secs(3);
 /// is the time it spent queued beyond the stream's best path, on the network or in this
 /// worker's socket buffer while the worker was busy. No header extension or clock of the
 /// sender is needed.
+///
+/// The shortest transit follows a path that got slower within two windows, except while the
+/// worker's own socket holds a backlog (`hold`): that queue is the worker's, and letting the
+/// floor rise with it would let an overloaded worker's queue grow by a window's worth of
+/// minimum backlog every two windows, with nothing ever counted late.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Lateness {
     /// The first packet's arrival and RTP time (µs of media time), the origin of transits.
@@ -172,7 +177,7 @@ pub(super) struct Lateness {
 impl Lateness {
     /// How long the packet with media time `time` (extended, `hz` ticks per second), arriving
     /// `now`, was held up.
-    pub(super) fn observe(&mut self, now: Instant, time: u64, hz: u64) -> Duration {
+    pub(super) fn observe(&mut self, now: Instant, time: u64, hz: u64, hold: bool) -> Duration {
         let media_us = time.saturating_mul(1_000_000) / hz.max(1);
         let (t0, m0) = *self.origin.get_or_insert((now, media_us));
         let transit =
@@ -182,7 +187,12 @@ impl Lateness {
                 self.current = self.current.min(transit);
             }
             Some(_) => {
-                self.previous = self.current;
+                // Held, a window that ends can only lower the floor.
+                self.previous = if hold {
+                    self.previous.min(self.current)
+                } else {
+                    self.current
+                };
                 self.current = transit;
                 self.window_start = Some(now);
             }
@@ -198,7 +208,7 @@ impl Lateness {
             // No queue holds this much: the stream's RTP times jumped back (a restarted
             // encoder). Start over from this packet.
             *self = Lateness::default();
-            return self.observe(now, time, hz);
+            return self.observe(now, time, hz, hold);
         }
         Duration::from_micros(late)
     }
@@ -464,28 +474,56 @@ mod tests {
         for i in 0..50u64 {
             let at = t0 + Duration::from_millis(i * 20);
             assert_eq!(
-                l.observe(at, base + 960 * i, 48_000),
+                l.observe(at, base + 960 * i, 48_000, false),
                 Duration::ZERO,
                 "packet {i}"
             );
         }
         let at = t0 + Duration::from_millis(50 * 20 + 30);
         assert_eq!(
-            l.observe(at, base + 960 * 50, 48_000),
+            l.observe(at, base + 960 * 50, 48_000, false),
             Duration::from_millis(30)
         );
         let at = t0 + Duration::from_millis(51 * 20 + 300);
         assert_eq!(
-            l.observe(at, base + 960 * 51, 48_000),
+            l.observe(at, base + 960 * 51, 48_000, false),
             Duration::from_millis(300)
         );
         assert!(Duration::from_millis(300) > AUDIO_LATE && AUDIO_LATE > VIDEO_LATE);
         // RTP times that jump 10 s back are a new timebase, not 10 s of queue.
         let at = t0 + Duration::from_millis(52 * 20);
         let back = base - 48_000 * 10;
-        assert_eq!(l.observe(at, back, 48_000), Duration::ZERO);
+        assert_eq!(l.observe(at, back, 48_000, false), Duration::ZERO);
         let at = t0 + Duration::from_millis(53 * 20 + 50);
-        assert_eq!(l.observe(at, back + 960, 48_000), Duration::from_millis(50));
+        assert_eq!(
+            l.observe(at, back + 960, 48_000, false),
+            Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn a_backlog_in_the_workers_socket_does_not_become_the_norm() {
+        let t0 = Instant::now();
+        let base = 48_000 * 60;
+        // On time for a second, then every packet 250 to 350 ms late for 20 s (an overloaded
+        // worker whose queue never empties).
+        let run = |hold: bool| {
+            let mut l = Lateness::default();
+            let mut last = Duration::ZERO;
+            for i in 0..1050u64 {
+                let queue = if i < 50 { 0 } else { 250 + (i * 37) % 100 };
+                let at = t0 + Duration::from_millis(i * 20 + queue);
+                last = l.observe(at, base + 960 * i, 48_000, hold && i >= 50);
+            }
+            last
+        };
+        let held = run(true);
+        assert!(held > AUDIO_LATE, "held: still counted late ({held:?})");
+        let free = run(false);
+        assert!(
+            free < Duration::from_millis(150),
+            "not held, the slower path is the norm after two windows ({free:?})"
+        );
     }
 
     #[test]
