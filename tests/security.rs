@@ -300,13 +300,14 @@ async fn room_names_starting_with_a_dot_are_refused_everywhere() {
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), 400, "guest token for {room:?}");
-        // A signed one does not join.
+        // A signed one (the operator's application signs tokens too) is not a valid token.
         let token =
             sign(json!({"sub": "mallory", "name": "M", "room": room, "exp": t + 600, "iat": t}));
         let (_s, answer) = join_answer(&server, &token).await;
         assert_eq!(answer["type"], "error", "{room:?}: {answer}");
-        assert_eq!(answer["code"], "wrong_room", "{room:?}: {answer}");
-        // And uploads with it are refused (the name percent-encoded, as a client could send it).
+        assert_eq!(answer["code"], "invalid_token", "{room:?}: {answer}");
+        // Nor for uploads (the name percent-encoded, as a client could send it): `.tmp` is the
+        // uploads-in-progress directory.
         let encoded: String = room.bytes().map(|b| format!("%{b:02X}")).collect();
         let res = http
             .post(format!(

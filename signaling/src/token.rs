@@ -107,7 +107,9 @@ impl TokenKeys {
     }
 
     /// Verifies signature, algorithm, expiry and `nbf` (no leeway), and the claims: `sub` not
-    /// blank, `exp` at most [`TokenKeys::max_lifetime`] ahead. The display name comes back
+    /// blank, `room` a room name ([`valid_room_name`]: the operator's application signs
+    /// tokens too, and a room's name becomes a directory), `exp` at most
+    /// [`TokenKeys::max_lifetime`] ahead. The display name comes back
     /// cleaned like a guest's ([`crate::text::clean_name`]).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let mut v = Validation::new(Algorithm::HS256);
@@ -125,7 +127,7 @@ impl TokenKeys {
             }
             Err(_) => return Err(TokenError::Invalid),
         };
-        if claims.sub.trim().is_empty() {
+        if claims.sub.trim().is_empty() || !valid_room_name(&claims.room) {
             return Err(TokenError::Invalid);
         }
         if claims.exp > unix_now().saturating_add(self.max_lifetime.as_secs()) {
