@@ -261,6 +261,23 @@ enum SocketBacklog {
     Since(Instant),
 }
 
+/// Queues a datagram str0m produced for the driver, counting it if it is a retransmission
+/// (one of the connection's RTX SSRCs `rtx_out`).
+fn send(
+    out: &mut VecDeque<Output>,
+    metrics: &MediaMetrics,
+    rtx_out: &[u32],
+    t: str0m::net::Transmit,
+) {
+    if !rtx_out.is_empty() && is_rtx(&t.contents, rtx_out) {
+        metrics.retransmissions.out.inc();
+    }
+    out.push_back(Output::Transmit {
+        destination: t.destination,
+        contents: t.contents.into(),
+    });
+}
+
 /// Parses a client's SDP answer (the text work of [`Sfu::answer`], which can be done on any
 /// thread).
 pub fn parse_answer(sdp: &str) -> Result<SdpAnswer, MediaError> {
@@ -757,13 +774,7 @@ impl Sfu {
                     // Forwarded packets first, without str0m's half-kilobyte `Output`
                     // (vendor/str0m/PATCHES.md, 3).
                     if let Some(t) = peer.rtc.direct_api().poll_transmit() {
-                        if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
-                            self.metrics.retransmissions.out.inc();
-                        }
-                        self.out.push_back(Output::Transmit {
-                            destination: t.destination,
-                            contents: t.contents.into(),
-                        });
+                        send(&mut self.out, &self.metrics, &peer.rtx_out, t);
                         continue;
                     }
                     match peer.rtc.poll_output() {
@@ -788,13 +799,7 @@ impl Sfu {
                             break Polled::Waiting;
                         }
                         Ok(str0m::Output::Transmit(t)) => {
-                            if !peer.rtx_out.is_empty() && is_rtx(&t.contents, &peer.rtx_out) {
-                                self.metrics.retransmissions.out.inc();
-                            }
-                            self.out.push_back(Output::Transmit {
-                                destination: t.destination,
-                                contents: t.contents.into(),
-                            });
+                            send(&mut self.out, &self.metrics, &peer.rtx_out, t)
                         }
                         Ok(str0m::Output::Event(e)) => break Polled::Event(e),
                         Err(e) => {
