@@ -376,7 +376,7 @@ async fn list_rooms(
         .collect();
     let nodes = cluster.nodes().await.map_err(|e| {
         tracing::warn!(error = %e, "room list: nodes unknown");
-        ApiFailure::Internal(e.into())
+        ApiFailure::Internal(e)
     })?;
     let client = cluster.http();
     for node in nodes.iter().filter(|n| n.id != cluster.node_id()) {

@@ -24,6 +24,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
+use crate::SignalingError;
+
 const NODES: &str = "huddle:nodes";
 const PLACED: &str = "huddle:placed";
 const NODE_PREFIX: &str = "huddle:node:";
@@ -63,21 +65,6 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
-
-/// What can go wrong in cluster mode.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClusterError {
-    /// Redis refused or could not be reached.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// No live node has room for another room.
-    #[error("no live node can take the room")]
-    NoNode,
-    /// The cluster settings are unusable.
-    #[error("cluster configuration: {0}")]
-    Config(String),
-}
 
 /// Cluster settings (`[cluster]` in the configuration).
 #[derive(Debug, Clone)]
@@ -175,49 +162,47 @@ struct ClusterInner {
 
 impl Cluster {
     /// Connects to Redis and checks it answers.
-    pub async fn connect(cfg: ClusterConfig) -> Result<Self, ClusterError> {
+    pub async fn connect(cfg: ClusterConfig) -> Result<Self, SignalingError> {
         if cfg.node_id.is_empty() || cfg.node_id.contains(char::is_whitespace) {
-            return Err(ClusterError::Config(
-                "cluster.node_id must be a non-empty word".into(),
+            return Err(SignalingError::ClusterConfig(
+                "cluster.node_id must be a non-empty word",
             ));
         }
         if !(cfg.public_url.starts_with("http://") || cfg.public_url.starts_with("https://")) {
-            return Err(ClusterError::Config(
-                "cluster.public_url must start with http:// or https://".into(),
+            return Err(SignalingError::ClusterConfig(
+                "cluster.public_url must start with http:// or https://",
             ));
         }
         let client = redis::Client::open(cfg.redis_url.as_str())?;
         let mut conn =
             tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
                 .await
-                .map_err(|_| {
-                    ClusterError::Config(format!("redis at {} did not answer", cfg.redis_url))
-                })??;
+                .map_err(|_| SignalingError::RedisTimeout)??;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        let node_info = metric(prometheus::IntGaugeVec::new(
+        let node_info = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
                 "huddle_node_info",
                 "This node in the cluster (always 1): its id and region.",
             ),
             &["node", "region"],
-        ))?;
+        )?;
         node_info
             .with_label_values(&[cfg.node_id.as_str(), cfg.region.as_deref().unwrap_or("")])
             .set(1);
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
-                redirects: metric(prometheus::IntCounter::new(
+                redirects: prometheus::IntCounter::new(
                     "huddle_cluster_redirects_total",
                     "Joins redirected to the node that owns the room.",
-                ))?,
-                routing_errors: metric(prometheus::IntCounter::new(
+                )?,
+                routing_errors: prometheus::IntCounter::new(
                     "huddle_cluster_routing_errors_total",
                     "Joins refused because Redis failed or no node had room.",
-                ))?,
-                nodes_live: metric(prometheus::IntGauge::new(
+                )?,
+                nodes_live: prometheus::IntGauge::new(
                     "huddle_cluster_nodes",
                     "Live nodes seen at the last placement or heartbeat.",
-                ))?,
+                )?,
                 node_info,
                 cfg,
                 conn,
@@ -256,7 +241,7 @@ impl Cluster {
 
     /// Where a join for `room` goes: the live owner, or (no owner) the least loaded node with
     /// room to spare, preferring this node's region, which then owns it.
-    pub async fn route(&self, room: &str) -> Result<Route, ClusterError> {
+    pub async fn route(&self, room: &str) -> Result<Route, SignalingError> {
         let result = self.route_inner(room).await;
         match &result {
             Ok(Route::Remote(_)) => self.inner.redirects.inc(),
@@ -266,7 +251,7 @@ impl Cluster {
         result
     }
 
-    async fn route_inner(&self, room: &str) -> Result<Route, ClusterError> {
+    async fn route_inner(&self, room: &str) -> Result<Route, SignalingError> {
         let mut conn = self.inner.conn.clone();
         let room_key = format!("{ROOM_PREFIX}{room}");
         let owner: Option<String> = self
@@ -281,7 +266,7 @@ impl Cluster {
             None => {
                 let nodes = self.nodes().await?;
                 let candidate = choose(&nodes, self.inner.cfg.region.as_deref(), room)
-                    .ok_or(ClusterError::NoNode)?;
+                    .ok_or(SignalingError::NoNode)?;
                 self.inner
                     .claim
                     .key(&room_key)
@@ -299,13 +284,13 @@ impl Cluster {
         let info: Option<String> = conn.get(format!("{NODE_PREFIX}{owner}")).await?;
         let info = info
             .and_then(|j| serde_json::from_str::<NodeInfo>(&j).ok())
-            .ok_or(ClusterError::NoNode)?;
+            .ok_or(SignalingError::NoNode)?;
         Ok(Route::Remote(info.url))
     }
 
     /// The public URL of the live node that owns `room`, when that is another node. `None`:
     /// this node owns it, or nobody does (nothing is claimed).
-    pub async fn remote_owner(&self, room: &str) -> Result<Option<String>, ClusterError> {
+    pub async fn remote_owner(&self, room: &str) -> Result<Option<String>, SignalingError> {
         let mut conn = self.inner.conn.clone();
         let owner: Option<String> = self
             .inner
@@ -329,15 +314,14 @@ impl Cluster {
         &self,
         room: &str,
         s: &crate::moderation::RoomSettings,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<(), SignalingError> {
         let stored = StoredSettings {
             max_participants: s.max_participants,
             password_hash: s.password_hash.clone(),
             lobby: s.lobby,
             created_at: s.created_at,
         };
-        let json = serde_json::to_string(&stored)
-            .map_err(|e| ClusterError::Config(format!("settings: {e}")))?;
+        let json = serde_json::to_string(&stored)?;
         let mut conn = self.inner.conn.clone();
         let () = redis::pipe()
             .atomic()
@@ -354,7 +338,7 @@ impl Cluster {
     pub async fn settings(
         &self,
         room: &str,
-    ) -> Result<Option<crate::moderation::RoomSettings>, ClusterError> {
+    ) -> Result<Option<crate::moderation::RoomSettings>, SignalingError> {
         let mut conn = self.inner.conn.clone();
         let json: Option<String> = conn.get(format!("{SETTINGS_PREFIX}{room}")).await?;
         Ok(json
@@ -365,7 +349,7 @@ impl Cluster {
     /// Every room with settings in Redis.
     pub async fn all_settings(
         &self,
-    ) -> Result<Vec<(String, crate::moderation::RoomSettings)>, ClusterError> {
+    ) -> Result<Vec<(String, crate::moderation::RoomSettings)>, SignalingError> {
         let mut conn = self.inner.conn.clone();
         let rooms: Vec<String> = conn.smembers(SETTINGS_SET).await?;
         let keys: Vec<String> = rooms
@@ -384,7 +368,7 @@ impl Cluster {
     }
 
     /// Forgets a room's settings (the room was ended).
-    pub async fn delete_settings(&self, room: &str) -> Result<(), ClusterError> {
+    pub async fn delete_settings(&self, room: &str) -> Result<(), SignalingError> {
         let mut conn = self.inner.conn.clone();
         let () = redis::pipe()
             .atomic()
@@ -399,7 +383,7 @@ impl Cluster {
 
     /// The live nodes (from their heartbeat keys), with the rooms placed on each since its last
     /// heartbeat added to its room count. Expired ids are dropped from `huddle:nodes`.
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, SignalingError> {
         let mut conn = self.inner.conn.clone();
         let ids: Vec<String> = conn.smembers(NODES).await?;
         if ids.is_empty() {
@@ -432,10 +416,9 @@ impl Cluster {
         &self,
         info: &NodeInfo,
         rooms: &[String],
-    ) -> Result<Vec<String>, ClusterError> {
+    ) -> Result<Vec<String>, SignalingError> {
         let mut conn = self.inner.conn.clone();
-        let json = serde_json::to_string(info)
-            .map_err(|e| ClusterError::Config(format!("node info: {e}")))?;
+        let json = serde_json::to_string(info)?;
         let ttl = self.ttl_ms();
         redis::pipe()
             .cmd("SET")
@@ -469,7 +452,7 @@ impl Cluster {
 
     /// Gives up this node's place at shutdown: its key, and the rooms it owns, so that their
     /// participants are placed elsewhere at once rather than after the TTL.
-    pub async fn leave(&self, rooms: &[String]) -> Result<(), ClusterError> {
+    pub async fn leave(&self, rooms: &[String]) -> Result<(), SignalingError> {
         let mut conn = self.inner.conn.clone();
         let id = &self.inner.cfg.node_id;
         for room in rooms {
@@ -549,10 +532,6 @@ impl Cluster {
             }
         })
     }
-}
-
-fn metric<T>(r: prometheus::Result<T>) -> Result<T, ClusterError> {
-    r.map_err(|e| ClusterError::Config(format!("metrics: {e}")))
 }
 
 /// In cluster mode, what a verified join for `room` gets instead of entering it here: a

@@ -80,9 +80,22 @@ pub enum SignalingError {
     /// Reading or writing local files failed (uploaded files, a thread that would not start).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// Redis (cluster mode) failed.
-    #[error(transparent)]
-    Cluster(#[from] cluster::ClusterError),
+    /// Redis (cluster mode) refused or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis (cluster mode) did not answer within the call's time. (The URL is not named: it
+    /// may hold a password.)
+    #[error("redis did not answer within 10 s (cluster.redis_url)")]
+    RedisTimeout,
+    /// No live node of the cluster can take another room.
+    #[error("no live node can take the room")]
+    NoNode,
+    /// The cluster settings are unusable; the text names the key and what it must be.
+    #[error("cluster configuration: {0}")]
+    ClusterConfig(&'static str),
+    /// A value could not be written as JSON (settings or node information for Redis).
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
     /// A token was refused (the precise reason: [`token::TokenError`]).
     #[error(transparent)]
     Token(#[from] token::TokenError),
