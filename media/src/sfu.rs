@@ -708,8 +708,9 @@ impl Sfu {
         self.socket = SocketBacklog::Drained;
     }
 
-    /// Whether the socket has held a backlog for over `VIDEO_LATE` at `now`.
-    fn socket_behind(&self, now: Instant) -> bool {
+    /// Whether the socket has held a backlog for over `VIDEO_LATE` at `now`: the worker is
+    /// behind (its driver then reads a few datagrams at a time, see `worker::read_ready`).
+    pub fn socket_behind(&self, now: Instant) -> bool {
         match self.socket {
             SocketBacklog::Since(t) => now.saturating_duration_since(t) > rtp::VIDEO_LATE,
             _ => false,

@@ -526,6 +526,9 @@ struct RecvBufs {
     meta: [RecvMeta; quinn_udp::BATCH_SIZE],
 }
 
+/// Datagrams per read while the worker is behind (see `read_ready`).
+const BEHIND_BATCH: usize = 2;
+
 /// The receive and send buffer each media socket asks the kernel for.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -556,8 +559,17 @@ fn read_ready(
     // A bounded number of batches, so that timers and commands get their turn under a flood.
     for _ in 0..64 {
         let mut slices = rx.bufs.each_mut().map(|b| IoSliceMut::new(b));
+        // Behind, a few datagrams per read: a packet is judged late or not when it is read, and
+        // what it fans out to goes out only after the whole batch's fan-out has been made, so
+        // a full batch (32 datagrams, each to up to a hundred subscribers) on a starved core
+        // could hold a packet judged on time for longer than the lateness limit.
+        let take = if sfu.socket_behind(Instant::now()) {
+            BEHIND_BATCH.min(quinn_udp::BATCH_SIZE)
+        } else {
+            quinn_udp::BATCH_SIZE
+        };
         let n = match socket.try_io(Interest::READABLE, || {
-            state.recv(socket.into(), &mut slices, &mut rx.meta)
+            state.recv(socket.into(), &mut slices[..take], &mut rx.meta[..take])
         }) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
