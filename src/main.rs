@@ -19,11 +19,6 @@ use huddle_signaling::{AppState, SignalingConfig};
 
 use crate::config::{Config, LogFormat};
 
-/// mimalloc instead of glibc's malloc: the media thread allocates and frees one SRTP buffer per
-/// forwarded packet (docs/dependencies.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "huddle",
