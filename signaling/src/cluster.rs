@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::SignalingError;
 
+/// How long the first connection to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 const NODES: &str = "huddle:nodes";
 const PLACED: &str = "huddle:placed";
 const NODE_PREFIX: &str = "huddle:node:";
@@ -174,10 +177,9 @@ impl Cluster {
             ));
         }
         let client = redis::Client::open(cfg.redis_url.as_str())?;
-        let mut conn =
-            tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
-                .await
-                .map_err(|_| SignalingError::RedisTimeout)??;
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, ConnectionManager::new(client))
+            .await
+            .map_err(|_| SignalingError::RedisTimeout(CONNECT_TIMEOUT))??;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         let node_info = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(

@@ -83,10 +83,10 @@ pub enum SignalingError {
     /// Redis (cluster mode) refused or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// Redis (cluster mode) did not answer within the call's time. (The URL is not named: it
-    /// may hold a password.)
-    #[error("redis did not answer within 10 s (cluster.redis_url)")]
-    RedisTimeout,
+    /// Redis (cluster mode) did not answer within this time. (The URL is not named: it may
+    /// hold a password.)
+    #[error("redis did not answer within {} s (cluster.redis_url)", .0.as_secs())]
+    RedisTimeout(Duration),
     /// No live node of the cluster can take another room.
     #[error("no live node can take the room")]
     NoNode,
