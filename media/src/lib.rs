@@ -41,8 +41,8 @@ pub use ids::{ParticipantId, TrackId};
 pub use layers::{Quality, Source};
 pub use metrics::MediaMetrics;
 pub use sfu::{
-    CloseReason, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, SlotInfo, SlotTrack, TrackKind,
-    KEYFRAME_MIN_INTERVAL,
+    CloseReason, Follow, Grants, Output, PeerEvent, Router, Sfu, SfuConfig, SlotInfo, SlotTrack,
+    TrackKind, KEYFRAME_MIN_INTERVAL,
 };
 pub use speakers::Speaker;
 pub use worker::{MediaConfig, MediaHandle};

@@ -33,6 +33,7 @@ mod router;
 mod rtp;
 mod stats;
 mod timers;
+mod viewer;
 
 use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
@@ -42,6 +43,8 @@ use rtp::{starts_keyframe, vp8_frame_part, Behind, Codec, Rewrite};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
+pub use viewer::Follow;
+use viewer::Viewer;
 
 /// A publisher is asked for a keyframe at most this often per track, however many subscribers
 /// ask (new consumers, PLI/FIR from subscribers, gaps in the incoming stream).
@@ -376,6 +379,49 @@ impl Sfu {
         sdp: &str,
         sources: &[(String, Source)],
     ) -> Result<(), MediaError> {
+        self.connect(now, participant, room, grants, sdp, sources, None)
+    }
+
+    /// A receive-only viewer's one offer (WHEP): its connection in `room` is sent the tracks
+    /// `follow` names on the receiving m-lines it offered, and is never made an offer (see
+    /// [`Follow`]). The answer is queued as a [`PeerEvent::Answer`]. A viewer is a member of
+    /// the room's media, not a participant: it publishes nothing.
+    pub fn offer_viewer(
+        &mut self,
+        now: Instant,
+        viewer: ParticipantId,
+        room: &str,
+        sdp: &str,
+        follow: Follow,
+    ) -> Result<(), MediaError> {
+        let grants = Grants {
+            publish: false,
+            subscribe: true,
+            chat: false,
+            admin: false,
+        };
+        self.connect(
+            now,
+            viewer,
+            room,
+            grants,
+            sdp,
+            &[],
+            Some(Viewer::new(follow)),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        room: &str,
+        grants: Grants,
+        sdp: &str,
+        sources: &[(String, Source)],
+        viewer: Option<Viewer>,
+    ) -> Result<(), MediaError> {
         if self.peers.contains_key(&participant) {
             return Err(MediaError::AlreadyConnected);
         }
@@ -467,6 +513,7 @@ impl Sfu {
                 quality_rtt: 0.0,
                 ingress_packets: Vec::new(),
                 paused: Vec::new(),
+                viewer,
             },
         );
         if let Some(p) = self.peers.get_mut(&participant) {
@@ -842,6 +889,20 @@ impl Sfu {
                 // are the participant's tracks.
                 if matches!(added.direction, Direction::RecvOnly | Direction::SendRecv) {
                     self.add_producer(pid, added.mid, added.kind);
+                } else if let Some(peer) = self.peers.get_mut(&pid) {
+                    // A viewer's receiving m-lines are its slots, open from its one offer.
+                    if peer.viewer.is_some() && added.direction == Direction::SendOnly {
+                        peer.slots.push(Slot {
+                            mid: added.mid,
+                            kind: added.kind,
+                            open: true,
+                            consumer: None,
+                            out: Default::default(),
+                            ssrc: None,
+                        });
+                        peer.negotiate = true;
+                        self.mark_dirty(pid);
+                    }
                 }
             }
             Event::RtpPacket(packet) => self.forward(now, pid, packet),

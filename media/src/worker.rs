@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::error::Refusal;
-use crate::sfu::{Grants, Output, PeerEvent, Sfu, SfuConfig};
+use crate::sfu::{Follow, Grants, Output, PeerEvent, Sfu, SfuConfig};
 use crate::{MediaError, MediaMetrics, ParticipantId, Source, TrackId};
 
 /// Media settings.
@@ -71,6 +71,13 @@ enum Command {
         grants: Grants,
         sdp: String,
         sources: Vec<(String, Source)>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    },
+    View {
+        viewer: ParticipantId,
+        room: String,
+        sdp: String,
+        follow: Follow,
         events: mpsc::UnboundedSender<PeerEvent>,
     },
     VideoSizes {
@@ -344,6 +351,28 @@ impl MediaHandle {
                 grants,
                 sdp,
                 sources,
+                events,
+            })
+            .map_err(|_| MediaError::WorkerGone)
+    }
+
+    /// A receive-only viewer's offer (WHEP, see [`Sfu::offer_viewer`]): the answer arrives on
+    /// `events` as for [`MediaHandle::offer`]. Remove it with [`MediaHandle::remove`].
+    pub fn offer_viewer(
+        &self,
+        room: &str,
+        viewer: ParticipantId,
+        sdp: String,
+        follow: Follow,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(), MediaError> {
+        let w = self.placement().place(room, viewer);
+        self.worker(w)
+            .send(Command::View {
+                viewer,
+                room: room.to_string(),
+                sdp,
+                follow,
                 events,
             })
             .map_err(|_| MediaError::WorkerGone)
@@ -683,6 +712,29 @@ fn handle_command(
                 }
                 Err(e) => {
                     let mut ev = error_event(e);
+                    if let PeerEvent::Error { refusal, .. } = &mut ev {
+                        if *refusal == Refusal::Answer {
+                            *refusal = Refusal::Offer;
+                        }
+                    }
+                    let _ = events.send(ev);
+                }
+            }
+            return;
+        }
+        Command::View {
+            viewer,
+            room,
+            sdp,
+            follow,
+            events,
+        } => {
+            match sfu.offer_viewer(now, viewer, &room, &sdp, follow) {
+                Ok(()) => {
+                    sessions.insert(viewer, events);
+                }
+                Err(e) => {
+                    let mut ev = error_event(&e);
                     if let PeerEvent::Error { refusal, .. } = &mut ev {
                         if *refusal == Refusal::Answer {
                             *refusal = Refusal::Offer;

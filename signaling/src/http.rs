@@ -24,8 +24,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ops::routes())
         .merge(crate::api::router(state.clone()))
         .merge(crate::files::routes())
+        .merge(crate::whip::routes())
         .route("/", get(index))
         .route("/r/{room}", get(room_page))
+        .route("/watch/{room}", get(watch_page))
         .route("/assets/{*path}", get(asset))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::compress::json))
@@ -292,6 +294,14 @@ async fn room_page(Path(room): Path<String>, headers: HeaderMap) -> Response {
         return page_not_found(&headers);
     }
     serve_file("index.html", &headers)
+}
+
+/// The WHEP player (see docs/whip-whep.md).
+async fn watch_page(Path(room): Path<String>, headers: HeaderMap) -> Response {
+    if !valid_room_name(&room) {
+        return page_not_found(&headers);
+    }
+    serve_file("watch.html", &headers)
 }
 
 /// Any other path: `/r/NAME/` goes to `/r/NAME`; the API answers JSON; everything else gets the

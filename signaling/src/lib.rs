@@ -34,6 +34,7 @@ mod session;
 pub mod text;
 pub mod token;
 pub mod webhooks;
+mod whip;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,6 +271,8 @@ struct Inner {
     guest_tokens_per_ip: limits::IpWindow,
     resumes: resume::Resumes,
     files: files::Files,
+    /// The open WHIP and WHEP sessions.
+    whip: whip::Resources,
     /// Cluster mode: placement in Redis (set once at start).
     cluster: std::sync::OnceLock<cluster::Cluster>,
     /// The HTTP port's connection count (set once at start).
@@ -316,6 +319,7 @@ impl AppState {
                 guest_tokens_per_ip,
                 resumes: resume::Resumes::default(),
                 files,
+                whip: whip::Resources::default(),
                 cluster: std::sync::OnceLock::new(),
                 http_connections: std::sync::OnceLock::new(),
             }),

@@ -63,6 +63,8 @@ pub(crate) struct SignalingMetrics {
     ws_messages: IntCounterVec,
     errors: IntCounterVec,
     pub(crate) chat_messages: IntCounter,
+    pub(crate) whip_sessions: IntGauge,
+    pub(crate) whep_viewers: IntGauge,
     build_info: IntGaugeVec,
 }
 
@@ -122,6 +124,14 @@ impl SignalingMetrics {
                 "huddle_chat_messages_total",
                 "Chat messages stored and delivered.",
             )),
+            whip_sessions: ok(IntGauge::new(
+                "huddle_whip_sessions",
+                "WHIP publishers in rooms (each also counts as a participant).",
+            )),
+            whep_viewers: ok(IntGauge::new(
+                "huddle_whep_viewers",
+                "WHEP viewers watching rooms (not participants).",
+            )),
             build_info: ok(IntGaugeVec::new(
                 Opts::new("huddle_build_info", "Always 1; the huddle version as a label."),
                 &["version"],
@@ -143,6 +153,8 @@ impl SignalingMetrics {
         r.register(Box::new(self.ws_messages.clone()))?;
         r.register(Box::new(self.errors.clone()))?;
         r.register(Box::new(self.chat_messages.clone()))?;
+        r.register(Box::new(self.whip_sessions.clone()))?;
+        r.register(Box::new(self.whep_viewers.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -29,6 +29,40 @@ use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
 
+/// A peer connection of the `webrtc` crate that gathers only loopback candidates, with the
+/// default codecs and the mid header extension (so forwarded streams map to their m-lines).
+pub async fn loopback_pc() -> Arc<RTCPeerConnection> {
+    let mut m = MediaEngine::default();
+    m.register_default_codecs().unwrap();
+    // The mid header extension lets the client map each forwarded stream to its m-line.
+    for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
+        m.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
+            },
+            kind,
+            None,
+        )
+        .unwrap();
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut m).unwrap();
+    let mut s = SettingEngine::default();
+    s.set_include_loopback_candidate(true);
+    s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    s.set_network_types(vec![NetworkType::Udp4]);
+    let api = APIBuilder::new()
+        .with_media_engine(m)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(s)
+        .build();
+    let pc = Arc::new(
+        api.new_peer_connection(RTCConfiguration::default())
+            .await
+            .unwrap(),
+    );
+    pc
+}
+
 /// A running `huddle` server with its own data directory; killed on drop.
 pub struct Server {
     child: Child,
@@ -272,34 +306,7 @@ impl Peer {
         assert_eq!(joined["type"], "joined", "join answered with {joined}");
         let participant_id = joined["participant_id"].as_str().unwrap().to_string();
 
-        let mut m = MediaEngine::default();
-        m.register_default_codecs().unwrap();
-        // The mid header extension lets the client map each forwarded stream to its m-line.
-        for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
-            m.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: "urn:ietf:params:rtp-hdrext:sdes:mid".to_owned(),
-                },
-                kind,
-                None,
-            )
-            .unwrap();
-        }
-        let registry = register_default_interceptors(Registry::new(), &mut m).unwrap();
-        let mut s = SettingEngine::default();
-        s.set_include_loopback_candidate(true);
-        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
-        s.set_network_types(vec![NetworkType::Udp4]);
-        let api = APIBuilder::new()
-            .with_media_engine(m)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(s)
-            .build();
-        let pc = Arc::new(
-            api.new_peer_connection(RTCConfiguration::default())
-                .await
-                .unwrap(),
-        );
+        let pc = loopback_pc().await;
 
         let mut audio = None;
         for i in 0..tracks {

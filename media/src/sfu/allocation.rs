@@ -236,9 +236,17 @@ impl Sfu {
             self.realloc = true;
         }
         let mut events = Vec::new();
+        let mut viewers = Vec::new();
         for router in self.routers.values_mut() {
             if let Some(speakers) = router.speakers.poll(now) {
+                let ids: Vec<ParticipantId> = speakers.iter().map(|s| s.participant).collect();
                 for m in &router.members {
+                    if let Some(p) = self.peers.get_mut(m) {
+                        if p.viewer.as_mut().is_some_and(|v| v.spoke(&ids)) {
+                            p.negotiate = true;
+                            viewers.push(*m);
+                        }
+                    }
                     events.push((
                         *m,
                         PeerEvent::Speakers {
@@ -285,6 +293,9 @@ impl Sfu {
         }
         for (pid, ev) in events {
             self.out.push_back(Output::Event(pid, ev));
+        }
+        for pid in viewers {
+            self.mark_dirty(pid);
         }
     }
 

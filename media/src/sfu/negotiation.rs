@@ -21,6 +21,9 @@ impl Sfu {
         if !std::mem::take(&mut peer.negotiate) {
             return;
         }
+        if peer.viewer.is_some() {
+            return self.assign_viewer_slots(pid);
+        }
         // Free slots first.
         for ci in 0..peer.consumers.len() {
             let c = &peer.consumers[ci];

@@ -70,6 +70,8 @@ pub(super) struct Peer {
     pub(super) ingress_packets: Vec<((str0m::media::Mid, Option<str0m::media::Rid>), u64)>,
     /// Kinds whose tracks are not forwarded (a moderator muted them), see [`Sfu::set_paused`].
     pub(super) paused: Vec<TrackKind>,
+    /// Set for a receive-only viewer (WHEP), whose slots are fixed by its offer.
+    pub(super) viewer: Option<viewer::Viewer>,
 }
 
 impl Peer {

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use huddle_media::{
-    Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig, SlotInfo, Source, TrackId, TrackKind,
+    Follow, Grants, Output, ParticipantId, PeerEvent, Sfu, SfuConfig, SlotInfo, Source, TrackId,
+    TrackKind,
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -252,6 +253,56 @@ impl Net {
             recv_video: Vec::new(),
         });
         self.clients.len() - 1
+    }
+
+    /// A receive-only viewer (WHEP) in room "room" with `audio` and `video` receiving m-lines,
+    /// offered once through [`Sfu::offer_viewer`]; returns its index and the m-lines' mids.
+    pub fn join_viewer(
+        &mut self,
+        audio: usize,
+        video: usize,
+        follow: Follow,
+    ) -> (usize, Vec<Mid>, Vec<Mid>) {
+        let n = self.clients.len() as u32 + 1;
+        let addr: SocketAddr = format!("10.200.{}.{}:6000", n / 250, n % 250 + 1)
+            .parse()
+            .expect("valid address");
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+        let mut change = rtc.sdp_api();
+        let audio_mids: Vec<Mid> = (0..audio)
+            .map(|_| change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None))
+            .collect();
+        let video_mids: Vec<Mid> = (0..video)
+            .map(|_| change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None))
+            .collect();
+        let (offer, pending) = change.apply().expect("an offer");
+        let pid = ParticipantId(u64::from(n) + 1_000_000);
+        self.sfu
+            .offer_viewer(self.now, pid, "room", &offer.to_sdp_string(), follow)
+            .expect("the core accepts the viewer's offer");
+        self.by_addr.insert(addr, self.clients.len());
+        self.clients.push(Client {
+            pid,
+            addr,
+            rtc,
+            pending: Some(pending),
+            audio_mid: None,
+            video_mid: None,
+            connected: false,
+            received: Vec::new(),
+            frames: 0,
+            keyframe_requests: 0,
+            offers: Vec::new(),
+            slots: Vec::new(),
+            tracks: Vec::new(),
+            layer_events: Vec::new(),
+            active: HashSet::new(),
+            owe_keyframe: HashSet::new(),
+            speakers: Vec::new(),
+            recv_video: Vec::new(),
+        });
+        (self.clients.len() - 1, audio_mids, video_mids)
     }
 
     /// Hands the core's pending output to the clients: datagrams, and signaling events (a

@@ -30,6 +30,78 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs one WebSocket's session to its end.
 pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<String>) {
+    run_link(Link::Ws(socket), state, room_hint).await
+}
+
+/// What a session talks to its client over: a WebSocket, or (a WHIP publisher, see
+/// [`crate::whip`]) a pair of channels to a task of the server's own that speaks the same
+/// protocol for a client that has no socket.
+// One per session, held by its driver: boxing the socket would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Link {
+    Ws(WebSocket),
+    Local(LocalLink),
+}
+
+/// The server's end of an in-process client: the client's messages come in on `rx`, the
+/// session's go out on `tx`. A ping is answered by the link itself.
+pub(crate) struct LocalLink {
+    pub(crate) rx: mpsc::Receiver<String>,
+    pub(crate) tx: mpsc::UnboundedSender<String>,
+    /// Pings sent and not yet answered.
+    pub(crate) pongs: u32,
+}
+
+impl Link {
+    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        match self {
+            Link::Ws(ws) => ws.next().await,
+            Link::Local(l) if l.pongs > 0 => {
+                l.pongs -= 1;
+                Some(Ok(Message::Pong(Default::default())))
+            }
+            Link::Local(l) => l.rx.recv().await.map(|t| Ok(Message::Text(t.into()))),
+        }
+    }
+
+    async fn send(&mut self, m: Message) -> Result<(), axum::Error> {
+        match self {
+            Link::Ws(ws) => ws.send(m).await,
+            Link::Local(l) => {
+                match m {
+                    Message::Text(t) => {
+                        l.tx.send(t.as_str().to_string())
+                            .map_err(|_| axum::Error::new(Lost))?
+                    }
+                    Message::Ping(_) => l.pongs += 1,
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        match self {
+            Link::Ws(ws) => ws.flush().await,
+            Link::Local(_) => Ok(()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), axum::Error> {
+        match self {
+            Link::Ws(ws) => ws.close().await,
+            Link::Local(l) => {
+                l.rx.close();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs one session over `link` to its end.
+pub(crate) async fn run_link(link: Link, state: AppState, room_hint: Option<String>) {
+    let socket = link;
     let _open = state.inner.ops.connection();
     let pid = ParticipantId(rand::random::<u64>() & 0xffff_ffff_ffff);
     let span = tracing::info_span!("participant", id = %pid, room = tracing::field::Empty);
@@ -52,7 +124,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, room_hint: Option<St
 }
 
 struct Driver {
-    socket: WebSocket,
+    socket: Link,
     state: AppState,
     pid: ParticipantId,
     span: tracing::Span,
@@ -110,7 +182,7 @@ impl Driver {
                 socket = resumed(&mut self.resume) => match socket {
                     Some(socket) => {
                         // The old socket is dropped.
-                        self.socket = socket;
+                        self.socket = Link::Ws(socket);
                         let participants = self.others(&s);
                         s.handle(now(), Input::Reattached { participants });
                     }
@@ -282,7 +354,18 @@ impl Driver {
                 grants,
                 sdp,
                 sources,
-            } => media.offer_with_sources(room, pid, grants, sdp, sources, self.media_tx.clone()),
+            } => {
+                // An in-process client (a WHIP publisher) only publishes: it has no way to
+                // answer the offers that receiving would bring.
+                let grants = match self.socket {
+                    Link::Local(_) => huddle_media::Grants {
+                        subscribe: false,
+                        ..grants
+                    },
+                    Link::Ws(_) => grants,
+                };
+                media.offer_with_sources(room, pid, grants, sdp, sources, self.media_tx.clone())
+            }
             MediaCmd::Answer(sdp) => media.answer(room, pid, sdp),
             MediaCmd::Candidate(c) => media.candidate(room, pid, c),
             MediaCmd::VideoSizes(sizes) => media.video_sizes(room, pid, sizes),
@@ -520,8 +603,14 @@ impl Driver {
         let Some(session) = self.handoff.take() else {
             return self.close(CloseCode::Normal).await;
         };
-        if let Err(e) = session.try_send(self.socket) {
-            let _ = e.into_inner().close().await;
+        match self.socket {
+            Link::Ws(ws) => {
+                if let Err(e) = session.try_send(ws) {
+                    let _ = e.into_inner().close().await;
+                }
+            }
+            // An in-process client never resumes another session.
+            Link::Local(_) => self.close(CloseCode::Normal).await,
         }
     }
 
@@ -560,7 +649,16 @@ type Stored =
     Result<Result<crate::protocol::ChatMessage, crate::chat::Refused>, crate::SignalingError>;
 
 /// A socket that failed (or did not take a frame in time).
+#[derive(Debug)]
 struct Lost;
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the in-process client is gone")
+    }
+}
+
+impl std::error::Error for Lost {}
 
 async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
