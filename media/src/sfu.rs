@@ -810,7 +810,7 @@ impl Sfu {
                 continue;
             };
             peer.dirty = false;
-            self.negotiate_if_needed(pid);
+            self.negotiate_if_needed(now, pid);
             let mut spins = 0;
             while let Some(peer) = self.peers.get_mut(&pid) {
                 // Polled with this one lookup until it has an event (handled with all of

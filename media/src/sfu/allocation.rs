@@ -304,6 +304,20 @@ impl Sfu {
     pub(super) fn allocate_all(&mut self, now: Instant) {
         self.realloc = false;
         self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+        // A viewer's slots go to the tracks that send (see `viewer`): looked at again each
+        // round, since a track starting or stopping (a screen share) says nothing else.
+        let viewers: Vec<ParticipantId> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.viewer.is_some())
+            .map(|(id, p)| {
+                p.negotiate = true;
+                *id
+            })
+            .collect();
+        for v in viewers {
+            self.mark_dirty(v);
+        }
         let subscribers: Vec<ParticipantId> = self.peers.keys().copied().collect();
         let mut keyframes: Vec<(ParticipantId, Mid, Option<Rid>)> = Vec::new();
         for sid in subscribers {

@@ -6,6 +6,8 @@
 //! server offer at a time. So a subscriber's SDP is bounded by the most tracks it was sent at
 //! once, and str0m never holds a stopped stream.
 
+use std::time::Instant;
+
 use str0m::media::{Direction, MediaKind};
 
 use super::{track_kind, ConsumerState, Output, PeerEvent, Sfu, Slot, SlotInfo, SlotTrack};
@@ -14,7 +16,7 @@ use crate::ParticipantId;
 impl Sfu {
     /// Puts waiting consumers on free slots, makes a server offer for the rest (and for an ICE
     /// restart) when none is pending, and tells the client what changed.
-    pub(super) fn negotiate_if_needed(&mut self, pid: ParticipantId) {
+    pub(super) fn negotiate_if_needed(&mut self, now: Instant, pid: ParticipantId) {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -22,7 +24,7 @@ impl Sfu {
             return;
         }
         if peer.viewer.is_some() {
-            return self.assign_viewer_slots(pid);
+            return self.assign_viewer_slots(now, pid);
         }
         // Free slots first.
         for ci in 0..peer.consumers.len() {

@@ -10,8 +10,10 @@
 //! sequence numbers and rebased timestamps (see [`super::rtp::Rewrite`]).
 
 use std::cmp::Reverse;
+use std::collections::HashSet;
+use std::time::Instant;
 
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Mid};
 
 use super::{ConsumerState, Sfu, Source};
 use crate::ParticipantId;
@@ -71,7 +73,24 @@ impl Sfu {
     /// Puts a viewer's chosen consumers on its slots and takes the others off (see the module
     /// docs). A viewer gets no offer and no [`super::PeerEvent::Slots`]: its client cannot
     /// renegotiate, and it learns who is on a slot from the media itself.
-    pub(super) fn assign_viewer_slots(&mut self, pid: ParticipantId) {
+    pub(super) fn assign_viewer_slots(&mut self, now: Instant, pid: ParticipantId) {
+        // Which of the room's producers send (a web client's screen m-line exists, idle, all
+        // the time it does not share): only those are worth a slot.
+        let Some(room) = self.peers.get(&pid).map(|p| p.room.clone()) else {
+            return;
+        };
+        let mut live: HashSet<(ParticipantId, Mid)> = HashSet::new();
+        if let Some(router) = self.routers.get(&*room) {
+            for m in &router.members {
+                if let Some(p) = self.peers.get(m) {
+                    for prod in &p.producers {
+                        if prod.layers.iter().any(|l| l.available(now)) {
+                            live.insert((*m, prod.mid));
+                        }
+                    }
+                }
+            }
+        }
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -90,10 +109,12 @@ impl Sfu {
                         }
                 })
                 .collect();
-            // A screen share before its publisher's camera; ties keep join order.
+            // Tracks that arrive first, then recent speakers; a screen share before its
+            // publisher's camera; ties keep join order.
             wanted.sort_by_key(|&i| {
                 let c = &peer.consumers[i];
                 (
+                    !live.contains(&(c.publisher, c.producer_mid)),
                     viewer.rank(c.publisher),
                     Reverse(c.source == Source::Screen),
                     i,
