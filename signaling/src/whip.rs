@@ -90,15 +90,15 @@ pub(crate) fn routes() -> Router<AppState> {
 
 #[derive(Serialize)]
 struct ApiError {
-    error: &'static str,
+    error: String,
     message: String,
 }
 
-fn fail(status: StatusCode, error: &'static str, message: impl Into<String>) -> Response {
+fn fail(status: StatusCode, error: impl Into<String>, message: impl Into<String>) -> Response {
     (
         status,
         Json(ApiError {
-            error,
+            error: error.into(),
             message: message.into(),
         }),
     )
@@ -310,7 +310,12 @@ async fn whip(
         Ok(Some(Ok(sdp))) => sdp,
         Ok(Some(Err((code, message)))) => {
             let _ = to_session.try_send(send(ClientMsg::Leave));
-            return fail(status_of(code), "refused", message);
+            // The protocol's own code (`invalid_sdp`, `room_full`, …) and its message.
+            let name = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "refused".into());
+            return fail(status_of(code), name, message);
         }
         _ => {
             let _ = to_session.try_send(send(ClientMsg::Leave));
