@@ -38,7 +38,8 @@ step "browser end-to-end (headless Chromium, release binary)"
 cargo build --release -p huddle --bin huddle -p huddle-loadtest --bin huddle-impair
 # One browser test file at a time: each starts its own server and several Chromium processes,
 # which is all two cores can carry without timing out.
-HUDDLE_BIN="$target_dir/release/huddle" node --test --test-concurrency=1 tests/e2e/
+HUDDLE_BIN="$target_dir/release/huddle" AIORTC_PYTHON="$target_dir/aiortc-venv/bin/python" \
+  node --test --test-concurrency=1 tests/e2e/
 
 step "soak (10 minutes of meeting rooms with churn through the load tester; memory, fds, tasks)"
 HUDDLE_BIN="$target_dir/release/huddle" cargo test --release -p huddle-loadtest --test soak -- --ignored --nocapture

@@ -213,9 +213,9 @@ process.on('exit', () => {
 export const participants = [];
 
 // `origin`: where the page will be loaded from when not the server itself (e.g. a lane of the
-// impairment proxy).
-export async function openParticipant(name, { origin = server.url } = {}) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 30_000 });
+// impairment proxy); `args`: Chromium flags for this browser only (a fake camera file, say).
+export async function openParticipant(name, { origin = server.url, args = [] } = {}) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS, ...args], headless: true, timeout: 30_000 });
   const context = await browser.newContext({ viewport: VIEWPORT, locale: 'en-US' });
   context.setDefaultTimeout(10_000);
   await context.grantPermissions(['camera', 'microphone'], { origin });
