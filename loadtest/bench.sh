@@ -21,7 +21,9 @@
 # huddle-meeting janus-meeting huddle-meeting25 janus-meeting25 huddle-audio-large
 # janus-audio-large; and, not run by default, huddle-livestream-mix-simulcast3
 # huddle-livestream-mix-simulcast1 huddle-churn, huddle-audio-overload janus-audio-overload:
-# audio to AUDIO_SUBS_OVERLOAD (100) listeners with BUSY_LOOPS (1) busy loops on the server's core), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
+# audio to AUDIO_SUBS_OVERLOAD (100) listeners with BUSY_LOOPS (1) busy loops on the server's core),
+# huddle-meeting4 huddle-meeting4-whep20 (a meeting of 4, alone and watched by 20 WHEP viewers;
+# Huddle only), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
 # The churn run (huddle-churn; Huddle only: the Janus driver has no churn) takes CHURN_STEADY (8)
@@ -281,6 +283,9 @@ MEET25=(--scenario meeting --participants "$MEETING_LARGE" --video-kbps "$VIDEO_
 # size gets its own layer (q, h, f); with one layer, everyone gets the full stream.
 LIVE_MIX=(--scenario livestream --subscribers "$LIVE_SUBS" --video-kbps "$VIDEO_KBPS"
   --subscriber-mix small,medium,large)
+# A meeting of 4, alone and with 20 WHEP viewers (one video and four audio m-lines each: the
+# active speaker's video and everyone's audio), for the cost of a viewer. Huddle only.
+MEET4=(--scenario meeting --participants 4 --video-kbps "$VIDEO_KBPS" --simulcast 3)
 # Overload: audio to AUDIO_SUBS_OVERLOAD listeners while a busy loop takes half the server's core.
 AUDIO_OVERLOAD=(--scenario audio --publishers "$AUDIO_PUBS" --subscribers "$AUDIO_SUBS_OVERLOAD")
 # Steady participants while others join and leave (each with audio and simulcast video, one in
@@ -304,6 +309,8 @@ for rep in $(seq "$REPEAT"); do
       janus-meeting) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${MEET[@]}" ;;
       huddle-meeting25) run "$r-$rep" huddle "${MEET25[@]}" ;;
       janus-meeting25) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${MEET25[@]}" ;;
+      huddle-meeting4) run "$r-$rep" huddle "${MEET4[@]}" ;;
+      huddle-meeting4-whep20) run "$r-$rep" huddle "${MEET4[@]}" --whep-viewers 20 ;;
       huddle-livestream-mix-simulcast3) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 3 ;;
       huddle-livestream-mix-simulcast1) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 1 ;;
       huddle-churn) RUN_DURATION=$CHURN_DURATION run "$r-$rep" huddle "${CHURN[@]}" ;;
@@ -359,6 +366,22 @@ done
         + " | \($c.last.cpu_us_per_forwarded_packet | r2), \($c.last.rss_mib | r1) (\($c.last.from | floor)–\($c.last.to | floor) s)"
         + " | \($c.cpu_change_pct | r1) %, \($c.rss_change_pct | r1) %"
         + " | \(if $c.gauges_after then ($c.gauges_after | to_entries | map("\(.key | sub("^huddle_"; ""))=\(.value)") | join(" ")) else "–" end) |"' "$f"
+    done
+  fi
+  if jq -e -s 'map(.summary.whep_viewers // 0) | add > 0' "$OUT"/*.json >/dev/null; then
+    # The server's cost per forwarded packet (above) counts the viewers' packets; the received
+    # packets/s there are the participants' only.
+    echo
+    echo "| run | WHEP viewers connected/planned (failed) | viewer packets received (run) | viewer packets/s (window) | video kbit/s per viewer | least packets a viewer got | resources deleted | packets/s forwarded, participants + viewers | server cores | server RSS (MiB) |"
+    echo "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"
+    for f in "$OUT"/*.json; do
+      jq -r '.summary as $s | select(($s.whep_viewers // 0) > 0 or (.label | test("^huddle-meeting4-[0-9]+$"))) |
+        "| \(.label) | \($s.whep_viewers_connected // 0)/\($s.whep_viewers // 0) (\($s.whep_viewers_failed // 0))"
+        + " | \($s.whep_packets_received // 0) | \($s.whep_packets_per_sec // 0 | floor)"
+        + " | \($s.whep_video_kbps_per_viewer // 0 | floor) | \($s.whep_min_packets_per_viewer // "–")"
+        + " | \($s.whep_viewers_deleted // "–")"
+        + " | \($s.packets_per_sec + ($s.whep_packets_per_sec // 0) | floor)"
+        + " | \($s.server.cores * 1000 | round / 1000) | \($s.server.rss_mib * 10 | round / 10) |"' "$f"
     done
   fi
   if jq -e -s 'map(.summary.tile_classes // [] | length) | add > 0' "$OUT"/*.json >/dev/null; then

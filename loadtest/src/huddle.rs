@@ -86,18 +86,27 @@ impl HuddleTarget {
     }
 
     async fn token(&self, http: &reqwest::Client, url: &str, p: &Participant) -> Result<String> {
+        let publish = p.role.audio || p.role.video;
+        self.token_for(http, url, &p.name, &p.room, publish, p.role.subscribe)
+            .await
+    }
+
+    /// A token for `name` in `room` (a guest token has the grants the server gives guests).
+    async fn token_for(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        name: &str,
+        room: &str,
+        publish: bool,
+        subscribe: bool,
+    ) -> Result<String> {
         match &self.tokens {
-            TokenSource::Secret(s) => sign_token(
-                s,
-                &p.name,
-                &p.room,
-                p.role.audio || p.role.video,
-                p.role.subscribe,
-            ),
+            TokenSource::Secret(s) => sign_token(s, name, room, publish, subscribe),
             TokenSource::Guest => {
                 let res: Value = http
                     .post(format!("{url}/api/token"))
-                    .json(&json!({"room": p.room, "name": p.name}))
+                    .json(&json!({"room": room, "name": name}))
                     .send()
                     .await
                     .context("POST /api/token")?
@@ -360,6 +369,89 @@ pub async fn run(
     let _ = tx.send(send(ClientMsg::Leave)).await;
     let _ = pc.close().await;
     result
+}
+
+/// How long a WHEP viewer waits for its connection to come up after the answer.
+const VIEWER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Watches `v`'s room over WHEP through the node at `url` until `stop`: a token with the
+/// subscribe grant, `POST /whep/{room}` with an offer of one recvonly video and four recvonly
+/// audio m-lines (every candidate in it: no trickle), the answer applied; then `DELETE` of the
+/// resource the `201` named. A viewer not connected within [`VIEWER_CONNECT_TIMEOUT`] fails.
+pub async fn run_viewer(
+    ctx: Arc<Ctx>,
+    target: Arc<HuddleTarget>,
+    http: reqwest::Client,
+    url: String,
+    v: Arc<peer::Viewer>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    Participant::mark(&v.started_us);
+    let url = url.trim_end_matches('/');
+    let token = target
+        .token_for(&http, url, &v.name, &v.room, false, true)
+        .await?;
+    let pc = peer::new_viewer_peer(&ctx, &v, 1, 4).await?;
+    let offer = peer::offer_with_candidates(&pc).await?;
+    let res = http
+        .post(format!("{url}/whep/{}", v.room))
+        .bearer_auth(&token)
+        .header(reqwest::header::CONTENT_TYPE, "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .context("POST /whep")?;
+    let status = res.status();
+    let location = res
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_string);
+    let body = res.text().await.context("reading the WHEP answer")?;
+    if status != reqwest::StatusCode::CREATED {
+        let _ = pc.close().await;
+        bail!("POST /whep answered {status}: {body}");
+    }
+    let result = async {
+        let location = location.context("no Location in the WHEP answer")?;
+        peer::apply_answer(&pc, body).await?;
+        let deadline = tokio::time::Instant::now() + VIEWER_CONNECT_TIMEOUT;
+        while v.connected_us.load(Ordering::Relaxed) == 0 && !*stop.borrow() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("not connected {VIEWER_CONNECT_TIMEOUT:?} after the answer");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(location)
+    }
+    .await;
+    let location = match result {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = pc.close().await;
+            return Err(e);
+        }
+    };
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    let at = if location.starts_with("http") {
+        location
+    } else {
+        format!("{url}{location}")
+    };
+    let deleted = http.delete(&at).bearer_auth(&token).send().await;
+    let _ = pc.close().await;
+    match deleted {
+        Ok(r) if r.status().is_success() => {
+            v.deleted.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(r) => bail!("DELETE {at} answered {}", r.status()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("DELETE {at}"))),
+    }
 }
 
 /// What a participant knows of the others from the signaling: names by participant id, and

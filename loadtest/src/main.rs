@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::huddle::{HuddleTarget, TokenSource};
 use crate::media::now_us;
-use crate::peer::{Ctx, MediaOpts, Participant, Role};
+use crate::peer::{Ctx, MediaOpts, Participant, Role, Viewer};
 use crate::stats::{proc_sample, ProcSample, Second};
 
 /// A named load shape, modelled on LiveKit's published benchmark scenarios.
@@ -221,6 +221,13 @@ struct Cli {
     /// `screen`); 0 = none.
     #[arg(long, default_value_t = 4)]
     churn_screen_every: usize,
+    /// WHEP viewers per room (Huddle only): once every participant has joined, this many viewers
+    /// per room start (at --ramp-rate), each a `POST /whep/{room}` with one recvonly video and
+    /// four recvonly audio m-lines; they count the RTP packets they receive and `DELETE` their
+    /// resource at the end. The window opens --warmup after they are in. Their packets are in
+    /// none of the participants' figures, but in the server's and the tester's cost per packet.
+    #[arg(long, default_value_t = 0)]
+    whep_viewers: usize,
 }
 
 /// Measurements other than the load test.
@@ -381,6 +388,9 @@ fn main() -> Result<()> {
     {
         bail!("churn is not implemented for Janus");
     }
+    if cli.target == Target::Janus && cli.whep_viewers > 0 {
+        bail!("--whep-viewers is Huddle's WHEP: not for Janus");
+    }
     if cli.scenario == Scenario::Churn && (cli.churn_concurrent == 0 || cli.churn_stay <= 0.0) {
         bail!("--churn-concurrent and --churn-stay must be positive");
     }
@@ -431,6 +441,8 @@ impl ServerProbe {
 /// One run's data for the report.
 pub struct RunData {
     participants: Vec<Arc<Participant>>,
+    /// The WHEP viewers (--whep-viewers), started or not.
+    viewers: Vec<Arc<Viewer>>,
     seconds: Vec<Second>,
     samples: Vec<Sample>,
     window: (usize, usize),
@@ -586,6 +598,9 @@ pub struct Sample {
     packets: u64,
     sent: u64,
     bytes: u64,
+    /// Packets the WHEP viewers received, and their video payload bytes.
+    whep_packets: u64,
+    whep_video_bytes: u64,
     server: Option<ProcSample>,
     tester: Option<ProcSample>,
 }
@@ -676,6 +691,16 @@ async fn run(cli: Cli) -> Result<()> {
     // Ramp in the order publishers of every room, then everyone else.
     plan.sort_by_key(|(p, _)| !(p.role.audio || p.role.video));
     let total = plan.len();
+    let viewers: Vec<Arc<Viewer>> = (0..cli.rooms)
+        .flat_map(|room| {
+            (0..cli.whep_viewers).map(move |i| {
+                Arc::new(Viewer::new(
+                    format!("whep-{room}-{i}"),
+                    format!("lt-{run_id}-{room}"),
+                ))
+            })
+        })
+        .collect();
     tracing::info!(
         scenario = ?cli.scenario,
         target = ?cli.target,
@@ -716,6 +741,7 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     let (churn_target, churn_http) = (target.clone(), http.clone());
+    let (viewer_target, viewer_http) = (target.clone(), http.clone());
     let mut handles = Vec::new();
     {
         let participants: Vec<_> = plan.iter().map(|(p, id)| (p.clone(), *id)).collect();
@@ -869,6 +895,8 @@ async fn run(cli: Cli) -> Result<()> {
         packets: 0,
         sent: 0,
         bytes: 0,
+        whep_packets: 0,
+        whep_video_bytes: 0,
         server: sum_samples(&first_probes),
         tester: proc_sample("self"),
     }];
@@ -881,7 +909,11 @@ async fn run(cli: Cli) -> Result<()> {
     let mut seconds = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    // When every participant was in (the WHEP viewers start then), and when the viewers were
+    // too (the window opens --warmup after that).
+    let mut participants_in_at: Option<f64> = None;
     let mut all_joined_at: Option<f64> = None;
+    let mut viewer_starter = None;
     let mut latency_at_window = None;
     loop {
         tick.tick().await;
@@ -896,6 +928,14 @@ async fn run(cli: Cli) -> Result<()> {
             packets: ctx.totals.packets.load(Ordering::Relaxed),
             sent: ctx.totals.sent_packets.load(Ordering::Relaxed),
             bytes: ctx.totals.bytes.load(Ordering::Relaxed),
+            whep_packets: viewers
+                .iter()
+                .map(|v| v.packets.load(Ordering::Relaxed))
+                .sum(),
+            whep_video_bytes: viewers
+                .iter()
+                .map(|v| v.video_bytes.load(Ordering::Relaxed))
+                .sum(),
             server: sum_samples(&each),
             tester: proc_sample("self"),
         };
@@ -924,6 +964,7 @@ async fn run(cli: Cli) -> Result<()> {
             packets_per_sec: (s.packets - prev.packets) as f64 / dt,
             sent_per_sec: (s.sent - prev.sent) as f64 / dt,
             bits_per_sec: (s.bytes - prev.bytes) as f64 * 8.0 / dt,
+            whep_packets_per_sec: (s.whep_packets - prev.whep_packets) as f64 / dt,
             latency_p50_ms: (!hist.is_empty()).then(|| hist.value_at_quantile(0.5) as f64 / 1000.0),
             latency_p99_ms: (!hist.is_empty())
                 .then(|| hist.value_at_quantile(0.99) as f64 / 1000.0),
@@ -951,7 +992,28 @@ async fn run(cli: Cli) -> Result<()> {
                 .map(|c| format!("{:.0} %", c * 100.0))
                 .unwrap_or_else(|| "-".into()),
         ));
-        if all_joined_at.is_none() && joined + failed >= total {
+        if participants_in_at.is_none() && joined + failed >= total {
+            participants_in_at = Some(s.t);
+            if !viewers.is_empty() {
+                viewer_starter = Some(tokio::spawn(start_viewers(
+                    ctx.clone(),
+                    viewer_target.clone(),
+                    viewer_http.clone(),
+                    viewers.clone(),
+                    participants.clone(),
+                    cli.ramp_rate,
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        let viewers_in = viewers
+            .iter()
+            .filter(|v| {
+                v.connected_us.load(Ordering::Relaxed) != 0
+                    || v.error.lock().map(|e| e.is_some()).unwrap_or(false)
+            })
+            .count();
+        if all_joined_at.is_none() && participants_in_at.is_some() && viewers_in >= viewers.len() {
             all_joined_at = Some(s.t);
         }
         samples.push(s);
@@ -998,6 +1060,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let data = RunData {
         participants: participants.clone(),
+        viewers: viewers.clone(),
         seconds,
         samples,
         window: (first, last),
@@ -1031,6 +1094,23 @@ async fn run(cli: Cli) -> Result<()> {
     if let Ok(Ok(hs)) = tokio::time::timeout(Duration::from_secs(2), collected).await {
         let _ =
             tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(hs)).await;
+    }
+    if let Some(starter) = viewer_starter {
+        // The viewers DELETE their resources on the stop signal (bounded).
+        if let Ok(Ok(hs)) = tokio::time::timeout(Duration::from_secs(2), starter).await {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(hs))
+                    .await;
+        }
+        let deleted = viewers
+            .iter()
+            .filter(|v| v.deleted.load(Ordering::Relaxed))
+            .count();
+        println!(
+            "whep: {deleted} of {} viewer resources deleted",
+            viewers.len()
+        );
+        summary.whep_viewers_deleted = Some(deleted);
     }
     if data.churn.is_some() {
         // The churners still in a room leave on the stop signal; give them a moment.
@@ -1066,6 +1146,41 @@ async fn run(cli: Cli) -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Starts the WHEP viewers at `rate` per second, each through the node its room's first
+/// participant landed on (the room's node in a cluster), and returns their tasks.
+async fn start_viewers(
+    ctx: Arc<Ctx>,
+    target: Arc<HuddleTarget>,
+    http: reqwest::Client,
+    viewers: Vec<Arc<Viewer>>,
+    participants: Vec<Arc<Participant>>,
+    rate: f64,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::new();
+    for (i, v) in viewers.into_iter().enumerate() {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        if *stop.borrow() {
+            break;
+        }
+        let url = participants
+            .iter()
+            .filter(|p| p.room == v.room)
+            .find_map(|p| p.node_url.lock().expect("node lock").clone())
+            .unwrap_or_else(|| target.url(i).to_string());
+        let (ctx, target, http, stop) = (ctx.clone(), target.clone(), http.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            if let Err(e) = huddle::run_viewer(ctx, target, http, url, v.clone(), stop).await {
+                tracing::warn!(viewer = %v.name, error = %format!("{e:#}"), "WHEP viewer failed");
+                v.fail(&e);
+            }
+        }));
+    }
+    handles
 }
 
 /// The Huddle gauges of people and media, summed over the nodes (--url), once they are all 0 or

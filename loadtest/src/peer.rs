@@ -373,6 +373,55 @@ impl Participant {
     }
 }
 
+/// What one WHEP viewer (Huddle's `POST /whep/{room}`) measured. Times are µs on the tester
+/// clock; 0 means "not yet". Its packets are counted apart from the participants' (they are in
+/// no loss or latency figure: a viewer only counts what it receives).
+pub struct Viewer {
+    /// `whep-<room>-<n>`.
+    pub name: String,
+    /// Room name.
+    pub room: String,
+    /// When it asked for its token.
+    pub started_us: AtomicU64,
+    /// When its peer connection reached `connected` (ICE and DTLS done).
+    pub connected_us: AtomicU64,
+    /// RTP packets received, all m-lines.
+    pub packets: AtomicU64,
+    /// Of those, video.
+    pub video_packets: AtomicU64,
+    /// Video payload bytes received.
+    pub video_bytes: AtomicU64,
+    /// Why it failed, if it did.
+    pub error: Mutex<Option<String>>,
+    /// Its resource was deleted at the end (`DELETE` answered 200).
+    pub deleted: AtomicBool,
+}
+
+impl Viewer {
+    /// A viewer that has not started.
+    pub fn new(name: String, room: String) -> Self {
+        Viewer {
+            name,
+            room,
+            started_us: AtomicU64::new(0),
+            connected_us: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            video_packets: AtomicU64::new(0),
+            video_bytes: AtomicU64::new(0),
+            error: Mutex::new(None),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a failure (the first one wins).
+    pub fn fail(&self, e: &anyhow::Error) {
+        let mut err = self.error.lock().expect("error lock");
+        if err.is_none() {
+            *err = Some(format!("{e:#}"));
+        }
+    }
+}
+
 /// A local track this participant publishes: one encoding, or one per simulcast layer.
 pub struct Published {
     /// Audio or video.
@@ -543,6 +592,61 @@ async fn new_peer_with(
         }));
     }
     Ok((pc, published))
+}
+
+/// A receive-only peer connection for a WHEP viewer: `video` then `audio` recvonly m-lines.
+/// It counts the RTP packets of every track it receives into `viewer` (headers only: nothing
+/// is decoded or stamped) and marks `connected_us` when ICE and DTLS are up.
+pub async fn new_viewer_peer(
+    ctx: &Ctx,
+    viewer: &Arc<Viewer>,
+    video: usize,
+    audio: usize,
+) -> Result<Arc<RTCPeerConnection>> {
+    let pc = Arc::new(
+        ctx.api
+            .new_peer_connection(RTCConfiguration::default())
+            .await
+            .context("creating the peer connection")?,
+    );
+    let kinds = std::iter::repeat_n(RTPCodecType::Video, video)
+        .chain(std::iter::repeat_n(RTPCodecType::Audio, audio));
+    for kind in kinds {
+        pc.add_transceiver_from_kind(
+            kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await?;
+    }
+    let v = viewer.clone();
+    pc.on_peer_connection_state_change(Box::new(move |s| {
+        if s == RTCPeerConnectionState::Connected {
+            Participant::mark(&v.connected_us);
+        }
+        Box::pin(async {})
+    }));
+    let v = viewer.clone();
+    // As in new_peer: the reader is spawned, so the handler returns at once.
+    pc.on_track(Box::new(move |track, _, _| {
+        let v = v.clone();
+        tokio::spawn(async move {
+            let video = track.kind() == RTPCodecType::Video;
+            let mut buf = vec![0u8; 1500];
+            while let Ok((pkt, _)) = track.read(&mut buf).await {
+                v.packets.fetch_add(1, Ordering::Relaxed);
+                if video {
+                    v.video_packets.fetch_add(1, Ordering::Relaxed);
+                    v.video_bytes
+                        .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        Box::pin(async {})
+    }));
+    Ok(pc)
 }
 
 /// The track id of a shared screen's local track.

@@ -71,7 +71,8 @@ impl Dist {
 pub struct ServerCost {
     /// Average CPU use, cores.
     pub cores: f64,
-    /// CPU time per packet the participants received (= packets the SFU forwarded), µs.
+    /// CPU time per packet the participants and the WHEP viewers received (= packets the SFU
+    /// forwarded), µs.
     pub cpu_us_per_forwarded_packet: f64,
     /// Forwarded packets per second one core would sustain at this cost (1e6 / the above).
     pub projected_packets_per_sec_per_core: f64,
@@ -86,7 +87,7 @@ pub struct ServerCost {
 pub struct TesterCost {
     /// Average CPU use, cores.
     pub cores: f64,
-    /// Cores used per 10,000 received packets/s.
+    /// Cores used per 10,000 received packets/s (participants and WHEP viewers).
     pub cores_per_10k_pps: f64,
 }
 
@@ -280,6 +281,26 @@ pub struct Summary {
     pub server: Option<ServerCost>,
     /// The churn (churn scenario, or --churn-per-minute).
     pub churn: Option<ChurnSummary>,
+    /// WHEP viewers planned (--whep-viewers per room).
+    pub whep_viewers: usize,
+    /// Viewers whose connection came up.
+    pub whep_viewers_connected: usize,
+    /// Viewers that failed before their connection came up.
+    pub whep_viewers_failed: usize,
+    /// Up to three distinct failure messages of viewers.
+    pub whep_errors: Vec<String>,
+    /// RTP packets the viewers received over the run.
+    pub whep_packets_received: u64,
+    /// The fewest packets a connected viewer received over the run (0: one got nothing).
+    pub whep_min_packets_per_viewer: Option<u64>,
+    /// Packets the viewers received per second in the window, all viewers.
+    pub whep_packets_per_sec: f64,
+    /// Video payload bitrate per connected viewer in the window, kbit/s.
+    pub whep_video_kbps_per_viewer: f64,
+    /// Start (token request) to connected, ms, viewers.
+    pub whep_connect_ms: Option<Dist>,
+    /// Viewers whose resource was deleted at the end (filled after the run).
+    pub whep_viewers_deleted: Option<usize>,
     /// Tester cost.
     pub tester: Option<TesterCost>,
 }
@@ -488,10 +509,12 @@ pub fn summarize(d: &RunData) -> Summary {
         })
         .collect();
     let pps = (b.packets - a.packets) as f64 / dt;
+    // What the server forwarded and the tester received: the participants' and the viewers'.
+    let all_packets = (b.packets + b.whep_packets) - (a.packets + a.whep_packets);
     let server = match (a.server, b.server) {
         (Some(sa), Some(sb)) => {
             let cpu = sb.cpu_seconds - sa.cpu_seconds;
-            let pkts = (b.packets - a.packets).max(1) as f64;
+            let pkts = all_packets.max(1) as f64;
             let us = cpu * 1e6 / pkts;
             Some(ServerCost {
                 cores: cpu / dt,
@@ -578,6 +601,7 @@ pub fn summarize(d: &RunData) -> Summary {
     let tester = match (a.tester, b.tester) {
         (Some(ta), Some(tb)) => {
             let cores = (tb.cpu_seconds - ta.cpu_seconds) / dt;
+            let pps = all_packets as f64 / dt;
             Some(TesterCost {
                 cores,
                 cores_per_10k_pps: if pps > 0.0 {
@@ -589,7 +613,42 @@ pub fn summarize(d: &RunData) -> Summary {
         }
         _ => None,
     };
+    let vs = &d.viewers;
+    let viewer_connected = |v: &crate::peer::Viewer| v.connected_us.load(Ordering::Relaxed) != 0;
+    let mut whep_errors: Vec<String> = Vec::new();
+    let mut whep_viewers_failed = 0;
+    for v in vs.iter().filter(|v| !viewer_connected(v)) {
+        if let Some(e) = v.error.lock().expect("error lock").clone() {
+            whep_viewers_failed += 1;
+            if whep_errors.len() < 3 && !whep_errors.contains(&e) {
+                whep_errors.push(e);
+            }
+        }
+    }
+    let whep_viewers_connected = vs.iter().filter(|v| viewer_connected(v)).count();
+    let whep_connect_ms = Dist::of_ms(
+        vs.iter()
+            .filter_map(|v| crate::peer::Participant::between_ms(&v.started_us, &v.connected_us))
+            .collect(),
+    );
     Summary {
+        whep_viewers: vs.len(),
+        whep_viewers_connected,
+        whep_viewers_failed,
+        whep_errors,
+        whep_packets_received: vs.iter().map(|v| v.packets.load(Ordering::Relaxed)).sum(),
+        whep_min_packets_per_viewer: vs
+            .iter()
+            .filter(|v| viewer_connected(v))
+            .map(|v| v.packets.load(Ordering::Relaxed))
+            .min(),
+        whep_packets_per_sec: (b.whep_packets - a.whep_packets) as f64 / dt,
+        whep_video_kbps_per_viewer: (b.whep_video_bytes - a.whep_video_bytes) as f64 * 8.0
+            / dt
+            / 1000.0
+            / whep_viewers_connected.max(1) as f64,
+        whep_connect_ms,
+        whep_viewers_deleted: None,
         participants: ps.len(),
         joined,
         failed,
@@ -804,6 +863,30 @@ pub fn table(label: &str, s: &Summary) -> String {
             ),
         ]);
     }
+    if s.whep_viewers > 0 {
+        t.add_row(vec![
+            "WHEP viewers".into(),
+            format!(
+                "{} planned, {} connected, {} failed; {} packets received (window: {:.0} packets/s, video {:.0} kbit/s per viewer; the least a viewer got: {})",
+                s.whep_viewers,
+                s.whep_viewers_connected,
+                s.whep_viewers_failed,
+                s.whep_packets_received,
+                s.whep_packets_per_sec,
+                s.whep_video_kbps_per_viewer,
+                s.whep_min_packets_per_viewer
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ]);
+        for e in &s.whep_errors {
+            t.add_row(vec!["  viewer error".into(), e.clone()]);
+        }
+        t.add_row(vec![
+            "WHEP viewer → connected".into(),
+            Dist::show(&s.whep_connect_ms),
+        ]);
+    }
     match &s.server {
         Some(c) => {
             t.add_row(vec![
@@ -928,6 +1011,22 @@ pub fn write_json(path: &Path, cli: &Cli, s: &Summary, d: &RunData) -> Result<()
             })
         })
         .collect();
+    let viewers: Vec<_> = d
+        .viewers
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "room": v.room,
+                "connect_ms": crate::peer::Participant::between_ms(&v.started_us, &v.connected_us),
+                "packets": v.packets.load(Ordering::Relaxed),
+                "video_packets": v.video_packets.load(Ordering::Relaxed),
+                "video_bytes": v.video_bytes.load(Ordering::Relaxed),
+                "deleted": v.deleted.load(Ordering::Relaxed),
+                "error": v.error.lock().expect("error lock").clone(),
+            })
+        })
+        .collect();
     let report = json!({
         "label": cli.label(),
         "settings": cli,
@@ -937,6 +1036,7 @@ pub fn write_json(path: &Path, cli: &Cli, s: &Summary, d: &RunData) -> Result<()
         },
         "summary": s,
         "participants": participants,
+        "viewers": viewers,
         "seconds": d.seconds,
     });
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)

@@ -305,6 +305,8 @@ pub struct Second {
     pub sent_per_sec: f64,
     /// Payload bits received per second, all participants.
     pub bits_per_sec: f64,
+    /// Packets the WHEP viewers received in this second.
+    pub whep_packets_per_sec: f64,
     /// Latency percentiles of this second, ms (None when no sample).
     pub latency_p50_ms: Option<f64>,
     /// 99th percentile, ms.

@@ -95,3 +95,51 @@ fn simulcast_viewers_with_small_medium_and_large_tiles_get_three_layers() {
     assert!(kbps[1] > 2.0 * kbps[0], "medium > 2x small: {kbps:?}");
     assert!(kbps[2] > 2.0 * kbps[1], "large > 2x medium: {kbps:?}");
 }
+
+#[test]
+fn whep_viewers_of_a_meeting_all_connect_receive_media_and_delete_their_resource() {
+    let server = start_server(&[]);
+    let report = server.data_dir.join("report-whep.json");
+    let out = server
+        .tester(&report)
+        .args(["--scenario", "meeting", "--participants", "2"])
+        .args(["--video-kbps", "200", "--whep-viewers", "3"])
+        .args(["--duration", "8", "--warmup", "2"])
+        .output()
+        .expect("the load tester runs");
+    assert!(
+        out.status.success(),
+        "load tester failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("WHEP viewers"), "summary table:\n{table}");
+    assert!(
+        table.contains("whep: 3 of 3 viewer resources deleted"),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written")).unwrap();
+    let s = &r["summary"];
+    assert_eq!(s["joined"], 2, "{s}");
+    assert_eq!(s["whep_viewers"], 3, "{s}");
+    assert_eq!(s["whep_viewers_connected"], 3, "{s}");
+    assert_eq!(s["whep_viewers_failed"], 0, "{s}");
+    assert_eq!(s["whep_viewers_deleted"], 3, "{s}");
+    // Every viewer gets the two participants' audio (50 packets/s each) and a speaker's video.
+    assert!(
+        s["whep_min_packets_per_viewer"].as_u64().unwrap() > 100,
+        "{s}"
+    );
+    assert!(
+        s["whep_video_kbps_per_viewer"].as_f64().unwrap() > 20.0,
+        "{s}"
+    );
+    let viewers = r["viewers"].as_array().expect("viewers");
+    assert!(
+        viewers
+            .iter()
+            .all(|v| v["video_packets"].as_u64().unwrap() > 0),
+        "{viewers:?}"
+    );
+}
