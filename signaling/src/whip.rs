@@ -71,6 +71,19 @@ impl Resources {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Registers a new session; returns its resource id and `ETag`.
+    fn open(&self, room: &str, kind: Kind) -> (String, String) {
+        let id = format!("{:032x}", rand::random::<u128>());
+        let etag = format!("\"{}\"", &id[..16]);
+        let resource = Resource {
+            room: room.to_string(),
+            etag: etag.clone(),
+            kind,
+        };
+        self.lock().insert(id.clone(), resource);
+        (id, etag)
+    }
+
     fn viewers_in(&self, room: &str) -> usize {
         self.lock()
             .values()
@@ -188,10 +201,6 @@ fn content_type_is(headers: &HeaderMap, want: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
-}
-
-fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 /// `201 Created` with the answer, the resource's `Location` and its `ETag`.
@@ -326,16 +335,7 @@ async fn whip(
             );
         }
     };
-    let id = new_id();
-    let etag = format!("\"{}\"", &id[..16]);
-    state.inner.whip.lock().insert(
-        id.clone(),
-        Resource {
-            room: room.clone(),
-            etag: etag.clone(),
-            kind: Kind::Whip(to_session),
-        },
-    );
+    let (id, etag) = state.inner.whip.open(&room, Kind::Whip(to_session));
     let metrics = state.inner.ops.metrics.clone();
     metrics.whip_sessions.inc();
     tracing::info!(room = %room, name = %claims.name, "WHIP publisher joined");
@@ -461,16 +461,7 @@ async fn whep(
             );
         }
     };
-    let id = new_id();
-    let etag = format!("\"{}\"", &id[..16]);
-    state.inner.whip.lock().insert(
-        id.clone(),
-        Resource {
-            room: room.clone(),
-            etag: etag.clone(),
-            kind: Kind::Whep(viewer),
-        },
-    );
+    let (id, etag) = state.inner.whip.open(&room, Kind::Whep(viewer));
     let metrics = state.inner.ops.metrics.clone();
     metrics.whep_viewers.inc();
     let st = state.clone();

@@ -231,6 +231,20 @@ impl Net {
         self.sfu
             .offer(self.now, pid, "room", grants, &offer.to_sdp_string())
             .expect("the core accepts the offer");
+        self.add_client(pid, addr, rtc, pending, (audio_mid, video_mid), rids)
+    }
+
+    /// Adds a client whose offer the core has; `mids`: its audio and video send m-lines,
+    /// `rids`: its simulcast layers.
+    fn add_client(
+        &mut self,
+        pid: ParticipantId,
+        addr: SocketAddr,
+        rtc: Rtc,
+        pending: SdpPendingOffer,
+        (audio_mid, video_mid): (Option<Mid>, Option<Mid>),
+        rids: &[&str],
+    ) -> usize {
         self.by_addr.insert(addr, self.clients.len());
         self.clients.push(Client {
             pid,
@@ -281,28 +295,8 @@ impl Net {
         self.sfu
             .offer_viewer(self.now, pid, "room", &offer.to_sdp_string(), follow)
             .expect("the core accepts the viewer's offer");
-        self.by_addr.insert(addr, self.clients.len());
-        self.clients.push(Client {
-            pid,
-            addr,
-            rtc,
-            pending: Some(pending),
-            audio_mid: None,
-            video_mid: None,
-            connected: false,
-            received: Vec::new(),
-            frames: 0,
-            keyframe_requests: 0,
-            offers: Vec::new(),
-            slots: Vec::new(),
-            tracks: Vec::new(),
-            layer_events: Vec::new(),
-            active: HashSet::new(),
-            owe_keyframe: HashSet::new(),
-            speakers: Vec::new(),
-            recv_video: Vec::new(),
-        });
-        (self.clients.len() - 1, audio_mids, video_mids)
+        let i = self.add_client(pid, addr, rtc, pending, (None, None), &[]);
+        (i, audio_mids, video_mids)
     }
 
     /// Hands the core's pending output to the clients: datagrams, and signaling events (a
