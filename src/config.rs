@@ -402,9 +402,11 @@ pub struct LimitsSection {
     /// Chat messages per minute per participant (bursts of 5); more get `rate_limited`.
     /// 0 = no limit. Default 30.
     pub chat_messages_per_minute: u32,
-    /// Concurrent WebSocket connections; more get HTTP 503 before the upgrade. Default 1000.
+    /// Concurrent WebSocket connections and WHIP/WHEP sessions; more get HTTP 503 (before the
+    /// upgrade, for a WebSocket). Default 1000.
     pub max_connections: usize,
-    /// WebSocket upgrades per client address per minute; more get HTTP 429. 0 = no limit.
+    /// WebSocket upgrades and WHIP/WHEP offers per client address per minute; more get HTTP
+    /// 429. 0 = no limit.
     /// Default 120.
     pub joins_per_ip_per_minute: u32,
     /// Guest tokens (`POST /api/token`) per client address per minute; more get HTTP 429 with

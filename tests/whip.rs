@@ -400,3 +400,73 @@ async fn a_whip_publisher_is_a_participant_and_a_whep_viewer_receives_it_byte_fo
     let _ = pc.close().await;
     let _ = viewer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_viewer_holds_a_connection_slot_until_it_ends() {
+    let server = Server::start_env(&[], &[("HUDDLE_LIMITS__MAX_CONNECTIONS", "1")]);
+    let token = server.guest_token("capped", "Viewer").await;
+    let viewer = loopback_pc().await;
+    viewer
+        .add_transceiver_from_kind(
+            RTPCodecType::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await
+        .unwrap();
+    let sdp = offer_of(&viewer).await;
+    let p = post(
+        &server,
+        "/whep/capped",
+        Some(&token),
+        "application/sdp",
+        &sdp,
+    )
+    .await;
+    assert_eq!(p.status, 201, "the first viewer: {}", p.body);
+    let at = p.location.expect("a Location");
+    // The one slot is taken: the next offer is refused before anything is parsed.
+    let p = post(
+        &server,
+        "/whep/capped",
+        Some(&token),
+        "application/sdp",
+        "v=0",
+    )
+    .await;
+    assert_eq!(p.status, 503, "over the cap: {}", p.body);
+    assert!(p.body.contains("server_busy"), "{}", p.body);
+    assert_eq!(
+        server
+            .metric("huddle_limit_hits_total{limit=\"connections\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        send(&server, reqwest::Method::DELETE, &at, &[], "").await,
+        200
+    );
+    let mut status = 0;
+    for _ in 0..50 {
+        status = post(
+            &server,
+            "/whep/capped",
+            Some(&token),
+            "application/sdp",
+            "v=0",
+        )
+        .await
+        .status;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 400,
+        "the slot is free again: a bad offer is judged on its own"
+    );
+    let _ = viewer.close().await;
+}

@@ -33,6 +33,7 @@ use huddle_media::{Follow, ParticipantId, PeerEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::limits::Limit;
 use crate::protocol::{ClientMsg, ErrorCode, ServerMsg, PROTOCOL_VERSION};
 use crate::session::driver::{self, Link, LocalLink};
 use crate::token::{valid_room_name, Claims};
@@ -157,6 +158,42 @@ fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims
     Ok(claims)
 }
 
+/// What the signaling socket's own route checks before a join, for a WHIP or WHEP session: the
+/// server is not draining, the address is within `joins_per_ip_per_minute`, and a connection
+/// slot (`max_connections`) is free, held for the session's life.
+fn admit(
+    state: &AppState,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
+    let inner = &state.inner;
+    if state.is_draining() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; try again on another node or in a moment",
+        ));
+    }
+    if let Some(ip) = crate::http::request_ip(state, connect_info, headers) {
+        if !inner.joins_per_ip.allow(ip, std::time::Instant::now()) {
+            inner.counters.hit(Limit::JoinsPerIp);
+            return Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many sessions from this address; try again in a minute",
+            ));
+        }
+    }
+    inner.connections.clone().try_acquire_owned().map_err(|_| {
+        inner.counters.hit(Limit::Connections);
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the server has as many connections as it is configured for",
+        )
+    })
+}
+
 /// The checks every offer passes: a room name, an SDP body within the SDP cap.
 fn offer_text(
     state: &AppState,
@@ -249,11 +286,16 @@ fn status_of(code: ErrorCode) -> StatusCode {
 async fn whip(
     State(state): State<AppState>,
     Path(room): Path<String>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let sdp = match offer_text(&state, &headers, &room, &body) {
         Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let permit = match admit(&state, connect_info, &headers) {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     let claims = match authorize(&state, &headers, &room) {
@@ -344,6 +386,7 @@ async fn whip(
     let st = state.clone();
     let rid = id.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         while from_session.recv().await.is_some() {}
         st.inner.whip.lock().remove(&rid);
         metrics.whip_sessions.dec();
@@ -362,11 +405,16 @@ async fn whep(
     State(state): State<AppState>,
     Path(room): Path<String>,
     Query(q): Query<WhepQuery>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let sdp = match offer_text(&state, &headers, &room, &body) {
         Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let permit = match admit(&state, connect_info, &headers) {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     let claims = match authorize(&state, &headers, &room) {
@@ -467,6 +515,7 @@ async fn whep(
     let st = state.clone();
     let rid = id.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         // Speakers, qualities: nothing a viewer's HTTP client can be told. The connection's
         // end (ICE lost, never connected, a DELETE) ends the resource.
         while let Some(ev) = rx.recv().await {

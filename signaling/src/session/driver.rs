@@ -102,7 +102,8 @@ impl Link {
 /// Runs one session over `link` to its end.
 pub(crate) async fn run_link(link: Link, state: AppState, room_hint: Option<String>) {
     let socket = link;
-    let _open = state.inner.ops.connection();
+    // `huddle_websocket_connections` counts sockets; a WHIP session counts in its own gauge.
+    let _open = matches!(socket, Link::Ws(_)).then(|| state.inner.ops.connection());
     let pid = ParticipantId(rand::random::<u64>() & 0xffff_ffff_ffff);
     let span = tracing::info_span!("participant", id = %pid, room = tracing::field::Empty);
     let limits = Limits::from_config(&state.inner.config);
