@@ -30,6 +30,11 @@ after(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
+// One server for both tests (the harness keeps one `server`: a second startServer would leave
+// the first running, and its pipes would keep this process from exiting).
+let started = null;
+const serverUrl = () => (started ??= startServer());
+
 // Runs the aiortc client; its stdout is one JSON object per line.
 function runClient(args) {
   assert.ok(existsSync(PYTHON), `No Python with aiortc at ${PYTHON}: run .ci/run (it makes target/aiortc-venv) or set AIORTC_PYTHON.`);
@@ -77,7 +82,7 @@ const decodedVideo = (page, app) =>
 
 test('an aiortc WHIP publisher (H.264, then VP8) is seen and heard in the room, and DELETE takes it out', { timeout: 180_000 }, async () => {
   try {
-    const base = await startServer();
+    const base = await serverUrl();
     const room = `whip-${Math.random().toString(36).slice(2, 10)}`;
     const alice = await openParticipant('Alice');
     await joinRoom(alice, `${base}/r/${room}`);
@@ -109,7 +114,7 @@ test('an aiortc WHIP publisher (H.264, then VP8) is seen and heard in the room, 
 
 test('Chromium on /watch and an aiortc WHEP client decode the room; the player follows the speaker', { timeout: 180_000 }, async () => {
   try {
-    const base = await startServer();
+    const base = await serverUrl();
     const room = `whep-${Math.random().toString(36).slice(2, 10)}`;
     // Bob's camera: a 4:3 test pattern, where Alice's fake camera is 16:9 (1280x720).
     const bobCam = path.join(scratch, 'bob.y4m');
