@@ -124,23 +124,64 @@ fn refuse(status: StatusCode, error: &'static str, message: impl Into<String>) -
     Box::new(fail(status, error, message))
 }
 
-/// The bearer token's claims, if it is valid for `room`.
-fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Box<Response>> {
-    let token = headers
+/// The request's bearer token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| {
-            let mut r = fail(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send an access token for this room as Authorization: Bearer",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Box::new(r)
-        })?;
+}
+
+/// An offer that passed every check of [`accept`].
+struct Accepted {
+    sdp: String,
+    /// The session's `max_connections` slot.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    claims: Claims,
+}
+
+/// The checks a WHIP or WHEP offer passes, in order: the body ([`offer_text`]), admission
+/// ([`admit`]), the token for this room ([`authorize`]) and the grant `allowed` reads
+/// (`what` names it in the refusal).
+fn accept(
+    state: &AppState,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+    room: &str,
+    body: &Bytes,
+    allowed: fn(&crate::token::Grants) -> bool,
+    what: &str,
+) -> Result<Accepted, Box<Response>> {
+    let sdp = offer_text(state, headers, room, body)?;
+    let permit = admit(state, connect_info, headers)?;
+    let claims = authorize(state, headers, room)?;
+    if !allowed(&claims.grants) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token has no {what} grant"),
+        ));
+    }
+    Ok(Accepted {
+        sdp,
+        permit,
+        claims,
+    })
+}
+
+/// The bearer token's claims, if it is valid for `room`.
+fn authorize(state: &AppState, headers: &HeaderMap, room: &str) -> Result<Claims, Box<Response>> {
+    let token = bearer(headers).ok_or_else(|| {
+        let mut r = fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an access token for this room as Authorization: Bearer",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Box::new(r)
+    })?;
     let claims = state.inner.keys.verify(token).map_err(|_| {
         refuse(
             StatusCode::UNAUTHORIZED,
@@ -290,32 +331,23 @@ async fn whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let sdp = match offer_text(&state, &headers, &room, &body) {
-        Ok(s) => s,
+    let Accepted {
+        sdp,
+        permit,
+        claims,
+    } = match accept(
+        &state,
+        connect_info,
+        &headers,
+        &room,
+        &body,
+        |g| g.publish,
+        "publish",
+    ) {
+        Ok(a) => a,
         Err(r) => return *r,
     };
-    let permit = match admit(&state, connect_info, &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let claims = match authorize(&state, &headers, &room) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    if !claims.grants.publish {
-        return fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token has no publish grant",
-        );
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_string();
+    let token = bearer(&headers).unwrap_or_default().to_string();
     // The publisher's session, with this task as its client.
     let (to_session, rx) = mpsc::channel::<String>(16);
     let (tx, mut from_session) = mpsc::unbounded_channel::<String>();
@@ -409,25 +441,18 @@ async fn whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let sdp = match offer_text(&state, &headers, &room, &body) {
-        Ok(s) => s,
+    let Accepted { sdp, permit, .. } = match accept(
+        &state,
+        connect_info,
+        &headers,
+        &room,
+        &body,
+        |g| g.subscribe,
+        "subscribe",
+    ) {
+        Ok(a) => a,
         Err(r) => return *r,
     };
-    let permit = match admit(&state, connect_info, &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let claims = match authorize(&state, &headers, &room) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    if !claims.grants.subscribe {
-        return fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token has no subscribe grant",
-        );
-    }
     if state.inner.whip.viewers_in(&room) >= MAX_VIEWERS_PER_ROOM {
         return fail(
             StatusCode::SERVICE_UNAVAILABLE,
