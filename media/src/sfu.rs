@@ -657,9 +657,7 @@ impl Sfu {
     /// Removes a participant's connection; its tracks are stopped for every subscriber.
     /// Unknown participants are ignored (the connection may already have closed itself).
     pub fn remove(&mut self, now: Instant, participant: ParticipantId) {
-        if self.remove_peer(participant) {
-            self.metrics.connection_closed(None);
-        }
+        self.remove_peer(participant, None);
         self.drive(now);
     }
 
@@ -1229,19 +1227,21 @@ impl Sfu {
     }
 
     fn close(&mut self, pid: ParticipantId, reason: CloseReason) {
-        if self.remove_peer(pid) {
-            self.metrics.connection_closed(Some(reason));
+        if self.remove_peer(pid, Some(reason)) {
             self.out
                 .push_back(Output::Event(pid, PeerEvent::Closed { reason }));
         }
     }
 
-    /// Takes a peer out of the worker; returns whether it was there.
-    fn remove_peer(&mut self, pid: ParticipantId) -> bool {
+    /// Takes a peer out of the worker and counts why (`None`: signaling removed it); returns
+    /// whether it was there. The close is counted before the connection gauge falls, so a
+    /// scrape that sees one connection fewer also sees its reason.
+    fn remove_peer(&mut self, pid: ParticipantId, reason: Option<CloseReason>) -> bool {
         let Some(mut peer) = self.peers.remove(&pid) else {
             return false;
         };
         peer.rtc.disconnect();
+        self.metrics.connection_closed(reason);
         self.metrics.connections.dec();
         self.metrics.tracks.sub(peer.producers.len() as i64);
         self.metrics.subscriptions.sub(peer.consumers.len() as i64);
