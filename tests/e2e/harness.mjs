@@ -96,6 +96,12 @@ export async function spawnHuddle(args, env = {}, into = { proc: null, dataDir: 
     `Huddle server binary not found at ${HUDDLE_BIN}. Build it (cargo build --release) or set HUDDLE_BIN.`,
   );
   const s = into;
+  // One process per object: starting another into a running one would lose the first (nothing
+  // would stop it, and its pipes would keep node from exiting after the last test).
+  assert.ok(
+    !(s.proc && s.proc.exitCode === null && s.proc.signalCode === null),
+    'a server is already running in this object (the shared `server` of startServer): stop it first, or give spawnHuddle a new object for a second server',
+  );
   if (!(s.keepDataDir && s.dataDir)) s.dataDir = mkdtempSync(path.join(tmpdir(), 'huddle-e2e-'));
   s.args = args;
   s.env = env;
@@ -109,7 +115,7 @@ export async function spawnHuddle(args, env = {}, into = { proc: null, dataDir: 
     env: fullEnv,
   });
   s.proc = proc;
-  spawned.push(s);
+  if (!spawned.includes(s)) spawned.push(s);
   const tail = () => logTail(s.log);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
