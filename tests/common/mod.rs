@@ -221,10 +221,12 @@ impl Signal {
             .expect("send");
     }
 
-    /// The next JSON message, or None when the socket closed; panics after `timeout`.
+    /// The next JSON message, or None when the socket closed; panics after `timeout` (one
+    /// deadline: the server's WebSocket pings do not extend it).
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout(timeout, self.rx.next())
+            let msg = tokio::time::timeout_at(deadline, self.rx.next())
                 .await
                 .expect("a signaling message within the timeout");
             match msg {
