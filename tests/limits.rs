@@ -19,8 +19,7 @@ async fn joined(server: &Server, room: &str, name: &str) -> (Signal, String) {
     (s, pid)
 }
 
-/// A ping answered with its pong, skipping anything else (such as room events).
-/// Pings and waits for the pong; returns the messages that came before it.
+/// A ping answered with its pong; returns what came before it (such as room events).
 async fn ping_pong(s: &mut Signal, ts: u64) -> Vec<Value> {
     s.send(json!({"type": "ping", "ts": ts})).await;
     let mut before = Vec::new();
