@@ -22,7 +22,8 @@
 # janus-audio-large; and, not run by default, huddle-livestream-mix-simulcast3
 # huddle-livestream-mix-simulcast1 huddle-churn, huddle-audio-overload janus-audio-overload:
 # audio to AUDIO_SUBS_OVERLOAD (100) listeners with BUSY_LOOPS (1) busy loops on the server's core),
-# huddle-meeting4 huddle-meeting4-whep20 (a meeting of 4, alone and watched by 20 WHEP viewers;
+# huddle-meeting4 huddle-meeting4-whep20 huddle-meeting4-record (a meeting of 4, alone, watched
+# by 20 WHEP viewers, or recorded through the room API;
 # Huddle only), SKIP_JANUS=1, SKIP_BUILD=1, SERVER_BIN and
 # LOADTEST_BIN (other builds; not HUDDLE_*, which huddle reads as configuration), NO_LIMIT_ENV=1
 # (for builds older than the [limits] section).
@@ -142,6 +143,10 @@ make_netns() {
   exit 1
 }
 
+# The room API's credentials (every run has them; huddle-meeting4-record uses them).
+BENCH_API_KEY=bench
+BENCH_API_SECRET=bench-api-secret-0123456789abcdef
+
 # Starts huddle on SERVER_CPU; sets SERVER_PID, HUDDLE_URL, HUDDLE_DATA.
 start_huddle() {
   HUDDLE_DATA=$OUT/huddle-data-$1
@@ -152,6 +157,7 @@ start_huddle() {
   [ -z "${NO_LIMIT_ENV:-}" ] || limits=()
   # ip netns exec, env and taskset each exec the next: $! is huddle's own PID.
   ip netns exec "$NETNS" env HUDDLE_SIGNALING__MAX_PARTICIPANTS=10000 "${limits[@]}" RUST_LOG=warn \
+    HUDDLE_API__KEY="$BENCH_API_KEY" HUDDLE_API__SECRET="$BENCH_API_SECRET" \
     taskset -c "$SERVER_CPU" "$HUDDLE" serve --bind "$SERVER_IP:0" --media-bind-ip "$SERVER_IP" \
     --media-port 0 --turn-port 0 --no-turn --data-dir "$HUDDLE_DATA" >"$OUT/huddle-$1.log" 2>&1 &
   SERVER_PID=$!
@@ -311,6 +317,7 @@ for rep in $(seq "$REPEAT"); do
       janus-meeting25) [ -n "${SKIP_JANUS:-}" ] || run "$r-$rep" janus "${MEET25[@]}" ;;
       huddle-meeting4) run "$r-$rep" huddle "${MEET4[@]}" ;;
       huddle-meeting4-whep20) run "$r-$rep" huddle "${MEET4[@]}" --whep-viewers 20 ;;
+      huddle-meeting4-record) run "$r-$rep" huddle "${MEET4[@]}" --record --api-key "$BENCH_API_KEY" --api-secret "$BENCH_API_SECRET" ;;
       huddle-livestream-mix-simulcast3) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 3 ;;
       huddle-livestream-mix-simulcast1) run "$r-$rep" huddle "${LIVE_MIX[@]}" --simulcast 1 ;;
       huddle-churn) RUN_DURATION=$CHURN_DURATION run "$r-$rep" huddle "${CHURN[@]}" ;;

@@ -24,6 +24,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "api",
     "webhooks",
     "chat",
+    "recording",
     "cluster",
 ];
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     /// Chat attachments.
     pub chat: ChatSection,
+    /// Recording meetings.
+    pub recording: RecordingSection,
     /// Several nodes on one Redis and PostgreSQL (see docs/scaling.md).
     pub cluster: ClusterSection,
 }
@@ -77,6 +80,7 @@ impl Default for Config {
             api: ApiSection::default(),
             webhooks: WebhooksSection::default(),
             chat: ChatSection::default(),
+            recording: RecordingSection::default(),
             cluster: ClusterSection::default(),
         }
     }
@@ -114,6 +118,31 @@ pub struct ApiSection {
     pub secret: Option<String>,
     /// File holding the API secret (its whitespace-trimmed contents).
     pub secret_file: Option<PathBuf>,
+}
+
+/// `[recording]`: meetings recorded by the SFU into WebM files (see docs/recording.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingSection {
+    /// Whether hosts and the room API may record. Default true.
+    pub enabled: bool,
+    /// Where recordings are kept. Default: `data_dir/recordings`.
+    pub path: Option<PathBuf>,
+    /// Days a recording is kept after it ended; 0 = forever. Default 30.
+    pub retention_days: u64,
+    /// Recordings running at once on this node; more are refused. Default 8.
+    pub max_active: usize,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            enabled: true,
+            path: None,
+            retention_days: 30,
+            max_active: 8,
+        }
+    }
 }
 
 /// `[chat]`: pictures and files in chat, kept in `data_dir/files`.

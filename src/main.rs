@@ -696,6 +696,16 @@ async fn run(cfg: Config) -> Result<()> {
             upload_bytes_per_ip_per_hour: cfg.chat.upload_bytes_per_ip_per_hour,
             max_room_bytes: cfg.chat.max_room_bytes,
         },
+        recording: huddle_signaling::recording::RecordingConfig {
+            dir: cfg.recording.enabled.then(|| {
+                cfg.recording
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("recordings"))
+            }),
+            retention: Duration::from_secs(cfg.recording.retention_days.saturating_mul(86_400)),
+            max_active: cfg.recording.max_active,
+        },
         ..SignalingConfig::default()
     };
     let signaling = SignalingConfig {

@@ -814,6 +814,9 @@ fn the_openapi_file_parses_and_documents_every_route() {
                 "/api/rooms/{room}/participants",
                 "/api/rooms/{room}/participants/{identity}",
                 "/api/rooms/{room}/participants/{identity}/mute",
+                "/api/rooms/{room}/recording",
+                "/api/rooms/{room}/recordings",
+                "/api/rooms/{room}/recordings/{id}/{file}",
             ] {
                 assert!(paths.iter().any(|x| x == p), "openapi.yaml lacks {p}");
             }

@@ -264,7 +264,7 @@ export class Call {
     const list = this.on.traceList;
     if (!list) return;
     const entry = { at: Math.round(performance.now()), dir, type: msg.type };
-    for (const k of ['code', 'kind', 'muted', 'participant_id', 'reason', 'track_id']) if (k in msg) entry[k] = msg[k];
+    for (const k of ['active', 'code', 'kind', 'muted', 'participant_id', 'reason', 'track_id']) if (k in msg) entry[k] = msg[k];
     if (msg.type === 'candidate') entry.candidate = String(msg.candidate).slice(0, 60);
     if (msg.track) entry.track = msg.track;
     if (msg.type === 'video_sizes') entry.tracks = msg.tracks;

@@ -1,12 +1,16 @@
 // Hosts in the page (docs/protocol.md, "Hosts"; docs/web-client.md): who hosts, and for a host
-// the room's controls (lobby, lock, end for all) and per-person actions (mute, stop video,
-// remove, make host, spotlight for everyone) in the participants panel. Invite links made by a host carry a signed,
-// time-limited invite, so that they admit people on a server with open joining off.
+// the room's controls (lobby, lock, recording, end for all) and per-person actions (mute, stop
+// video, remove, make host, spotlight for everyone) in the participants panel. Invite links made by a host carry a signed,
+// time-limited invite, so that they admit people on a server with open joining off. Whether the
+// room is being recorded (`joined.recording`, `recording` messages) is shown to everyone by the
+// header's indicator, and said by the toast when it changes.
 
 import { $, el } from './ui.js';
 import { t } from './i18n.js';
 
 const INVITE_WAIT_MS = 5000;
+// A host's start or stop waits this long for the server's `recording` before another click counts.
+const RECORD_WAIT_MS = 5000;
 
 export class HostUI {
   // opts: {call, mod (ModerationUI), selfId, onSpotlight(id, previous)}
@@ -19,6 +23,8 @@ export class HostUI {
     this.spotlightId = null;
     this.hosts = new Set();
     this.flags = { lobby: false, locked: false };
+    this.recording = false;
+    this.recordTimer = 0; // a start or stop sent, its `recording` not back yet
     this.inviteWaiters = [];
     $('#host-controls')?.remove();
     this.panel = el('section', { id: 'host-controls', class: 'host-controls', hidden: true, dataset: { testid: 'host-controls' } });
@@ -31,6 +37,8 @@ export class HostUI {
   }
 
   destroy() {
+    clearTimeout(this.recordTimer);
+    this.renderIndicator(false);
     this.panel.remove();
     this.mod.decoratePerson = null;
     this.mod.peopleKey = null;
@@ -46,17 +54,17 @@ export class HostUI {
     return this.hosts.has(id);
   }
 
-  // Our own `joined`: whether we host, and the room's lobby and lock.
+  // Our own `joined`: whether we host, the room's lobby and lock, and whether it is being
+  // recorded (said first: one toast says both).
   fromJoined(msg) {
     this.flags = { lobby: !!msg.lobby, locked: !!msg.locked };
     // Shown by the page once the tiles exist (app.js).
     this.spotlightId = msg.spotlight || null;
-    if (msg.host) {
-      this.setHost(this.selfId, true);
-      this.mod.announce?.(t('host.you_are_host'));
-    } else {
-      this.render();
-    }
+    this.setRecording(!!msg.recording, { announce: false });
+    const notice = [this.recording ? t('recording.started') : '', msg.host ? t('host.you_are_host') : ''].filter(Boolean).join(' ');
+    if (msg.host) this.setHost(this.selfId, true);
+    else this.render();
+    if (notice) this.mod.announce?.(notice);
   }
 
   // A Participant object (joined, participant_joined): its `host` flag.
@@ -100,6 +108,9 @@ export class HostUI {
       case 'invite':
         for (const w of this.inviteWaiters.splice(0)) w(msg);
         return true;
+      case 'recording':
+        this.setRecording(!!msg.active);
+        return true;
       default:
         return false;
     }
@@ -121,6 +132,35 @@ export class HostUI {
     });
   }
 
+  // The room is being recorded, or no longer: the indicator, the host's button, and a notice
+  // when it changed.
+  setRecording(on, { announce = true } = {}) {
+    const changed = on !== this.recording;
+    this.recording = on;
+    clearTimeout(this.recordTimer);
+    this.recordTimer = 0;
+    this.renderIndicator(on);
+    if (changed) this.render();
+    if (changed && announce) this.mod.announce?.(t(on ? 'recording.started' : 'recording.stopped'));
+  }
+
+  // The header's indicator (index.html), for everyone.
+  renderIndicator(on) {
+    const pill = $('#recording-indicator');
+    if (!pill) return;
+    pill.hidden = !on;
+    pill.title = t('recording.started');
+  }
+
+  // A host starts or stops the recording; the server's `recording` (to everyone) confirms it.
+  toggleRecording() {
+    if (this.recordTimer) return;
+    if (!this.call.send({ type: 'recording', active: !this.recording })) return;
+    this.recordTimer = setTimeout(() => {
+      this.recordTimer = 0;
+    }, RECORD_WAIT_MS);
+  }
+
   // The room's controls, for hosts.
   render() {
     this.panel.hidden = !this.myHost;
@@ -128,6 +168,8 @@ export class HostUI {
       this.panel.replaceChildren();
       return;
     }
+    // The controls are made anew: the one that had the focus gets it back.
+    const focused = this.panel.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
     const toggle = (key, testid, label) => {
       const input = el('input', { type: 'checkbox', dataset: { testid } });
       input.checked = this.flags[key];
@@ -138,11 +180,18 @@ export class HostUI {
     end.addEventListener('click', () => {
       if (window.confirm(t('host.end_confirm'))) this.call.send({ type: 'end_room' });
     });
+    const record = el('button', { type: 'button', id: 'record-button', class: 'secondary-button record-button', dataset: { testid: 'host-record' } },
+      el('span', { class: 'record-dot', 'aria-hidden': 'true' }),
+      el('span', { text: this.recording ? t('host.record_stop') : t('host.record_start') }));
+    record.classList.toggle('active', this.recording);
+    record.addEventListener('click', () => this.toggleRecording());
     this.panel.replaceChildren(
       toggle('lobby', 'host-lobby', t('host.lobby')),
       toggle('locked', 'host-lock', t('host.lock')),
+      record,
       end,
     );
+    if (focused) this.panel.querySelector(`[data-testid="${focused}"]`)?.focus();
   }
 
   // Per-person actions in the participants list, for hosts.

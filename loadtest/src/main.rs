@@ -13,6 +13,7 @@ mod huddle;
 mod janus;
 mod media;
 mod peer;
+mod recording;
 mod report;
 mod stats;
 
@@ -228,6 +229,36 @@ struct Cli {
     /// none of the participants' figures, but in the server's and the tester's cost per packet.
     #[arg(long, default_value_t = 0)]
     whep_viewers: usize,
+    /// Records every room (Huddle only): once every participant has joined, `POST
+    /// /api/rooms/{room}/recording` with an admin token (--api-key, --api-secret); the window
+    /// opens --warmup after the recordings started. At the end the recordings are stopped and
+    /// their files' bytes reported once they are ready.
+    #[arg(long)]
+    record: bool,
+    /// The server's `api.key`, for --record.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The server's `api.secret`, for --record.
+    #[arg(long)]
+    api_secret: Option<String>,
+}
+
+/// An admin token for the room API (--record).
+fn admin_token(cli: &Cli) -> Result<String> {
+    let (Some(key), Some(secret)) = (&cli.api_key, &cli.api_secret) else {
+        bail!("--record needs --api-key and --api-secret");
+    };
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let claims =
+        serde_json::json!({"iss": key, "exp": exp, "sub": "loadtest", "grants": {"admin": true}});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 /// Measurements other than the load test.
@@ -390,6 +421,11 @@ fn main() -> Result<()> {
     }
     if cli.target == Target::Janus && cli.whep_viewers > 0 {
         bail!("--whep-viewers is Huddle's WHEP: not for Janus");
+    }
+    if cli.record
+        && (cli.target == Target::Janus || cli.api_key.is_none() || cli.api_secret.is_none())
+    {
+        bail!("--record is Huddle's recording, and needs --api-key and --api-secret");
     }
     if cli.scenario == Scenario::Churn && (cli.churn_concurrent == 0 || cli.churn_stay <= 0.0) {
         bail!("--churn-concurrent and --churn-stay must be positive");
@@ -915,6 +951,9 @@ async fn run(cli: Cli) -> Result<()> {
     let mut all_joined_at: Option<f64> = None;
     let mut viewer_starter = None;
     let mut latency_at_window = None;
+    let record_rooms: Vec<String> = (0..cli.rooms).map(|r| format!("lt-{run_id}-{r}")).collect();
+    let mut recorder: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut recording_started = !cli.record;
     loop {
         tick.tick().await;
         if cli.udp_rcvbuf > 0 {
@@ -994,6 +1033,13 @@ async fn run(cli: Cli) -> Result<()> {
         ));
         if participants_in_at.is_none() && joined + failed >= total {
             participants_in_at = Some(s.t);
+            if cli.record {
+                recorder = Some(tokio::spawn(recording::start(
+                    urls[0].clone(),
+                    admin_token(&cli)?,
+                    record_rooms.clone(),
+                )));
+            }
             if !viewers.is_empty() {
                 viewer_starter = Some(tokio::spawn(start_viewers(
                     ctx.clone(),
@@ -1013,7 +1059,18 @@ async fn run(cli: Cli) -> Result<()> {
                     || v.error.lock().map(|e| e.is_some()).unwrap_or(false)
             })
             .count();
-        if all_joined_at.is_none() && participants_in_at.is_some() && viewers_in >= viewers.len() {
+        if recorder.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = recorder.take() {
+                h.await??;
+                recording_started = true;
+                println!("recording: {} room(s) being recorded", record_rooms.len());
+            }
+        }
+        if all_joined_at.is_none()
+            && participants_in_at.is_some()
+            && viewers_in >= viewers.len()
+            && recording_started
+        {
             all_joined_at = Some(s.t);
         }
         samples.push(s);
@@ -1111,6 +1168,12 @@ async fn run(cli: Cli) -> Result<()> {
             viewers.len()
         );
         summary.whep_viewers_deleted = Some(deleted);
+    }
+    if cli.record {
+        let bytes =
+            recording::stop(urls[0].clone(), admin_token(&cli)?, record_rooms.clone()).await?;
+        println!("recording: {bytes} bytes in the recordings' files");
+        summary.recording_bytes = Some(bytes);
     }
     if data.churn.is_some() {
         // The churners still in a room leave on the stop signal; give them a moment.

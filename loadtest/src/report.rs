@@ -301,6 +301,8 @@ pub struct Summary {
     pub whep_connect_ms: Option<Dist>,
     /// Viewers whose resource was deleted at the end (filled after the run).
     pub whep_viewers_deleted: Option<usize>,
+    /// Bytes in the recordings' files (--record; filled after the run).
+    pub recording_bytes: Option<u64>,
     /// Tester cost.
     pub tester: Option<TesterCost>,
 }
@@ -649,6 +651,7 @@ pub fn summarize(d: &RunData) -> Summary {
             / whep_viewers_connected.max(1) as f64,
         whep_connect_ms,
         whep_viewers_deleted: None,
+        recording_bytes: None,
         participants: ps.len(),
         joined,
         failed,

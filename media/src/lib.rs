@@ -32,6 +32,7 @@ mod error;
 mod ids;
 mod layers;
 mod metrics;
+pub mod recording;
 mod sfu;
 mod speakers;
 pub mod worker;

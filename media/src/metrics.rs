@@ -79,6 +79,14 @@ pub struct MediaMetrics {
     pub(crate) workers: IntGauge,
     pub(crate) keyframe_requests_suppressed: IntCounter,
     pub(crate) late_dropped: ByKind<IntCounter>,
+    /// Recordings running on this node.
+    pub recordings: IntGauge,
+    /// Bytes the recordings wrote.
+    pub recording_bytes: IntCounter,
+    /// Failed writes of the recordings (the file is given up).
+    pub recording_write_errors: IntCounter,
+    /// Recorded copies dropped because the recording's queue was full (a slow disk).
+    pub recording_dropped: IntCounter,
 }
 
 /// The registrable families (the children above share their atomics).
@@ -105,6 +113,10 @@ struct Families {
     workers: IntGauge,
     keyframe_requests_suppressed: IntCounter,
     late_dropped: IntCounterVec,
+    recordings: IntGauge,
+    recording_bytes: IntCounter,
+    recording_write_errors: IntCounter,
+    recording_dropped: IntCounter,
 }
 
 // The definitions below are constants: building them fails only on an invalid name or label,
@@ -259,6 +271,22 @@ impl MediaMetrics {
                 "Publishers' RTP packets not forwarded because they reached the SFU too late to be of use (audio over 200 ms behind its RTP clock; video while every publisher's audio is over 100 ms late: an overloaded worker), by kind.",
                 &["kind"],
             ),
+            recordings: gauge(
+                "huddle_recordings_active",
+                "Recordings running on this node.",
+            ),
+            recording_bytes: counter(
+                "huddle_recording_bytes_written_total",
+                "Bytes written to recording files.",
+            ),
+            recording_write_errors: counter(
+                "huddle_recording_write_errors_total",
+                "Writes to recording files that failed (the file is given up; the meeting goes on).",
+            ),
+            recording_dropped: counter(
+                "huddle_recording_packets_dropped_total",
+                "Recorded copies of packets dropped because a recording's queue was full (a slow disk); live forwarding is not affected.",
+            ),
         };
         MediaMetrics {
             rtp_packets: in_out_kind(&|l: &[&str]| f.rtp_packets.with_label_values(l)),
@@ -294,6 +322,10 @@ impl MediaMetrics {
                 audio: f.late_dropped.with_label_values(&["audio"]),
                 video: f.late_dropped.with_label_values(&["video"]),
             },
+            recordings: f.recordings.clone(),
+            recording_bytes: f.recording_bytes.clone(),
+            recording_write_errors: f.recording_write_errors.clone(),
+            recording_dropped: f.recording_dropped.clone(),
             families: f,
         }
     }
@@ -322,6 +354,10 @@ impl MediaMetrics {
         registry.register(Box::new(f.workers))?;
         registry.register(Box::new(f.keyframe_requests_suppressed))?;
         registry.register(Box::new(f.late_dropped))?;
+        registry.register(Box::new(f.recordings))?;
+        registry.register(Box::new(f.recording_bytes))?;
+        registry.register(Box::new(f.recording_write_errors))?;
+        registry.register(Box::new(f.recording_dropped))?;
         Ok(())
     }
 

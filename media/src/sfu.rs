@@ -20,6 +20,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
 use crate::layers::{allocate, layer_for_size, vp8_keyframe_size, Quality, Source, Want};
 use crate::metrics::MediaMetrics;
+use crate::recording::{RecCodec, RecordTap, RecordedPacket};
 use crate::speakers::{Speaker, SpeakerDetector};
 use crate::{MediaError, ParticipantId, TrackId};
 
@@ -39,7 +40,8 @@ use consumer::{Consumer, ConsumerState, Slot};
 use peer::{Peer, StatsMark};
 use producer::{Layer, Producer};
 pub use router::Router;
-use rtp::{starts_keyframe, vp8_frame_part, Behind, Codec, Rewrite};
+pub(crate) use rtp::vp8_frame_part;
+use rtp::{starts_keyframe, Behind, Codec, Rewrite};
 use stats::{clock_rate, is_rtx};
 
 use timers::{PeerTimer, Timers};
@@ -71,6 +73,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const PACER_SLACK: Duration = Duration::from_micros(500);
 /// At most this many timeouts fed at once per connection and drive: its share of the loop.
 const MAX_SPINS: u32 = 512;
+
+/// A recorded room: where its packets go, and the layer recorded of each track.
+struct Recorded {
+    tap: RecordTap,
+    layers: HashMap<(ParticipantId, Mid), u8>,
+}
 
 /// Settings of one [`Sfu`].
 #[derive(Clone, Debug)]
@@ -236,6 +244,8 @@ pub struct Sfu {
     realloc: bool,
     /// Debug capture of published frames (`media.capture_path`).
     capture: Option<rtp::Capture>,
+    /// Rooms being recorded (see [`crate::recording`]).
+    recordings: HashMap<String, Recorded>,
     /// Every connection's next timeout.
     timers: Timers,
     /// Connections by the local ICE ufrag of their current (and earlier) credentials.
@@ -301,6 +311,126 @@ enum Polled {
 }
 
 impl Sfu {
+    /// Starts (`Some`) or stops (`None`) handing a copy of every packet of `room` to a
+    /// recording: the best layer of each simulcast track, which is kept flowing as long as the
+    /// recording runs. Its video producers are asked for a keyframe.
+    pub fn set_recording(&mut self, now: Instant, room: &str, tap: Option<RecordTap>) {
+        let Some(tap) = tap else {
+            self.recordings.remove(room);
+            return;
+        };
+        self.recordings.insert(
+            room.to_string(),
+            Recorded {
+                tap,
+                layers: HashMap::default(),
+            },
+        );
+        let members = self
+            .routers
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let mut asks = Vec::new();
+        for pid in members {
+            if let Some(peer) = self.peers.get(&pid) {
+                for prod in &peer.producers {
+                    if prod.kind == MediaKind::Video {
+                        for l in &prod.layers {
+                            asks.push((pid, prod.mid, l.rid));
+                        }
+                    }
+                }
+            }
+        }
+        for (pid, mid, rid) in asks {
+            self.request_keyframe(now, pid, mid, rid, KeyframeRequestKind::Pli);
+        }
+        self.realloc = true;
+    }
+
+    /// Hands a recorded room's packet to its recording (only the best layer arriving of a
+    /// simulcast track; a change of layer asks for a keyframe on the new one).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        now: Instant,
+        room: &str,
+        publisher: ParticipantId,
+        mid: Mid,
+        rid: Option<Rid>,
+        codec: Codec,
+        packet: &RtpPacket,
+    ) {
+        let Some(rec) = self.recordings.get_mut(room) else {
+            return;
+        };
+        let Some(prod) = self
+            .peers
+            .get(&publisher)
+            .and_then(|p| p.producers.iter().find(|p| p.mid == mid))
+        else {
+            return;
+        };
+        let layer = if prod.simulcast() {
+            let best = prod.layers.iter().rposition(|l| {
+                l.rid.is_some()
+                    && l.last_seen
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
+            });
+            let Some(best) = best else { return };
+            if prod.layers[best].rid != rid {
+                return;
+            }
+            best as u8
+        } else {
+            0
+        };
+        let codec = match codec {
+            Codec::Opus => RecCodec::Opus,
+            Codec::Vp8 => RecCodec::Vp8,
+            _ => RecCodec::Other,
+        };
+        rec.tap.send(RecordedPacket {
+            participant: publisher,
+            track: prod.id,
+            kind: track_kind(prod.kind),
+            screen: prod.source == Source::Screen,
+            codec,
+            layer,
+            seq: *packet.seq_no,
+            time: packet.time.numer(),
+            arrival: now,
+            marker: packet.header.marker,
+            payload: packet.payload.clone(),
+        });
+        let switched = rec.layers.insert((publisher, mid), layer) != Some(layer);
+        if switched && prod.simulcast() {
+            self.request_keyframe(now, publisher, mid, rid, KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// The top layer of each simulcast track of the recorded rooms (kept on by dynacast).
+    pub(super) fn recorded_layers(&self) -> Vec<(ParticipantId, Mid, Rid)> {
+        let mut v = Vec::new();
+        for room in self.recordings.keys() {
+            let Some(router) = self.routers.get(room) else {
+                continue;
+            };
+            for pid in &router.members {
+                let Some(peer) = self.peers.get(pid) else {
+                    continue;
+                };
+                for prod in &peer.producers {
+                    if let Some(rid) = prod.layers.iter().rev().find_map(|l| l.rid) {
+                        v.push((*pid, prod.mid, rid));
+                    }
+                }
+            }
+        }
+        v
+    }
+
     /// Records every published frame into `capture` from now on (a debugging aid, see
     /// [`crate::capture`]).
     pub fn set_capture(&mut self, capture: crate::capture::FrameCapture) {
@@ -330,6 +460,7 @@ impl Sfu {
             next_allocation: None,
             realloc: false,
             capture: None,
+            recordings: HashMap::default(),
             timers: Timers::default(),
             by_ufrag: HashMap::default(),
             due: Vec::new(),
@@ -1064,6 +1195,9 @@ impl Sfu {
         }
         if let Some(capture) = &mut self.capture {
             capture.packet(&room, publisher, mid, rid, codec, &packet);
+        }
+        if !self.recordings.is_empty() {
+            self.record(now, &room, publisher, mid, rid, codec, &packet);
         }
         let Some(router) = self.routers.get_mut(&*room) else {
             return;

@@ -104,6 +104,11 @@ enum Command {
     IceRestart {
         participant: ParticipantId,
     },
+    /// Start (`Some`) or stop recording a room.
+    Record {
+        room: String,
+        tap: Option<crate::recording::RecordTap>,
+    },
 }
 
 /// Signaling's handle on the media workers. Cheap to clone.
@@ -125,6 +130,8 @@ struct Placement {
     load: Vec<usize>,
     /// Participant → (room, worker).
     participants: HashMap<ParticipantId, (String, usize)>,
+    /// Rooms being recorded: their tap, handed to the room's worker when it is placed.
+    recordings: HashMap<String, crate::recording::RecordTap>,
 }
 
 impl Placement {
@@ -319,6 +326,60 @@ impl MediaHandle {
         self.worker(self.placement().worker_of(room, participant))
     }
 
+    /// Places the participant (see [`Placement::place`]); a recorded room newly placed on a
+    /// worker gets its recording there first.
+    fn place(&self, room: &str, participant: ParticipantId) -> usize {
+        let mut p = self.placement();
+        let new_room = !p.rooms.contains_key(room);
+        let w = p.place(room, participant);
+        if new_room {
+            if let Some(tap) = p.recordings.get(room) {
+                let _ = self.worker(w).send(Command::Record {
+                    room: room.to_string(),
+                    tap: Some(tap.clone()),
+                });
+            }
+        }
+        w
+    }
+
+    /// Starts recording `room` into `dir` (see [`crate::recording`]). `done` gets the files
+    /// when the recording has stopped ([`MediaHandle::stop_recording`]) and they are closed.
+    pub fn start_recording(
+        &self,
+        room: &str,
+        dir: std::path::PathBuf,
+        done: tokio::sync::oneshot::Sender<crate::recording::RecordingDone>,
+    ) -> Result<(), MediaError> {
+        let (tap, rx) = crate::recording::RecordTap::new(
+            crate::recording::QUEUE_PACKETS,
+            self.metrics.recording_dropped.clone(),
+        );
+        crate::recording::spawn(dir, rx, self.metrics.clone(), Instant::now(), done)?;
+        let mut p = self.placement();
+        if let Some((w, _)) = p.rooms.get(room) {
+            let _ = self.worker(*w).send(Command::Record {
+                room: room.to_string(),
+                tap: Some(tap.clone()),
+            });
+        }
+        p.recordings.insert(room.to_string(), tap);
+        Ok(())
+    }
+
+    /// Stops recording `room`: every worker lets go of its tap, and the recording's thread
+    /// closes the files. Whether it was recording.
+    pub fn stop_recording(&self, room: &str) -> bool {
+        let was = self.placement().recordings.remove(room).is_some();
+        for w in &self.workers {
+            let _ = w.send(Command::Record {
+                room: room.to_string(),
+                tap: None,
+            });
+        }
+        was
+    }
+
     /// The client's first offer. The answer (or an error) arrives on `events` as
     /// [`PeerEvent::Answer`] / [`PeerEvent::Error`], followed by everything else for this
     /// participant.
@@ -343,7 +404,7 @@ impl MediaHandle {
         sources: Vec<(String, Source)>,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(), MediaError> {
-        let w = self.placement().place(room, participant);
+        let w = self.place(room, participant);
         self.worker(w)
             .send(Command::Offer {
                 participant,
@@ -366,7 +427,7 @@ impl MediaHandle {
         follow: Follow,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Result<(), MediaError> {
-        let w = self.placement().place(room, viewer);
+        let w = self.place(room, viewer);
         self.worker(w)
             .send(Command::View {
                 viewer,
@@ -760,6 +821,10 @@ fn handle_command(
             candidate,
         } => (participant, sfu.add_candidate(now, participant, &candidate)),
         Command::IceRestart { participant } => (participant, sfu.ice_restart(now, participant)),
+        Command::Record { room, tap } => {
+            sfu.set_recording(now, &room, tap);
+            return;
+        }
         Command::Pause {
             participant,
             kind,

@@ -470,3 +470,70 @@ fn incoming_simulcast_packets_are_counted_once_per_layer() {
         net.video_packets_upper
     );
 }
+
+#[test]
+fn a_recorded_room_hands_over_the_best_layer_and_keeps_it_on_while_only_a_small_one_is_watched() {
+    let (mut net, alice, bob, carol, track) = room();
+    net.sizes(bob, track, 160, 120);
+    net.sizes(carol, track, 160, 120);
+    net.run(Some(alice), Duration::from_secs(2));
+    assert_eq!(
+        net.clients[alice].layer_events.last(),
+        Some(&vec!["q".to_string()]),
+        "only the small layer is watched"
+    );
+    let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+    let (tap, rx) = huddle_media::recording::RecordTap::new(100_000, dropped.clone());
+    let now = net.now;
+    net.sfu.set_recording(now, "room", Some(tap));
+    net.run(Some(alice), Duration::from_secs(3));
+    let mut active = net.clients[alice].layer_events.last().cloned().unwrap();
+    active.sort();
+    assert_eq!(active, ["f", "q"], "the recording keeps the full layer on");
+    let got: Vec<_> = rx.try_iter().collect();
+    let audio = got.iter().filter(|p| p.kind == TrackKind::Audio).count();
+    assert!(audio >= 140, "audio handed over: {audio} in 3 s");
+    let video: Vec<_> = got.iter().filter(|p| p.kind == TrackKind::Video).collect();
+    assert!(!video.is_empty());
+    // Once the full layer is back, nothing else is handed over, and it starts at a keyframe.
+    let first_f = video
+        .iter()
+        .position(|p| p.layer == 2)
+        .expect("the full layer recorded");
+    assert!(video[first_f..].iter().all(|p| p.layer == 2));
+    assert!(vp8_key_start(&video[first_f].payload), "a keyframe first");
+    assert_eq!(dropped.get(), 0);
+
+    // Stopped: nothing more, and the unwatched layer may pause again.
+    let now = net.now;
+    net.sfu.set_recording(now, "room", None);
+    net.run(Some(alice), Duration::from_secs(2));
+    assert_eq!(rx.try_iter().count(), 0);
+    assert!(
+        rx.recv().is_err(),
+        "the tap is let go of: the recording's thread ends"
+    );
+    assert_eq!(
+        net.clients[alice].layer_events.last(),
+        Some(&vec!["q".to_string()])
+    );
+}
+
+/// Whether an RTP VP8 payload starts a keyframe (RFC 7741 descriptor, then the frame's P bit).
+fn vp8_key_start(p: &[u8]) -> bool {
+    let mut at = 1;
+    if p[0] & 0x80 != 0 {
+        let x = p[1];
+        at = 2;
+        if x & 0x80 != 0 {
+            at += if p[at] & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1;
+        }
+        if x & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    p[0] & 0x10 != 0 && p[at] & 1 == 0
+}

@@ -210,6 +210,12 @@ pub enum ClientMsg {
         #[serde(default)]
         locked: Option<bool>,
     },
+    /// A host starts or stops recording the meeting (hosts only; everyone is told with
+    /// `recording`).
+    Recording {
+        /// Start (true) or stop.
+        active: bool,
+    },
     /// A host ends the meeting for everyone (hosts only).
     EndRoom,
     /// A host asks for an invite link's secret (hosts only): answered with `invite`.
@@ -564,6 +570,9 @@ pub enum ServerMsg {
         /// The participant a host put in the spotlight (left out when nobody is).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spotlight: Option<String>,
+        /// The meeting is being recorded (left out when not).
+        #[serde(default, skip_serializing_if = "is_false")]
+        recording: bool,
     },
     /// Reply to a good `resume`: the participant is back on this socket. Messages the server
     /// queued while the socket was down follow.
@@ -713,6 +722,12 @@ pub enum ServerMsg {
     Spotlight {
         /// Who, or `None`: nobody is in the spotlight now.
         participant_id: Option<String>,
+    },
+    /// The meeting is being recorded (or no longer is), to everyone in the room when it
+    /// changes; `joined` has it too.
+    Recording {
+        /// Whether it is being recorded now.
+        active: bool,
     },
     /// The room's lobby and lock, whenever a host changes them (to everyone; `joined` has them
     /// too).

@@ -99,6 +99,12 @@ pub enum ApiFailure {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The request contradicts the room's state (a recording already running).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The server cannot do it now (recording off, or at its limit).
+    #[error("{0}")]
+    Unavailable(String),
     /// A server fault.
     #[error(transparent)]
     Internal(#[from] SignalingError),
@@ -111,6 +117,8 @@ impl IntoResponse for ApiFailure {
             ApiFailure::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiFailure::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiFailure::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiFailure::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiFailure::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiFailure::Internal(e) => {
                 tracing::error!(error = %e, "room API internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -204,6 +212,15 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route(
             "/api/rooms/{room}/participants/{identity}/mute",
             post(mute_participant),
+        )
+        .route(
+            "/api/rooms/{room}/recording",
+            post(start_recording).delete(stop_recording),
+        )
+        .route("/api/rooms/{room}/recordings", get(list_recordings))
+        .route(
+            "/api/rooms/{room}/recordings/{id}/{name}",
+            get(download_recording),
         )
         .route_layer(axum::middleware::from_fn_with_state(state, to_owner));
     Router::new()
@@ -315,6 +332,8 @@ struct RoomView {
     max_participants: usize,
     password_protected: bool,
     lobby: bool,
+    /// Being recorded now.
+    recording: bool,
     /// Seconds since the Unix epoch, for created rooms.
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<u64>,
@@ -331,6 +350,7 @@ fn view(state: &AppState, name: &str, participants: usize) -> RoomView {
         max_participants: m.max_participants(name, state.inner.config.max_participants),
         password_protected: s.as_ref().is_some_and(|s| s.password_hash.is_some()),
         lobby: s.as_ref().is_some_and(|s| s.lobby),
+        recording: state.inner.recordings.is_active(name),
         created_at: s.map(|s| s.created_at),
     }
 }
@@ -505,6 +525,73 @@ async fn get_room(
     room_view(&state, &room)
         .map(Json)
         .ok_or(ApiFailure::NotFound("no such room"))
+}
+
+/// `POST /api/rooms/{room}/recording`: starts recording the room (201).
+async fn start_recording(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiFailure> {
+    admin.may_act_on(&room)?;
+    use crate::recording::RecordingError as E;
+    match crate::recording::start(&state, &room, "api") {
+        Ok(r) => Ok((StatusCode::CREATED, Json(r)).into_response()),
+        Err(E::AlreadyRecording) => Err(ApiFailure::Conflict("the room is already being recorded")),
+        Err(E::EmptyRoom) => Err(ApiFailure::NotFound("nobody is in the room")),
+        Err(E::Io(e)) => Err(ApiFailure::Internal(SignalingError::Io(
+            std::io::Error::other(e),
+        ))),
+        Err(e) => Err(ApiFailure::Unavailable(e.to_string())),
+    }
+}
+
+/// `DELETE /api/rooms/{room}/recording`: stops it (its files are listed a moment later).
+async fn stop_recording(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Json<crate::recording::Recording>, ApiFailure> {
+    admin.may_act_on(&room)?;
+    crate::recording::stop(&state, &room, "stopped through the API")
+        .map(Json)
+        .ok_or(ApiFailure::NotFound("the room is not being recorded"))
+}
+
+/// `GET /api/rooms/{room}/recordings`: the room's recordings, newest first.
+async fn list_recordings(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    admin.may_act_on(&room)?;
+    let s = state.clone();
+    let r = room.clone();
+    let list = tokio::task::spawn_blocking(move || s.inner.recordings.list(&r))
+        .await
+        .map_err(SignalingError::from)?;
+    Ok(Json(serde_json::json!({ "recordings": list })))
+}
+
+/// `GET /api/rooms/{room}/recordings/{id}/{name}`: one file, with ranges (players seek).
+async fn download_recording(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path((room, id, name)): Path<(String, String, String)>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiFailure> {
+    admin.may_act_on(&room)?;
+    let s = state.clone();
+    let path = tokio::task::spawn_blocking(move || s.inner.recordings.file(&room, &id, &name))
+        .await
+        .map_err(SignalingError::from)?
+        .ok_or(ApiFailure::NotFound("no such recording file"))?;
+    use tower::ServiceExt as _;
+    // `.webm`: served as video/webm.
+    let Ok(res) = tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await;
+    Ok(res.map(axum::body::Body::new).into_response())
 }
 
 async fn end_room(

@@ -28,6 +28,7 @@ mod metrics;
 mod moderation;
 mod ops;
 pub mod protocol;
+pub mod recording;
 mod resume;
 mod rooms;
 mod session;
@@ -193,6 +194,9 @@ pub struct SignalingConfig {
     /// Chat attachments: where they are kept, size cap, type policy, retention. Default: no
     /// directory (uploads off).
     pub files: files::FilesConfig,
+    /// Recording: where recordings are kept, retention, how many at once. Default: no
+    /// directory (recording off).
+    pub recording: recording::RecordingConfig,
 }
 
 impl Default for SignalingConfig {
@@ -222,6 +226,7 @@ impl Default for SignalingConfig {
             api: None,
             webhooks: webhooks::WebhookConfig::default(),
             files: files::FilesConfig::default(),
+            recording: recording::RecordingConfig::default(),
         }
     }
 }
@@ -273,6 +278,8 @@ struct Inner {
     files: files::Files,
     /// The open WHIP and WHEP sessions.
     whip: whip::Resources,
+    /// Recordings running, and the ones kept.
+    recordings: recording::Recordings,
     /// Cluster mode: placement in Redis (set once at start).
     cluster: std::sync::OnceLock<cluster::Cluster>,
     /// The HTTP port's connection count (set once at start).
@@ -302,7 +309,8 @@ impl AppState {
         });
         let webhooks = webhooks::Webhooks::start(&config.webhooks);
         let files = files::Files::start(config.files.clone(), chat.pg().cloned());
-        AppState {
+        let recordings = recording::Recordings::new(config.recording.clone());
+        let state = AppState {
             inner: Arc::new(Inner {
                 config,
                 keys,
@@ -320,10 +328,13 @@ impl AppState {
                 resumes: resume::Resumes::default(),
                 files,
                 whip: whip::Resources::default(),
+                recordings,
                 cluster: std::sync::OnceLock::new(),
                 http_connections: std::sync::OnceLock::new(),
             }),
-        }
+        };
+        recording::start_sweeper(&state);
+        state
     }
 
     /// Where `/readyz` reads the HTTP port's connection count from. Once only.

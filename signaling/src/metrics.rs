@@ -221,6 +221,7 @@ pub(crate) fn server_msg_type(msg: &ServerMsg) -> &'static str {
         ServerMsg::KnockEnded { .. } => "knock_ended",
         ServerMsg::Host { .. } => "host",
         ServerMsg::RoomSettings { .. } => "room_settings",
+        ServerMsg::Recording { .. } => "recording",
         ServerMsg::Spotlight { .. } => "spotlight",
         ServerMsg::Invite { .. } => "invite",
         ServerMsg::Error { .. } => "error",
@@ -251,6 +252,7 @@ pub(crate) fn client_msg_type(m: &ClientMsg) -> &'static str {
         ClientMsg::Deny { .. } => "deny",
         ClientMsg::Moderate { .. } => "moderate",
         ClientMsg::RoomSettings { .. } => "room_settings",
+        ClientMsg::Recording { .. } => "recording",
         ClientMsg::EndRoom => "end_room",
         ClientMsg::Invite => "invite",
     }

@@ -270,6 +270,8 @@ pub struct Entered {
     pub locked: bool,
     /// Whom a host put in the spotlight.
     pub spotlight: Option<String>,
+    /// The meeting is being recorded.
+    pub recording: bool,
     /// Recent chat.
     pub history: Vec<ChatMessage>,
     /// ICE servers for this identity.
@@ -1324,6 +1326,7 @@ impl Session {
             lobby: e.lobby,
             locked: e.locked,
             spotlight: e.spotlight,
+            recording: e.recording,
         });
         self.metric(Metric::Joined);
         for k in e.knocks {
@@ -1515,6 +1518,7 @@ impl Session {
             | ClientMsg::Deny { .. }
             | ClientMsg::Moderate { .. }
             | ClientMsg::RoomSettings { .. }
+            | ClientMsg::Recording { .. }
             | ClientMsg::EndRoom
             | ClientMsg::Invite) => self.ask(
                 Pending::Host,

@@ -52,6 +52,12 @@ pub enum EventKind {
     ParticipantJoined,
     /// Someone left a room.
     ParticipantLeft,
+    /// A recording of the room started.
+    RecordingStarted,
+    /// A recording of the room stopped (its files are being closed).
+    RecordingEnded,
+    /// A recording's files are closed and listed: they can be downloaded.
+    RecordingReady,
 }
 
 /// The participant an event is about.
@@ -82,6 +88,9 @@ pub struct Event {
     /// For `participant_left`: the leave reason (as on the wire).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<crate::protocol::LeaveReason>,
+    /// For the recording events: the recording (its files once `recording_ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::Recording>,
 }
 
 /// One queued delivery: the event's kind and its JSON body.
@@ -132,13 +141,34 @@ impl Webhooks {
         Webhooks { queues }
     }
 
-    /// Queues an event for every URL; never waits.
+    /// Queues a participant or room event for every URL; never waits.
     pub(crate) fn emit(
         &self,
         event: EventKind,
         room: &str,
         participant: Option<EventParticipant>,
         reason: Option<crate::protocol::LeaveReason>,
+    ) {
+        self.emit_full(event, room, participant, reason, None);
+    }
+
+    /// Queues a recording event for every URL; never waits.
+    pub(crate) fn emit_recording(
+        &self,
+        event: EventKind,
+        room: &str,
+        recording: &crate::recording::Recording,
+    ) {
+        self.emit_full(event, room, None, None, Some(recording.clone()));
+    }
+
+    fn emit_full(
+        &self,
+        event: EventKind,
+        room: &str,
+        participant: Option<EventParticipant>,
+        reason: Option<crate::protocol::LeaveReason>,
+        recording: Option<crate::recording::Recording>,
     ) {
         if self.queues.is_empty() {
             return;
@@ -153,6 +183,7 @@ impl Webhooks {
             room: room.to_string(),
             participant,
             reason,
+            recording,
         };
         let Ok(bytes) = serde_json::to_vec(&body) else {
             return;

@@ -454,6 +454,7 @@ impl Sfu {
                 }
             }
         }
+        needed.extend(self.recorded_layers());
         let mut events = Vec::new();
         for (pid, peer) in self.peers.iter_mut() {
             for prod in &mut peer.producers {

@@ -326,7 +326,7 @@ fn h264_starts_keyframe(payload: &[u8]) -> bool {
 
 /// Where the VP8 frame starts in a payload (past the payload descriptor, RFC 7741 4.2), and
 /// whether the packet starts a frame (S set, partition 0).
-pub(super) fn vp8_frame_part(payload: &[u8]) -> Option<(usize, bool)> {
+pub(crate) fn vp8_frame_part(payload: &[u8]) -> Option<(usize, bool)> {
     let b0 = *payload.first()?;
     let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
     let mut i = 1;

@@ -460,6 +460,10 @@ impl Driver {
                 let room = self.room(s);
                 let closed = inner.rooms.leave(room, self.pid, reason);
                 let member = inner.moderation.left(room, self.pid);
+                if closed {
+                    // Nobody left to record: the recording ends with the meeting.
+                    crate::recording::stop(&self.state, room, "room_closed");
+                }
                 Reply::Left { member, closed }
             }
         }
@@ -507,6 +511,8 @@ impl Driver {
             }
         };
         self.inbox = Some(inbox);
+        // After the join: a recording started from now on reaches this inbox.
+        let recording = inner.recordings.entered(room, self.pid, &claims.sub);
         let (resume_token, resume_rx) = inner.resumes.register(self.pid, room, &claims.sub);
         self.resume = Some((resume_token.clone(), resume_rx));
         let chat = inner.chat.clone();
@@ -542,6 +548,7 @@ impl Driver {
             lobby: flags.lobby,
             locked: flags.locked,
             spotlight: flags.spotlight.map(|p| p.to_string()),
+            recording,
             history,
             ice_servers: (inner.ice)(&claims.sub),
             resume_token,

@@ -126,6 +126,28 @@ pub(crate) fn apply(
             );
             Vec::new()
         }
+        ClientMsg::Recording { active } => {
+            if !m.is_host(room, pid) {
+                return host_only();
+            }
+            if !active {
+                crate::recording::stop(state, room, "stopped by a host");
+                return Vec::new();
+            }
+            let by = rooms
+                .participants(room)
+                .into_iter()
+                .find(|p| p.participant_id == pid.to_string())
+                .map_or_else(|| pid.to_string(), |p| p.identity);
+            match crate::recording::start(state, room, &by) {
+                Ok(_) | Err(crate::recording::RecordingError::AlreadyRecording) => Vec::new(),
+                Err(e @ crate::recording::RecordingError::Io(_)) => {
+                    tracing::error!(error = %e, "recording could not start");
+                    refuse(ErrorCode::Internal, "the recording could not start")
+                }
+                Err(e) => refuse(ErrorCode::Unavailable, &e.to_string()),
+            }
+        }
         ClientMsg::EndRoom => {
             if !m.is_host(room, pid) {
                 return host_only();

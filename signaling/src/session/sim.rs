@@ -235,6 +235,7 @@ impl Sim {
                     lobby: matches!(w.gate, Gate::Lobby),
                     locked: false,
                     spotlight: None,
+                    recording: false,
                     history: Vec::new(),
                     ice_servers: Vec::new(),
                     resume_token: "r".repeat(32),
