@@ -31,7 +31,7 @@ pub async fn start(url: String, token: String, rooms: Vec<String>) -> Result<()>
     Ok(())
 }
 
-/// Stops every room's recording and waits (up to 20 s) for them to be ready: the bytes of their
+/// Stops every room's recording (if the meeting's end has not already) and waits (up to 20 s) for them to be ready: the bytes of their
 /// files.
 pub async fn stop(url: String, token: String, rooms: Vec<String>) -> Result<u64> {
     let http = client()?;
@@ -42,7 +42,9 @@ pub async fn stop(url: String, token: String, rooms: Vec<String>) -> Result<u64>
             .bearer_auth(&token)
             .send()
             .await?;
-        if !res.status().is_success() {
+        // 404: it already stopped, with the meeting (the participants leave on the stop
+        // signal, and a recording ends when its room does).
+        if !res.status().is_success() && res.status().as_u16() != 404 {
             bail!("stopping the recording of {room}: {}", res.status());
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
