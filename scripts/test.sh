@@ -25,7 +25,7 @@ cargo test --workspace
 
 step "fuzzing (cargo-fuzz, 20 s per target on the committed corpus; stable compiler via RUSTC_BOOTSTRAP)"
 command -v cargo-fuzz >/dev/null || { echo "missing cargo-fuzz: run .ci/run once (cargo install cargo-fuzz)"; exit 1; }
-for target in signaling_decode session sdp_offer turn_input; do
+for target in signaling_decode session sdp_offer turn_input recorder; do
   mkdir -p "fuzz/corpus/$target"
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" -- \
     -max_total_time=20 -rss_limit_mb=2048 -print_final_stats=1) || { echo "fuzz target $target failed: see fuzz/artifacts/$target"; exit 1; }
