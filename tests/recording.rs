@@ -69,6 +69,12 @@ async fn api(
     (status, body)
 }
 
+/// `method` on `/api/rooms/{room}/recording` with an admin token.
+async fn recording(server: &Server, method: reqwest::Method, room: &str) -> (u16, Value) {
+    let path = format!("/api/rooms/{room}/recording");
+    api(server, method, &path, Some(&admin())).await
+}
+
 /// `ffprobe` on `path`: its streams' codecs and packet counts. Fails the test with what it said
 /// when it refuses the file, or when ffprobe is missing (`.ci/run` installs it).
 fn probe(path: &std::path::Path) -> Vec<(String, u64)> {
@@ -178,13 +184,7 @@ async fn a_recording_is_announced_hooked_counted_and_downloaded_with_credentials
     .await;
 
     // The room API starts it: everyone is told; a second start is a conflict.
-    let (s, started) = api(
-        &server,
-        reqwest::Method::POST,
-        &format!("/api/rooms/{room}/recording"),
-        Some(&admin()),
-    )
-    .await;
+    let (s, started) = recording(&server, reqwest::Method::POST, room).await;
     assert_eq!(s, 201, "{started}");
     assert_eq!(started["state"], "recording");
     let id = started["id"].as_str().unwrap().to_string();
@@ -194,13 +194,7 @@ async fn a_recording_is_announced_hooked_counted_and_downloaded_with_credentials
         })
         .await;
     }
-    let (s, again) = api(
-        &server,
-        reqwest::Method::POST,
-        &format!("/api/rooms/{room}/recording"),
-        Some(&admin()),
-    )
-    .await;
+    let (s, again) = recording(&server, reqwest::Method::POST, room).await;
     assert_eq!((s, again["error"].as_str()), (409, Some("conflict")));
     // Someone who joins now is told in `joined`.
     let token = server.guest_token(room, "carol").await;
@@ -306,13 +300,7 @@ async fn a_recording_is_announced_hooked_counted_and_downloaded_with_credentials
     assert_eq!(events[2].1["files"].as_array().map(Vec::len), Some(2));
 
     // Stopping what is not running is a 404; the room's list keeps the recording.
-    let (s, _) = api(
-        &server,
-        reqwest::Method::DELETE,
-        &format!("/api/rooms/{room}/recording"),
-        Some(&admin()),
-    )
-    .await;
+    let (s, _) = recording(&server, reqwest::Method::DELETE, room).await;
     assert_eq!(s, 404);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(server);
@@ -326,13 +314,7 @@ async fn a_recording_cut_off_by_a_crash_is_valid_up_to_then_and_listed_interrupt
     let alice = Peer::join(&server, room, "alice", true).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     spawn_publisher(alice.audio.clone().unwrap(), "alice", stop.clone());
-    let (s, started) = api(
-        &server,
-        reqwest::Method::POST,
-        &format!("/api/rooms/{room}/recording"),
-        Some(&admin()),
-    )
-    .await;
+    let (s, started) = recording(&server, reqwest::Method::POST, room).await;
     assert_eq!(s, 201, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
     // The participant's file begins after 3 s without a camera; then about a cluster a second.

@@ -557,12 +557,16 @@ impl Recorder {
             let ms = ms_since(start, p.arrival);
             (p.time, last.map_or(ms, |l| ms.max(l + 20)))
         });
-        let place = |time: u64| at_ms + time.saturating_sub(at) * 1000 / t.hz;
+        // Saturating: a publisher's wild RTP times make wild timestamps, never an overflow.
+        let place =
+            |time: u64| at_ms.saturating_add(time.saturating_sub(at).saturating_mul(1000) / t.hz);
         match t.codec {
             RecCodec::Opus => {
                 let ms = place(p.time);
                 // The mix: 48 kHz samples on the recording's clock.
-                let sample = at_ms * 48 + p.time.saturating_sub(at);
+                let sample = at_ms
+                    .saturating_mul(48)
+                    .saturating_add(p.time.saturating_sub(at));
                 let decoded = match &mut t.decoder {
                     Some(d) => d.decode(&p.payload, &mut self.scratch, false).unwrap_or(0),
                     None => 0,
@@ -624,7 +628,7 @@ impl Recorder {
     /// players see overlapping frames (FFmpeg: "non monotonically increasing dts").
     fn monotonic(t: &mut Track, ms: u64, step: u64) -> u64 {
         let ms = match t.last_ms {
-            Some(last) if ms < last + t.last_step => last + t.last_step,
+            Some(last) if ms < last.saturating_add(t.last_step) => last.saturating_add(t.last_step),
             _ => ms,
         };
         t.last_ms = Some(ms);
@@ -650,7 +654,7 @@ impl Recorder {
     fn mix_in(&mut self, sample: u64, n: usize) {
         let mix = &mut self.mix;
         for (i, &s) in self.scratch[..n].iter().enumerate() {
-            let at = sample + i as u64;
+            let at = sample.saturating_add(i as u64);
             if at < mix.base {
                 continue;
             }
@@ -884,7 +888,7 @@ impl Recorder {
             let start_new = match &file.cluster {
                 None => true,
                 Some((start, blocks)) => {
-                    fr.ms >= start + CLUSTER_MS
+                    fr.ms >= start.saturating_add(CLUSTER_MS)
                         || (video_key && fr.ms > *start && !blocks.is_empty())
                 }
             };
@@ -903,7 +907,7 @@ impl Recorder {
                 .tracks
                 .iter()
                 .any(|t| t.no == fr.track_no && t.kind == TrackKind::Audio);
-            let end = fr.ms + if audio { 20 } else { 0 };
+            let end = fr.ms.saturating_add(if audio { 20 } else { 0 });
             file.end_ms = file.end_ms.max(end);
         }
     }
