@@ -227,7 +227,6 @@ struct File {
 }
 
 struct Track {
-    participant: ParticipantId,
     codec: RecCodec,
     file: usize,
     track_no: u64,
@@ -492,7 +491,6 @@ impl Recorder {
         self.tracks.insert(
             p.track,
             Track {
-                participant: pid,
                 codec: p.codec,
                 file,
                 track_no,
@@ -983,19 +981,6 @@ impl Recorder {
                 duration_ms: f.end_ms,
             })
             .collect()
-    }
-
-    /// Bytes written so far, all files.
-    pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.written).sum()
-    }
-
-    /// The tracks seen, with their participant and kind (for the manifest).
-    pub fn participants(&self) -> Vec<ParticipantId> {
-        let mut v: Vec<ParticipantId> = self.tracks.values().map(|t| t.participant).collect();
-        v.sort();
-        v.dedup();
-        v
     }
 }
 
